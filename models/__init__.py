@@ -1,0 +1,3 @@
+"""Recipes exporting real pretrained models offline (not implemented yet)."""
+
+__all__: list[str] = []

@@ -1,0 +1,65 @@
+// Online softmax state of one query row: {max, sum, acc} with
+//   sum = sum_j w_j exp(s_j - max),  acc = sum_j w_j exp(s_j - max) v_j,  output = acc / sum.
+// Shared by the exact tiled path (rebase + block sums), the k-NN path (add), the window/sink keys (add) and
+// the tail estimate (add with weight w = unretrieved / samples), and merge for split work.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "simd.h"
+
+namespace iceformer {
+
+struct OnlineSoftmax {
+  float max = -std::numeric_limits<float>::infinity();
+  float sum = 0.f;
+  float* acc = nullptr;  // Dv floats owned by the caller, zeroed before use
+  int64_t dv = 0;
+
+  // Raises the running max to m (when larger) and rescales sum and acc; returns the factor applied.
+  float rebase(float m, const Kernels& kern) {
+    if (!(m > max)) return 1.f;  // also false for NaN m: NaN reaches the output through sum instead
+    const float alpha = max == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(max - m);
+    max = m;
+    if (alpha != 1.f) {
+      sum *= alpha;
+      kern.scal(alpha, acc, dv);
+    }
+    return alpha;
+  }
+
+  // Adds one key with logit s and value row v, counted w times (w = 1 for a retrieved key).
+  void add(float s, const float* v, const Kernels& kern, float w = 1.f) {
+    if (s == -std::numeric_limits<float>::infinity()) return;
+    if (std::isnan(s)) {
+      sum = std::numeric_limits<float>::quiet_NaN();
+      return;
+    }
+    rebase(s, kern);
+    const float p = w * std::exp(s - max);
+    sum += p;
+    kern.axpy(p, v, acc, dv);
+  }
+
+  // Folds another partial state over disjoint keys into this one (acc of `other` has the same dv).
+  void merge(const OnlineSoftmax& other, const Kernels& kern) {
+    if (other.max == -std::numeric_limits<float>::infinity() && !std::isnan(other.sum)) return;
+    rebase(other.max, kern);
+    const float beta = std::exp(other.max - max);
+    sum += beta * other.sum;
+    kern.axpy(beta, other.acc, acc, dv);
+  }
+
+  // y = acc / sum, or zeros when no key was visible.
+  void finish(float* y) const {
+    if (max == -std::numeric_limits<float>::infinity() && !std::isnan(sum)) {
+      for (int64_t e = 0; e < dv; ++e) y[e] = 0.f;
+      return;
+    }
+    const float inv = 1.f / sum;
+    for (int64_t e = 0; e < dv; ++e) y[e] = acc[e] * inv;
+  }
+};
+
+}  // namespace iceformer

@@ -1,0 +1,68 @@
+// Plain parameter structs shared by the kernels. No ONNX Runtime types here.
+// Shape vocabulary: B batch, Hq query heads, Hkv key/value heads, S queries, T keys, D head dim, Dv value dim.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace iceformer {
+
+struct AttentionShape {
+  int64_t B = 0, Hq = 0, Hkv = 0, S = 0, T = 0, D = 0, Dv = 0;
+  int64_t group() const { return Hkv > 0 ? Hq / Hkv : 0; }  // query heads per KV head
+};
+
+enum class MaskKind { kNone, kBool, kFloat };
+
+// attn_mask broadcast to [B,Hq,S,T]: element (b,h,i,j) sits at b*stride[0] + h*stride[1] + i*stride[2] + j*stride[3]
+// (stride 0 on broadcast axes). kBool: nonzero = attend. kFloat: added to the scaled logits.
+struct MaskView {
+  MaskKind kind = MaskKind::kNone;
+  const void* data = nullptr;
+  int64_t stride[4] = {0, 0, 0, 0};
+};
+
+enum class KeyPaddingKind { kNone, kBool, kInt32, kInt64 };
+
+// key_padding_mask [B,T]: nonzero = a real key.
+struct KeyPaddingView {
+  KeyPaddingKind kind = KeyPaddingKind::kNone;
+  const void* data = nullptr;
+};
+
+// Settings of the k-NN path (Prioritized DCI); see knn_index.h.
+struct KnnSettings {
+  int64_t top_k = 0;            // 0: exact attention
+  int64_t num_composite = 2;    // L
+  int64_t num_simple = 4;       // m
+  int64_t max_candidates = 0;   // absolute cap on candidates scored per query (0: derived from fraction)
+  float candidate_fraction = 0; // cap as a fraction of the visible keys (0: unused)
+  int64_t min_keys = 0;         // fewer visible keys than this: exact
+  int64_t local_window = 0;     // most recent visible keys always attended
+  int64_t num_sink = 0;         // first keys always attended
+  int64_t tail_samples = 0;     // uniform samples of unretrieved keys estimating the dropped mass
+  int64_t seed = 0;
+};
+
+// Signature of a parallel-for supplied by the host (ONNX Runtime's intra-op pool): runs fn(data, i) for
+// i in [0, n), in any order, on any thread, and returns when all are done.
+using ParallelForFn = void (*)(void* host, void (*fn)(void*, size_t), size_t n, void* data);
+
+struct Parallel {
+  void* host = nullptr;
+  ParallelForFn run = nullptr;
+};
+
+struct AttentionParams {
+  AttentionShape shape;
+  const float* q = nullptr;  // [B,Hq,S,D]
+  const float* k = nullptr;  // [B,Hkv,T,D]
+  const float* v = nullptr;  // [B,Hkv,T,Dv]
+  float* y = nullptr;        // [B,Hq,S,Dv]
+  MaskView mask;
+  KeyPaddingView key_padding;
+  float scale = 1.0f;
+  bool is_causal = false;  // bottom-right aligned: query i sees keys j <= i + T - S
+  KnnSettings knn;
+};
+
+}  // namespace iceformer

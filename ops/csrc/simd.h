@@ -1,0 +1,35 @@
+// Vector primitives behind one dispatch point: a scalar reference and an AVX-512 variant with identical
+// contracts. kernels() picks the best one the CPU supports (ICEFORMER_SIMD=scalar forces the reference).
+#pragma once
+#include <cstdint>
+
+namespace iceformer {
+
+// K is packed per (batch, KV head) into panels of 16 keys: panel p holds kp[p*D*16 + d*16 + c] = K[16p+c][d]
+// (keys past T are zero).
+constexpr int64_t kPanel = 16;
+
+struct Kernels {
+  const char* name;
+  // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
+  void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
+                  float* s, int64_t lds);
+  // o[r*ldo + e] += sum_{c<cols} p[r*ldp + c] * v[c*ldv + e] for r < rows, e < dv.
+  void (*pv_tile)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv,
+                  int64_t dv, float* o, int64_t ldo);
+  // max_i x[i] (-inf for n = 0; NaN-propagating).
+  float (*max)(const float* x, int64_t n);
+  // x[i] = exp(x[i] - m) (exactly 0 for x[i] = -inf), returns the sum.
+  float (*exp_sum)(float* x, int64_t n, float m);
+  float (*dot)(const float* a, const float* b, int64_t n);
+  // y[i] += a * x[i]
+  void (*axpy)(float a, const float* x, float* y, int64_t n);
+  // x[i] *= a
+  void (*scal)(float a, float* x, int64_t n);
+};
+
+const Kernels& scalar_kernels();
+const Kernels* avx512_kernels();  // nullptr when not compiled in
+const Kernels& kernels();         // the dispatch point
+
+}  // namespace iceformer

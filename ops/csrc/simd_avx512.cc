@@ -1,0 +1,200 @@
+// AVX-512 kernels (this file alone is compiled with -mavx512f -mavx512dq -mavx512bw -mfma; the dispatch
+// point only selects it on CPUs that report those features).
+#include "simd.h"
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+#include <cmath>
+#include <limits>
+
+namespace iceformer {
+namespace {
+
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 Taylor polynomial (rel. error ~1e-7),
+// 2^n applied with scalef. Inputs below -87.3 give exactly 0 (so -inf -> 0); NaN propagates.
+inline __m512 exp512(__m512 x) {
+  const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);  // x >= lo or NaN
+  __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));              // NaN stays NaN (second operand)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.f / 720.f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 120.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 24.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f / 6.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
+  return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+}
+
+// R query rows x (2 or 1) panels of 16 keys; accumulators stay in registers over the whole D loop.
+template <int R>
+void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t npanels, float* s, int64_t lds) {
+  int64_t p = 0;
+  for (; p + 2 <= npanels; p += 2) {
+    const float* k0 = kp + p * D * kPanel;
+    const float* k1 = k0 + D * kPanel;
+    __m512 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 x0 = _mm512_loadu_ps(k0 + d * kPanel), x1 = _mm512_loadu_ps(k1 + d * kPanel);
+      for (int r = 0; r < R; ++r) {
+        const __m512 b = _mm512_set1_ps(q[r * ldq + d]);
+        a0[r] = _mm512_fmadd_ps(b, x0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(b, x1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm512_storeu_ps(s + r * lds + p * kPanel, a0[r]);
+      _mm512_storeu_ps(s + r * lds + p * kPanel + kPanel, a1[r]);
+    }
+  }
+  if (p < npanels) {
+    const float* k0 = kp + p * D * kPanel;
+    __m512 a0[R];
+    for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m512 x0 = _mm512_loadu_ps(k0 + d * kPanel);
+      for (int r = 0; r < R; ++r) a0[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d]), x0, a0[r]);
+    }
+    for (int r = 0; r < R; ++r) _mm512_storeu_ps(s + r * lds + p * kPanel, a0[r]);
+  }
+}
+
+void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
+             int64_t lds) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) qk_rows<8>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds);
+  switch (rows - r) {
+    case 7: qk_rows<7>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    case 6: qk_rows<6>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    case 5: qk_rows<5>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    case 4: qk_rows<4>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    case 3: qk_rows<3>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    case 2: qk_rows<2>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    case 1: qk_rows<1>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
+    default: break;
+  }
+}
+
+// R rows of O, 32 value columns at a time (masked at the Dv tail), accumulated over all cols in registers.
+template <int R>
+void pv_rows(const float* p, int64_t ldp, int64_t cols, const float* v, int64_t ldv, int64_t dv, float* o,
+             int64_t ldo) {
+  for (int64_t e = 0; e < dv; e += 32) {
+    const __mmask16 m0 = tail_mask(dv - e), m1 = tail_mask(dv - e - 16 > 0 ? dv - e - 16 : 0);
+    __m512 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) {
+      a0[r] = _mm512_maskz_loadu_ps(m0, o + r * ldo + e);
+      a1[r] = _mm512_maskz_loadu_ps(m1, o + r * ldo + e + 16);
+    }
+    for (int64_t c = 0; c < cols; ++c) {
+      const __m512 x0 = _mm512_maskz_loadu_ps(m0, v + c * ldv + e);
+      const __m512 x1 = _mm512_maskz_loadu_ps(m1, v + c * ldv + e + 16);
+      for (int r = 0; r < R; ++r) {
+        const __m512 b = _mm512_set1_ps(p[r * ldp + c]);
+        a0[r] = _mm512_fmadd_ps(b, x0, a0[r]);
+        a1[r] = _mm512_fmadd_ps(b, x1, a1[r]);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      _mm512_mask_storeu_ps(o + r * ldo + e, m0, a0[r]);
+      _mm512_mask_storeu_ps(o + r * ldo + e + 16, m1, a1[r]);
+    }
+  }
+}
+
+void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
+             float* o, int64_t ldo) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) pv_rows<8>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo);
+  switch (rows - r) {
+    case 7: pv_rows<7>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    case 6: pv_rows<6>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    case 5: pv_rows<5>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    case 4: pv_rows<4>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    case 3: pv_rows<3>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    case 2: pv_rows<2>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    case 1: pv_rows<1>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
+    default: break;
+  }
+}
+
+float vmax(const float* x, int64_t n) {
+  __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __mmask16 nan = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 a = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()),
+                                          tail_mask(n - i), x + i);
+    nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    m = _mm512_max_ps(m, a);
+  }
+  if (nan) return std::numeric_limits<float>::quiet_NaN();
+  return _mm512_reduce_max_ps(m);
+}
+
+float exp_sum(float* x, int64_t n, float mx) {
+  const __m512 vm = _mm512_set1_ps(mx);
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    const __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(t, x + i), vm));
+    _mm512_mask_storeu_ps(x + i, t, e);
+    acc = _mm512_mask_add_ps(acc, t, acc, e);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), acc1);
+  }
+  for (; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(t, a + i), _mm512_maskz_loadu_ps(t, b + i), acc0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, t,
+                          _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(t, x + i), _mm512_maskz_loadu_ps(t, y + i)));
+  }
+}
+
+void scal(float a, float* x, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    _mm512_mask_storeu_ps(x + i, t, _mm512_mul_ps(va, _mm512_maskz_loadu_ps(t, x + i)));
+  }
+}
+
+}  // namespace
+
+const Kernels* avx512_kernels() {
+  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal};
+  return &k;
+}
+
+}  // namespace iceformer
+
+#else
+
+namespace iceformer {
+const Kernels* avx512_kernels() { return nullptr; }
+}  // namespace iceformer
+
+#endif

@@ -1,0 +1,69 @@
+// Scalar reference kernels: plain loops, the contract every vectorised variant must match.
+#include <cmath>
+#include <limits>
+
+#include "simd.h"
+
+namespace iceformer {
+namespace {
+
+void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
+             int64_t lds) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t p = 0; p < npanels; ++p)
+      for (int64_t c = 0; c < kPanel; ++c) {
+        float acc = 0.f;
+        for (int64_t d = 0; d < D; ++d) acc += q[r * ldq + d] * kp[(p * D + d) * kPanel + c];
+        s[r * lds + p * kPanel + c] = acc;
+      }
+}
+
+void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
+             float* o, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float w = p[r * ldp + c];
+      for (int64_t e = 0; e < dv; ++e) o[r * ldo + e] += w * v[c * ldv + e];
+    }
+}
+
+float vmax(const float* x, int64_t n) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i])) return x[i];
+    m = x[i] > m ? x[i] : m;
+  }
+  return m;
+}
+
+float exp_sum(float* x, int64_t n, float m) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - m);
+    sum += x[i];
+  }
+  return sum;
+}
+
+float dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void axpy(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void scal(float a, float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+}  // namespace
+
+const Kernels& scalar_kernels() {
+  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal};
+  return k;
+}
+
+}  // namespace iceformer

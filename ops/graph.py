@@ -1,0 +1,102 @@
+"""Single-node ONNX models: our KnnAttention and ONNX Runtime's dense attention kernels (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import TensorProto, helper
+
+from . import contract
+
+_DTYPE = {"float": TensorProto.FLOAT, "bool": TensorProto.BOOL, "int32": TensorProto.INT32, "int64": TensorProto.INT64}
+_SYMS = {"B": "B", "Hq": "Hq", "Hkv": "Hkv", "S": "S", "T": "T", "D": "D", "Dv": "Dv"}
+
+
+def _value(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, _DTYPE[dtype], list(shape) if shape is not None else None)
+
+
+def make_knn_attention_model(
+    *,
+    attn_mask: str | None = None,
+    attn_mask_rank: int = 4,
+    key_padding_mask: str | None = None,
+    opset: int = 18,
+    **attributes,
+) -> onnx.ModelProto:
+    """A model with one KnnAttention node. attn_mask / key_padding_mask: None or the dtype of that input.
+
+    Attributes not given are left absent (the op's defaults apply); unknown names raise KeyError.
+    """
+    for name in attributes:
+        contract.attribute(name)
+    names = ["Q", "K", "V"]
+    inputs = [
+        _value("Q", "float", ["B", "Hq", "S", "D"]),
+        _value("K", "float", ["B", "Hkv", "T", "D"]),
+        _value("V", "float", ["B", "Hkv", "T", "Dv"]),
+    ]
+    if attn_mask is not None:
+        names.append("attn_mask")
+        inputs.append(_value("attn_mask", attn_mask, None))
+    elif key_padding_mask is not None:
+        names.append("")
+    if key_padding_mask is not None:
+        names.append("key_padding_mask")
+        inputs.append(_value("key_padding_mask", key_padding_mask, ["B", "T"]))
+    node = helper.make_node(contract.OP_TYPE, names, ["Y"], domain=contract.DOMAIN, name="knn_attention", **attributes)
+    graph = helper.make_graph([node], "knn_attention", inputs, [_value("Y", "float", ["B", "Hq", "S", "Dv"])])
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(contract.DOMAIN, contract.VERSION)],
+    )
+    model.ir_version = 10
+    return model
+
+
+def make_attention_model(
+    kind: str, *, num_heads: int, kv_num_heads: int | None = None, causal: bool = False, scale: float | None = None,
+    with_mask: str | None = None,
+) -> onnx.ModelProto:
+    """ONNX Runtime's dense attention as one node.
+
+    kind "mha": com.microsoft.MultiHeadAttention on [B,S,H*D] inputs (MHA only; causal via unidirectional=1).
+    kind "onnx": standard opset-23 Attention on [B,H,S,D] inputs (GQA via kv_num_heads; causal via is_causal,
+    top-left aligned when S != T and no past is given).
+    """
+    kv = kv_num_heads or num_heads
+    if kind == "mha":
+        if kv != num_heads:
+            raise ValueError("MultiHeadAttention needs as many KV heads as query heads")
+        attrs = {"num_heads": num_heads}
+        if causal:
+            attrs["unidirectional"] = 1
+        if scale is not None:
+            attrs["scale"] = float(scale)
+        node = helper.make_node("MultiHeadAttention", ["q", "k", "v"], ["y"], domain="com.microsoft", **attrs)
+        ins = [_value(n, "float", ["B", s, "HD"]) for n, s in (("q", "S"), ("k", "T"), ("v", "T"))]
+        out = _value("y", "float", ["B", "S", "HDv"])
+        opsets = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    elif kind == "onnx":
+        attrs = {"q_num_heads": num_heads, "kv_num_heads": kv}
+        if causal:
+            attrs["is_causal"] = 1
+        if scale is not None:
+            attrs["scale"] = float(scale)
+        names = ["q", "k", "v"]
+        ins = [
+            _value("q", "float", ["B", num_heads, "S", "D"]),
+            _value("k", "float", ["B", kv, "T", "D"]),
+            _value("v", "float", ["B", kv, "T", "Dv"]),
+        ]
+        if with_mask is not None:
+            names.append("attn_mask")
+            ins.append(_value("attn_mask", with_mask, None))
+        node = helper.make_node("Attention", names, ["y"], **attrs)
+        out = _value("y", "float", ["B", num_heads, "S", "Dv"])
+        opsets = [helper.make_opsetid("", 23)]
+    else:
+        raise ValueError(f"unknown kind {kind!r}: expected 'mha' or 'onnx'")
+    graph = helper.make_graph([node], f"dense_{kind}", ins, [out])
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 10
+    return model

@@ -1,0 +1,73 @@
+"""Float64 numpy reference of the KnnAttention contract (exact attention semantics).
+
+`knn_attention_reference` is what the op computes when `top_k` is 0 or covers every visible key; tests
+compare the native kernel against it with stated tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import contract
+
+
+def visibility(
+    B: int, Hq: int, S: int, T: int, *, is_causal: int, attn_mask=None, key_padding_mask=None
+) -> np.ndarray:
+    """Bool [B,Hq,S,T]: which keys each query may see (causal bottom-right, padding, bool / -inf masks)."""
+    vis = np.ones((B, Hq, S, T), dtype=bool)
+    if is_causal:
+        i = np.arange(S)[:, None]
+        j = np.arange(T)[None, :]
+        vis &= (j <= i + (T - S))[None, None]
+    if key_padding_mask is not None:
+        vis &= (np.asarray(key_padding_mask) != 0)[:, None, None, :]
+    if attn_mask is not None:
+        m = np.asarray(attn_mask)
+        m = m.reshape((1,) * (4 - m.ndim) + m.shape)
+        vis &= np.broadcast_to(m if m.dtype == bool else m != -np.inf, (B, Hq, S, T))
+    return vis
+
+
+def logits(Q, K, *, scale: float | None = None, attn_mask=None) -> np.ndarray:
+    """Float64 [B,Hq,S,T] scaled logits plus a float mask (GQA: head h uses KV head h // (Hq/Hkv))."""
+    Q = np.asarray(Q, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    B, Hq, S, D = Q.shape
+    Hkv = K.shape[1]
+    if scale is None:
+        scale = 1.0 / math.sqrt(D)
+    Kq = np.repeat(K, Hq // Hkv, axis=1)
+    z = np.einsum("bhsd,bhtd->bhst", Q, Kq) * scale
+    if attn_mask is not None and np.asarray(attn_mask).dtype != bool:
+        m = np.asarray(attn_mask, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            z = z + m.reshape((1,) * (4 - m.ndim) + m.shape)
+    return z
+
+
+def knn_attention_reference(
+    Q, K, V, attn_mask=None, key_padding_mask=None, *, is_causal: int = 0, scale: float | None = None, **_knn
+) -> np.ndarray:
+    """Exact attention per the contract, in float64. Rows with no visible key are zeros."""
+    Q = np.asarray(Q, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64)
+    B, Hq, S, _ = Q.shape
+    Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
+    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+    z = np.where(vis, logits(Q, K, scale=scale, attn_mask=attn_mask), -np.inf)
+    mx = z.max(axis=-1, keepdims=True) if T else np.zeros((B, Hq, S, 1))
+    safe = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(invalid="ignore"):
+        p = np.where(vis, np.exp(z - safe), 0.0)
+    den = p.sum(axis=-1, keepdims=True)
+    Vq = np.repeat(V, Hq // Hkv, axis=1)
+    num = np.einsum("bhst,bhtd->bhsd", p, Vq)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return out
+
+
+__all__ = ["knn_attention_reference", "visibility", "logits", "contract"]

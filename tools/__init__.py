@@ -1,0 +1,3 @@
+"""Command-line tools: benchmarks, demo and accuracy evaluation."""
+
+__all__: list[str] = []

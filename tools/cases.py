@@ -1,0 +1,82 @@
+"""One description of an attention case, used by the tests and the benchmarks alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    B: int = 1
+    Hq: int = 4
+    Hkv: int = 4
+    S: int = 64
+    T: int = 64
+    D: int = 64
+    Dv: int | None = None
+    is_causal: int = 0
+    attn_mask: str | None = None  # None | "bool" | "float" (pure 0/-inf mask) | "bias" (arbitrary float)
+    mask_shape: str = "B1ST"  # which axes the mask has: subset of "BHST" letters, "1" = broadcast
+    key_padding_mask: str | None = None  # None | "bool" | "int64" | "int32"
+    scale: float | None = None
+    seed: int = 0
+    peak: float = 1.0  # logit temperature of the generated data (> 1: more peaked attention)
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def dv(self) -> int:
+        return self.Dv if self.Dv is not None else self.D
+
+    def with_(self, **kw) -> "AttentionCase":
+        return replace(self, **kw)
+
+    def label(self) -> str:
+        parts = [f"B{self.B}", f"H{self.Hq}/{self.Hkv}", f"S{self.S}", f"T{self.T}", f"D{self.D}"]
+        if self.Dv is not None:
+            parts.append(f"Dv{self.Dv}")
+        if self.is_causal:
+            parts.append("causal")
+        if self.attn_mask:
+            parts.append(f"mask-{self.attn_mask}-{self.mask_shape}")
+        if self.key_padding_mask:
+            parts.append(f"kpm-{self.key_padding_mask}")
+        if self.scale is not None:
+            parts.append(f"scale{self.scale:g}")
+        return "_".join(parts)
+
+    def inputs(self) -> dict[str, np.ndarray]:
+        """Seeded float32 inputs (and masks) named as the KnnAttention inputs."""
+        rng = np.random.default_rng(self.seed)
+        f = np.float32
+        q = rng.standard_normal((self.B, self.Hq, self.S, self.D)).astype(f) * f(self.peak)
+        k = rng.standard_normal((self.B, self.Hkv, self.T, self.D)).astype(f)
+        v = rng.standard_normal((self.B, self.Hkv, self.T, self.dv)).astype(f)
+        out = {"Q": q, "K": k, "V": v}
+        if self.attn_mask:
+            shape = tuple(
+                {"B": self.B, "H": self.Hq, "S": self.S, "T": self.T}[c] if c != "1" else 1
+                for c in self.mask_shape
+            )
+            keep = rng.random(shape) > 0.25
+            if self.attn_mask == "bool":
+                out["attn_mask"] = keep
+            elif self.attn_mask == "float":
+                out["attn_mask"] = np.where(keep, 0.0, -np.inf).astype(f)
+            elif self.attn_mask == "bias":
+                out["attn_mask"] = rng.standard_normal(shape).astype(f)
+            else:
+                raise ValueError(f"unknown attn_mask kind {self.attn_mask!r}")
+        if self.key_padding_mask:
+            lengths = rng.integers(max(1, self.T // 2), self.T + 1, size=self.B) if self.T else np.zeros(self.B, int)
+            real = np.arange(self.T)[None, :] < lengths[:, None]
+            dtype = {"bool": bool, "int64": np.int64, "int32": np.int32}[self.key_padding_mask]
+            out["key_padding_mask"] = real.astype(dtype)
+        return out
+
+    def op_attrs(self) -> dict:
+        a = {"is_causal": self.is_causal, **self.attrs}
+        if self.scale is not None:
+            a["scale"] = float(self.scale)
+        return a
