@@ -21,9 +21,12 @@ def make_knn_attention_model(
     attn_mask_rank: int = 4,
     key_padding_mask: str | None = None,
     opset: int = 18,
+    unknown_shapes: bool = False,
     **attributes,
 ) -> onnx.ModelProto:
     """A model with one KnnAttention node. attn_mask / key_padding_mask: None or the dtype of that input.
+
+    unknown_shapes: declare inputs without shapes, so that only the op itself checks them.
 
     Attributes not given are left absent (the op's defaults apply); unknown names raise KeyError.
     """
@@ -43,6 +46,8 @@ def make_knn_attention_model(
     if key_padding_mask is not None:
         names.append("key_padding_mask")
         inputs.append(_value("key_padding_mask", key_padding_mask, ["B", "T"]))
+    if unknown_shapes:
+        inputs = [helper.make_tensor_value_info(i.name, i.type.tensor_type.elem_type, None) for i in inputs]
     node = helper.make_node(contract.OP_TYPE, names, ["Y"], domain=contract.DOMAIN, name="knn_attention", **attributes)
     graph = helper.make_graph([node], "knn_attention", inputs, [_value("Y", "float", ["B", "Hq", "S", "Dv"])])
     model = helper.make_model(

@@ -1,0 +1,106 @@
+"""Bad input gives an ONNX Runtime error naming the problem, or a defined result; never a crash."""
+
+import numpy as np
+import pytest
+
+from conftest import knn_session
+from iceformer.ops import knn_attention_reference
+from iceformer.tools.cases import AttentionCase
+
+
+def f32(*shape):
+    return np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def run(feeds, **kw):
+    return knn_session(unknown_shapes=True, **kw).run(None, feeds)
+
+
+@pytest.mark.parametrize(
+    "shapes,message",
+    [
+        (((1, 2, 8, 16), (1, 2, 8), (1, 2, 8, 16)), r"input K must have rank 4 \[B,Hkv,T,D\], got rank 3"),
+        (((2, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), r"input Q must have rank 4"),
+        (((1, 2, 8, 16), (2, 2, 8, 16), (2, 2, 8, 16)), r"batch mismatch: Q.B=1 but K.B=2"),
+        (((1, 2, 8, 16), (1, 2, 8, 16), (1, 1, 8, 16)), r"KV head count mismatch: K.Hkv=2 but V.Hkv=1"),
+        (((1, 2, 8, 16), (1, 2, 8, 16), (1, 2, 9, 16)), r"key count mismatch: K.T=8 but V.T=9"),
+        (((1, 2, 8, 16), (1, 2, 8, 32), (1, 2, 8, 16)), r"head dim mismatch: Q.D=16 but K.D=32"),
+        (((1, 3, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16)), r"Hq must be a multiple of Hkv.*Q.Hq=3 but K.Hkv=2"),
+        (((1, 2, 8, 16), (1, 0, 8, 16), (1, 0, 8, 16)), r"at least one head"),
+        (((1, 2, 8, 0), (1, 2, 8, 0), (1, 2, 8, 4)), r"head dim D must be >= 1"),
+    ],
+)
+def test_shape_errors(shapes, message):
+    q, k, v = (f32(*s) for s in shapes)
+    with pytest.raises(Exception, match=message):
+        run({"Q": q, "K": k, "V": v})
+
+
+def test_mask_that_does_not_broadcast():
+    feeds = {"Q": f32(1, 2, 8, 16), "K": f32(1, 2, 12, 16), "V": f32(1, 2, 12, 16), "attn_mask": np.ones((1, 3, 8, 12), bool)}
+    with pytest.raises(Exception, match=r"attn_mask shape \[1,3,8,12\] does not broadcast.*axis Hq is 3, expected 1 or 2"):
+        run(feeds, attn_mask="bool")
+
+
+def test_mask_of_rank_five():
+    feeds = {"Q": f32(1, 2, 8, 16), "K": f32(1, 2, 12, 16), "V": f32(1, 2, 12, 16), "attn_mask": np.ones((1, 1, 1, 8, 12), bool)}
+    with pytest.raises(Exception, match=r"attn_mask must have rank 1..4"):
+        run(feeds, attn_mask="bool")
+
+
+def test_mask_of_wrong_dtype():
+    feeds = {"Q": f32(1, 2, 8, 16), "K": f32(1, 2, 12, 16), "V": f32(1, 2, 12, 16), "attn_mask": np.ones((8, 12), np.int64)}
+    with pytest.raises(Exception, match=r"attn_mask must be bool or float32"):
+        run(feeds, attn_mask="int64")
+
+
+def test_key_padding_mask_of_wrong_shape_and_dtype():
+    base = {"Q": f32(2, 2, 8, 16), "K": f32(2, 2, 12, 16), "V": f32(2, 2, 12, 16)}
+    with pytest.raises(Exception, match=r"key_padding_mask must have shape \[B,T\]=\[2,12\], got \[2,11\]"):
+        run({**base, "key_padding_mask": np.ones((2, 11), bool)}, key_padding_mask="bool")
+    with pytest.raises(Exception, match=r"key_padding_mask must be bool, int32 or int64"):
+        run({**base, "key_padding_mask": np.ones((2, 12), np.float32)}, key_padding_mask="float")
+
+
+@pytest.mark.parametrize(
+    "attrs,message",
+    [
+        ({"top_k": -1}, r"top_k=-1 is invalid, expected >= 0"),
+        ({"is_causal": 2}, r"is_causal=2 is invalid, expected 0 or 1"),
+        ({"scale": float("nan")}, r"scale=nan is invalid"),
+        ({"L": 0}, r"attribute L=0 is invalid"),
+        ({"m": -3}, r"attribute m=-3 is invalid"),
+        ({"candidate_fraction": 1.5}, r"candidate_fraction=1.5.* is invalid"),
+        ({"local_window": -1}, r"local_window=-1 is invalid"),
+        ({"max_candidates": 1 << 50}, r"max_candidates=.* is invalid"),
+        ({"tail_samples": -5}, r"tail_samples=-5 is invalid"),
+    ],
+)
+def test_bad_attributes_fail_at_session_creation(attrs, message):
+    with pytest.raises(Exception, match=message):
+        knn_session(**attrs)
+
+
+@pytest.mark.parametrize("S,T", [(0, 10), (10, 0), (0, 0)])
+def test_empty_sequences_give_defined_results(S, T):
+    feeds = {"Q": f32(1, 2, S, 16), "K": f32(1, 2, T, 16), "V": f32(1, 2, T, 8)}
+    (y,) = run(feeds, is_causal=1)
+    assert y.shape == (1, 2, S, 8)
+    assert np.count_nonzero(y) == 0
+
+
+def test_nan_and_inf_propagate_only_where_visible():
+    """A NaN key poisons exactly the queries that may see it (causal), an inf query its own row."""
+    case = AttentionCase(S=200, T=200, is_causal=1, seed=5)
+    feeds = case.inputs()
+    feeds["K"][0, 1, 120, 3] = np.nan
+    feeds["Q"][0, 2, 10, 0] = np.inf
+    (y,) = knn_session(case).run(None, feeds)
+    bad = ~np.isfinite(y).all(-1)
+    expected = np.zeros_like(bad)
+    expected[0, 1, 120:] = True
+    expected[0, 2, 10] = True
+    assert np.array_equal(bad, expected)
+    ok = ~expected
+    ref = knn_attention_reference(**case.inputs(), **case.op_attrs())
+    np.testing.assert_allclose(y[ok], ref[ok], atol=1e-4)

@@ -1,0 +1,45 @@
+"""The contract is stated once (Python); the native registration and the README must agree with it."""
+
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from iceformer.ops import contract, make_knn_attention_model, native_contract, session_options, simd_variant
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_native_registration_matches_python_contract():
+    assert native_contract() == contract.as_dict()
+
+
+def test_readme_carries_the_contract_table():
+    assert contract.markdown() in README.read_text()
+
+
+def test_simd_variant_is_known():
+    assert simd_variant() in {"avx512", "scalar"}
+
+
+def test_shape_inference_types_the_output():
+    model = make_knn_attention_model()
+    so = session_options(1)
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    out = sess.get_outputs()[0]
+    assert out.type == "tensor(float)"
+    # Symbolic dims flow from Q (B,Hq,S) and V (Dv).
+    assert out.shape == ["B", "Hq", "S", "Dv"]
+
+
+def test_unknown_attribute_name_is_refused_by_the_builder():
+    with pytest.raises(KeyError, match="no attribute 'topk'"):
+        make_knn_attention_model(topk=3)
+
+
+def test_attribute_of_wrong_type_is_an_ort_error():
+    model = make_knn_attention_model()
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("top_k", 1.5))
+    with pytest.raises(Exception, match="attribute top_k has the wrong type"):
+        ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])

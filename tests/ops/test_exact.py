@@ -1,0 +1,159 @@
+"""The exact path against the float64 reference and against ONNX's own Attention (onnx.reference, ORT)."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from conftest import knn_session, run_case
+from iceformer.ops import knn_attention_reference, make_attention_model
+from iceformer.tools.cases import AttentionCase
+
+# Float32 kernel vs float64 reference: |error| <= ATOL + RTOL |ref| elementwise.
+ATOL, RTOL = 2e-5, 1e-4
+
+GRID = [
+    AttentionCase(),  # MHA, S = T
+    AttentionCase(Hq=8, Hkv=2, S=77, T=77),  # GQA
+    AttentionCase(Hq=6, Hkv=1, S=50, T=300),  # MQA, S != T
+    AttentionCase(S=300, T=50),  # more queries than keys
+    AttentionCase(S=129, T=129, is_causal=1),
+    AttentionCase(Hq=4, Hkv=2, S=40, T=333, is_causal=1),  # causal with offset (cache + new keys)
+    AttentionCase(S=100, T=60, is_causal=1),  # S > T: the first 40 queries see nothing -> zeros
+    AttentionCase(S=65, T=270, attn_mask="bool", mask_shape="1HST"),
+    AttentionCase(B=2, S=33, T=190, attn_mask="float", mask_shape="B1ST"),
+    AttentionCase(B=2, S=33, T=190, attn_mask="bias", mask_shape="ST"),
+    AttentionCase(S=17, T=40, attn_mask="bool", mask_shape="T"),
+    AttentionCase(B=3, S=64, T=300, key_padding_mask="bool"),
+    AttentionCase(B=2, S=64, T=300, key_padding_mask="int64", is_causal=1),
+    AttentionCase(B=2, S=10, T=90, key_padding_mask="int32", attn_mask="float", mask_shape="BHST"),
+    AttentionCase(S=64, T=64, scale=0.37),
+    AttentionCase(D=32, S=70, T=90),
+    AttentionCase(D=128, S=70, T=520),
+    AttentionCase(D=64, Dv=40, S=33, T=257),  # Dv != D
+    AttentionCase(D=80, Dv=128, S=9, T=31),
+    AttentionCase(B=3, Hq=2, Hkv=2, S=1, T=1000, is_causal=1),  # decode step
+]
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: c.label())
+def test_exact_matches_float64_reference(case):
+    inputs = case.inputs()
+    got = run_case(case)
+    ref = knn_attention_reference(**inputs, **case.op_attrs())
+    assert got.shape == ref.shape
+    assert np.all(np.abs(got - ref) <= ATOL + RTOL * np.abs(ref)), np.abs(got - ref).max()
+
+
+def _onnx_attention_inputs(case, inputs):
+    feeds = {"q": inputs["Q"], "k": inputs["K"], "v": inputs["V"]}
+    if "attn_mask" in inputs:
+        m = inputs["attn_mask"]
+        feeds["attn_mask"] = m.reshape((1,) * (2 - m.ndim) + m.shape)  # ORT's Attention wants rank >= 2
+    return feeds
+
+
+ONNX_GRID = [c for c in GRID if c.key_padding_mask is None and (not c.is_causal or c.S == c.T) and c.S > 1]
+
+
+@pytest.mark.parametrize("case", ONNX_GRID, ids=lambda c: c.label())
+def test_exact_matches_onnx_attention(case):
+    """Same inputs through ONNX's standard Attention (opset 23): onnx.reference and ORT's kernel."""
+    inputs = case.inputs()
+    model = make_attention_model(
+        "onnx",
+        num_heads=case.Hq,
+        kv_num_heads=case.Hkv,
+        causal=bool(case.is_causal),
+        scale=case.scale,
+        with_mask=None if case.attn_mask is None else ("bool" if case.attn_mask == "bool" else "float"),
+    )
+    feeds = _onnx_attention_inputs(case, inputs)
+    ours = run_case(case)
+    ort_y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(ours, ort_y, atol=1e-4, rtol=1e-4)
+    if case.attn_mask is None:  # onnx.reference yields NaN rows for fully masked rows; compare unmasked only
+        ref_y = ReferenceEvaluator(model).run(None, feeds)[0]
+        np.testing.assert_allclose(ours, ref_y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("past,new", [(200, 40), (63, 1), (500, 129)])
+def test_causal_offset_matches_onnx_attention_with_past(past, new):
+    """K = cached keys + new keys: ONNX aligns causality bottom-right when the cache comes via past_key."""
+    from onnx import TensorProto, helper
+
+    case = AttentionCase(Hq=4, Hkv=2, S=new, T=past + new, is_causal=1, seed=3)
+    inputs = case.inputs()
+    K, V = inputs["K"], inputs["V"]
+    node = helper.make_node(
+        "Attention", ["q", "k", "v", "", "past_k", "past_v"], ["y", "pk", "pv"], is_causal=1, q_num_heads=4, kv_num_heads=2
+    )
+    vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
+    graph = helper.make_graph(
+        [node], "g", [vi("q"), vi("k"), vi("v"), vi("past_k"), vi("past_v")], [vi("y"), vi("pk"), vi("pv")]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    feeds = {"q": inputs["Q"], "k": K[:, :, past:], "v": V[:, :, past:], "past_k": K[:, :, :past], "past_v": V[:, :, :past]}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(run_case(case), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_rows_without_visible_keys_are_zero():
+    case = AttentionCase(S=100, T=60, is_causal=1)
+    y = run_case(case)
+    assert np.count_nonzero(y[:, :, :40]) == 0
+    assert np.all(np.abs(y[:, :, 40:]).sum(-1) > 0)
+
+
+def test_one_and_two_threads_give_identical_output():
+    case = AttentionCase(Hq=6, Hkv=3, S=700, T=900, is_causal=1, key_padding_mask="bool", B=2)
+    y1 = run_case(case, threads=1)
+    y2 = run_case(case, threads=2)
+    assert np.array_equal(y1, y2)
+
+
+def test_several_sessions_and_registrations_in_one_process():
+    cases = [AttentionCase(seed=s, S=90, T=120, is_causal=s % 2) for s in range(3)]
+    sessions = [knn_session(c, threads=1 + i % 2) for i, c in enumerate(cases)]
+    for _ in range(2):
+        for c, s in zip(cases, sessions):
+            ref = knn_attention_reference(**c.inputs(), **c.op_attrs())
+            np.testing.assert_allclose(s.run(None, c.inputs())[0], ref, atol=1e-4)
+    del sessions[0]
+    c = cases[1]
+    np.testing.assert_allclose(
+        sessions[0].run(None, c.inputs())[0], knn_attention_reference(**c.inputs(), **c.op_attrs()), atol=1e-4
+    )
+
+
+def test_scalar_and_vector_kernels_agree(tmp_path):
+    """ICEFORMER_SIMD=scalar forces the reference kernels (checked in a subprocess: dispatch is per process)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, sys; sys.path.insert(0, %r)\n"
+        "from conftest import run_case\n"
+        "from iceformer.tools.cases import AttentionCase\n"
+        "from iceformer.ops import simd_variant\n"
+        "c = AttentionCase(Hq=4, Hkv=2, S=77, T=301, is_causal=1, D=48, Dv=24)\n"
+        "np.save(%r, run_case(c)); print(simd_variant())\n"
+    )
+    outs = {}
+    for variant in ("scalar", "auto"):
+        path = tmp_path / f"{variant}.npy"
+        env = dict(__import__("os").environ, ICEFORMER_SIMD=variant)
+        res = subprocess.run(
+            [sys.executable, "-c", code % (str(Path_tests()), str(path))], env=env, capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stderr
+        outs[variant] = (np.load(path), res.stdout.strip())
+    assert outs["scalar"][1] == "scalar"
+    np.testing.assert_allclose(outs["scalar"][0], outs["auto"][0], atol=1e-5, rtol=1e-5)
+
+
+def Path_tests():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,34 @@
+"""Pins the public API of the package."""
+
+import iceformer
+import iceformer.ops
+
+
+def test_top_level_api():
+    assert sorted(iceformer.__all__) == sorted(
+        ["__version__", "contract", "get_library_path", "knn_attention_reference", "session_options"]
+    )
+    for name in iceformer.__all__:
+        assert hasattr(iceformer, name), name
+
+
+def test_ops_api():
+    assert sorted(iceformer.ops.__all__) == sorted(
+        [
+            "contract",
+            "get_library_path",
+            "session_options",
+            "native_contract",
+            "simd_variant",
+            "knn_attention_reference",
+            "make_knn_attention_model",
+            "make_attention_model",
+        ]
+    )
+
+
+def test_library_path_and_session_options():
+    path = iceformer.get_library_path()
+    assert path.endswith("libiceformer_ops.so")
+    so = iceformer.session_options(1)
+    assert so.intra_op_num_threads == 1
