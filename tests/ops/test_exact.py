@@ -49,7 +49,9 @@ def _onnx_attention_inputs(case, inputs):
     feeds = {"q": inputs["Q"], "k": inputs["K"], "v": inputs["V"]}
     if "attn_mask" in inputs:
         m = inputs["attn_mask"]
-        feeds["attn_mask"] = m.reshape((1,) * (2 - m.ndim) + m.shape)  # ORT's Attention wants rank >= 2
+        if m.ndim < 2:  # ORT's Attention wants rank >= 2 and the S axis spelled out
+            m = np.broadcast_to(m, (case.S, case.T)).copy()
+        feeds["attn_mask"] = m
     return feeds
 
 
