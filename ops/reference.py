@@ -70,4 +70,44 @@ def knn_attention_reference(
     return out
 
 
-__all__ = ["knn_attention_reference", "visibility", "logits", "contract"]
+
+def topk_attention_reference(
+    Q,
+    K,
+    V,
+    attn_mask=None,
+    key_padding_mask=None,
+    *,
+    is_causal: int = 0,
+    scale: float | None = None,
+    top_k: int,
+    local_window: int = 0,
+    num_sink: int = 0,
+    **_ignored,
+) -> np.ndarray:
+    """What the k-NN path computes when its search is perfect and there is no tail estimate: softmax over
+    the first `num_sink` visible keys, the `local_window` most recent visible keys, and the `top_k` best
+    remaining visible keys by logit (ties: lower key index first)."""
+    Q = np.asarray(Q, dtype=np.float64)
+    V = np.asarray(V, dtype=np.float64)
+    B, Hq, S, _ = Q.shape
+    Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
+    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+    z = logits(Q, K, scale=scale, attn_mask=attn_mask)
+    rank = np.cumsum(vis, axis=-1)  # 1-based rank of each visible key among visible keys
+    n_vis = rank[..., -1:]
+    forced = vis & ((rank <= num_sink) | (rank > n_vis - local_window))
+    rest = np.where(vis & ~forced, z, -np.inf)
+    order = np.argsort(-rest, axis=-1, kind="stable")[..., :top_k]
+    chosen = np.zeros_like(vis)
+    np.put_along_axis(chosen, order, True, axis=-1)
+    sel = forced | (chosen & vis & ~forced)
+    zz = np.where(sel, z, -np.inf)
+    mx = zz.max(axis=-1, keepdims=True)
+    p = np.where(sel, np.exp(zz - np.where(np.isfinite(mx), mx, 0.0)), 0.0)
+    den = p.sum(axis=-1, keepdims=True)
+    num = np.einsum("bhst,bhtd->bhsd", p, np.repeat(V, Hq // Hkv, axis=1))
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+
+
+__all__ = ["knn_attention_reference", "topk_attention_reference", "visibility", "logits", "contract"]

@@ -5,16 +5,22 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <limits>
 #include <chrono>
 #include <new>
 #include <vector>
 
 #include "exact_attention.h"
+#include "knn_attention.h"
+#include "knn_index.h"
+#include "masking.h"
 
 namespace iceformer {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr int64_t kMinQueriesForIndex = 32;  // decode-like calls: an index built per call cannot pay
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
@@ -84,6 +90,99 @@ Status run_exact(const AttentionParams& p, const Parallel& par, CallStats* stats
   return Status();
 }
 
+// A float attn_mask holding anything but 0 / -inf is a bias top-k cannot honour.
+bool mask_is_bias(const AttentionParams& p) {
+  if (p.mask.kind != MaskKind::kFloat) return false;
+  const int64_t full[4] = {p.shape.B, p.shape.Hq, p.shape.S, p.shape.T};
+  int64_t n = 1;
+  for (int a = 0; a < 4; ++a) n *= p.mask.stride[a] ? full[a] : 1;
+  const float* m = static_cast<const float*>(p.mask.data);
+  for (int64_t t = 0; t < n; ++t)
+    if (m[t] != 0.f && m[t] != -std::numeric_limits<float>::infinity()) return true;
+  return false;
+}
+
+// Fewest visible keys for which a query takes the k-NN path.
+int64_t knn_threshold(const KnnSettings& k) {
+  return std::max<int64_t>(k.min_keys, k.top_k + k.local_window + k.num_sink + 1);
+}
+
+Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) {
+  const AttentionShape& sh = p.shape;
+  const KnnSettings& ks = p.knn;
+  const auto t0 = Clock::now();
+  const int64_t lists = ks.num_composite * ks.num_simple;
+  const std::vector<float> dirs = make_directions(ks.seed, lists, sh.D);
+  KnnIndexSet set;
+  std::vector<float> packed;
+  std::vector<int64_t> real_prefix;
+  std::vector<int32_t> scored;
+  const int64_t per_head = packed_keys_size(sh);
+  try {
+    set.lists = lists;
+    set.stride = sh.T;
+    set.proj.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
+    set.ids.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
+    set.count.assign(static_cast<size_t>(sh.B * sh.Hkv), 0);
+    real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
+    scored.assign(static_cast<size_t>(sh.B * sh.Hq * sh.S), -1);
+    // Rows that go exact (early causal rows, heavily padded batch rows) read packed keys.
+    if (p.is_causal || p.key_padding.kind != KeyPaddingKind::kNone) packed.resize(static_cast<size_t>(sh.B * sh.Hkv * per_head));
+  } catch (const std::bad_alloc&) {
+    return Status::Error("KnnAttention: out of memory building the k-NN index");
+  }
+  for (int64_t b = 0; b < sh.B; ++b) {
+    int64_t* pre = real_prefix.data() + b * (sh.T + 1);
+    pre[0] = 0;
+    for (int64_t j = 0; j < sh.T; ++j) pre[j + 1] = pre[j] + (key_is_real(p.key_padding, sh.T, b, j) ? 1 : 0);
+  }
+  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), [&](size_t t) {
+    const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
+    project_keys(p, dirs, b, h, &set);
+    if (!packed.empty()) pack_keys(p, b, h, packed.data() + t * per_head);
+  });
+  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), [&](size_t t) {
+    sort_list(&set, static_cast<int64_t>(t) / lists, static_cast<int64_t>(t) % lists);
+  });
+  stats->build_ms = ms_since(t0);
+
+  const auto t1 = Clock::now();
+  const int64_t threshold = knn_threshold(ks);
+  const int64_t nblocks = (sh.S + kExactBlockQ - 1) / kExactBlockQ, group = sh.group();
+  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), [&](size_t t) {
+    const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
+    const int64_t b = bh / sh.Hq, hq = bh % sh.Hq, bkv = b * sh.Hkv + hq / group;
+    const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
+    const int64_t* pre = real_prefix.data() + b * (sh.T + 1);
+    // Rows whose visible keys are too few for the index to pay go exact: a prefix of the block (causal).
+    int64_t split = i0;
+    while (split < i1) {
+      const int64_t last = causal_last_key(p, split);
+      if (last >= 0 && pre[last + 1] >= threshold) break;
+      ++split;
+    }
+    if (split > i0) exact_rows(p, packed.data() + bkv * per_head, b, hq, i0, split);
+    if (split < i1)
+      knn_rows(p, set.view(bkv), dirs, pre, b, hq, split, i1, scored.data() + (b * sh.Hq + hq) * sh.S + split);
+  });
+  stats->search_ms = ms_since(t1);
+  std::vector<int32_t> used;
+  used.reserve(scored.size());
+  for (int32_t c : scored)
+    if (c >= 0) used.push_back(c);
+  if (!used.empty()) {
+    double sum = 0;
+    for (int32_t c : used) sum += c;
+    stats->mean_candidates = sum / static_cast<double>(used.size());
+    const size_t k99 = std::min(used.size() - 1, static_cast<size_t>(0.99 * static_cast<double>(used.size())));
+    std::nth_element(used.begin(), used.begin() + k99, used.end());
+    stats->p99_candidates = used[k99];
+  }
+  stats->knn_rows = static_cast<int64_t>(used.size());
+  stats->path = PathTaken::kKnn;
+  return Status();
+}
+
 Status run_attention(const AttentionParams& p, const Parallel& par, CallStats* stats) {
   const auto t0 = Clock::now();
   const AttentionShape& sh = p.shape;
@@ -99,8 +198,27 @@ Status run_attention(const AttentionParams& p, const Parallel& par, CallStats* s
     stats->reason = "no keys (T = 0)";
     return Status();
   }
-  Status st = run_exact(p, par, stats);
-  if (stats->reason.empty()) stats->reason = p.knn.top_k == 0 ? "top_k = 0" : "exact";
+  // Path choice. k-NN needs top_k > 0, no bias mask, enough queries to pay for the index, and some query
+  // seeing at least knn_threshold keys.
+  const KnnSettings& ks = p.knn;
+  const char* why = nullptr;
+  if (ks.top_k == 0) {
+    why = "top_k = 0";
+  } else if (sh.S < kMinQueriesForIndex) {
+    why = "too few queries for an index";
+  } else if (sh.T < knn_threshold(ks)) {
+    why = "too few keys (T < max(min_keys, top_k + local_window + num_sink + 1))";
+  } else if (mask_is_bias(p)) {
+    why = "float attn_mask is a bias";
+  }
+  Status st;
+  if (why != nullptr || std::getenv("ICEFORMER_FORCE_EXACT") != nullptr) {
+    st = run_exact(p, par, stats);
+    stats->reason = why != nullptr ? why : "ICEFORMER_FORCE_EXACT";
+  } else {
+    st = run_knn(p, par, stats);
+    stats->reason = "top_k search";
+  }
   stats->total_ms = ms_since(t0);
   return st;
 }

@@ -19,6 +19,7 @@ struct CallStats {
   double mean_candidates = 0;     // candidates scored exactly per query (k-NN path)
   double p99_candidates = 0;
   double mean_visible = 0;        // visible keys per query
+  int64_t knn_rows = 0;           // query rows that took the k-NN path
   double build_ms = 0, search_ms = 0, softmax_ms = 0, total_ms = 0;
 };
 

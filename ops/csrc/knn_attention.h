@@ -1,0 +1,20 @@
+// k-NN sparse attention for query rows: always-attended sinks and local window, Prioritized-DCI retrieval
+// of candidates, exact re-scoring, top-k, optional tail estimate, fused online softmax and value sum.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "knn_index.h"
+#include "params.h"
+
+namespace iceformer {
+
+// Candidates the walk retrieves per query (before top-k): the budget rule of the contract.
+int64_t candidate_budget(const KnnSettings& s, int64_t visible);
+
+// Rows [i0, i1) of y[b, hq] by k-NN attention over index `idx` of (b, hq / group). keys_scored[r] receives
+// the number of keys scored exactly for row i0 + r. real_prefix[j] = real keys of batch row b in [0, j).
+void knn_rows(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs,
+              const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored);
+
+}  // namespace iceformer

@@ -1,0 +1,43 @@
+// Top-k by score: a min-heap of capacity k whose root is the admission threshold.
+#pragma once
+#include <algorithm>
+#include <limits>
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace iceformer {
+
+class TopK {
+ public:
+  void reset(int64_t k) {
+    k_ = k;
+    heap_.clear();
+    if (static_cast<int64_t>(heap_.capacity()) < k) heap_.reserve(k);
+  }
+  // Score a key must beat to enter (-inf until full).
+  float threshold() const { return full() ? heap_.front().first : -std::numeric_limits<float>::infinity(); }
+  bool full() const { return static_cast<int64_t>(heap_.size()) >= k_; }
+  void push(float score, int32_t id) {
+    if (k_ <= 0) return;
+    if (!full()) {
+      heap_.emplace_back(score, id);
+      std::push_heap(heap_.begin(), heap_.end(), cmp);
+    } else if (score > heap_.front().first) {
+      std::pop_heap(heap_.begin(), heap_.end(), cmp);
+      heap_.back() = {score, id};
+      std::push_heap(heap_.begin(), heap_.end(), cmp);
+    }
+  }
+  const std::vector<std::pair<float, int32_t>>& items() const { return heap_; }  // heap order
+
+ private:
+  // Min-heap on score; ties broken by id so the kept set does not depend on insertion order.
+  static bool cmp(const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second > b.second);
+  }
+  int64_t k_ = 0;
+  std::vector<std::pair<float, int32_t>> heap_;
+};
+
+}  // namespace iceformer
