@@ -1,0 +1,139 @@
+"""Benchmark KnnAttention against ONNX Runtime's dense attention kernels in the same process.
+
+Variants per (n, causal, head layout), run interleaved (one run of each in turn, `--reps` rounds), same
+thread count, medians reported with ratios (time of ORT's kernel / time of ours: > 1 means we are faster):
+  ours-exact   KnnAttention, top_k = 0
+  ours-knn     KnnAttention with the k-NN attributes given by --knn (omitted when --knn is not given)
+  ort-mha      com.microsoft.MultiHeadAttention (MHA layouts only; causal = unidirectional=1)
+  ort-attn23   standard ONNX Attention, opset 23 (is_causal=1 for causal)
+
+  ice-bench-op --n 1024 4096 8192 --causal both --threads 2 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from ..ops import make_attention_model, make_knn_attention_model, session_options
+from .cases import AttentionCase
+
+
+@dataclass
+class Row:
+    n: int
+    causal: int
+    Hq: int
+    Hkv: int
+    D: int
+    times_ms: dict[str, float] = field(default_factory=dict)
+    knn_stats: dict | None = None
+
+
+def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
+    if custom:
+        so = session_options(threads)
+    else:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _variants(case: AttentionCase, threads: int, knn: dict | None):
+    x = case.inputs()
+    q, k, v = x["Q"], x["K"], x["V"]
+    ours = {"Q": q, "K": k, "V": v}
+    out = {"ours-exact": (_session(make_knn_attention_model(is_causal=case.is_causal), threads, True), ours)}
+    if knn:
+        out["ours-knn"] = (_session(make_knn_attention_model(is_causal=case.is_causal, **knn), threads, True), ours)
+    if case.Hq == case.Hkv:
+        to3 = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], -1))  # noqa: E731
+        mha = make_attention_model("mha", num_heads=case.Hq, causal=bool(case.is_causal))
+        out["ort-mha"] = (_session(mha, threads, False), {"q": to3(q), "k": to3(k), "v": to3(v)})
+    attn = make_attention_model("onnx", num_heads=case.Hq, kv_num_heads=case.Hkv, causal=bool(case.is_causal))
+    out["ort-attn23"] = (_session(attn, threads, False), {"q": q, "k": k, "v": v})
+    return out
+
+
+def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str) -> Row:
+    variants = _variants(case, threads, knn)
+    for sess, feeds in variants.values():  # warm-up
+        sess.run(None, feeds)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(reps):
+        for name, (sess, feeds) in variants.items():
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, {k: statistics.median(v) for k, v in times.items()})
+    if knn and os.path.exists(stats_path):
+        lines = [json.loads(s) for s in open(stats_path) if '"path":"knn"' in s]
+        if lines:
+            row.knn_stats = lines[-1]
+        os.remove(stats_path)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="ice-bench-op", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384], help="sequence lengths (S = T)")
+    ap.add_argument("--causal", choices=["no", "yes", "both"], default="both")
+    ap.add_argument("--layouts", nargs="+", default=["mha", "gqa"], choices=["mha", "gqa"],
+                    help="mha: Hq = Hkv = --heads; gqa: Hq = --heads, Hkv = --heads / 2")
+    ap.add_argument("--heads", type=int, default=2)
+    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--knn", type=json.loads, default=None, help='k-NN attributes as JSON, e.g. \'{"top_k": 32}\'')
+    ap.add_argument("--json", help="write the rows as JSON to this file")
+    args = ap.parse_args(argv)
+
+    stats_path = os.path.join(tempfile.mkdtemp(prefix="ice-bench-"), "stats.jsonl")
+    os.environ["ICEFORMER_STATS"] = stats_path
+    causal_list = {"no": [0], "yes": [1], "both": [0, 1]}[args.causal]
+    rows: list[Row] = []
+    console = Console(width=200)
+    for layout in args.layouts:
+        hkv = args.heads if layout == "mha" else max(1, args.heads // 2)
+        for causal in causal_list:
+            for n in args.n:
+                case = AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=causal, seed=n)
+                rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path))
+                console.log(f"{layout} causal={causal} n={n}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
+
+    table = Table(title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
+                        "(ratio = ORT time / our time)")
+    for col in ["layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-mha ms", "ort-attn23 ms",
+                "mha/exact", "attn23/exact", "best-ort/knn", "knn cand mean/p99", "build %"]:
+        table.add_column(col, justify="right")
+    for r in rows:
+        t = r.times_ms
+        best = min(v for k, v in t.items() if k.startswith("ort-"))
+        fmt = lambda key: f"{t[key]:.1f}" if key in t else "-"  # noqa: E731
+        ratio = lambda a, b: f"{t[a] / t[b]:.2f}" if a in t and b in t else "-"  # noqa: E731
+        ks = r.knn_stats or {}
+        table.add_row(
+            "mha" if r.Hq == r.Hkv else "gqa", str(r.causal), str(r.n), fmt("ours-exact"), fmt("ours-knn"),
+            fmt("ort-mha"), fmt("ort-attn23"), ratio("ort-mha", "ours-exact"), ratio("ort-attn23", "ours-exact"),
+            f"{best / t['ours-knn']:.2f}" if "ours-knn" in t else "-",
+            f"{ks['mean_candidates']:.0f}/{ks['p99_candidates']:.0f}" if ks else "-",
+            f"{100 * ks['build_ms'] / ks['total_ms']:.1f}" if ks and ks.get("total_ms") else "-",
+        )
+    console.print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
