@@ -1,5 +1,10 @@
 """The exact path against the float64 reference and against ONNX's own Attention (onnx.reference, ORT)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -131,9 +136,7 @@ def test_several_sessions_and_registrations_in_one_process():
 
 def test_scalar_and_vector_kernels_agree(tmp_path):
     """ICEFORMER_SIMD=scalar forces the reference kernels (checked in a subprocess: dispatch is per process)."""
-    import subprocess
-    import sys
-
+    tests_dir = Path(__file__).resolve().parents[1]
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r)\n"
         "from conftest import run_case\n"
@@ -145,17 +148,9 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
     outs = {}
     for variant in ("scalar", "auto"):
         path = tmp_path / f"{variant}.npy"
-        env = dict(__import__("os").environ, ICEFORMER_SIMD=variant)
-        res = subprocess.run(
-            [sys.executable, "-c", code % (str(Path_tests()), str(path))], env=env, capture_output=True, text=True
-        )
+        env = dict(os.environ, ICEFORMER_SIMD=variant)
+        res = subprocess.run([sys.executable, "-c", code % (str(tests_dir), str(path))], env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         outs[variant] = (np.load(path), res.stdout.strip())
     assert outs["scalar"][1] == "scalar"
     np.testing.assert_allclose(outs["scalar"][0], outs["auto"][0], atol=1e-5, rtol=1e-5)
-
-
-def Path_tests():
-    from pathlib import Path
-
-    return Path(__file__).resolve().parents[1]
