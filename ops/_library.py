@@ -50,6 +50,7 @@ def _cdll() -> ctypes.CDLL:
     lib = ctypes.CDLL(get_library_path())
     lib.IceformerContractJson.restype = ctypes.c_char_p
     lib.IceformerSimdVariant.restype = ctypes.c_char_p
+    lib.IceformerKnnSelect.restype = ctypes.c_int
     return lib
 
 
@@ -61,3 +62,31 @@ def native_contract() -> dict:
 def simd_variant() -> str:
     """Which kernel variant the library dispatches to on this CPU ("avx512" or "scalar")."""
     return _cdll().IceformerSimdVariant().decode()
+
+
+def knn_select(q, k, *, is_causal: int = 0, top_k: int, L: int = 4, m: int = 2, max_candidates: int = 0,
+               local_window: int = 0, num_sink: int = 0, seed: int = 0, candidate_fraction: float = 0.0,
+               search: int = 0, rank: int = 16, **_ignored):
+    """Keys the k-NN path attends to for each query of one head: (ids [S, cap] padded with -1, counts [S]).
+
+    q: [S, D], k: [T, D] float32. Masks are not supported here; `scale` does not change the selection.
+    """
+    import numpy as np
+
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    k = np.ascontiguousarray(k, dtype=np.float32)
+    S, D = q.shape
+    T = k.shape[0]
+    cap = top_k + local_window + num_sink
+    out = np.full((S, max(cap, 1)), -1, dtype=np.int32)
+    counts = np.zeros(S, dtype=np.int32)
+    ints = (ctypes.c_int64 * 9)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank)
+    err = ctypes.create_string_buffer(512)
+    p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
+    rc = _cdll().IceformerKnnSelect(
+        p(q, ctypes.c_float), p(k, ctypes.c_float), ctypes.c_int64(S), ctypes.c_int64(T), ctypes.c_int64(D),
+        ctypes.c_int64(is_causal), ints, ctypes.c_float(candidate_fraction), p(out, ctypes.c_int32),
+        ctypes.c_int64(max(cap, 1)), p(counts, ctypes.c_int32), err, ctypes.c_int64(512))
+    if rc != 0:
+        raise ValueError(err.value.decode() or "IceformerKnnSelect failed")
+    return out, counts

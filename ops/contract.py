@@ -59,6 +59,8 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("is_causal", "int", 0, "1: query i sees keys j <= i + T - S (bottom-right aligned, K = cache + new keys)"),
     AttrSpec("scale", "float", None, "logit scale; absent: 1/sqrt(D)"),
     AttrSpec("top_k", "int", 0, "keys retrieved per query by k-NN search; 0 or >= visible keys: exact attention"),
+    AttrSpec("search", "int", 0, "candidate retrieval: 0 low-rank scoring (default), 1 Prioritized DCI walk"),
+    AttrSpec("rank", "int", 16, "low-rank scoring: dimensions of the key subspace (top eigenvectors of K^T K)"),
     AttrSpec("L", "int", 4, "composite indices of Prioritized DCI"),
     AttrSpec("m", "int", 2, "simple indices (random directions) per composite index"),
     AttrSpec("max_candidates", "int", 0, "cap on candidates scored exactly per query (0: no absolute cap)"),

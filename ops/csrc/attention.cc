@@ -14,6 +14,7 @@
 #include "exact_attention.h"
 #include "knn_attention.h"
 #include "knn_index.h"
+#include "lowrank.h"
 #include "masking.h"
 
 namespace iceformer {
@@ -111,9 +112,11 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
   const auto t0 = Clock::now();
-  const int64_t lists = ks.num_composite * ks.num_simple;
+  const bool dci = ks.search == 1;
+  const int64_t lists = dci ? ks.num_composite * ks.num_simple : 0;
   const std::vector<float> dirs = make_directions(ks.seed, lists, sh.D);
   KnnIndexSet set;
+  LowRankSet lowrank;
   std::vector<float> packed;
   std::vector<int64_t> real_prefix;
   std::vector<int32_t> scored;
@@ -124,6 +127,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
     set.proj.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
     set.ids.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
     set.count.assign(static_cast<size_t>(sh.B * sh.Hkv), 0);
+    if (!dci) init_lowrank(p, ks.rank, &lowrank);
     real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
     scored.assign(static_cast<size_t>(sh.B * sh.Hq * sh.S), -1);
     // Rows that go exact (early causal rows, heavily padded batch rows) read packed keys.
@@ -138,7 +142,10 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
   }
   parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
-    project_keys(p, dirs, b, h, &set);
+    if (dci)
+      project_keys(p, dirs, b, h, &set);
+    else
+      build_lowrank(p, b, h, &lowrank);
     if (!packed.empty()) pack_keys(p, b, h, packed.data() + t * per_head);
   });
   parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), [&](size_t t) {
@@ -162,8 +169,16 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
       ++split;
     }
     if (split > i0) exact_rows(p, packed.data() + bkv * per_head, b, hq, i0, split);
-    if (split < i1)
-      knn_rows(p, set.view(bkv), dirs, pre, b, hq, split, i1, scored.data() + (b * sh.Hq + hq) * sh.S + split);
+    if (split < i1) {
+      std::vector<std::vector<int32_t>>* cands = nullptr;
+      if (!dci) {
+        thread_local std::vector<std::vector<int32_t>> t_cands;
+        const int64_t budget = candidate_budget(ks, pre[std::max<int64_t>(0, causal_last_key(p, i1 - 1)) + 1]);
+        lowrank_candidates(p, lowrank, b, hq, split, i1, budget, &t_cands);
+        cands = &t_cands;
+      }
+      knn_rows(p, set.view(bkv), dirs, cands, pre, b, hq, split, i1, scored.data() + (b * sh.Hq + hq) * sh.S + split);
+    }
   });
   stats->search_ms = ms_since(t1);
   std::vector<int32_t> used;

@@ -39,6 +39,8 @@ constexpr AttrSpec kAttrs[] = {
     {"is_causal", 'i', true, 0},
     {"scale", 'f', false, 0},
     {"top_k", 'i', true, 0},
+    {"search", 'i', true, 0},
+    {"rank", 'i', true, 16},
     {"L", 'i', true, 4},
     {"m", 'i', true, 2},
     {"max_candidates", 'i', true, 0},

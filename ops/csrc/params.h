@@ -32,6 +32,8 @@ struct KeyPaddingView {
 // Settings of the k-NN path (Prioritized DCI); see knn_index.h.
 struct KnnSettings {
   int64_t top_k = 0;            // 0: exact attention
+  int64_t search = 0;           // candidate retrieval: 0 low-rank scoring, 1 Prioritized DCI
+  int64_t rank = 16;            // low-rank scoring: dimensions kept
   int64_t num_composite = 2;    // L
   int64_t num_simple = 4;       // m
   int64_t max_candidates = 0;   // absolute cap on candidates scored per query (0: derived from fraction)

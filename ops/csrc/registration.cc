@@ -162,7 +162,7 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     if (c.has_scale && !std::isfinite(fv))
       return make_error("KnnAttention: attribute scale=" + std::to_string(fv) + " is invalid, expected a finite float");
     c.scale = fv;
-    if (!get_i("top_k", &c.knn.top_k) || !get_i("L", &c.knn.num_composite) || !get_i("m", &c.knn.num_simple) ||
+    if (!get_i("top_k", &c.knn.top_k) || !get_i("search", &c.knn.search) || !get_i("rank", &c.knn.rank) || !get_i("L", &c.knn.num_composite) || !get_i("m", &c.knn.num_simple) ||
         !get_i("max_candidates", &c.knn.max_candidates) || !get_i("min_keys", &c.knn.min_keys) ||
         !get_i("local_window", &c.knn.local_window) || !get_i("num_sink", &c.knn.num_sink) ||
         !get_i("tail_samples", &c.knn.tail_samples) || !get_i("seed", &c.knn.seed))

@@ -26,6 +26,8 @@ struct Kernels {
   void (*axpy)(float a, const float* x, float* y, int64_t n);
   // x[i] *= a
   void (*scal)(float a, float* x, int64_t n);
+  // Writes the indices i with x[i] > thr to idx (ascending); returns how many.
+  int64_t (*above)(const float* x, int64_t n, float thr, int32_t* idx);
 };
 
 const Kernels& scalar_kernels();

@@ -182,10 +182,27 @@ void scal(float a, float* x, int64_t n) {
   }
 }
 
+int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
+  const __m512 vt = _mm512_set1_ps(thr);
+  __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(16);
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, x + i), vt, _CMP_GT_OQ);
+    if (hit) {
+      _mm512_mask_compressstoreu_epi32(idx + m, hit, iv);
+      m += __builtin_popcount(hit);
+    }
+    iv = _mm512_add_epi32(iv, step);
+  }
+  return m;
+}
+
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal};
+  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above};
   return &k;
 }
 

@@ -59,10 +59,17 @@ void scal(float a, float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= a;
 }
 
+int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (x[i] > thr) idx[m++] = static_cast<int32_t>(i);
+  return m;
+}
+
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal};
+  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above};
   return k;
 }
 

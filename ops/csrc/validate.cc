@@ -94,6 +94,8 @@ Status check_settings(const KnnSettings& k) {
                          " is invalid, expected " + expected);
   };
   if (k.top_k < 0) return bad("top_k", k.top_k, ">= 0 (0 = exact attention)");
+  if (k.search != 0 && k.search != 1) return bad("search", k.search, "0 (low-rank scoring) or 1 (Prioritized DCI)");
+  if (k.rank < 1 || k.rank > 4096) return bad("rank", k.rank, "1..4096");
   if (k.num_composite < 1 || k.num_composite > 64) return bad("L", k.num_composite, "1..64");
   if (k.num_simple < 1 || k.num_simple > 64) return bad("m", k.num_simple, "1..64");
   if (k.max_candidates < 0) return bad("max_candidates", k.max_candidates, ">= 0");

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from iceformer.ops import contract, make_knn_attention_model, native_contract, session_options, simd_variant
+from iceformer.tools.docs import render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -16,7 +17,9 @@ def test_native_registration_matches_python_contract():
 
 
 def test_readme_carries_the_contract_table():
-    assert contract.markdown() in README.read_text()
+    text = README.read_text()
+    assert contract.markdown() in text
+    assert render(text) == text  # regenerate with: python -m iceformer.tools.docs README.md
 
 
 def test_simd_variant_is_known():

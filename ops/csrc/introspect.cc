@@ -1,0 +1,75 @@
+// Plain-C entry points for tests and tools (no ONNX Runtime involved): which keys the k-NN path attends to
+// for each query of one head, so that recall against the exact top-k can be measured.
+#include <algorithm>
+#include <cstdint>
+#include <new>
+#include <vector>
+
+#include "attention.h"
+#include "knn_attention.h"
+#include "knn_index.h"
+#include "lowrank.h"
+
+#define ICE_EXPORT __attribute__((visibility("default")))
+
+// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank}. out: [S][cap], counts: [S].
+// Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
+extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int64_t S, int64_t T, int64_t D,
+                                             int64_t is_causal, const int64_t* ints, float candidate_fraction,
+                                             int32_t* out, int64_t cap, int32_t* counts, char* err, int64_t err_len) {
+  using namespace iceformer;
+  AttentionParams p;
+  p.shape = {1, 1, 1, S, T, D, D};
+  p.q = q;
+  p.k = k;
+  p.scale = 1.f;
+  p.is_causal = is_causal != 0;
+  p.knn.top_k = ints[0];
+  p.knn.num_composite = ints[1];
+  p.knn.num_simple = ints[2];
+  p.knn.max_candidates = ints[3];
+  p.knn.local_window = ints[4];
+  p.knn.num_sink = ints[5];
+  p.knn.seed = ints[6];
+  p.knn.search = ints[7];
+  p.knn.rank = ints[8];
+  p.knn.candidate_fraction = candidate_fraction;
+  Status st = check_settings(p.knn);
+  if (!st.ok()) {
+    for (int64_t i = 0; i + 1 < err_len && i < static_cast<int64_t>(st.message().size()); ++i) err[i] = st.message()[i], err[i + 1] = 0;
+    return -1;
+  }
+  try {
+    const bool dci = p.knn.search == 1;
+    const int64_t lists = dci ? p.knn.num_composite * p.knn.num_simple : 0;
+    const std::vector<float> dirs = make_directions(p.knn.seed, lists, D);
+    KnnIndexSet set;
+    set.lists = lists;
+    set.stride = T;
+    set.proj.resize(lists * T);
+    set.ids.resize(lists * T);
+    set.count.assign(1, 0);
+    LowRankSet lr;
+    std::vector<std::vector<int32_t>> cands;
+    if (dci) {
+      project_keys(p, dirs, 0, 0, &set);
+      for (int64_t l = 0; l < lists; ++l) sort_list(&set, 0, l);
+    } else {
+      init_lowrank(p, p.knn.rank, &lr);
+      build_lowrank(p, 0, 0, &lr);
+    }
+    for (int64_t i0 = 0; i0 < S; i0 += 64) {
+      const int64_t i1 = std::min<int64_t>(S, i0 + 64);
+      if (!dci) {
+        const int64_t last = std::min<int64_t>(T - 1, p.is_causal ? i1 - 1 + T - S : T - 1);
+        lowrank_candidates(p, lr, 0, 0, i0, i1, candidate_budget(p.knn, last + 1), &cands);
+      }
+      for (int64_t i = i0; i < i1; ++i)
+        counts[i] = static_cast<int32_t>(
+            select_for_inspection(p, set.view(0), dirs, dci ? nullptr : &cands[i - i0], i, out + i * cap, cap));
+    }
+  } catch (const std::bad_alloc&) {
+    return -1;
+  }
+  return 0;
+}

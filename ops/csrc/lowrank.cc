@@ -1,0 +1,205 @@
+#include "lowrank.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <limits>
+
+#include "masking.h"
+#include "rng.h"
+#include "simd.h"
+#include "topk.h"
+
+namespace iceformer {
+namespace {
+
+constexpr int64_t kSampleKeys = 2048;  // keys sampled (by stride) for K^T K
+constexpr int kIterations = 8;         // subspace iterations
+constexpr int64_t kBlockK = 1024;      // keys per approximate-score tile
+
+constexpr int64_t kSampleStride = 8;  // pass 1 scores every 8th panel of 16 keys
+
+struct LowRankScratch {
+  std::vector<double> g, x, y;
+  std::vector<float> qr, s, sample, thr, vals;
+  std::vector<int32_t> hits;
+  std::vector<std::vector<std::pair<float, int32_t>>> found;
+};
+thread_local LowRankScratch t_lr;
+
+// Orthonormalises the r columns of x (D x r, column-major) in place; degenerate columns become unit vectors.
+void orthonormalise(std::vector<double>& x, int64_t D, int64_t r) {
+  for (int64_t c = 0; c < r; ++c) {
+    double* xc = x.data() + c * D;
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t e = 0; e < c; ++e) {
+        const double* xe = x.data() + e * D;
+        double dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += xc[d] * xe[d];
+        for (int64_t d = 0; d < D; ++d) xc[d] -= dot * xe[d];
+      }
+    double nn = 0;
+    for (int64_t d = 0; d < D; ++d) nn += xc[d] * xc[d];
+    if (!(nn > 1e-24) || !std::isfinite(nn)) {
+      for (int64_t d = 0; d < D; ++d) xc[d] = d == c ? 1.0 : 0.0;
+      continue;  // the next pass of a later column keeps the set orthogonal enough for scoring
+    }
+    const double inv = 1.0 / std::sqrt(nn);
+    for (int64_t d = 0; d < D; ++d) xc[d] *= inv;
+  }
+}
+
+}  // namespace
+
+void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
+  const AttentionShape& sh = p.shape;
+  set->r = std::max<int64_t>(1, std::min(rank, sh.D));
+  set->per_head = ((sh.T + kPanel - 1) / kPanel) * kPanel * set->r;
+  set->basis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
+  set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0.f);
+}
+
+void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set) {
+  const AttentionShape& sh = p.shape;
+  const Kernels& kern = kernels();
+  const int64_t T = sh.T, D = sh.D, r = set->r, bh = b * sh.Hkv + hkv;
+  const float* K = p.k + bh * T * D;
+  LowRankScratch& sc = t_lr;
+  // G = sum k k^T over a stride sample of real, finite keys.
+  sc.g.assign(D * D, 0.0);
+  const int64_t stride = std::max<int64_t>(1, T / kSampleKeys);
+  for (int64_t j = 0; j < T; j += stride) {
+    if (!key_is_real(p.key_padding, T, b, j)) continue;
+    const float* k = K + j * D;
+    bool finite = true;
+    for (int64_t d = 0; d < D; ++d) finite &= std::isfinite(k[d]);
+    if (!finite) continue;
+    for (int64_t a = 0; a < D; ++a) {
+      const double ka = k[a];
+      double* row = sc.g.data() + a * D;
+      for (int64_t c = 0; c <= a; ++c) row[c] += ka * k[c];
+    }
+  }
+  for (int64_t a = 0; a < D; ++a)
+    for (int64_t c = a + 1; c < D; ++c) sc.g[a * D + c] = sc.g[c * D + a];
+  // Subspace iteration X <- orth(G X) from a seeded start.
+  sc.x.resize(D * r);
+  sc.y.resize(D * r);
+  Rng rng(Rng::mix(static_cast<uint64_t>(p.knn.seed) ^ 0x6a09e667f3bcc909ULL));
+  for (double& v : sc.x) v = rng.normal();
+  orthonormalise(sc.x, D, r);
+  for (int it = 0; it < kIterations; ++it) {
+    for (int64_t c = 0; c < r; ++c)
+      for (int64_t a = 0; a < D; ++a) {
+        double acc = 0;
+        const double* row = sc.g.data() + a * D;
+        const double* xc = sc.x.data() + c * D;
+        for (int64_t d = 0; d < D; ++d) acc += row[d] * xc[d];
+        sc.y[c * D + a] = acc;
+      }
+    std::swap(sc.x, sc.y);
+    orthonormalise(sc.x, D, r);
+  }
+  float* basis = set->basis.data() + bh * r * D;
+  for (int64_t t = 0; t < r * D; ++t) basis[t] = static_cast<float>(sc.x[t]);
+  // Kr = K P, packed in panels of 16 keys: panel[pn][c][lane].
+  float* panels = set->panels.data() + bh * set->per_head;
+  for (int64_t j = 0; j < T; ++j) {
+    float* dst = panels + (j / kPanel) * r * kPanel + (j % kPanel);
+    for (int64_t c = 0; c < r; ++c) dst[c * kPanel] = kern.dot(K + j * D, basis + c * D, D);
+  }
+}
+
+void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t b, int64_t hq, int64_t i0, int64_t i1,
+                        int64_t budget, std::vector<std::vector<int32_t>>* out) {
+  const AttentionShape& sh = p.shape;
+  const Kernels& kern = kernels();
+  const int64_t D = sh.D, T = sh.T, r = set.r, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
+  const float* basis = set.basis.data() + bh * r * D;
+  const float* panels = set.panels.data() + bh * set.per_head;
+  LowRankScratch& sc = t_lr;
+  if (static_cast<int64_t>(out->size()) < rows) out->resize(rows);
+  for (int64_t t = 0; t < rows; ++t) (*out)[t].clear();
+  const int64_t last_any = causal_last_key(p, i1 - 1);
+  if (last_any < 0 || budget <= 0) return;
+  const bool any_mask = p.mask.kind != MaskKind::kNone;
+  auto visible = [&](const MaskRow& mr, int64_t last, int64_t j) {
+    return j <= last && key_is_real(p.key_padding, T, b, j) &&
+           !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
+  };
+  sc.qr.resize(rows * r);
+  for (int64_t t = 0; t < rows; ++t) {
+    const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + t) * D;
+    for (int64_t c = 0; c < r; ++c) sc.qr[t * r + c] = kern.dot(q, basis + c * D, D);
+  }
+  std::vector<MaskRow> masks(static_cast<size_t>(rows));
+  if (any_mask)
+    for (int64_t t = 0; t < rows; ++t) masks[t] = mask_row(p.mask, b, hq, i0 + t);
+
+  // Pass 1: a per-row threshold from every kSampleStride-th panel, set so that about `budget` keys pass.
+  const int64_t npan = last_any / kPanel + 1;
+  const int64_t nsamp = (npan + kSampleStride - 1) / kSampleStride;
+  sc.sample.resize(nsamp * r * kPanel);
+  for (int64_t s2 = 0; s2 < nsamp; ++s2)
+    std::copy_n(panels + s2 * kSampleStride * r * kPanel, r * kPanel, sc.sample.data() + s2 * r * kPanel);
+  const int64_t sw = nsamp * kPanel;
+  sc.s.resize(std::max<int64_t>(rows * sw, rows * kBlockK));
+  kern.qk_tile(sc.qr.data(), r, rows, sc.sample.data(), r, nsamp, sc.s.data(), sw);
+  sc.thr.assign(rows, -std::numeric_limits<float>::infinity());
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t last = causal_last_key(p, i0 + t);
+    if (last < 0) continue;
+    sc.vals.clear();
+    for (int64_t s2 = 0; s2 < nsamp; ++s2)
+      for (int64_t c = 0; c < kPanel; ++c) {
+        const int64_t j = s2 * kSampleStride * kPanel + c;
+        if (j > last) break;
+        const float v = sc.s[t * sw + s2 * kPanel + c];
+        if (visible(masks[t], last, j) && !std::isnan(v)) sc.vals.push_back(v);
+      }
+    // The sample holds about 1 / kSampleStride of the visible keys.
+    // Aim 1.5x high (the trim below cuts back to budget exactly); no threshold when budget covers the row.
+    const int64_t want = std::max<int64_t>(1, (3 * budget) / (2 * kSampleStride));
+    if (budget < last + 1 && static_cast<int64_t>(sc.vals.size()) > want) {
+      std::nth_element(sc.vals.begin(), sc.vals.begin() + (want - 1), sc.vals.end(), std::greater<float>());
+      sc.thr[t] = std::nextafter(sc.vals[want - 1], -std::numeric_limits<float>::infinity());
+    }
+  }
+
+  // Pass 2: approximate scores of all visible keys in tiles; keep the keys above the row's threshold.
+  sc.hits.resize(kBlockK);
+  if (static_cast<int64_t>(sc.found.size()) < rows) sc.found.resize(rows);
+  for (int64_t t = 0; t < rows; ++t) sc.found[t].clear();
+  for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
+    const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
+    const int64_t npanels = (cols + kPanel - 1) / kPanel;
+    kern.qk_tile(sc.qr.data(), r, rows, panels + (j0 / kPanel) * r * kPanel, r, npanels, sc.s.data(), kBlockK);
+    for (int64_t t = 0; t < rows; ++t) {
+      const int64_t last = causal_last_key(p, i0 + t);
+      const int64_t vis = std::min(cols, last + 1 - j0);
+      if (vis <= 0) continue;
+      const float* row = sc.s.data() + t * kBlockK;
+      const int64_t n = kern.above(row, vis, sc.thr[t], sc.hits.data());
+      for (int64_t h = 0; h < n; ++h) {
+        const int64_t j = j0 + sc.hits[h];
+        if (visible(masks[t], last, j)) sc.found[t].emplace_back(row[sc.hits[h]], static_cast<int32_t>(j));
+      }
+    }
+  }
+  // The sample estimate can overshoot: trim to the best `budget` (ties: lower key first).
+  for (int64_t t = 0; t < rows; ++t) {
+    auto& f = sc.found[t];
+    auto better = [](const std::pair<float, int32_t>& x, const std::pair<float, int32_t>& y) {
+      return x.first > y.first || (x.first == y.first && x.second < y.second);
+    };
+    if (static_cast<int64_t>(f.size()) > budget) {
+      std::nth_element(f.begin(), f.begin() + budget, f.end(), better);
+      f.resize(budget);
+    }
+    std::vector<int32_t>& dst = (*out)[t];
+    for (const auto& it : f) dst.push_back(it.second);
+    std::sort(dst.begin(), dst.end());  // deterministic order for the exact re-scoring
+  }
+}
+
+}  // namespace iceformer

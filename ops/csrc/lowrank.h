@@ -1,0 +1,31 @@
+// Low-rank candidate scoring, the default retrieval of the k-NN path.
+//
+// Per (batch, KV head): P = the top-r eigenvectors of K^T K (subspace iteration on a stride sample of the real
+// keys), the keys projected once, Kr = K P, packed in 16-key panels. A block of queries then scores every
+// visible key approximately with one register-blocked GEMM, (Q P)(K P)^T ~ Q K^T, and keeps the best `budget`
+// keys per row for exact re-scoring. Measured on SmolLM2-135M (see README): at r = 16 the exact top-32 keys
+// are among the best 128 approximate ones 90-98% of the time, where the random-direction DCI walk scoring the
+// same number of candidates finds 44-69%.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "params.h"
+
+namespace iceformer {
+
+struct LowRankSet {
+  int64_t r = 0, per_head = 0;
+  std::vector<float> basis;   // [B*Hkv][r][D]: orthonormal rows
+  std::vector<float> panels;  // [B*Hkv][per_head]: K P packed like K (simd.h panel layout, D -> r)
+};
+
+// Sizes the set for p (rank min(rank, D)).
+void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set);
+// Basis and projected keys of (b, hkv).
+void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set);
+// out[r] (r < i1 - i0) = the best `budget` keys visible to query row i0 + r of (b, hq) by approximate score.
+void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t b, int64_t hq, int64_t i0, int64_t i1,
+                        int64_t budget, std::vector<std::vector<int32_t>>* out);
+
+}  // namespace iceformer
