@@ -174,7 +174,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
       if (!dci) {
         thread_local std::vector<std::vector<int32_t>> t_cands;
         const int64_t budget = candidate_budget(ks, pre[std::max<int64_t>(0, causal_last_key(p, i1 - 1)) + 1]);
-        lowrank_candidates(p, lowrank, b, hq, split, i1, budget, &t_cands);
+        lowrank_candidates(p, lowrank, pre, b, hq, split, i1, budget, &t_cands);
         cands = &t_cands;
       }
       knn_rows(p, set.view(bkv), dirs, cands, pre, b, hq, split, i1, scored.data() + (b * sh.Hq + hq) * sh.S + split);

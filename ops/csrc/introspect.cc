@@ -50,6 +50,8 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
     set.ids.resize(lists * T);
     set.count.assign(1, 0);
     LowRankSet lr;
+    std::vector<int64_t> prefix(T + 1);
+    for (int64_t j = 0; j <= T; ++j) prefix[j] = j;
     std::vector<std::vector<int32_t>> cands;
     if (dci) {
       project_keys(p, dirs, 0, 0, &set);
@@ -62,7 +64,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
       const int64_t i1 = std::min<int64_t>(S, i0 + 64);
       if (!dci) {
         const int64_t last = std::min<int64_t>(T - 1, p.is_causal ? i1 - 1 + T - S : T - 1);
-        lowrank_candidates(p, lr, 0, 0, i0, i1, candidate_budget(p.knn, last + 1), &cands);
+        lowrank_candidates(p, lr, prefix.data(), 0, 0, i0, i1, candidate_budget(p.knn, last + 1), &cands);
       }
       for (int64_t i = i0; i < i1; ++i)
         counts[i] = static_cast<int32_t>(

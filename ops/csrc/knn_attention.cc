@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "epoch_set.h"
@@ -31,7 +32,8 @@ struct RowScratch {
   TopK top;
   std::vector<float> acc;
   std::vector<int32_t> samples;
-  std::vector<int32_t> forced;
+  std::vector<int32_t> forced, ids, cand_ids;
+  std::vector<float> logits, cand_logits, tmp;
 };
 thread_local RowScratch t_row;
 
@@ -42,7 +44,8 @@ thread_local RowScratch t_row;
 // given. Returns the number of keys scored exactly.
 template <typename Visible, typename Score>
 int64_t select_keys(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs, const float* q,
-                    int64_t last, int64_t n_vis, const Visible& visible, const Score& score, RowScratch& sc,
+                    int64_t last, int64_t n_vis, const Visible& visible, const Score& score,
+                    RowScratch& sc,
                     std::vector<int32_t>* forced_ids, const std::vector<int32_t>* given) {
   const Kernels& kern = kernels();
   const KnnSettings& ks = p.knn;
@@ -62,9 +65,14 @@ int64_t select_keys(const AttentionParams& p, const KnnIndexView& idx, const std
     }
   sc.top.reset(ks.top_k);
   if (given != nullptr) {  // low-rank candidates: re-score those not attended already, keep the top_k
-    int64_t n = 0;
+    // Exact logits of the candidates not attended already; the top_k by a k-th-largest threshold (O(n)).
+    sc.cand_ids.clear();
+    sc.cand_logits.clear();
     for (int32_t j : *given)
-      if (!sc.selected.contains(j)) sc.top.push(score(j), j), ++n;
+      if (!sc.selected.contains(j)) sc.cand_ids.push_back(j), sc.cand_logits.push_back(score(j));
+    const int64_t n = static_cast<int64_t>(sc.cand_ids.size());
+    const int64_t kept = TopK::keep_largest(sc.cand_logits.data(), sc.cand_ids.data(), n, ks.top_k, sc.tmp);
+    for (int64_t t = 0; t < kept; ++t) sc.top.push(sc.cand_logits[t], sc.cand_ids[t]);
     for (const auto& [s, j] : sc.top.items()) sc.selected.insert(j);
     return static_cast<int64_t>(forced_ids->size()) + n;
   }
@@ -114,8 +122,11 @@ void knn_rows(const AttentionParams& p, const KnnIndexView& idx, const std::vect
 
     std::fill(sc.acc.begin(), sc.acc.begin() + Dv, 0.f);
     OnlineSoftmax os{-std::numeric_limits<float>::infinity(), 0.f, sc.acc.data(), Dv};
-    for (int32_t j : sc.forced) os.add(score(j), V + static_cast<int64_t>(j) * Dv, kern);
-    for (const auto& [s, j] : sc.top.items()) os.add(s, V + static_cast<int64_t>(j) * Dv, kern);
+    sc.ids.clear();
+    sc.logits.clear();
+    for (int32_t j : sc.forced) sc.ids.push_back(j), sc.logits.push_back(score(j));
+    for (const auto& [s, j] : sc.top.items()) sc.ids.push_back(j), sc.logits.push_back(s);
+    os.add_block(sc.logits.data(), sc.ids.data(), static_cast<int64_t>(sc.ids.size()), V, kern);
 
     // Tail estimate: sum over unretrieved visible keys U ~ (|U| / s) * sum over s uniform samples of U.
     const int64_t n_rest = n_vis - static_cast<int64_t>(sc.forced.size() + sc.top.items().size());
@@ -129,7 +140,9 @@ void knn_rows(const AttentionParams& p, const KnnIndexView& idx, const std::vect
       }
       if (!sc.samples.empty()) {
         const float w = static_cast<float>(n_rest) / static_cast<float>(sc.samples.size());
-        for (int32_t j : sc.samples) os.add(score(j), V + static_cast<int64_t>(j) * Dv, kern, w);
+        sc.logits.clear();
+        for (int32_t j : sc.samples) sc.logits.push_back(score(j));
+        os.add_block(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
         scored += static_cast<int64_t>(sc.samples.size());
       }
     }

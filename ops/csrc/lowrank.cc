@@ -17,13 +17,15 @@ constexpr int64_t kSampleKeys = 2048;  // keys sampled (by stride) for K^T K
 constexpr int kIterations = 8;         // subspace iterations
 constexpr int64_t kBlockK = 1024;      // keys per approximate-score tile
 
-constexpr int64_t kSampleStride = 8;  // pass 1 scores every 8th panel of 16 keys
+constexpr double kMargin = 1.2;        // pass 1 aims for this many times the budget
+constexpr int64_t kSamplePanels = 16;  // pass 1 scores about 16 evenly spaced panels (256 keys) per row
 
 struct LowRankScratch {
   std::vector<double> g, x, y;
   std::vector<float> qr, s, sample, thr, vals;
   std::vector<int32_t> hits;
-  std::vector<std::vector<std::pair<float, int32_t>>> found;
+  std::vector<std::vector<float>> found_val;
+  std::vector<std::vector<int32_t>> found_id;
 };
 thread_local LowRankScratch t_lr;
 
@@ -110,8 +112,8 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   }
 }
 
-void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t b, int64_t hq, int64_t i0, int64_t i1,
-                        int64_t budget, std::vector<std::vector<int32_t>>* out) {
+void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b,
+                        int64_t hq, int64_t i0, int64_t i1, int64_t budget, std::vector<std::vector<int32_t>>* out) {
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
   const int64_t D = sh.D, T = sh.T, r = set.r, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
@@ -123,6 +125,7 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t
   const int64_t last_any = causal_last_key(p, i1 - 1);
   if (last_any < 0 || budget <= 0) return;
   const bool any_mask = p.mask.kind != MaskKind::kNone;
+  const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone;  // visible = causal limit only
   auto visible = [&](const MaskRow& mr, int64_t last, int64_t j) {
     return j <= last && key_is_real(p.key_padding, T, b, j) &&
            !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
@@ -138,10 +141,11 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t
 
   // Pass 1: a per-row threshold from every kSampleStride-th panel, set so that about `budget` keys pass.
   const int64_t npan = last_any / kPanel + 1;
-  const int64_t nsamp = (npan + kSampleStride - 1) / kSampleStride;
+  const int64_t stride = std::max<int64_t>(1, npan / kSamplePanels);
+  const int64_t nsamp = (npan + stride - 1) / stride;
   sc.sample.resize(nsamp * r * kPanel);
   for (int64_t s2 = 0; s2 < nsamp; ++s2)
-    std::copy_n(panels + s2 * kSampleStride * r * kPanel, r * kPanel, sc.sample.data() + s2 * r * kPanel);
+    std::copy_n(panels + s2 * stride * r * kPanel, r * kPanel, sc.sample.data() + s2 * r * kPanel);
   const int64_t sw = nsamp * kPanel;
   sc.s.resize(std::max<int64_t>(rows * sw, rows * kBlockK));
   kern.qk_tile(sc.qr.data(), r, rows, sc.sample.data(), r, nsamp, sc.s.data(), sw);
@@ -149,18 +153,27 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t last = causal_last_key(p, i0 + t);
     if (last < 0) continue;
+    if (budget >= real_prefix[last + 1]) continue;  // the budget covers every real key the row may see
     sc.vals.clear();
-    for (int64_t s2 = 0; s2 < nsamp; ++s2)
-      for (int64_t c = 0; c < kPanel; ++c) {
-        const int64_t j = s2 * kSampleStride * kPanel + c;
-        if (j > last) break;
-        const float v = sc.s[t * sw + s2 * kPanel + c];
-        if (visible(masks[t], last, j) && !std::isnan(v)) sc.vals.push_back(v);
+    const float* srow = sc.s.data() + t * sw;
+    for (int64_t s2 = 0; s2 < nsamp; ++s2) {
+      const int64_t j0 = s2 * stride * kPanel;
+      if (j0 > last) break;
+      const int64_t n = std::min<int64_t>(kPanel, last + 1 - j0);
+      if (plain) {
+        sc.vals.insert(sc.vals.end(), srow + s2 * kPanel, srow + s2 * kPanel + n);
+      } else {
+        for (int64_t c = 0; c < n; ++c)
+          if (visible(masks[t], last, j0 + c)) sc.vals.push_back(srow[s2 * kPanel + c]);
       }
-    // The sample holds about 1 / kSampleStride of the visible keys.
-    // Aim 1.5x high (the trim below cuts back to budget exactly); no threshold when budget covers the row.
-    const int64_t want = std::max<int64_t>(1, (3 * budget) / (2 * kSampleStride));
-    if (budget < last + 1 && static_cast<int64_t>(sc.vals.size()) > want) {
+    }
+    sc.vals.erase(std::remove_if(sc.vals.begin(), sc.vals.end(), [](float v) { return std::isnan(v); }), sc.vals.end());
+    // The sample holds a share nv / visible of the row's keys: aim a little above budget (the trim below cuts
+    // back when the estimate overshoots by more than half).
+    const double visible_est = static_cast<double>(last + 1);
+    const int64_t want = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(sc.vals.size()) / visible_est)));
+    if (static_cast<int64_t>(sc.vals.size()) > want) {
       std::nth_element(sc.vals.begin(), sc.vals.begin() + (want - 1), sc.vals.end(), std::greater<float>());
       sc.thr[t] = std::nextafter(sc.vals[want - 1], -std::numeric_limits<float>::infinity());
     }
@@ -168,8 +181,8 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t
 
   // Pass 2: approximate scores of all visible keys in tiles; keep the keys above the row's threshold.
   sc.hits.resize(kBlockK);
-  if (static_cast<int64_t>(sc.found.size()) < rows) sc.found.resize(rows);
-  for (int64_t t = 0; t < rows; ++t) sc.found[t].clear();
+  if (static_cast<int64_t>(sc.found_id.size()) < rows) sc.found_id.resize(rows), sc.found_val.resize(rows);
+  for (int64_t t = 0; t < rows; ++t) sc.found_id[t].clear(), sc.found_val[t].clear();
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
@@ -182,23 +195,19 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t
       const int64_t n = kern.above(row, vis, sc.thr[t], sc.hits.data());
       for (int64_t h = 0; h < n; ++h) {
         const int64_t j = j0 + sc.hits[h];
-        if (visible(masks[t], last, j)) sc.found[t].emplace_back(row[sc.hits[h]], static_cast<int32_t>(j));
+        if (plain || visible(masks[t], last, j)) {
+          sc.found_val[t].push_back(row[sc.hits[h]]);
+          sc.found_id[t].push_back(static_cast<int32_t>(j));
+        }
       }
     }
   }
-  // The sample estimate can overshoot: trim to the best `budget` (ties: lower key first).
+  // The sample estimate can overshoot: keep the best `budget` (order: a function of the inputs only).
   for (int64_t t = 0; t < rows; ++t) {
-    auto& f = sc.found[t];
-    auto better = [](const std::pair<float, int32_t>& x, const std::pair<float, int32_t>& y) {
-      return x.first > y.first || (x.first == y.first && x.second < y.second);
-    };
-    if (static_cast<int64_t>(f.size()) > budget) {
-      std::nth_element(f.begin(), f.begin() + budget, f.end(), better);
-      f.resize(budget);
-    }
     std::vector<int32_t>& dst = (*out)[t];
-    for (const auto& it : f) dst.push_back(it.second);
-    std::sort(dst.begin(), dst.end());  // deterministic order for the exact re-scoring
+    const int64_t m = TopK::keep_largest(sc.found_val[t].data(), sc.found_id[t].data(),
+                                         static_cast<int64_t>(sc.found_id[t].size()), budget, sc.vals);
+    dst.assign(sc.found_id[t].begin(), sc.found_id[t].begin() + m);
   }
 }
 

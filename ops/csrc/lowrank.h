@@ -25,7 +25,8 @@ void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set);
 // Basis and projected keys of (b, hkv).
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set);
 // out[r] (r < i1 - i0) = the best `budget` keys visible to query row i0 + r of (b, hq) by approximate score.
-void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, int64_t b, int64_t hq, int64_t i0, int64_t i1,
-                        int64_t budget, std::vector<std::vector<int32_t>>* out);
+// real_prefix[j] = real (unpadded) keys of batch row b in [0, j).
+void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b,
+                        int64_t hq, int64_t i0, int64_t i1, int64_t budget, std::vector<std::vector<int32_t>>* out);
 
 }  // namespace iceformer

@@ -42,6 +42,25 @@ struct OnlineSoftmax {
     kern.axpy(p, v, acc, dv);
   }
 
+  // Adds n keys at once: logits s[t] (overwritten with their weights) and value rows v + ids[t] * dv, each
+  // counted w times. One rebase for the block instead of one per key.
+  void add_block(float* s, const int32_t* ids, int64_t n, const float* v, const Kernels& kern, float w = 1.f) {
+    if (n <= 0) return;
+    const float bm = kern.max(s, n);
+    if (std::isnan(bm)) {
+      sum = std::numeric_limits<float>::quiet_NaN();
+      return;
+    }
+    if (bm == -std::numeric_limits<float>::infinity()) return;
+    rebase(bm, kern);
+    sum += w * kern.exp_sum(s, n, max);
+    for (int64_t t = 0; t < n; ++t) {
+      if (t + 8 < n)  // value rows are scattered: fetch ahead
+        for (int64_t e = 0; e < dv; e += 16) __builtin_prefetch(v + static_cast<int64_t>(ids[t + 8]) * dv + e, 0, 1);
+      if (s[t] != 0.f) kern.axpy(w * s[t], v + static_cast<int64_t>(ids[t]) * dv, acc, dv);
+    }
+  }
+
   // Folds another partial state over disjoint keys into this one (acc of `other` has the same dv).
   void merge(const OnlineSoftmax& other, const Kernels& kern) {
     if (other.max == -std::numeric_limits<float>::infinity() && !std::isnan(other.sum)) return;

@@ -190,8 +190,8 @@ int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 t = tail_mask(n - i);
     const __mmask16 hit = _mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, x + i), vt, _CMP_GT_OQ);
-    if (hit) {
-      _mm512_mask_compressstoreu_epi32(idx + m, hit, iv);
+    if (hit) {  // compress in a register, then a plain store: memory-destination compress is slow on some CPUs
+      _mm512_mask_storeu_epi32(idx + m, tail_mask(__builtin_popcount(hit)), _mm512_maskz_compress_epi32(hit, iv));
       m += __builtin_popcount(hit);
     }
     iv = _mm512_add_epi32(iv, step);

@@ -1,6 +1,8 @@
 // Top-k by score: a min-heap of capacity k whose root is the admission threshold.
 #pragma once
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <limits>
 #include <cstdint>
 #include <utility>
@@ -30,6 +32,25 @@ class TopK {
     }
   }
   const std::vector<std::pair<float, int32_t>>& items() const { return heap_; }  // heap order
+
+  // Keeps the k largest of vals[0, n) (with their ids), in input order, ties at the k-th value by position:
+  // an O(n) selection through the k-th largest value (NaN counts as largest). `tmp` is scratch.
+  static int64_t keep_largest(float* vals, int32_t* ids, int64_t n, int64_t k, std::vector<float>& tmp) {
+    if (n <= k) return n;
+    if (k <= 0) return 0;
+    tmp.assign(vals, vals + n);
+    for (float& v : tmp) v = std::isnan(v) ? std::numeric_limits<float>::infinity() : v;
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float kth = tmp[k - 1];
+    int64_t above = 0;
+    for (int64_t t = 0; t < n; ++t) above += (vals[t] > kth || std::isnan(vals[t])) ? 1 : 0;
+    int64_t ties = k - above, m = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      const bool keep = vals[t] > kth || std::isnan(vals[t]) || (vals[t] == kth && ties-- > 0);
+      if (keep) vals[m] = vals[t], ids[m] = ids[t], ++m;
+    }
+    return m;
+  }
 
  private:
   // Min-heap on score; ties broken by id so the kept set does not depend on insertion order.
