@@ -66,8 +66,8 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("max_candidates", "int", 0, "cap on candidates scored exactly per query (0: no absolute cap)"),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
     AttrSpec("min_keys", "int", 1024, "queries seeing fewer keys than this run exact attention"),
-    AttrSpec("local_window", "int", 64, "the most recent visible keys, always attended"),
-    AttrSpec("num_sink", "int", 4, "the first keys, always attended"),
+    AttrSpec("local_window", "int", 64, "keys last(i) - local_window < j <= last(i), always attended (if visible)"),
+    AttrSpec("num_sink", "int", 4, "keys j < num_sink, always attended (if visible)"),
     AttrSpec("tail_samples", "int", 0, "uniform samples of unretrieved keys estimating the dropped softmax mass"),
     AttrSpec("seed", "int", 0, "seed of the random directions and tail samples"),
 )

@@ -85,18 +85,18 @@ def topk_attention_reference(
     num_sink: int = 0,
     **_ignored,
 ) -> np.ndarray:
-    """What the k-NN path computes when its search is perfect and there is no tail estimate: softmax over
-    the first `num_sink` visible keys, the `local_window` most recent visible keys, and the `top_k` best
-    remaining visible keys by logit (ties: lower key index first)."""
+    """What the k-NN path computes when its search is perfect and there is no tail estimate: softmax over the
+    visible keys among the sinks (j < num_sink) and the local window (last(i) - local_window < j <= last(i),
+    last(i) = i + T - S when causal, else T - 1), and the `top_k` best other visible keys by logit."""
     Q = np.asarray(Q, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
     Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
     vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
     z = logits(Q, K, scale=scale, attn_mask=attn_mask)
-    rank = np.cumsum(vis, axis=-1)  # 1-based rank of each visible key among visible keys
-    n_vis = rank[..., -1:]
-    forced = vis & ((rank <= num_sink) | (rank > n_vis - local_window))
+    j = np.arange(T)[None, :]
+    last = (np.arange(S)[:, None] + (T - S)) if is_causal else np.full((S, 1), T - 1)
+    forced = vis & ((j < num_sink) | (j > last - local_window))[None, None]
     rest = np.where(vis & ~forced, z, -np.inf)
     order = np.argsort(-rest, axis=-1, kind="stable")[..., :top_k]
     chosen = np.zeros_like(vis)

@@ -130,8 +130,8 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
     if (!dci) init_lowrank(p, ks.rank, &lowrank);
     real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
     scored.assign(static_cast<size_t>(sh.B * sh.Hq * sh.S), -1);
-    // Rows that go exact (early causal rows, heavily padded batch rows) read packed keys.
-    if (p.is_causal || p.key_padding.kind != KeyPaddingKind::kNone) packed.resize(static_cast<size_t>(sh.B * sh.Hkv * per_head));
+    // Packed keys: for the sinks and window tiles, and rows that go exact (early causal, heavily padded).
+    packed.resize(static_cast<size_t>(sh.B * sh.Hkv * per_head));
   } catch (const std::bad_alloc&) {
     return Status::Error("KnnAttention: out of memory building the k-NN index");
   }
@@ -146,7 +146,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
       project_keys(p, dirs, b, h, &set);
     else
       build_lowrank(p, b, h, &lowrank);
-    if (!packed.empty()) pack_keys(p, b, h, packed.data() + t * per_head);
+    pack_keys(p, b, h, packed.data() + t * per_head);
   });
   parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), [&](size_t t) {
     sort_list(&set, static_cast<int64_t>(t) / lists, static_cast<int64_t>(t) % lists);
@@ -177,7 +177,8 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
         lowrank_candidates(p, lowrank, pre, b, hq, split, i1, budget, &t_cands);
         cands = &t_cands;
       }
-      knn_rows(p, set.view(bkv), dirs, cands, pre, b, hq, split, i1, scored.data() + (b * sh.Hq + hq) * sh.S + split);
+      knn_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, cands, pre, b, hq, split, i1,
+               scored.data() + (b * sh.Hq + hq) * sh.S + split);
     }
   });
   stats->search_ms = ms_since(t1);

@@ -42,67 +42,95 @@ void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   }
 }
 
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1) {
+void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1,
+                  const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
   const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0;
   const int64_t hkv = hq / sh.group();
-  const int64_t ldo = (Dv + 15) / 16 * 16;
   ExactScratch& sc = t_scratch;
   if (sc.q.size() < static_cast<size_t>(rows * D)) sc.q.resize(rows * D);
   if (sc.s.size() < static_cast<size_t>(rows * kExactBlockK)) sc.s.resize(rows * kExactBlockK);
-  if (sc.o.size() < static_cast<size_t>(rows * ldo)) sc.o.resize(rows * ldo);
-  if (sc.rows.size() < static_cast<size_t>(rows)) sc.rows.resize(rows);
   if (sc.key_bias.size() < static_cast<size_t>(kExactBlockK)) sc.key_bias.resize(kExactBlockK);
 
   // Q rows scaled once: (scale q) . k = scale (q . k).
   const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0) * D;
   for (int64_t t = 0; t < rows * D; ++t) sc.q[t] = q[t] * p.scale;
-  std::fill(sc.o.begin(), sc.o.begin() + rows * ldo, 0.f);
-  for (int64_t r = 0; r < rows; ++r) sc.rows[r] = OnlineSoftmax{kNegInf, 0.f, sc.o.data() + r * ldo, Dv};
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(o + r * ldo, o + r * ldo + Dv, 0.f);
+    states[r] = OnlineSoftmax{kNegInf, 0.f, o + r * ldo, Dv};
+  }
 
-  const int64_t last_any = causal_last_key(p, i1 - 1);    // the block's widest view
-  const int64_t last_all = causal_last_key(p, i0);        // every row sees keys <= last_all
+  const int64_t last_any = causal_last_key(p, i1 - 1);  // the block's widest view
+  const int64_t last_all = causal_last_key(p, i0);      // every row sees keys <= last_all
   const float* v = p.v + (b * sh.Hkv + hkv) * T * Dv;
   const bool has_mask = p.mask.kind != MaskKind::kNone;
   const bool has_kpm = p.key_padding.kind != KeyPaddingKind::kNone;
-
-  for (int64_t j0 = 0; j0 <= last_any; j0 += kExactBlockK) {
-    const int64_t cols = std::min<int64_t>(kExactBlockK, last_any + 1 - j0);
-    const int64_t npanels = (cols + kPanel - 1) / kPanel;
-    const int64_t width = npanels * kPanel;
-    float* s = sc.s.data();
-    kern.qk_tile(sc.q.data(), D, rows, kp + (j0 / kPanel) * D * kPanel, D, npanels, s, kExactBlockK);
-
-    if (has_kpm)
-      for (int64_t c = 0; c < cols; ++c)
-        sc.key_bias[c] = key_is_real(p.key_padding, T, b, j0 + c) ? 0.f : kNegInf;
-    const bool partial = j0 + cols - 1 > last_all;
-    for (int64_t r = 0; r < rows; ++r) {
-      float* sr = s + r * kExactBlockK;
-      // Columns past the block (panel padding) and past the row's causal limit never count.
-      const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, causal_last_key(p, i0 + r) + 1 - j0)) : cols;
-      for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
-      if (has_kpm)
-        for (int64_t c = 0; c < vis; ++c) sr[c] += sc.key_bias[c];
-      if (has_mask) {
-        const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
-        for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(j0 + c);
-      }
-      OnlineSoftmax& st = sc.rows[r];
-      const float bm = kern.max(sr, width);
-      if (bm == kNegInf) {  // nothing visible in this block for this row
-        for (int64_t c = 0; c < width; ++c) sr[c] = 0.f;
-        continue;
-      }
-      st.rebase(bm, kern);
-      st.sum += kern.exp_sum(sr, width, st.max);
+  const bool banded = band.window >= 0;
+  // Key ranges to visit: all of [0, last_any], or the sinks [0, sinks) and the band of recent keys.
+  int64_t ranges[2][2] = {{0, last_any + 1}, {0, 0}};
+  if (banded) {
+    const int64_t sinks = std::min(band.sinks, last_any + 1);
+    const int64_t lo = std::max(sinks, last_all - band.window + 1);
+    ranges[0][1] = sinks;
+    ranges[1][0] = lo - lo % kPanel;  // tiles start on panel boundaries
+    ranges[1][1] = last_any + 1;
+    if (ranges[1][0] < ranges[0][1]) {  // sinks and band meet: one range
+      ranges[0][1] = 0;
+      ranges[1][0] = 0;
     }
-    kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, sc.o.data(), ldo);
   }
 
-  float* y = p.y + ((b * sh.Hq + hq) * sh.S + i0) * Dv;
-  for (int64_t r = 0; r < rows; ++r) sc.rows[r].finish(y + r * Dv);
+  for (const auto& range : ranges)
+    for (int64_t j0 = range[0]; j0 < range[1]; j0 += kExactBlockK) {
+      const int64_t cols = std::min<int64_t>(kExactBlockK, range[1] - j0);
+      const int64_t npanels = (cols + kPanel - 1) / kPanel;
+      const int64_t width = npanels * kPanel;
+      float* s = sc.s.data();
+      kern.qk_tile(sc.q.data(), D, rows, kp + (j0 / kPanel) * D * kPanel, D, npanels, s, kExactBlockK);
+
+      if (has_kpm)
+        for (int64_t c = 0; c < cols; ++c) sc.key_bias[c] = key_is_real(p.key_padding, T, b, j0 + c) ? 0.f : kNegInf;
+      const bool partial = j0 + cols - 1 > last_all || banded;
+      for (int64_t r = 0; r < rows; ++r) {
+        float* sr = s + r * kExactBlockK;
+        const int64_t last = causal_last_key(p, i0 + r);
+        // Columns past the block (panel padding), past the row's causal limit or outside its band never count.
+        const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
+        for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
+        if (banded)
+          for (int64_t c = 0; c < vis; ++c) {
+            const int64_t j = j0 + c;
+            if (j >= band.sinks && j <= last - band.window) sr[c] = kNegInf;
+          }
+        if (has_kpm)
+          for (int64_t c = 0; c < vis; ++c) sr[c] += sc.key_bias[c];
+        if (has_mask) {
+          const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
+          for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(j0 + c);
+        }
+        OnlineSoftmax& st = states[r];
+        const float bm = kern.max(sr, width);
+        if (bm == kNegInf) {  // nothing visible in this block for this row
+          for (int64_t c = 0; c < width; ++c) sr[c] = 0.f;
+          continue;
+        }
+        st.rebase(bm, kern);
+        st.sum += kern.exp_sum(sr, width, st.max);
+      }
+      kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
+    }
+}
+
+void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1) {
+  const AttentionShape& sh = p.shape;
+  const int64_t rows = i1 - i0, ldo = (sh.Dv + 15) / 16 * 16;
+  ExactScratch& sc = t_scratch;
+  if (sc.o.size() < static_cast<size_t>(rows * ldo)) sc.o.resize(rows * ldo);
+  if (sc.rows.size() < static_cast<size_t>(rows)) sc.rows.resize(rows);
+  attend_tiles(p, kp, b, hq, i0, i1, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
+  float* y = p.y + ((b * sh.Hq + hq) * sh.S + i0) * sh.Dv;
+  for (int64_t r = 0; r < rows; ++r) sc.rows[r].finish(y + r * sh.Dv);
 }
 
 }  // namespace iceformer

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 
+#include "online_softmax.h"
 #include "params.h"
 
 namespace iceformer {
@@ -17,7 +18,19 @@ int64_t packed_keys_size(const AttentionShape& s);
 // Packs K[b, hkv] (T x D) into panels of 16 keys (see simd.h), zero beyond T.
 void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst);
 
-// Rows [i0, i1) of y[b, hq] by exact attention over all keys they may see. kp = packed K[b, hq / group].
+// Which keys attend_tiles visits for query row i (on top of causality and masks): all (window < 0), or the
+// sinks j < sinks and the recent keys j > last(i) - window.
+struct KeyBand {
+  int64_t sinks = 0;
+  int64_t window = -1;
+};
+
+// Online-softmax states (acc in o, row stride ldo) of rows [i0, i1) of (b, hq) over the keys of `band`, by
+// tiles. kp = packed K[b, hq / group].
+void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1,
+                  const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states);
+
+// Rows [i0, i1) of y[b, hq] by exact attention over all keys they may see.
 void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1);
 
 }  // namespace iceformer
