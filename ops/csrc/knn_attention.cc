@@ -72,7 +72,7 @@ int64_t retrieve(const AttentionParams& p, const KnnIndexView& idx, const std::v
   for (int32_t j : *given)
     if (candidate(j)) sc.ids.push_back(j), sc.logits.push_back(score(j));
   const int64_t n = static_cast<int64_t>(sc.ids.size());
-  const int64_t kept = TopK::keep_largest(sc.logits.data(), sc.ids.data(), n, ks.top_k, sc.tmp);
+  const int64_t kept = TopK::keep_largest(sc.logits.data(), sc.ids.data(), n, ks.top_k, kernels());
   sc.top.reset(ks.top_k);
   sc.chosen.begin(T);
   for (int64_t t = 0; t < kept; ++t) sc.top.push(sc.logits[t], sc.ids[t]), sc.chosen.insert(sc.ids[t]);

@@ -174,8 +174,8 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
     const int64_t want = std::max<int64_t>(
         1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(sc.vals.size()) / visible_est)));
     if (static_cast<int64_t>(sc.vals.size()) > want) {
-      std::nth_element(sc.vals.begin(), sc.vals.begin() + (want - 1), sc.vals.end(), std::greater<float>());
-      sc.thr[t] = std::nextafter(sc.vals[want - 1], -std::numeric_limits<float>::infinity());
+      const float kth = TopK::kth_largest(sc.vals.data(), static_cast<int64_t>(sc.vals.size()), want, kern);
+      sc.thr[t] = std::nextafter(kth, -std::numeric_limits<float>::infinity());
     }
   }
 
@@ -206,7 +206,7 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
   for (int64_t t = 0; t < rows; ++t) {
     std::vector<int32_t>& dst = (*out)[t];
     const int64_t m = TopK::keep_largest(sc.found_val[t].data(), sc.found_id[t].data(),
-                                         static_cast<int64_t>(sc.found_id[t].size()), budget, sc.vals);
+                                         static_cast<int64_t>(sc.found_id[t].size()), budget, kern);
     dst.assign(sc.found_id[t].begin(), sc.found_id[t].begin() + m);
   }
 }

@@ -28,6 +28,8 @@ struct Kernels {
   void (*scal)(float a, float* x, int64_t n);
   // Writes the indices i with x[i] > thr to idx (ascending); returns how many.
   int64_t (*above)(const float* x, int64_t n, float thr, int32_t* idx);
+  // Number of i with x[i] >= thr.
+  int64_t (*count_ge)(const float* x, int64_t n, float thr);
 };
 
 const Kernels& scalar_kernels();

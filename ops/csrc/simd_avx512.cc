@@ -199,10 +199,20 @@ int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
   return m;
 }
 
+int64_t count_ge(const float* x, int64_t n, float thr) {
+  const __m512 vt = _mm512_set1_ps(thr);
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    m += __builtin_popcount(_mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, x + i), vt, _CMP_GE_OQ));
+  }
+  return m;
+}
+
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above};
+  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge};
   return &k;
 }
 

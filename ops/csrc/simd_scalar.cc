@@ -66,10 +66,16 @@ int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
   return m;
 }
 
+int64_t count_ge(const float* x, int64_t n, float thr) {
+  int64_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m += x[i] >= thr ? 1 : 0;
+  return m;
+}
+
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above};
+  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge};
   return k;
 }
 

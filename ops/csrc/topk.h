@@ -2,11 +2,14 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <cstdint>
 #include <utility>
 #include <vector>
+
+#include "simd.h"
 
 namespace iceformer {
 
@@ -33,15 +36,37 @@ class TopK {
   }
   const std::vector<std::pair<float, int32_t>>& items() const { return heap_; }  // heap order
 
-  // Keeps the k largest of vals[0, n) (with their ids), in input order, ties at the k-th value by position:
-  // an O(n) selection through the k-th largest value (NaN counts as largest). `tmp` is scratch.
-  static int64_t keep_largest(float* vals, int32_t* ids, int64_t n, int64_t k, std::vector<float>& tmp) {
+  // The k-th largest of v[0, n) (0 < k <= n, no NaN): a bisection over the order-preserving integer image
+  // of floats, each step one vectorised count (32 steps at most, no data-dependent branches per element).
+  static float kth_largest(const float* v, int64_t n, int64_t k, const Kernels& kern) {
+    auto key = [](float f) {
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    };
+    auto val = [](uint32_t u) {
+      u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+    };
+    // Largest K with count(v >= val(K)) >= k: lo always satisfies it, hi + 1 never does.
+    uint32_t lo = key(-std::numeric_limits<float>::infinity()), hi = key(kern.max(v, n));
+    while (lo < hi) {
+      const uint32_t mid = lo + (hi - lo + 1) / 2;
+      if (kern.count_ge(v, n, val(mid)) >= k) lo = mid; else hi = mid - 1;
+    }
+    return val(lo);
+  }
+
+  // Keeps the k largest of vals[0, n) (with their ids), in input order, ties at the k-th value by position
+  // (NaN counts as largest). `tmp` is scratch.
+  static int64_t keep_largest(float* vals, int32_t* ids, int64_t n, int64_t k, const Kernels& kern) {
     if (n <= k) return n;
     if (k <= 0) return 0;
-    tmp.assign(vals, vals + n);
-    for (float& v : tmp) v = std::isnan(v) ? std::numeric_limits<float>::infinity() : v;
-    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
-    const float kth = tmp[k - 1];
+    for (int64_t t = 0; t < n; ++t)
+      if (std::isnan(vals[t])) vals[t] = std::numeric_limits<float>::infinity();  // NaN ranks first
+    const float kth = kth_largest(vals, n, k, kern);
     int64_t above = 0;
     for (int64_t t = 0; t < n; ++t) above += (vals[t] > kth || std::isnan(vals[t])) ? 1 : 0;
     int64_t ties = k - above, m = 0;
