@@ -68,10 +68,11 @@ int64_t retrieve(const AttentionParams& p, const KnnIndexView& idx, const std::v
     given = &sc.search.found;
   }
   sc.ids.clear();
-  sc.logits.clear();
   for (int32_t j : *given)
-    if (candidate(j)) sc.ids.push_back(j), sc.logits.push_back(score(j));
+    if (candidate(j)) sc.ids.push_back(j);
   const int64_t n = static_cast<int64_t>(sc.ids.size());
+  sc.logits.resize(n);
+  score(sc.ids.data(), n, sc.logits.data());
   const int64_t kept = TopK::keep_largest(sc.logits.data(), sc.ids.data(), n, ks.top_k, kernels());
   sc.top.reset(ks.top_k);
   sc.chosen.begin(T);
@@ -115,7 +116,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
     auto visible = [&](int64_t j) {
       return j <= last && key_is_real(p.key_padding, T, b, j) && mrow.value(j) != kNegInf;
     };
-    auto score = [&](int64_t j) { return p.scale * kern.dot(q, K + j * D, D); };
+    auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, K, D, ids, n, D, p.scale, out); };
     // Visible keys, and how many of them the sinks and window already cover.
     int64_t n_vis = 0, n_forced = 0;
     if (last >= 0) {
@@ -154,8 +155,8 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
       }
       if (!sc.samples.empty()) {
         const float w = static_cast<float>(n_rest) / static_cast<float>(sc.samples.size());
-        sc.logits.clear();
-        for (int32_t j : sc.samples) sc.logits.push_back(score(j));
+        sc.logits.resize(sc.samples.size());
+        score(sc.samples.data(), static_cast<int64_t>(sc.samples.size()), sc.logits.data());
         os.add_block(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
         scored += static_cast<int64_t>(sc.samples.size());
       }
@@ -173,7 +174,7 @@ int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx,
   const int64_t last = causal_last_key(p, i);
   if (last < 0) return 0;
   auto visible = [&](int64_t j) { return j <= last; };
-  auto score = [&](int64_t j) { return p.scale * kern.dot(q, p.k + j * D, D); };
+  auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, p.k, D, ids, n, D, p.scale, out); };
   RowScratch& sc = t_row;
   retrieve(p, idx, dirs, q, last, last + 1, visible, score, sc, cands);
   int64_t n = 0;

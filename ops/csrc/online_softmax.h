@@ -54,11 +54,8 @@ struct OnlineSoftmax {
     if (bm == -std::numeric_limits<float>::infinity()) return;
     rebase(bm, kern);
     sum += w * kern.exp_sum(s, n, max);
-    for (int64_t t = 0; t < n; ++t) {
-      if (t + 8 < n)  // value rows are scattered: fetch ahead
-        for (int64_t e = 0; e < dv; e += 16) __builtin_prefetch(v + static_cast<int64_t>(ids[t + 8]) * dv + e, 0, 1);
-      if (s[t] != 0.f) kern.axpy(w * s[t], v + static_cast<int64_t>(ids[t]) * dv, acc, dv);
-    }
+    if (w != 1.f) kern.scal(w, s, n);
+    kern.gather_axpy(s, v, dv, ids, n, dv, acc);
   }
 
   // Folds another partial state over disjoint keys into this one (acc of `other` has the same dv).

@@ -30,6 +30,12 @@ struct Kernels {
   int64_t (*above)(const float* x, int64_t n, float thr, int32_t* idx);
   // Number of i with x[i] >= thr.
   int64_t (*count_ge)(const float* x, int64_t n, float thr);
+  // out[t] = scale * (q . rows[ids[t]]) for t < n, rows of length D at stride ld.
+  void (*gather_dot)(const float* q, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t D,
+                     float scale, float* out);
+  // acc[e] += sum_t w[t] * rows[ids[t]][e] for e < dv.
+  void (*gather_axpy)(const float* w, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t dv,
+                      float* acc);
 };
 
 const Kernels& scalar_kernels();

@@ -209,10 +209,73 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
   return m;
 }
 
+// q stays in registers (chunks of 128 dims); four rows per step share one pass over q.
+void gather_dot(const float* q, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t D, float scale,
+                float* out) {
+  for (int64_t t = 0; t < n; ++t) out[t] = 0.f;
+  for (int64_t d0 = 0; d0 < D; d0 += 128) {
+    const int64_t dn = D - d0 < 128 ? D - d0 : 128;
+    const int64_t nv = (dn + 15) / 16;
+    __m512 qv[8];
+    __mmask16 mk[8];
+    for (int64_t c = 0; c < nv; ++c) {
+      mk[c] = tail_mask(dn - 16 * c);
+      qv[c] = _mm512_maskz_loadu_ps(mk[c], q + d0 + 16 * c);
+    }
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* r0 = rows + static_cast<int64_t>(ids[t]) * ld + d0;
+      const float* r1 = rows + static_cast<int64_t>(ids[t + 1]) * ld + d0;
+      const float* r2 = rows + static_cast<int64_t>(ids[t + 2]) * ld + d0;
+      const float* r3 = rows + static_cast<int64_t>(ids[t + 3]) * ld + d0;
+      __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t c = 0; c < nv; ++c) {
+        a0 = _mm512_fmadd_ps(qv[c], _mm512_maskz_loadu_ps(mk[c], r0 + 16 * c), a0);
+        a1 = _mm512_fmadd_ps(qv[c], _mm512_maskz_loadu_ps(mk[c], r1 + 16 * c), a1);
+        a2 = _mm512_fmadd_ps(qv[c], _mm512_maskz_loadu_ps(mk[c], r2 + 16 * c), a2);
+        a3 = _mm512_fmadd_ps(qv[c], _mm512_maskz_loadu_ps(mk[c], r3 + 16 * c), a3);
+      }
+      out[t] += _mm512_reduce_add_ps(a0);
+      out[t + 1] += _mm512_reduce_add_ps(a1);
+      out[t + 2] += _mm512_reduce_add_ps(a2);
+      out[t + 3] += _mm512_reduce_add_ps(a3);
+    }
+    for (; t < n; ++t) {
+      const float* r0 = rows + static_cast<int64_t>(ids[t]) * ld + d0;
+      __m512 a0 = _mm512_setzero_ps();
+      for (int64_t c = 0; c < nv; ++c) a0 = _mm512_fmadd_ps(qv[c], _mm512_maskz_loadu_ps(mk[c], r0 + 16 * c), a0);
+      out[t] += _mm512_reduce_add_ps(a0);
+    }
+  }
+  for (int64_t t = 0; t < n; ++t) out[t] *= scale;
+}
+
+// acc stays in registers (chunks of 128 dims) over all n rows.
+void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t dv, float* acc) {
+  for (int64_t e0 = 0; e0 < dv; e0 += 128) {
+    const int64_t en = dv - e0 < 128 ? dv - e0 : 128;
+    const int64_t nv = (en + 15) / 16;
+    __m512 a[8];
+    __mmask16 mk[8];
+    for (int64_t c = 0; c < nv; ++c) {
+      mk[c] = tail_mask(en - 16 * c);
+      a[c] = _mm512_maskz_loadu_ps(mk[c], acc + e0 + 16 * c);
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      if (w[t] == 0.f) continue;
+      const __m512 wt = _mm512_set1_ps(w[t]);
+      const float* r = rows + static_cast<int64_t>(ids[t]) * ld + e0;
+      for (int64_t c = 0; c < nv; ++c) a[c] = _mm512_fmadd_ps(wt, _mm512_maskz_loadu_ps(mk[c], r + 16 * c), a[c]);
+    }
+    for (int64_t c = 0; c < nv; ++c) _mm512_mask_storeu_ps(acc + e0 + 16 * c, mk[c], a[c]);
+  }
+}
+
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge};
+  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge, gather_dot,
+                         gather_axpy};
   return &k;
 }
 

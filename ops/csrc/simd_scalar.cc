@@ -72,10 +72,20 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
   return m;
 }
 
+void gather_dot(const float* q, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t D, float scale,
+                float* out) {
+  for (int64_t t = 0; t < n; ++t) out[t] = scale * dot(q, rows + static_cast<int64_t>(ids[t]) * ld, D);
+}
+
+void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t dv, float* acc) {
+  for (int64_t t = 0; t < n; ++t) axpy(w[t], rows + static_cast<int64_t>(ids[t]) * ld, acc, dv);
+}
+
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge};
+  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge, gather_dot,
+                         gather_axpy};
   return k;
 }
 
