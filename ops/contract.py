@@ -68,7 +68,15 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("min_keys", "int", 1024, "queries seeing fewer keys than this run exact attention"),
     AttrSpec("local_window", "int", 64, "keys last(i) - local_window < j <= last(i), always attended (if visible)"),
     AttrSpec("num_sink", "int", 4, "keys j < num_sink, always attended (if visible)"),
-    AttrSpec("tail_samples", "int", 0, "uniform samples of unretrieved keys estimating the dropped softmax mass"),
+    AttrSpec(
+        "tail_samples", "int", 0, "systematic sample of positions estimating the softmax mass of unretrieved keys"
+    ),
+    AttrSpec(
+        "tail_limit",
+        "float",
+        1.0,
+        "rows whose tail estimate holds more than this share of the softmax mass are recomputed exactly (1: never)",
+    ),
     AttrSpec("seed", "int", 0, "seed of the random directions and tail samples"),
 )
 

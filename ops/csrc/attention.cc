@@ -184,8 +184,10 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
   stats->search_ms = ms_since(t1);
   std::vector<int32_t> used;
   used.reserve(scored.size());
-  for (int32_t c : scored)
-    if (c >= 0) used.push_back(c);
+  for (int32_t c : scored) {
+    if (c < -1) ++stats->fallback_rows;  // fell back to exact after the tail estimate: -(visible) - 1
+    if (c >= 0 || c < -1) used.push_back(c >= 0 ? c : -c - 1);
+  }
   if (!used.empty()) {
     double sum = 0;
     for (int32_t c : used) sum += c;

@@ -49,6 +49,7 @@ constexpr AttrSpec kAttrs[] = {
     {"local_window", 'i', true, 64},
     {"num_sink", 'i', true, 4},
     {"tail_samples", 'i', true, 0},
+    {"tail_limit", 'f', true, 1.0},
     {"seed", 'i', true, 0},
 };
 constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);

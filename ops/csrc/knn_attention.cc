@@ -37,6 +37,7 @@ struct RowScratch {
   std::vector<float> band_o;  // per row: accumulator of the sinks + window part
   std::vector<OnlineSoftmax> band;
   std::vector<int32_t> ids, samples;
+  std::vector<int64_t> fallback;  // rows to redo exactly
   std::vector<float> logits, tmp;
 };
 thread_local RowScratch t_row;
@@ -108,6 +109,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
     }
   }
 
+  sc.fallback.clear();
   for (int64_t i = i0; i < i1; ++i) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i) * D;
     float* y = p.y + ((b * sh.Hq + hq) * sh.S + i) * Dv;
@@ -143,27 +145,42 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
     for (const auto& [s, j] : sc.top.items()) sc.ids.push_back(j), sc.logits.push_back(s);
     os.add_block(sc.logits.data(), sc.ids.data(), kept, V, kern);
 
-    // Tail estimate: sum over unretrieved visible keys U ~ (|U| / s) * sum over s uniform samples of U.
+    // Tail estimate of the sum over the unretrieved visible keys U: a systematic sample of the positions
+    // [0, last] (random start, step h = (last + 1) / tail_samples) includes each position with probability
+    // 1 / h, so h * (sum over sampled positions in U) is unbiased; systematic sampling spreads the sample
+    // over the sequence, which lowers the variance on attention's positional structure.
     const int64_t n_rest = n_vis - n_forced - kept;
     if (ks.tail_samples > 0 && n_rest > 0) {
       Rng rng(row_seed(ks.seed, b, hq, i));
       sc.samples.clear();
-      const int64_t max_tries = 8 * ks.tail_samples + 64;
-      for (int64_t tries = 0; tries < max_tries && static_cast<int64_t>(sc.samples.size()) < ks.tail_samples; ++tries) {
-        const int64_t j = static_cast<int64_t>(rng.below(static_cast<uint64_t>(last + 1)));
+      const int64_t s = std::min(ks.tail_samples, last + 1);
+      const double h = static_cast<double>(last + 1) / static_cast<double>(s);
+      const double start = rng.uniform() * h;
+      for (int64_t t = 0; t < s; ++t) {
+        const int64_t j = std::min<int64_t>(last, static_cast<int64_t>(start + static_cast<double>(t) * h));
         if (visible(j) && !is_forced(ks, last, j) && !sc.chosen.contains(j)) sc.samples.push_back(static_cast<int32_t>(j));
       }
       if (!sc.samples.empty()) {
-        const float w = static_cast<float>(n_rest) / static_cast<float>(sc.samples.size());
+        const float w = static_cast<float>(h);
         sc.logits.resize(sc.samples.size());
         score(sc.samples.data(), static_cast<int64_t>(sc.samples.size()), sc.logits.data());
+        const float m1 = os.max, s1 = os.sum;  // the retrieved part, before the tail
         os.add_block(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
         scored += static_cast<int64_t>(sc.samples.size());
+        // Share of the (estimated) mass outside the retrieved keys: too large, the sparse answer is unreliable.
+        const float kept_share = os.sum > 0.f ? s1 * std::exp(m1 - os.max) / os.sum : 1.f;
+        if (ks.tail_limit < 1.f && 1.f - kept_share > ks.tail_limit) {
+          sc.fallback.push_back(i);
+          keys_scored[i - i0] = static_cast<int32_t>(-std::min<int64_t>(n_vis, std::numeric_limits<int32_t>::max() - 1) - 1);
+          continue;
+        }
       }
     }
     os.finish(y);
     keys_scored[i - i0] = static_cast<int32_t>(std::min<int64_t>(scored, std::numeric_limits<int32_t>::max()));
   }
+  // Rows whose tail was too heavy: exact attention, one row at a time.
+  for (int64_t i : sc.fallback) exact_rows(p, kp, b, hq, i, i + 1);
 }
 
 int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs,

@@ -19,6 +19,7 @@ int64_t candidate_budget(const KnnSettings& s, int64_t visible);
 void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx, const std::vector<float>& dirs,
               const std::vector<std::vector<int32_t>>* cands, const int64_t* real_prefix, int64_t b, int64_t hq,
               int64_t i0, int64_t i1, int32_t* keys_scored);
+// (returns nothing; rows that fell back to exact attention are flagged with keys_scored = -(visible keys) - 1)
 
 }  // namespace iceformer
 

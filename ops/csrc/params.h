@@ -41,7 +41,8 @@ struct KnnSettings {
   int64_t min_keys = 0;         // fewer visible keys than this: exact
   int64_t local_window = 0;     // most recent visible keys always attended
   int64_t num_sink = 0;         // first keys always attended
-  int64_t tail_samples = 0;     // uniform samples of unretrieved keys estimating the dropped mass
+  int64_t tail_samples = 0;     // systematic samples of unretrieved keys estimating the dropped mass
+  float tail_limit = 1.f;       // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
 };
 

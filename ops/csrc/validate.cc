@@ -106,6 +106,9 @@ Status check_settings(const KnnSettings& k) {
   if (k.local_window < 0) return bad("local_window", k.local_window, ">= 0");
   if (k.num_sink < 0) return bad("num_sink", k.num_sink, ">= 0");
   if (k.tail_samples < 0) return bad("tail_samples", k.tail_samples, ">= 0");
+  if (!(k.tail_limit >= 0.f && k.tail_limit <= 1.f))
+    return Status::Error("KnnAttention: attribute tail_limit=" + std::to_string(k.tail_limit) +
+                         " is invalid, expected 0..1 (1: never fall back to exact)");
   constexpr int64_t kHuge = int64_t(1) << 40;
   if (k.top_k > kHuge) return bad("top_k", k.top_k, "<= 2^40");
   if (k.max_candidates > kHuge) return bad("max_candidates", k.max_candidates, "<= 2^40");
