@@ -16,6 +16,7 @@ struct ExactScratch {
   std::vector<float> q, s, o;
   std::vector<OnlineSoftmax> rows;
   std::vector<float> key_bias;  // 0 or -inf per key of the block (key_padding_mask)
+  std::vector<int64_t> ids;
 };
 thread_local ExactScratch t_scratch;
 
@@ -42,11 +43,11 @@ void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   }
 }
 
-void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1,
-                  const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states) {
+void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
+                  int64_t rows, const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
-  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0;
+  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T;
   const int64_t hkv = hq / sh.group();
   ExactScratch& sc = t_scratch;
   if (sc.q.size() < static_cast<size_t>(rows * D)) sc.q.resize(rows * D);
@@ -54,15 +55,18 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
   if (sc.key_bias.size() < static_cast<size_t>(kExactBlockK)) sc.key_bias.resize(kExactBlockK);
 
   // Q rows scaled once: (scale q) . k = scale (q . k).
-  const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0) * D;
-  for (int64_t t = 0; t < rows * D; ++t) sc.q[t] = q[t] * p.scale;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* q = p.q + ((b * sh.Hq + hq) * sh.S + row_ids[r]) * D;
+    for (int64_t d = 0; d < D; ++d) sc.q[r * D + d] = q[d] * p.scale;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     std::fill(o + r * ldo, o + r * ldo + Dv, 0.f);
     states[r] = OnlineSoftmax{kNegInf, 0.f, o + r * ldo, Dv};
   }
 
-  const int64_t last_any = causal_last_key(p, i1 - 1);  // the block's widest view
-  const int64_t last_all = causal_last_key(p, i0);      // every row sees keys <= last_all
+  // Rows come in ascending order: the last row has the widest view, every row sees keys <= last_all.
+  const int64_t last_any = causal_last_key(p, row_ids[rows - 1]);
+  const int64_t last_all = causal_last_key(p, row_ids[0]);
   const float* v = p.v + (b * sh.Hkv + hkv) * T * Dv;
   const bool has_mask = p.mask.kind != MaskKind::kNone;
   const bool has_kpm = p.key_padding.kind != KeyPaddingKind::kNone;
@@ -94,7 +98,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
       const bool partial = j0 + cols - 1 > last_all || banded;
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s + r * kExactBlockK;
-        const int64_t last = causal_last_key(p, i0 + r);
+        const int64_t last = causal_last_key(p, row_ids[r]);
         // Columns past the block (panel padding), past the row's causal limit or outside its band never count.
         const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
         for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
@@ -106,7 +110,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
         if (has_kpm)
           for (int64_t c = 0; c < vis; ++c) sr[c] += sc.key_bias[c];
         if (has_mask) {
-          const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
+          const MaskRow mr = mask_row(p.mask, b, hq, row_ids[r]);
           for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(j0 + c);
         }
         OnlineSoftmax& st = states[r];
@@ -122,15 +126,25 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
     }
 }
 
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1) {
+void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids, int64_t rows) {
   const AttentionShape& sh = p.shape;
-  const int64_t rows = i1 - i0, ldo = (sh.Dv + 15) / 16 * 16;
+  const int64_t ldo = (sh.Dv + 15) / 16 * 16;
   ExactScratch& sc = t_scratch;
   if (sc.o.size() < static_cast<size_t>(rows * ldo)) sc.o.resize(rows * ldo);
   if (sc.rows.size() < static_cast<size_t>(rows)) sc.rows.resize(rows);
-  attend_tiles(p, kp, b, hq, i0, i1, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
-  float* y = p.y + ((b * sh.Hq + hq) * sh.S + i0) * sh.Dv;
-  for (int64_t r = 0; r < rows; ++r) sc.rows[r].finish(y + r * sh.Dv);
+  for (int64_t r0 = 0; r0 < rows; r0 += kExactBlockQ) {
+    const int64_t n = std::min(kExactBlockQ, rows - r0);
+    attend_tiles(p, kp, b, hq, row_ids + r0, n, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
+    for (int64_t r = 0; r < n; ++r) sc.rows[r].finish(p.y + ((b * sh.Hq + hq) * sh.S + row_ids[r0 + r]) * sh.Dv);
+  }
+}
+
+void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1) {
+  ExactScratch& sc = t_scratch;
+  sc.ids.resize(static_cast<size_t>(i1 - i0));
+  for (int64_t i = i0; i < i1; ++i) sc.ids[i - i0] = i;
+  const std::vector<int64_t> ids = sc.ids;  // attend_tiles reuses the scratch
+  exact_rows(p, kp, b, hq, ids.data(), i1 - i0);
 }
 
 }  // namespace iceformer

@@ -25,12 +25,14 @@ struct KeyBand {
   int64_t window = -1;
 };
 
-// Online-softmax states (acc in o, row stride ldo) of rows [i0, i1) of (b, hq) over the keys of `band`, by
-// tiles. kp = packed K[b, hq / group].
-void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1,
-                  const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states);
+// Online-softmax states (acc in o, row stride ldo) of query rows row_ids[0..rows) (ascending, rows <= 64) of
+// (b, hq) over the keys of `band`, by tiles. kp = packed K[b, hq / group].
+void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
+                  int64_t rows, const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states);
 
-// Rows [i0, i1) of y[b, hq] by exact attention over all keys they may see.
+// Rows row_ids[0..rows) (ascending) of y[b, hq] by exact attention over all keys they may see.
+void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids, int64_t rows);
+// The same for the rows [i0, i1).
 void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1);
 
 }  // namespace iceformer

@@ -38,6 +38,7 @@ struct RowScratch {
   std::vector<OnlineSoftmax> band;
   std::vector<int32_t> ids, samples;
   std::vector<int64_t> fallback;  // rows to redo exactly
+  std::vector<int64_t> rows;
   std::vector<float> logits, tmp;
 };
 thread_local RowScratch t_row;
@@ -101,7 +102,10 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   if (sc.band_o.size() < static_cast<size_t>(rows * ldo)) sc.band_o.resize(rows * ldo);
   if (sc.band.size() < static_cast<size_t>(rows)) sc.band.resize(rows);
   if (ks.num_sink > 0 || ks.local_window > 0) {
-    attend_tiles(p, kp, b, hq, i0, i1, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo, sc.band.data());
+    sc.rows.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) sc.rows[r] = i0 + r;
+    attend_tiles(p, kp, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo,
+                 sc.band.data());
   } else {
     for (int64_t r = 0; r < rows; ++r) {
       std::fill(sc.band_o.begin() + r * ldo, sc.band_o.begin() + r * ldo + Dv, 0.f);
@@ -179,8 +183,8 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
     os.finish(y);
     keys_scored[i - i0] = static_cast<int32_t>(std::min<int64_t>(scored, std::numeric_limits<int32_t>::max()));
   }
-  // Rows whose tail was too heavy: exact attention, one row at a time.
-  for (int64_t i : sc.fallback) exact_rows(p, kp, b, hq, i, i + 1);
+  // Rows whose tail was too heavy: exact attention, together.
+  if (!sc.fallback.empty()) exact_rows(p, kp, b, hq, sc.fallback.data(), static_cast<int64_t>(sc.fallback.size()));
 }
 
 int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs,
