@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--knn", type=json.loads, default=None, help='k-NN attributes as JSON, e.g. \'{"top_k": 32}\'')
     ap.add_argument("--json", help="write the rows as JSON to this file")
+    ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
     args = ap.parse_args(argv)
 
     stats_path = os.path.join(tempfile.mkdtemp(prefix="ice-bench-"), "stats.jsonl")
@@ -133,6 +134,37 @@ def main(argv: list[str] | None = None) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=1)
+    if args.plot:
+        plot(rows, args.plot, f"{args.threads} threads, D={args.head_dim}, Hq={args.heads}")
+
+
+def plot(rows: list[Row], path: str, subtitle: str) -> None:
+    """Log-log time against n per (layout, causal): ORT's best dense kernel, our exact path, our k-NN path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({("mha" if r.Hq == r.Hkv else "gqa", r.causal) for r in rows})
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, (layout, causal) in zip(axes[0], groups):
+        sel = sorted((r for r in rows if ("mha" if r.Hq == r.Hkv else "gqa") == layout and r.causal == causal),
+                     key=lambda r: r.n)
+        n = [r.n for r in sel]
+        ort_best = [min(v for k, v in r.times_ms.items() if k.startswith("ort-")) for r in sel]
+        ax.loglog(n, ort_best, "o-", label="ONNX Runtime dense (best kernel)")
+        ax.loglog(n, [r.times_ms["ours-exact"] for r in sel], "s-", label="KnnAttention exact")
+        if all("ours-knn" in r.times_ms for r in sel):
+            ax.loglog(n, [r.times_ms["ours-knn"] for r in sel], "^-", label="KnnAttention k-NN")
+        ax.set_title(f"{layout}, {'causal' if causal else 'non-causal'}")
+        ax.set_xlabel("n (S = T)")
+        ax.set_ylabel("ms per call")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"attention time vs sequence length ({subtitle})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

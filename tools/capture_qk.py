@@ -3,7 +3,7 @@
   ice-capture-qk out.npz --tokens 2048 --layers 0 13 24 --kv-heads 0
 
 Saves float16 arrays Q [layers, Hq_sel, T, D], K and V [layers, Hkv_sel, T, D] (query heads of the selected
-KV heads only), plus `layers`, `kv_heads`, `group`. tests/data/smollm2_qkv_2048.npz was made with the line above.
+KV heads only), plus `layers`, `kv_heads`, `group`. tools/data/smollm2_qkv_2048.npz (shipped for tests and the demo) was made with the line above.
 """
 
 from __future__ import annotations

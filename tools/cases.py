@@ -23,6 +23,7 @@ class AttentionCase:
     scale: float | None = None
     seed: int = 0
     peak: float = 1.0  # logit temperature of the generated data (> 1: more peaked attention)
+    clusters: int = 0  # > 0: keys and queries drawn around this many shared centres (peaked, like real attention)
     attrs: dict = field(default_factory=dict)
 
     @property
@@ -52,6 +53,10 @@ class AttentionCase:
         f = np.float32
         q = rng.standard_normal((self.B, self.Hq, self.S, self.D)).astype(f) * f(self.peak)
         k = rng.standard_normal((self.B, self.Hkv, self.T, self.D)).astype(f)
+        if self.clusters:
+            centres = rng.standard_normal((self.clusters, self.D)).astype(f) * f(1.5)
+            q += centres[rng.integers(0, self.clusters, q.shape[:3])] * f(self.peak)
+            k += centres[rng.integers(0, self.clusters, k.shape[:3])]
         v = rng.standard_normal((self.B, self.Hkv, self.T, self.dv)).astype(f)
         out = {"Q": q, "K": k, "V": v}
         if self.attn_mask:

@@ -12,7 +12,7 @@ from iceformer.tools.cases import AttentionCase
 
 # Settings that make every visible key a candidate: the walk is then exhaustive, so the path must equal the
 # perfect-search reference (top_k + window + sinks) exactly up to float32 rounding.
-EXHAUSTIVE = dict(top_k=16, local_window=8, num_sink=2, min_keys=0, max_candidates=1 << 20)
+EXHAUSTIVE = dict(top_k=16, local_window=8, num_sink=2, min_keys=0, max_candidates=1 << 20, tail_samples=0)
 
 KNN_GRID = [
     AttentionCase(S=200, T=200, D=32, attrs=EXHAUSTIVE),
@@ -21,7 +21,10 @@ KNN_GRID = [
     AttentionCase(B=2, S=64, T=250, key_padding_mask="bool", attrs=EXHAUSTIVE),
     AttentionCase(S=64, T=180, attn_mask="bool", mask_shape="1HST", attrs=EXHAUSTIVE),
     AttentionCase(S=64, T=180, attn_mask="float", mask_shape="ST", attrs=EXHAUSTIVE),
-    AttentionCase(S=80, T=150, D=48, Dv=20, attrs={**EXHAUSTIVE, "L": 3, "m": 3}),
+    AttentionCase(S=80, T=150, D=48, Dv=20, attrs={**EXHAUSTIVE, "rank": 5}),
+    # The Prioritized-DCI walk (search=1), exhaustive too.
+    AttentionCase(S=80, T=150, D=48, Dv=20, attrs={**EXHAUSTIVE, "search": 1, "L": 3, "m": 3}),
+    AttentionCase(S=120, T=120, is_causal=1, key_padding_mask="bool", B=2, attrs={**EXHAUSTIVE, "search": 1}),
 ]
 
 
@@ -66,7 +69,7 @@ def test_causal_rows_below_min_keys_go_exact(tmp_stats):
     assert call["path"] == "knn" and call["knn_rows"] == 4 * 201
 
 
-DEFAULT_KNN = dict(top_k=16, local_window=8, num_sink=2, min_keys=0, max_candidates=64)
+DEFAULT_KNN = dict(top_k=16, local_window=8, num_sink=2, min_keys=0, max_candidates=64, tail_samples=0)
 
 
 HUGE = np.float32(1e30)  # a value no weight > 0 can hide: |y| <= max |visible V| unless it is attended
@@ -108,7 +111,7 @@ def test_same_seed_same_output_at_any_thread_count():
 
 def test_tail_estimate_reduces_error_on_diffuse_attention():
     """Random (diffuse) data: top-16 alone drops most of the mass; 256 tail samples recover much of it."""
-    base = AttentionCase(S=256, T=2048, D=32, seed=11, attrs={**EXHAUSTIVE, "top_k": 16})
+    base = AttentionCase(S=256, T=2048, D=32, seed=11, attrs={**EXHAUSTIVE, "top_k": 16, "tail_limit": 1.0})
     dense = knn_attention_reference(**base.inputs(), **base.op_attrs())
 
     def err(case):
@@ -129,3 +132,29 @@ def test_stats_report_candidates(tmp_stats):
     assert 10 < call["mean_candidates"] <= 2 + 8 + 64
     for key in ("build_ms", "search_ms", "total_ms", "p99_candidates"):
         assert call[key] >= 0
+
+
+def test_tail_limit_zero_sends_every_row_with_a_tail_to_exact(tmp_stats):
+    case = AttentionCase(S=256, T=600, D=32, seed=3,
+                         attrs={**DEFAULT_KNN, "tail_samples": 16, "tail_limit": 0.0})
+    got = run_case(case)
+    np.testing.assert_allclose(got, knn_attention_reference(**case.inputs(), **case.op_attrs()), atol=2e-5, rtol=1e-4)
+    call = json.loads(tmp_stats.read_text().splitlines()[-1])
+    assert call["path"] == "knn" and call["fallback_rows"] == call["knn_rows"] == case.Hq * case.S
+
+
+def test_synthetic_peaked_recall():
+    """Clustered keys, queries near a cluster: low-rank retrieval at default budgets finds the exact top-k."""
+    from iceformer.ops import contract
+    from iceformer.ops._library import knn_select
+
+    rng = np.random.default_rng(0)
+    n, d, top_k = 3000, 64, 32
+    centres = rng.standard_normal((48, d)).astype(np.float32) * 1.5
+    k = (centres[rng.integers(0, 48, n)] + rng.standard_normal((n, d))).astype(np.float32)
+    q = (centres[rng.integers(0, 48, 400)] + rng.standard_normal((400, d))).astype(np.float32)
+    attrs = {**contract.attribute_defaults(), "top_k": top_k, "local_window": 0, "num_sink": 0}
+    ids, _ = knn_select(q, k, **{a: v for a, v in attrs.items() if a not in ("scale", "is_causal")})
+    z = q @ k.T
+    recall = np.mean([len(np.intersect1d(np.argpartition(-z[i], top_k)[:top_k], ids[i])) / top_k for i in range(400)])
+    assert recall >= 0.95, recall
