@@ -25,7 +25,8 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from ..ops import make_attention_model, make_knn_attention_model, session_options
+from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
+from ..ops._library import knn_select
 from .cases import AttentionCase
 
 
@@ -38,6 +39,7 @@ class Row:
     D: int
     times_ms: dict[str, float] = field(default_factory=dict)
     knn_stats: dict | None = None
+    recall: float | None = None  # recall@top_k of the k-NN settings on sampled rows of the first head
 
 
 def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
@@ -65,6 +67,23 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     return out
 
 
+def recall_at_k(case: AttentionCase, knn: dict, rows: int = 64) -> float:
+    """Share of the exact top_k keys (by q.k, among visible keys) that the k-NN settings attend to."""
+    attrs = {**contract.attribute_defaults(), **knn}
+    attrs = {a: v for a, v in attrs.items() if a not in ("scale", "is_causal")}
+    x = case.inputs()
+    q, k = x["Q"][0, 0], x["K"][0, 0]
+    ids, _ = knn_select(q, k, is_causal=case.is_causal, **attrs)
+    top_k = attrs["top_k"]
+    hits = []
+    for i in np.linspace(case.S // 2, case.S - 1, rows).astype(int):
+        last = i + case.T - case.S if case.is_causal else case.T - 1
+        z = q[i] @ k[: last + 1].T
+        if last + 1 > top_k:
+            hits.append(len(np.intersect1d(np.argpartition(-z, top_k)[:top_k], ids[i])) / top_k)
+    return float(np.mean(hits)) if hits else 1.0
+
+
 def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str) -> Row:
     variants = _variants(case, threads, knn)
     for sess, feeds in variants.values():  # warm-up
@@ -76,6 +95,8 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stat
             sess.run(None, feeds)
             times[name].append((time.perf_counter() - t0) * 1e3)
     row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, {k: statistics.median(v) for k, v in times.items()})
+    if knn:
+        row.recall = recall_at_k(case, knn)
     if knn and os.path.exists(stats_path):
         lines = [json.loads(s) for s in open(stats_path) if '"path":"knn"' in s]
         if lines:
@@ -94,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--knn", type=json.loads, default=None, help='k-NN attributes as JSON, e.g. \'{"top_k": 32}\'')
+    ap.add_argument("--knn", type=json.loads, default=None,
+                    help='k-NN attributes as JSON on top of the defaults, e.g. \'{"min_keys": 0}\' (omit: no k-NN column)')
+    ap.add_argument("--clusters", type=int, default=64,
+                    help="draw Q and K around this many shared centres (peaked attention, like real models); "
+                         "0: i.i.d. normal data, the diffuse worst case")
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
     args = ap.parse_args(argv)
@@ -108,14 +133,16 @@ def main(argv: list[str] | None = None) -> None:
         hkv = args.heads if layout == "mha" else max(1, args.heads // 2)
         for causal in causal_list:
             for n in args.n:
-                case = AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=causal, seed=n)
+                case = AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=causal, seed=n,
+                                     clusters=args.clusters)
                 rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path))
                 console.log(f"{layout} causal={causal} n={n}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
 
     table = Table(title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
                         "(ratio = ORT time / our time)")
     for col in ["layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-mha ms", "ort-attn23 ms",
-                "mha/exact", "attn23/exact", "best-ort/knn", "knn cand mean/p99", "build %"]:
+                "mha/exact", "attn23/exact", "best-ort/knn", "knn scored mean/p99", "scored/n", "recall@k", "fallback %",
+                "build %"]:
         table.add_column(col, justify="right")
     for r in rows:
         t = r.times_ms
@@ -128,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             fmt("ort-mha"), fmt("ort-attn23"), ratio("ort-mha", "ours-exact"), ratio("ort-attn23", "ours-exact"),
             f"{best / t['ours-knn']:.2f}" if "ours-knn" in t else "-",
             f"{ks['mean_candidates']:.0f}/{ks['p99_candidates']:.0f}" if ks else "-",
+            f"{ks['mean_candidates'] / r.n:.3f}" if ks else "-",
+            f"{r.recall:.3f}" if r.recall is not None else "-",
+            f"{100 * ks['fallback_rows'] / max(1, ks['knn_rows']):.1f}" if ks else "-",
             f"{100 * ks['build_ms'] / ks['total_ms']:.1f}" if ks and ks.get("total_ms") else "-",
         )
     console.print(table)
