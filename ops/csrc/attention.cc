@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "exact_attention.h"
+#include "host_buffer.h"
 #include "knn_attention.h"
 #include "knn_index.h"
 #include "lowrank.h"
@@ -57,17 +58,14 @@ const char* path_name(PathTaken p) {
   return "?";
 }
 
-Status run_exact(const AttentionParams& p, const Parallel& par, CallStats* stats) {
+Status run_exact(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   const AttentionShape& sh = p.shape;
   const auto t0 = Clock::now();
-  std::vector<float> packed;
+  HostBuffer<float> packed(mem);
   const int64_t per_head = packed_keys_size(sh);
-  try {
-    packed.resize(static_cast<size_t>(sh.B * sh.Hkv * per_head));
-  } catch (const std::bad_alloc&) {
+  if (!packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head)))
     return Status::Error("KnnAttention: out of memory packing keys (" + std::to_string(sh.B * sh.Hkv * per_head * 4) +
                          " bytes)");
-  }
   parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
     pack_keys(p, b, h, packed.data() + t * per_head);
@@ -108,7 +106,7 @@ int64_t knn_threshold(const KnnSettings& k) {
   return std::max<int64_t>(k.min_keys, k.top_k + k.local_window + k.num_sink + 1);
 }
 
-Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) {
+Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
   const auto t0 = Clock::now();
@@ -117,7 +115,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
   const std::vector<float> dirs = make_directions(ks.seed, lists, sh.D);
   KnnIndexSet set;
   LowRankSet lowrank;
-  std::vector<float> packed;
+  HostBuffer<float> packed(mem);
   std::vector<int64_t> real_prefix;
   std::vector<int32_t> scored;
   const int64_t per_head = packed_keys_size(sh);
@@ -131,7 +129,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
     real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
     scored.assign(static_cast<size_t>(sh.B * sh.Hq * sh.S), -1);
     // Packed keys: for the sinks and window tiles, and rows that go exact (early causal, heavily padded).
-    packed.resize(static_cast<size_t>(sh.B * sh.Hkv * per_head));
+    if (!packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head))) throw std::bad_alloc();
   } catch (const std::bad_alloc&) {
     return Status::Error("KnnAttention: out of memory building the k-NN index");
   }
@@ -201,7 +199,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, CallStats* stats) 
   return Status();
 }
 
-Status run_attention(const AttentionParams& p, const Parallel& par, CallStats* stats) {
+Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   const auto t0 = Clock::now();
   const AttentionShape& sh = p.shape;
   *stats = CallStats{};
@@ -231,10 +229,10 @@ Status run_attention(const AttentionParams& p, const Parallel& par, CallStats* s
   }
   Status st;
   if (why != nullptr || std::getenv("ICEFORMER_FORCE_EXACT") != nullptr) {
-    st = run_exact(p, par, stats);
+    st = run_exact(p, par, mem, stats);
     stats->reason = why != nullptr ? why : "ICEFORMER_FORCE_EXACT";
   } else {
-    st = run_knn(p, par, stats);
+    st = run_knn(p, par, mem, stats);
     stats->reason = "top_k search";
   }
   stats->total_ms = ms_since(t0);

@@ -35,6 +35,6 @@ Status check_key_padding(const std::vector<int64_t>& dims, const AttentionShape&
 Status check_settings(const KnnSettings& k);
 
 // Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status.
-Status run_attention(const AttentionParams& p, const Parallel& par, CallStats* stats);
+Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats);
 
 }  // namespace iceformer

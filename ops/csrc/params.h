@@ -55,6 +55,13 @@ struct Parallel {
   ParallelForFn run = nullptr;
 };
 
+// Scratch memory from the host (see host_buffer.h); alloc returns nullptr on failure.
+struct HostAllocator {
+  void* host = nullptr;
+  void* (*alloc)(void* host, size_t bytes) = nullptr;
+  void (*free)(void* host, void* p) = nullptr;
+};
+
 struct AttentionParams {
   AttentionShape shape;
   const float* q = nullptr;  // [B,Hq,S,D]

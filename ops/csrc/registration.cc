@@ -131,8 +131,30 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
     p.knn = cfg.knn;
 
     iceformer::Parallel par{&ctx, host_parallel_for};
+    // Scratch from the session's CPU arena: reused across calls.
+    const OrtApi& api = Ort::GetApi();
+    OrtAllocator* arena = nullptr;
+    const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    if (OrtStatus* st = api.KernelContext_GetAllocator(context, cpu, &arena)) {
+      api.ReleaseStatus(st);
+      arena = nullptr;  // fall back to malloc
+    }
+    iceformer::HostAllocator mem;
+    if (arena != nullptr) {
+      mem.host = arena;
+      mem.alloc = [](void* a, size_t bytes) -> void* {
+        OrtAllocator* al = static_cast<OrtAllocator*>(a);
+        return al->Alloc(al, bytes);  // the arena returns nullptr or throws inside ORT: both end as nullptr here
+      };
+      mem.free = [](void* a, void* q) {
+        OrtAllocator* al = static_cast<OrtAllocator*>(a);
+        al->Free(al, q);
+      };
+    }
     iceformer::CallStats stats;
-    if (Status s = iceformer::run_attention(p, par, &stats); !s.ok()) return make_error(s.message());
+    Status s = iceformer::run_attention(p, par, mem, &stats);
+    if (arena != nullptr) api.ReleaseAllocator(arena);
+    if (!s.ok()) return make_error(s.message());
     iceformer::log_call_stats(p, stats);
     return nullptr;
   } catch (const Ort::Exception& e) {
