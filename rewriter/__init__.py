@@ -1,3 +1,9 @@
-"""Rewriting attention subgraphs of exported ONNX models into KnnAttention (not implemented yet)."""
+"""Rewriting the attention cores of exported ONNX models into iceformer.KnnAttention.
 
-__all__: list[str] = []
+    from iceformer.rewriter import rewrite, RewriteOptions
+    report = rewrite("model.onnx", "model.knn.onnx", RewriteOptions(attributes={"top_k": 128}))
+"""
+
+from ._rewrite import RewriteError, RewriteOptions, RewriteReport, Skip, rewrite, rewrite_model
+
+__all__ = ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "Skip"]

@@ -6,7 +6,8 @@ import iceformer.ops
 
 def test_top_level_api():
     assert sorted(iceformer.__all__) == sorted(
-        ["__version__", "contract", "get_library_path", "knn_attention_reference", "session_options"]
+        ["__version__", "contract", "get_library_path", "knn_attention_reference", "session_options", "rewrite",
+         "RewriteOptions"]
     )
     for name in iceformer.__all__:
         assert hasattr(iceformer, name), name
@@ -32,3 +33,11 @@ def test_library_path_and_session_options():
     assert path.endswith("libiceformer_ops.so")
     so = iceformer.session_options(1)
     assert so.intra_op_num_threads == 1
+
+
+def test_rewriter_api():
+    import iceformer.rewriter
+
+    assert sorted(iceformer.rewriter.__all__) == sorted(
+        ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "Skip"]
+    )

@@ -99,6 +99,10 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
         }
         if (Status s = iceformer::resolve_mask(info.GetShape(), sh, &p.mask); !s.ok()) return make_error(s.message());
         p.mask.data = m.GetTensorRawData();
+        // A single 0.0 (what the rewriter passes for "no mask", so the reference function sees 4 inputs) is no mask.
+        if (p.mask.kind == iceformer::MaskKind::kFloat && info.GetElementCount() == 1 &&
+            *static_cast<const float*>(p.mask.data) == 0.f)
+          p.mask.kind = iceformer::MaskKind::kNone;
       }
     }
     if (n_in > 4) {

@@ -1,0 +1,72 @@
+"""ice-rewrite: replace the attention cores of an exported ONNX model with iceformer.KnnAttention."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from ..ops import contract
+from ._rewrite import RewriteError, RewriteOptions, rewrite
+
+
+def _attr(text: str) -> tuple[str, float | int]:
+    name, _, value = text.partition("=")
+    try:
+        spec = contract.attribute(name)
+    except KeyError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    try:
+        return name, int(value) if spec.type == "int" else float(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{name} expects a {spec.type}, got {value!r}") from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ice-rewrite", description=__doc__)
+    ap.add_argument("input", help="exported ONNX model")
+    ap.add_argument("output", nargs="?", help="rewritten model (written atomically; never the input)")
+    ap.add_argument("--top-k", type=int, help="KnnAttention top_k for every rewritten core (0: exact)")
+    ap.add_argument("--attr", type=_attr, action="append", default=[], metavar="NAME=VALUE",
+                    help="any KnnAttention attribute, e.g. --attr min_keys=4096 (repeatable)")
+    ap.add_argument("--no-reference-function", action="store_true",
+                    help="do not attach the exact reference function (the model then needs the iceformer library)")
+    ap.add_argument("--dry-run", action="store_true", help="report what would be rewritten; write nothing")
+    ap.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
+    args = ap.parse_args(argv)
+    attrs = dict(args.attr)
+    if args.top_k is not None:
+        attrs["top_k"] = args.top_k
+    console = Console(stderr=True)
+    try:
+        report = rewrite(args.input, args.output,
+                         RewriteOptions(attributes=attrs, reference_function=not args.no_reference_function,
+                                        dry_run=args.dry_run or args.output is None))
+    except RewriteError as e:
+        console.print(f"[red]ice-rewrite: {e}[/red]")
+        return 2
+    table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
+    for col in ["node", "scale", "causal", "GQA stripped", "mask"]:
+        table.add_column(col)
+    for r in report.replaced:
+        table.add_row(r.name, f"{r.scale:.6g}", str(r.is_causal), "yes" if r.gqa_stripped else "no", r.mask)
+    console.print(table)
+    console.print(f"rewritten by form: {report.replaced_by_form}; Softmax nodes left unmatched: "
+                  f"{report.softmax_unmatched} of {report.softmax_before}")
+    for s in report.skipped:
+        console.print(f"skipped ({s.rule}) at {s.node}: {s.reason}")
+    if args.json:
+        text = json.dumps(report.to_dict(), indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

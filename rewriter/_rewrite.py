@@ -1,0 +1,166 @@
+"""The rewrite driver: load, canonicalise (pattern rules), lower, clean up, attach the reference function,
+check, and write atomically. Returns a typed report."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
+import onnxscript.optimizer
+from onnxscript.rewriter import MatchingTracer, MatchStatus
+
+from ..ops import contract
+from . import _canonical, _function, _lower, _rules
+
+RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to an external file
+
+
+class RewriteError(Exception):
+    """A model that cannot be read, rewritten or written; the message says why."""
+
+
+@dataclass
+class RewriteOptions:
+    attributes: dict = field(default_factory=dict)  # KnnAttention attributes set on every new node
+    reference_function: bool = True
+    dry_run: bool = False
+
+
+@dataclass
+class Skip:
+    rule: str
+    node: str
+    reason: str
+
+
+@dataclass
+class RewriteReport:
+    input: str
+    output: str | None
+    replaced_by_form: dict[str, int]
+    replaced: list[_lower.LoweredCore]
+    skipped: list[Skip]
+    softmax_before: int
+    softmax_unmatched: int
+    dry_run: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _load(path: Path) -> ir.Model:
+    if not path.is_file():
+        raise RewriteError(f"{path}: no such file")
+    try:
+        return ir.load(path)
+    except Exception as e:  # protobuf decode errors come in several types
+        raise RewriteError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+
+
+def _count_softmax(model: ir.Model) -> int:
+    return sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Softmax")
+
+
+def _skips(tracer: MatchingTracer) -> list[Skip]:
+    out: list[Skip] = []
+    for rule, matches in tracer.best_matches_map.items():
+        for m in matches:
+            if m.status == MatchStatus.CONDITION_FAILED:
+                reason = m.match_result.reason if m.match_result is not None else ""
+                skip = Skip(rule.name or type(rule).__name__, m.root_node.name or m.root_node.op_type, reason)
+                if skip not in out:  # commuted variants of a rule report the same failure
+                    out.append(skip)
+    return out
+
+
+def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, RewriteReport]:
+    """Rewrites `model` in place; the report's input/output fields are left empty."""
+    for name in options.attributes:
+        contract.attribute(name)  # unknown attribute names raise KeyError with the known ones
+    softmax_before = _count_softmax(model)
+    # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
+    # the scale at run time from static shapes; folding makes both plain.
+    IdentityEliminationPass()(model)
+    onnxscript.optimizer.fold_constants(model)
+    # A traced pass only records (why each candidate failed); the second pass rewrites.
+    tracer = MatchingTracer()
+    rules = _rules.rules()
+    rules.apply_to_model(model, tracer=tracer)
+    rules.apply_to_model(model)
+    forms = Counter(
+        n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip() for n in model.graph if n.domain == _canonical.DOMAIN
+    )
+    lowered = _lower.lower_graph(model.graph, options.attributes, [0])
+    RemoveUnusedNodesPass()(model)
+    model.opset_imports.pop(_canonical.DOMAIN, None)
+    if lowered:
+        model.opset_imports[contract.DOMAIN] = contract.VERSION
+        if options.reference_function:
+            opset = model.opset_imports.get("", 18)
+            fn = ir.serde.deserialize_function(_function.reference_function(opset))
+            model.functions[fn.identifier()] = fn
+        if model.ir_version < 8:
+            model.ir_version = 8
+    report = RewriteReport("", None, dict(forms), lowered, _skips(tracer), softmax_before, _count_softmax(model),
+                           options.dry_run)
+    return model, report
+
+
+def _save_atomic(model: ir.Model, out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(out.parent, os.W_OK):
+            raise PermissionError("permission denied")
+        tmpdir = Path(tempfile.mkdtemp(prefix=".ice-rewrite-", dir=out.parent))
+    except OSError as e:
+        raise RewriteError(f"{out.parent}: not writable ({e})") from e
+    big = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    try:
+        tmp = tmpdir / out.name
+        data_name = out.name + ".data" if big > EXTERNAL_DATA_THRESHOLD else None
+        if data_name is None:  # small: one self-contained file (weights read from the input's external data)
+            ir.external_data.load_to_model(model)
+        ir.save(model, tmp, external_data=data_name)
+        onnx.checker.check_model(str(tmp))
+        if data_name is not None:
+            os.replace(tmpdir / data_name, out.parent / data_name)
+        os.replace(tmp, out)
+    except onnx.checker.ValidationError as e:
+        raise RewriteError(f"the rewritten model fails onnx.checker: {e}") from e
+    finally:
+        for f in tmpdir.iterdir():
+            f.unlink()
+        tmpdir.rmdir()
+
+
+def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
+            options: RewriteOptions | None = None) -> RewriteReport:
+    """Rewrites the attention cores of the ONNX file `input_path` into KnnAttention and writes `output_path`
+    (atomically; never over the input). Raises RewriteError when nothing can be rewritten."""
+    options = options or RewriteOptions()
+    src = Path(input_path)
+    if output_path is None and not options.dry_run:
+        raise RewriteError("an output path is needed (or a dry run)")
+    dst = Path(output_path) if output_path is not None else None
+    if dst is not None and dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise RewriteError(f"{dst}: the output path is the input path; refusing to overwrite the input")
+    model = _load(src)
+    model, report = rewrite_model(model, options)
+    report.input = str(src)
+    if not report.replaced:
+        raise RewriteError(
+            f"{src}: no attention core found to rewrite ({report.softmax_before} Softmax nodes; "
+            + ("; ".join(f"{s.rule} at {s.node}: {s.reason}" for s in report.skipped) or "no pattern matched")
+            + ")"
+        )
+    if dst is not None and not options.dry_run:
+        _save_atomic(model, dst)
+        report.output = str(dst)
+    return report

@@ -1,0 +1,151 @@
+"""Pattern rules, one per exporter form, each rewriting an attention core into the canonical Sdpa.
+
+Declarative onnxscript rules: `pattern` describes the form, `check` accepts or fails with a reason (the
+matcher's tracer reports it), `rewrite` emits the canonical node. No state on `self`: the scale is derived from
+the match bindings by `_scale_of`, called by both.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from . import _canonical
+
+
+def _constant_scalar(value: ir.Value | None) -> float | None:
+    """The single float held by a constant value (initializer or Constant node), else None."""
+    if value is None:
+        return None
+    const = value.const_value
+    if const is None and value.producer() is not None and value.producer().op_type == "Constant":
+        attr = value.producer().attributes.get("value")
+        const = attr.value if attr is not None else None
+    if const is None:
+        return None
+    arr = np.asarray(const.numpy())
+    if arr.size != 1:
+        return None
+    return float(arr.reshape(()))
+
+
+def _scale_of(bindings: dict) -> tuple[float | None, str]:
+    """Product of the Q, K and product scalings of a match: (scale, "") or (None, reason)."""
+    scale = 1.0
+    for tag, var in (("q_scaling", "q_scale"), ("k_scaling", "k_scale"), ("qk_scaling", "qk_scale")):
+        kind = bindings.get(tag, "none")
+        if kind == "none":
+            continue
+        v = _constant_scalar(bindings.get(var))
+        if v is None or v == 0.0 or not math.isfinite(v):
+            return None, f"{var} is not a constant nonzero scalar (run-time scale)"
+        scale *= v if kind == "mul" else 1.0 / v
+    return scale, ""
+
+
+def _scaled(op, x, s, tag):
+    return pattern.OrValue([op.Mul(x, s), op.Div(x, s), x], tag_var=tag, tag_values=["mul", "div", "none"])
+
+
+class DecomposedSdpa(pattern.RewriteRuleClassBase):
+    """MatMul(Q', K'^T) [Mul/Div scale] [Where(cond, ., fill)] [Add(mask)] -> Softmax(-1) [Where(IsNaN, 0, .)]
+    [Cast to float32 x0..2] -> MatMul(P, V): TorchScript, optimum and dynamo exports below opset 23, eager attention at any opset.
+    K^T as Transpose(0,1,3,2) of [B,H,T,D], or Transpose(0,2,3,1) of [B,T,H,D]."""
+
+    def pattern(self, op, query, key, value, q_scale, k_scale, qk_scale, cond, fill, mask):
+        kt = pattern.OrValue(
+            [op.Transpose(key, perm=[0, 1, 3, 2]), op.Transpose(key, perm=[0, 2, 3, 1])],
+            tag_var="key_layout",
+            tag_values=["BHTD", "BTHD"],
+        )
+        scores = op.MatMul(_scaled(op, query, q_scale, "q_scaling"), _scaled(op, kt, k_scale, "k_scaling"))
+        scores = _scaled(op, scores, qk_scale, "qk_scaling")
+        scores = pattern.OrValue([op.Where(cond, scores, fill), scores], tag_var="has_cond", tag_values=[True, False])
+        scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="has_mask", tag_values=[True, False])
+        probs = op.Softmax(scores, axis=-1)
+        probs = pattern.OrValue([op.Where(op.IsNaN(probs), pattern.ANY_VALUE, probs), probs], tag_var="nan_guard",
+                                tag_values=[True, False])
+        # No-op Casts to float32 (dynamo without optimisation emits them around softmax).
+        probs = pattern.OrValue([op.Cast(op.Cast(probs, to=1), to=1), op.Cast(probs, to=1), probs], tag_var="casts",
+                                tag_values=[2, 1, 0])
+        return op.MatMul(probs, value)
+
+    def check(self, context, query, key, value, **b):
+        result = pattern.MatchResult()
+        for name, v in (("query", query), ("key", key), ("value", value)):
+            if v.shape is not None and v.shape.rank() != 4:
+                return result.fail(f"{name} has rank {v.shape.rank()}, expected 4", v)
+        scale, why = _scale_of(b)
+        if scale is None:
+            return result.fail(why)
+        if b.get("has_cond"):
+            fill = _constant_scalar(b.get("fill"))
+            if fill is None or fill > -1e30:
+                return result.fail("Where on the scores does not fill with a very negative constant (not a mask)")
+        return result
+
+    def rewrite(self, op, query, key, value, cond=None, mask=None, **b):
+        scale, _ = _scale_of(b)
+        if b["key_layout"] == "BTHD":
+            key = op.Transpose(key, perm=[0, 2, 1, 3])
+        return op.Sdpa(
+            query, key, value, cond if b.get("has_cond") else None, mask if b.get("has_mask") else None,
+            scale=float(scale), _domain=_canonical.DOMAIN,
+        )
+
+
+class OnnxAttention(pattern.RewriteRuleClassBase):
+    """The standard ONNX Attention (opset 23/24) with 4-D inputs, no past key/value and no softcap."""
+
+    def pattern(self, op, query, key, value, attn_mask):
+        return op.Attention(query, key, value, attn_mask, _allow_other_inputs=True, _allow_other_attributes=True,
+                            _outputs=["y"])
+
+    def check(self, context, query, key, value, attn_mask, y, **_):
+        result = pattern.MatchResult()
+        node = y.producer()
+        if len(node.outputs) > 1 and any(o is not None and o.uses() for o in node.outputs[1:]):
+            return result.fail("Attention outputs present_key/value or qk are used (past-KV form)")
+        if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
+            return result.fail("Attention has past_key/past_value or nonpad_kv_seqlen inputs")
+        attrs = node.attributes
+        if attrs.get_float("softcap", 0.0) != 0.0:
+            return result.fail("softcap is set")
+        if attrs.get_int("qk_matmul_output_mode", 0) != 0:
+            return result.fail("qk_matmul_output_mode is set")
+        for name, v in (("query", query), ("key", key), ("value", value)):
+            if v.shape is None or v.shape.rank() != 4:
+                return result.fail(f"{name} is not known to be 4-D (3-D packed-head form)", v)
+        if attrs.get_int("is_causal", 0) and attn_mask is not None:
+            return result.fail("is_causal together with attn_mask")
+        if attrs.get_int("is_causal", 0) and query.shape[2] != key.shape[2]:
+            return result.fail("is_causal with S != T: ONNX aligns it top-left without past inputs, the op bottom-right")
+        if "scale" not in attrs and not isinstance(query.shape[3], int):
+            return result.fail("no scale attribute and a symbolic head size")
+        return result
+
+    def rewrite(self, op, query, key, value, attn_mask, y, **_):
+        node = y.producer()
+        scale = node.attributes.get_float("scale", None)
+        d = query.shape[3]
+        if scale is None:
+            scale = 1.0 / math.sqrt(d) if isinstance(d, int) else None
+        attrs = {"_domain": _canonical.DOMAIN}
+        if scale is not None:
+            attrs["scale"] = float(scale)
+        if node.attributes.get_int("is_causal", 0):
+            attrs["is_causal"] = 1
+        cond, mask = None, None
+        if attn_mask is not None:
+            if attn_mask.dtype == ir.DataType.BOOL:
+                cond = attn_mask
+            else:
+                mask = attn_mask
+        return op.Sdpa(query, key, value, cond, mask, **attrs)
+
+
+def rules() -> pattern.RewriteRuleSet:
+    return pattern.RewriteRuleSet([DecomposedSdpa.rule(), OnnxAttention.rule()], commute=True)

@@ -1,0 +1,66 @@
+"""Tiny random-weight Hugging Face models exported at test time (torch 2.13 CPU + transformers), once per session."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+
+def _export(model, path: Path, opset: int) -> Path:
+    import torch
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    ids = torch.randint(0, 100, (2, 24))
+    mask = torch.ones(2, 24, dtype=torch.long)
+    batch, seq = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("seq", min=2, max=512)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            Wrapper(model.eval()), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"], dynamo=True, opset_version=opset, optimize=False,
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+        )
+    return path
+
+
+MODELS = {
+    # name: (factory, opset, attention cores expected)
+    "llama_gqa": ("llama", 18, 2),
+    "gpt2": ("gpt2", 18, 2),
+    "bert": ("bert", 18, 2),
+    "llama_attention23": ("llama_sdpa", 23, 2),
+}
+
+
+def _build(kind: str):
+    import torch
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    if kind.startswith("llama"):
+        cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+        return LlamaModel._from_config(cfg, attn_implementation="sdpa" if kind == "llama_sdpa" else "eager")
+    if kind == "gpt2":
+        cfg = GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=512)
+        return GPT2Model._from_config(cfg, attn_implementation="eager")
+    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                     max_position_embeddings=512)
+    return BertModel._from_config(cfg, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """name -> (path of the export, attention cores it holds)."""
+    root = tmp_path_factory.mktemp("exports")
+    out = {}
+    for name, (kind, opset, cores) in MODELS.items():
+        out[name] = (_export(_build(kind), root / f"{name}.onnx", opset), cores)
+    return out

@@ -1,0 +1,117 @@
+"""ice-rewrite on real exporter output: counts, exactness with and without the library, the CLI's errors."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import iceformer
+from iceformer.ops import contract
+from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
+from iceformer.rewriter._cli import main as cli
+
+from conftest import MODELS
+
+
+def _feeds(seq=24):
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, seq), np.int64)
+    mask[1, seq - 5 :] = 0  # right padding in the second row
+    return {"input_ids": rng.integers(0, 100, (2, seq)), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_rewrite_replaces_every_core_and_stays_exact(exported, tmp_path, name):
+    src, cores = exported[name]
+    out = tmp_path / "rewritten.onnx"
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    assert len(report.replaced) == cores
+    assert report.softmax_unmatched == 0 or name == "llama_attention23"
+    model = onnx.load(out)
+    onnx.checker.check_model(model)
+    knn = [n for n in model.graph.node if n.domain == contract.DOMAIN]
+    assert len(knn) == cores and all(n.op_type == contract.OP_TYPE for n in knn)
+    assert {o.domain: o.version for o in model.opset_import}[contract.DOMAIN] == contract.VERSION
+    assert [f.name for f in model.functions] == [contract.OP_TYPE]
+    original = onnx.load(src, load_external_data=False)
+    assert [i.name for i in model.graph.input] == [i.name for i in original.graph.input]
+    assert [o.name for o in model.graph.output] == [o.name for o in original.graph.output]
+
+    feeds = _feeds(40)
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    with_lib = ort.InferenceSession(str(out), iceformer.session_options(2), providers=["CPUExecutionProvider"])
+    without = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(with_lib.run(None, feeds)[0], want, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(without.run(None, feeds)[0], want, atol=2e-5, rtol=1e-4)
+
+
+def test_gqa_head_repetition_is_stripped(exported, tmp_path):
+    report = rewrite(exported["llama_gqa"][0], tmp_path / "o.onnx")
+    assert all(r.gqa_stripped for r in report.replaced)
+    model = onnx.load(tmp_path / "o.onnx")
+    assert not any(n.op_type == "Expand" and "repeat" in n.name for n in model.graph.node)
+
+
+def test_gpt2_boolean_causal_mask_is_folded(exported, tmp_path):
+    report = rewrite(exported["gpt2"][0], tmp_path / "o.onnx")
+    assert {r.mask for r in report.replaced} == {"boolean+additive"}
+
+
+def test_cli_writes_report_and_refuses_its_input(exported, tmp_path, capsys):
+    src = exported["bert"][0]
+    before = src.read_bytes()
+    assert cli([str(src), str(src)]) == 2
+    assert src.read_bytes() == before
+    out = tmp_path / "bert.knn.onnx"
+    assert cli([str(src), str(out), "--top-k", "16", "--attr", "min_keys=0", "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["replaced_by_form"] == {"DecomposedSdpa": 2}
+    node = next(n for n in onnx.load(out).graph.node if n.op_type == contract.OP_TYPE)
+    got = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert got["top_k"] == 16 and got["min_keys"] == 0
+
+
+def test_cli_dry_run_writes_nothing(exported, tmp_path):
+    out = tmp_path / "never.onnx"
+    assert cli([str(exported["gpt2"][0]), str(out), "--dry-run"]) == 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [(None, "no such file"), (b"not a model", "not a readable ONNX model"), ("truncated", "not a readable ONNX model")],
+)
+def test_bad_inputs_are_reported_and_write_nothing(exported, tmp_path, content, message):
+    src = tmp_path / "in.onnx"
+    if content == "truncated":
+        data = exported["bert"][0].read_bytes()
+        src.write_bytes(data[: len(data) // 3])
+    elif content is not None:
+        src.write_bytes(content)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(RewriteError, match=message):
+        rewrite(src, out)
+    assert not out.exists()
+    assert cli([str(src), str(out)]) == 2
+
+
+def test_model_without_attention_is_reported(tmp_path):
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    src = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src)
+    with pytest.raises(RewriteError, match="no attention core found"):
+        rewrite(src, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_unwritable_output_is_reported(exported, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(RewriteError, match="not writable"):
+        rewrite(exported["bert"][0], blocker / "out.onnx")
