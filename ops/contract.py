@@ -66,7 +66,12 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("max_candidates", "int", 256, "cap on candidates scored exactly per query (0: no absolute cap)"),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
     AttrSpec("min_keys", "int", 16384, "queries seeing fewer keys than this run exact attention"),
-    AttrSpec("local_window", "int", 64, "keys last(i) - local_window < j <= last(i), always attended (if visible)"),
+    AttrSpec(
+        "local_window",
+        "int",
+        64,
+        "keys last(i) - local_window < j <= last(i) (last key causality and attn_mask allow), always attended",
+    ),
     AttrSpec("num_sink", "int", 4, "keys j < num_sink, always attended (if visible)"),
     AttrSpec(
         "tail_samples", "int", 256, "systematic sample of positions estimating the softmax mass of unretrieved keys"

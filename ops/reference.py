@@ -87,16 +87,18 @@ def topk_attention_reference(
 ) -> np.ndarray:
     """What the k-NN path computes when its search is perfect and there is no tail estimate: softmax over the
     visible keys among the sinks (j < num_sink) and the local window (last(i) - local_window < j <= last(i),
-    last(i) = i + T - S when causal, else T - 1), and the `top_k` best other visible keys by logit."""
+    last(i) = the last key the causal limit and attn_mask allow), and the `top_k` best other visible keys."""
     Q = np.asarray(Q, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
     Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
     vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
     z = logits(Q, K, scale=scale, attn_mask=attn_mask)
-    j = np.arange(T)[None, :]
-    last = (np.arange(S)[:, None] + (T - S)) if is_causal else np.full((S, 1), T - 1)
-    forced = vis & ((j < num_sink) | (j > last - local_window))[None, None]
+    # last(i): the last key allowed by the causal limit and attn_mask (not key_padding_mask)
+    vis_cm = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask)
+    j = np.arange(T)
+    last = np.where(vis_cm.any(-1), T - 1 - np.argmax(vis_cm[..., ::-1], axis=-1), -1)[..., None]
+    forced = vis & ((j < num_sink) | (j > last - local_window))
     rest = np.where(vis & ~forced, z, -np.inf)
     order = np.argsort(-rest, axis=-1, kind="stable")[..., :top_k]
     chosen = np.zeros_like(vis)

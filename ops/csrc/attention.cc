@@ -97,7 +97,7 @@ bool mask_is_bias(const AttentionParams& p) {
   for (int a = 0; a < 4; ++a) n *= p.mask.stride[a] ? full[a] : 1;
   const float* m = static_cast<const float*>(p.mask.data);
   for (int64_t t = 0; t < n; ++t)
-    if (m[t] != 0.f && m[t] != -std::numeric_limits<float>::infinity()) return true;
+    if (m[t] != 0.f && !(m[t] <= kMaskedBelow)) return true;
   return false;
 }
 
@@ -162,7 +162,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     // Rows whose visible keys are too few for the index to pay go exact: a prefix of the block (causal).
     int64_t split = i0;
     while (split < i1) {
-      const int64_t last = causal_last_key(p, split);
+      const int64_t last = row_last(p, b, hq, split);
       if (last >= 0 && pre[last + 1] >= threshold) break;
       ++split;
     }
@@ -171,7 +171,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
       std::vector<std::vector<int32_t>>* cands = nullptr;
       if (!dci) {
         thread_local std::vector<std::vector<int32_t>> t_cands;
-        const int64_t budget = candidate_budget(ks, pre[std::max<int64_t>(0, causal_last_key(p, i1 - 1)) + 1]);
+        const int64_t budget = candidate_budget(ks, pre[std::max<int64_t>(0, row_last(p, b, hq, i1 - 1)) + 1]);
         lowrank_candidates(p, lowrank, pre, b, hq, split, i1, budget, &t_cands);
         cands = &t_cands;
       }
@@ -199,8 +199,27 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   return Status();
 }
 
-Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
+// Per (b, h, i): the last key the mask leaves visible (scanning back from the causal limit).
+Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuffer<int64_t>* out) {
+  const AttentionShape& sh = p.shape;
+  const int64_t heads = p.mask.stride[1] ? sh.Hq : 1;
+  if (!out->allocate(static_cast<size_t>(sh.B * sh.Hq * sh.S)))
+    return Status::Error("KnnAttention: out of memory for the mask's row limits");
+  parallel_dynamic(par, static_cast<size_t>(sh.B * heads), [&](size_t t) {
+    const int64_t b = static_cast<int64_t>(t) / heads, h = static_cast<int64_t>(t) % heads;
+    for (int64_t i = 0; i < sh.S; ++i) {
+      const MaskRow mr = mask_row(p.mask, b, h, i);
+      int64_t j = causal_last_key(p, i);
+      while (j >= 0 && mr.value(j) == -std::numeric_limits<float>::infinity()) --j;
+      (*out)[static_cast<size_t>((b * sh.Hq + h) * sh.S + i)] = j;
+    }
+  });
+  return Status();
+}
+
+Status run_attention(const AttentionParams& params, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   const auto t0 = Clock::now();
+  AttentionParams p = params;
   const AttentionShape& sh = p.shape;
   *stats = CallStats{};
   if (sh.B == 0 || sh.Hq == 0 || sh.S == 0 || sh.Dv == 0) {
@@ -213,6 +232,11 @@ Status run_attention(const AttentionParams& p, const Parallel& par, const HostAl
     stats->path = PathTaken::kEmpty;
     stats->reason = "no keys (T = 0)";
     return Status();
+  }
+  HostBuffer<int64_t> mask_last(mem);
+  if (p.mask.kind != MaskKind::kNone) {
+    if (Status s = compute_mask_last(p, par, &mask_last); !s.ok()) return s;
+    p.mask_last = mask_last.data();
   }
   // Path choice. k-NN needs top_k > 0, no bias mask, enough queries to pay for the index, and some query
   // seeing at least knn_threshold keys.

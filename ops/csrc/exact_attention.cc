@@ -64,9 +64,13 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
     states[r] = OnlineSoftmax{kNegInf, 0.f, o + r * ldo, Dv};
   }
 
-  // Rows come in ascending order: the last row has the widest view, every row sees keys <= last_all.
-  const int64_t last_any = causal_last_key(p, row_ids[rows - 1]);
-  const int64_t last_all = causal_last_key(p, row_ids[0]);
+  // The block's widest view (last_any) and the keys every row may see (<= last_all).
+  int64_t last_any = -1, last_all = T;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t l = row_last(p, b, hq, row_ids[r]);
+    last_any = std::max(last_any, l);
+    last_all = std::min(last_all, l);
+  }
   const float* v = p.v + (b * sh.Hkv + hkv) * T * Dv;
   const bool has_mask = p.mask.kind != MaskKind::kNone;
   const bool has_kpm = p.key_padding.kind != KeyPaddingKind::kNone;
@@ -98,7 +102,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
       const bool partial = j0 + cols - 1 > last_all || banded;
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s + r * kExactBlockK;
-        const int64_t last = causal_last_key(p, row_ids[r]);
+        const int64_t last = row_last(p, b, hq, row_ids[r]);
         // Columns past the block (panel padding), past the row's causal limit or outside its band never count.
         const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
         for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;

@@ -117,7 +117,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   for (int64_t i = i0; i < i1; ++i) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i) * D;
     float* y = p.y + ((b * sh.Hq + hq) * sh.S + i) * Dv;
-    const int64_t last = causal_last_key(p, i);
+    const int64_t last = row_last(p, b, hq, i);
     const MaskRow mrow = any_mask ? mask_row(p.mask, b, hq, i) : MaskRow{};
     auto visible = [&](int64_t j) {
       return j <= last && key_is_real(p.key_padding, T, b, j) && mrow.value(j) != kNegInf;

@@ -122,7 +122,8 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
   LowRankScratch& sc = t_lr;
   if (static_cast<int64_t>(out->size()) < rows) out->resize(rows);
   for (int64_t t = 0; t < rows; ++t) (*out)[t].clear();
-  const int64_t last_any = causal_last_key(p, i1 - 1);
+  int64_t last_any = -1;
+  for (int64_t i = i0; i < i1; ++i) last_any = std::max(last_any, row_last(p, b, hq, i));
   if (last_any < 0 || budget <= 0) return;
   const bool any_mask = p.mask.kind != MaskKind::kNone;
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone;  // visible = causal limit only
@@ -151,7 +152,7 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
   kern.qk_tile(sc.qr.data(), r, rows, sc.sample.data(), r, nsamp, sc.s.data(), sw);
   sc.thr.assign(rows, -std::numeric_limits<float>::infinity());
   for (int64_t t = 0; t < rows; ++t) {
-    const int64_t last = causal_last_key(p, i0 + t);
+    const int64_t last = row_last(p, b, hq, i0 + t);
     if (last < 0) continue;
     if (budget >= real_prefix[last + 1]) continue;  // the budget covers every real key the row may see
     sc.vals.clear();
@@ -188,7 +189,7 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
     kern.qk_tile(sc.qr.data(), r, rows, panels + (j0 / kPanel) * r * kPanel, r, npanels, sc.s.data(), kBlockK);
     for (int64_t t = 0; t < rows; ++t) {
-      const int64_t last = causal_last_key(p, i0 + t);
+      const int64_t last = row_last(p, b, hq, i0 + t);
       const int64_t vis = std::min(cols, last + 1 - j0);
       if (vis <= 0) continue;
       const float* row = sc.s.data() + t * kBlockK;

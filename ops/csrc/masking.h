@@ -13,6 +13,18 @@ inline int64_t causal_last_key(const AttentionParams& p, int64_t i) {
   return last < p.shape.T - 1 ? last : p.shape.T - 1;
 }
 
+// Values at or below this count as masked: exporters fill with the float minimum rather than -inf.
+constexpr float kMaskedBelow = -1e30f;
+
+// Last key query row i of (b, h) may see: the causal limit, tightened by the mask's last visible key.
+inline int64_t row_last(const AttentionParams& p, int64_t b, int64_t h, int64_t i) {
+  const int64_t last = causal_last_key(p, i);
+  if (p.mask_last == nullptr) return last;
+  const int64_t hh = p.mask.stride[1] ? h : 0;
+  const int64_t m = p.mask_last[(b * p.shape.Hq + hh) * p.shape.S + i];
+  return m < last ? m : last;
+}
+
 inline bool key_is_real(const KeyPaddingView& kp, int64_t T, int64_t b, int64_t j) {
   switch (kp.kind) {
     case KeyPaddingKind::kNone: return true;
@@ -34,7 +46,10 @@ struct MaskRow {
     switch (kind) {
       case MaskKind::kNone: return 0.f;
       case MaskKind::kBool: return b8[j * stride] ? 0.f : -std::numeric_limits<float>::infinity();
-      case MaskKind::kFloat: return f32[j * stride];
+      case MaskKind::kFloat: {
+        const float v = f32[j * stride];
+        return v <= kMaskedBelow ? -std::numeric_limits<float>::infinity() : v;
+      }
     }
     return 0.f;
   }

@@ -73,6 +73,10 @@ struct AttentionParams {
   float scale = 1.0f;
   bool is_causal = false;  // bottom-right aligned: query i sees keys j <= i + T - S
   KnnSettings knn;
+  // Filled by the driver when attn_mask is given: per (b, h, i), the last key the mask leaves visible (-1:
+  // none), so that causal-shaped masks (Hugging Face exports pass causality as a [B,1,S,T] mask) skip the
+  // masked tail like is_causal does. h is 0 when the mask does not vary by head.
+  const int64_t* mask_last = nullptr;
 };
 
 }  // namespace iceformer

@@ -154,3 +154,12 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         outs[variant] = (np.load(path), res.stdout.strip())
     assert outs["scalar"][1] == "scalar"
     np.testing.assert_allclose(outs["scalar"][0], outs["auto"][0], atol=1e-5, rtol=1e-5)
+
+
+def test_exporter_style_causal_mask_matches_is_causal():
+    case = AttentionCase(S=200, T=200, seed=9)
+    feeds = case.inputs()
+    mask = np.where(np.tril(np.ones((200, 200), bool)), 0.0, np.finfo(np.float32).min).astype(np.float32)
+    y_mask = knn_session(case.with_(attn_mask="float")).run(None, {**feeds, "attn_mask": mask})[0]
+    y_causal = run_case(case.with_(is_causal=1))
+    np.testing.assert_allclose(y_mask, y_causal, atol=1e-6, rtol=1e-5)

@@ -158,3 +158,17 @@ def test_synthetic_peaked_recall():
     z = q @ k.T
     recall = np.mean([len(np.intersect1d(np.argpartition(-z[i], top_k)[:top_k], ids[i])) / top_k for i in range(400)])
     assert recall >= 0.95, recall
+
+
+def test_exporter_style_causal_mask_acts_like_is_causal(tmp_stats):
+    """A [1,1,S,T] float mask of 0 / float-min (how Hugging Face exports pass causality) is a pure mask: it takes
+    the k-NN path and gives what is_causal=1 gives."""
+    case = AttentionCase(S=300, T=300, seed=8, attrs={**DEFAULT_KNN, "tail_samples": 32, "tail_limit": 1.0})
+    feeds = case.inputs()
+    tri = np.tril(np.ones((300, 300), bool))
+    mask = np.where(tri, 0.0, np.finfo(np.float32).min).astype(np.float32)[None, None]
+    (with_mask,) = knn_session(case.with_(attn_mask="float")).run(None, {**feeds, "attn_mask": mask})
+    call = json.loads(tmp_stats.read_text().splitlines()[-1])
+    assert call["path"] == "knn"
+    (causal,) = knn_session(case.with_(is_causal=1)).run(None, feeds)
+    np.testing.assert_allclose(with_mask, causal, atol=1e-5, rtol=1e-5)
