@@ -1,3 +1,5 @@
-"""Recipes exporting real pretrained models offline (not implemented yet)."""
+"""Real pretrained models and text that install offline from package registries, and their ONNX exports."""
 
-__all__: list[str] = []
+from .export import export_smollm2
+
+__all__ = ["export_smollm2"]
