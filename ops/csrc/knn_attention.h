@@ -13,13 +13,13 @@ namespace iceformer {
 int64_t candidate_budget(const KnnSettings& s, int64_t visible);
 
 // Rows [i0, i1) of y[b, hq] by k-NN attention over index `idx` of (b, hq / group). keys_scored[r] receives
-// the number of keys scored exactly for row i0 + r. real_prefix[j] = real keys of batch row b in [0, j).
+// the number of keys scored exactly for row i0 + r, or -(visible keys) - 1 for a row sent back to exact
+// attention by tail_limit. real_prefix[j] = real keys of batch row b in [0, j).
 // cands: when given (low-rank search), (*cands)[r] are row i0 + r's candidates and idx/dirs are unused.
 // kp = packed K of (b, hq / group) (the sinks and the local window are attended by tiles).
 void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx, const std::vector<float>& dirs,
               const std::vector<std::vector<int32_t>>* cands, const int64_t* real_prefix, int64_t b, int64_t hq,
               int64_t i0, int64_t i1, int32_t* keys_scored);
-// (returns nothing; rows that fell back to exact attention are flagged with keys_scored = -(visible keys) - 1)
 
 }  // namespace iceformer
 
