@@ -23,7 +23,9 @@ constexpr int64_t kSamplePanels = 16;  // pass 1 scores about 16 evenly spaced p
 struct LowRankScratch {
   std::vector<double> g, x, y;
   std::vector<float> qr, s, sample, thr, vals;
-  std::vector<int32_t> hits;
+  std::vector<int32_t> hit_id;
+  std::vector<float> hit_val;
+  std::vector<int64_t> vis, count;
   std::vector<std::vector<float>> found_val;
   std::vector<std::vector<int32_t>> found_id;
 };
@@ -180,24 +182,28 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
     }
   }
 
-  // Pass 2: approximate scores of all visible keys in tiles; keep the keys above the row's threshold.
-  sc.hits.resize(kBlockK);
+  // Pass 2: approximate scores of all visible keys, filtered by the row's threshold as the kernel makes them.
+  sc.hit_id.resize(rows * kBlockK);
+  sc.hit_val.resize(rows * kBlockK);
+  sc.vis.resize(rows);
+  sc.count.resize(rows);
   if (static_cast<int64_t>(sc.found_id.size()) < rows) sc.found_id.resize(rows), sc.found_val.resize(rows);
   for (int64_t t = 0; t < rows; ++t) sc.found_id[t].clear(), sc.found_val[t].clear();
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
-    kern.qk_tile(sc.qr.data(), r, rows, panels + (j0 / kPanel) * r * kPanel, r, npanels, sc.s.data(), kBlockK);
+    for (int64_t t = 0; t < rows; ++t) {
+      sc.vis[t] = std::max<int64_t>(0, std::min(cols, row_last(p, b, hq, i0 + t) + 1 - j0));
+      sc.count[t] = 0;
+    }
+    kern.qk_above(sc.qr.data(), r, rows, panels + (j0 / kPanel) * r * kPanel, r, npanels, sc.vis.data(),
+                  sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
     for (int64_t t = 0; t < rows; ++t) {
       const int64_t last = row_last(p, b, hq, i0 + t);
-      const int64_t vis = std::min(cols, last + 1 - j0);
-      if (vis <= 0) continue;
-      const float* row = sc.s.data() + t * kBlockK;
-      const int64_t n = kern.above(row, vis, sc.thr[t], sc.hits.data());
-      for (int64_t h = 0; h < n; ++h) {
-        const int64_t j = j0 + sc.hits[h];
+      for (int64_t h = 0; h < sc.count[t]; ++h) {
+        const int64_t j = j0 + sc.hit_id[t * kBlockK + h];
         if (plain || visible(masks[t], last, j)) {
-          sc.found_val[t].push_back(row[sc.hits[h]]);
+          sc.found_val[t].push_back(sc.hit_val[t * kBlockK + h]);
           sc.found_id[t].push_back(static_cast<int32_t>(j));
         }
       }

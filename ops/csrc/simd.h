@@ -14,6 +14,10 @@ struct Kernels {
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
   void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
                   float* s, int64_t lds);
+  // The scores of qk_tile, filtered as they are made: for each row r, the columns c < vis[r] whose score is
+  // > thr[r] are appended (column, score) at idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
+  void (*qk_above)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
+                   const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count);
   // o[r*ldo + e] += sum_{c<cols} p[r*ldp + c] * v[c*ldv + e] for r < rows, e < dv.
   void (*pv_tile)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv,
                   int64_t dv, float* o, int64_t ldo);
@@ -26,8 +30,6 @@ struct Kernels {
   void (*axpy)(float a, const float* x, float* y, int64_t n);
   // x[i] *= a
   void (*scal)(float a, float* x, int64_t n);
-  // Writes the indices i with x[i] > thr to idx (ascending); returns how many.
-  int64_t (*above)(const float* x, int64_t n, float thr, int32_t* idx);
   // Number of i with x[i] >= thr.
   int64_t (*count_ge)(const float* x, int64_t n, float thr);
   // out[t] = scale * (q . rows[ids[t]]) for t < n, rows of length D at stride ld.

@@ -33,9 +33,39 @@ inline __m512 exp512(__m512 x) {
   return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
 }
 
-// R query rows x (2 or 1) panels of 16 keys; accumulators stay in registers over the whole D loop.
-template <int R>
-void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t npanels, float* s, int64_t lds) {
+// Where qk_rows puts each finished panel of 16 scores of row r: stored into a tile, or filtered.
+struct StoreSink {
+  float* s;
+  int64_t lds;
+  void operator()(int64_t r, int64_t pn, __m512 v) const { _mm512_storeu_ps(s + r * lds + pn * kPanel, v); }
+};
+
+struct FilterSink {
+  const int64_t* vis;
+  const float* thr;
+  int32_t* idx;
+  float* val;
+  int64_t cap;
+  int64_t* count;
+  void operator()(int64_t r, int64_t pn, __m512 v) const {
+    const int64_t left = vis[r] - pn * kPanel;
+    if (left <= 0) return;
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(tail_mask(left), v, _mm512_set1_ps(thr[r]), _CMP_GT_OQ);
+    if (!hit) return;
+    const int n = __builtin_popcount(hit);
+    const int64_t at = r * cap + count[r];
+    const __m512i cols = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(static_cast<int>(pn * kPanel)));
+    // Register compress then a plain masked store (memory-destination compress is slow on some CPUs).
+    _mm512_mask_storeu_epi32(idx + at, tail_mask(n), _mm512_maskz_compress_epi32(hit, cols));
+    _mm512_mask_storeu_ps(val + at, tail_mask(n), _mm512_maskz_compress_ps(hit, v));
+    count[r] += n;
+  }
+};
+
+// R query rows (from row0) x (2 or 1) panels of 16 keys; accumulators stay in registers over the whole D loop.
+template <int R, typename Sink>
+void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t npanels, int64_t row0, const Sink& sink) {
   int64_t p = 0;
   for (; p + 2 <= npanels; p += 2) {
     const float* k0 = kp + p * D * kPanel;
@@ -51,8 +81,8 @@ void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t np
       }
     }
     for (int r = 0; r < R; ++r) {
-      _mm512_storeu_ps(s + r * lds + p * kPanel, a0[r]);
-      _mm512_storeu_ps(s + r * lds + p * kPanel + kPanel, a1[r]);
+      sink(row0 + r, p, a0[r]);
+      sink(row0 + r, p + 1, a1[r]);
     }
   }
   if (p < npanels) {
@@ -63,24 +93,36 @@ void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t np
       const __m512 x0 = _mm512_loadu_ps(k0 + d * kPanel);
       for (int r = 0; r < R; ++r) a0[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[r * ldq + d]), x0, a0[r]);
     }
-    for (int r = 0; r < R; ++r) _mm512_storeu_ps(s + r * lds + p * kPanel, a0[r]);
+    for (int r = 0; r < R; ++r) sink(row0 + r, p, a0[r]);
+  }
+}
+
+template <typename Sink>
+void qk_rows_any(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
+                 const Sink& sink) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) qk_rows<8>(q + r * ldq, ldq, kp, D, npanels, r, sink);
+  const float* qr = q + r * ldq;
+  switch (rows - r) {
+    case 7: qk_rows<7>(qr, ldq, kp, D, npanels, r, sink); break;
+    case 6: qk_rows<6>(qr, ldq, kp, D, npanels, r, sink); break;
+    case 5: qk_rows<5>(qr, ldq, kp, D, npanels, r, sink); break;
+    case 4: qk_rows<4>(qr, ldq, kp, D, npanels, r, sink); break;
+    case 3: qk_rows<3>(qr, ldq, kp, D, npanels, r, sink); break;
+    case 2: qk_rows<2>(qr, ldq, kp, D, npanels, r, sink); break;
+    case 1: qk_rows<1>(qr, ldq, kp, D, npanels, r, sink); break;
+    default: break;
   }
 }
 
 void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
              int64_t lds) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) qk_rows<8>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds);
-  switch (rows - r) {
-    case 7: qk_rows<7>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    case 6: qk_rows<6>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    case 5: qk_rows<5>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    case 4: qk_rows<4>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    case 3: qk_rows<3>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    case 2: qk_rows<2>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    case 1: qk_rows<1>(q + r * ldq, ldq, kp, D, npanels, s + r * lds, lds); break;
-    default: break;
-  }
+  qk_rows_any(q, ldq, rows, kp, D, npanels, StoreSink{s, lds});
+}
+
+void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
+              const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
+  qk_rows_any(q, ldq, rows, kp, D, npanels, FilterSink{vis, thr, idx, val, cap, count});
 }
 
 // R rows of O, 32 value columns at a time (masked at the Dv tail), accumulated over all cols in registers.
@@ -182,23 +224,6 @@ void scal(float a, float* x, int64_t n) {
   }
 }
 
-int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
-  const __m512 vt = _mm512_set1_ps(thr);
-  __m512i iv = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(16);
-  int64_t m = 0;
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 t = tail_mask(n - i);
-    const __mmask16 hit = _mm512_mask_cmp_ps_mask(t, _mm512_maskz_loadu_ps(t, x + i), vt, _CMP_GT_OQ);
-    if (hit) {  // compress in a register, then a plain store: memory-destination compress is slow on some CPUs
-      _mm512_mask_storeu_epi32(idx + m, tail_mask(__builtin_popcount(hit)), _mm512_maskz_compress_epi32(hit, iv));
-      m += __builtin_popcount(hit);
-    }
-    iv = _mm512_add_epi32(iv, step);
-  }
-  return m;
-}
-
 int64_t count_ge(const float* x, int64_t n, float thr) {
   const __m512 vt = _mm512_set1_ps(thr);
   int64_t m = 0;
@@ -274,7 +299,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge, gather_dot,
+  static const Kernels k{"avx512", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, axpy, scal, count_ge, gather_dot,
                          gather_axpy};
   return &k;
 }

@@ -18,6 +18,21 @@ void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t
       }
 }
 
+void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
+              const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < vis[r] && c < npanels * kPanel; ++c) {
+      const int64_t p = c / kPanel, l = c % kPanel;
+      float acc = 0.f;
+      for (int64_t d = 0; d < D; ++d) acc += q[r * ldq + d] * kp[(p * D + d) * kPanel + l];
+      if (acc > thr[r]) {
+        idx[r * cap + count[r]] = static_cast<int32_t>(c);
+        val[r * cap + count[r]] = acc;
+        ++count[r];
+      }
+    }
+}
+
 void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
              float* o, int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r)
@@ -59,13 +74,6 @@ void scal(float a, float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] *= a;
 }
 
-int64_t above(const float* x, int64_t n, float thr, int32_t* idx) {
-  int64_t m = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (x[i] > thr) idx[m++] = static_cast<int32_t>(i);
-  return m;
-}
-
 int64_t count_ge(const float* x, int64_t n, float thr) {
   int64_t m = 0;
   for (int64_t i = 0; i < n; ++i) m += x[i] >= thr ? 1 : 0;
@@ -84,7 +92,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, pv_tile, vmax, exp_sum, dot, axpy, scal, above, count_ge, gather_dot,
+  static const Kernels k{"scalar", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, axpy, scal, count_ge, gather_dot,
                          gather_axpy};
   return k;
 }

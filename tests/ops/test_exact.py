@@ -135,7 +135,8 @@ def test_several_sessions_and_registrations_in_one_process():
 
 
 def test_scalar_and_vector_kernels_agree(tmp_path):
-    """ICEFORMER_SIMD=scalar forces the reference kernels (checked in a subprocess: dispatch is per process)."""
+    """ICEFORMER_SIMD=scalar forces the reference kernels (checked in a subprocess: dispatch is per process); the
+    exact path and the k-NN path agree between the two."""
     tests_dir = Path(__file__).resolve().parents[1]
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r)\n"
@@ -143,7 +144,9 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         "from iceformer.tools.cases import AttentionCase\n"
         "from iceformer.ops import simd_variant\n"
         "c = AttentionCase(Hq=4, Hkv=2, S=77, T=301, is_causal=1, D=48, Dv=24)\n"
-        "np.save(%r, run_case(c)); print(simd_variant())\n"
+        "k = c.with_(attrs=dict(top_k=16, local_window=8, num_sink=2, min_keys=0, max_candidates=1 << 20,\n"
+        "                       tail_samples=0, rank=7))  # k-NN path, exhaustive: same keys either way\n"
+        "np.save(%r, np.stack([run_case(c), run_case(k)])); print(simd_variant())\n"
     )
     outs = {}
     for variant in ("scalar", "auto"):
