@@ -25,8 +25,8 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
-from ..ops._library import knn_select
+from ..ops import make_attention_model, make_knn_attention_model, session_options
+from .recall import recall_at_k
 from .cases import AttentionCase
 
 
@@ -67,23 +67,6 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     return out
 
 
-def recall_at_k(case: AttentionCase, knn: dict, rows: int = 64) -> float:
-    """Share of the exact top_k keys (by q.k, among visible keys) that the k-NN settings attend to."""
-    attrs = {**contract.attribute_defaults(), **knn}
-    attrs = {a: v for a, v in attrs.items() if a not in ("scale", "is_causal")}
-    x = case.inputs()
-    q, k = x["Q"][0, 0], x["K"][0, 0]
-    ids, _ = knn_select(q, k, is_causal=case.is_causal, **attrs)
-    top_k = attrs["top_k"]
-    hits = []
-    for i in np.linspace(case.S // 2, case.S - 1, rows).astype(int):
-        last = i + case.T - case.S if case.is_causal else case.T - 1
-        z = q[i] @ k[: last + 1].T
-        if last + 1 > top_k:
-            hits.append(len(np.intersect1d(np.argpartition(-z, top_k)[:top_k], ids[i])) / top_k)
-    return float(np.mean(hits)) if hits else 1.0
-
-
 def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str) -> Row:
     variants = _variants(case, threads, knn)
     for sess, feeds in variants.values():  # warm-up
@@ -96,7 +79,9 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stat
             times[name].append((time.perf_counter() - t0) * 1e3)
     row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, {k: statistics.median(v) for k, v in times.items()})
     if knn:
-        row.recall = recall_at_k(case, knn)
+        x = case.inputs()
+        rows = np.linspace(case.S // 2, case.S - 1, 64).astype(int)
+        row.recall = recall_at_k(x["Q"][0, 0], x["K"][0, 0], rows, is_causal=case.is_causal, **knn)
     if knn and os.path.exists(stats_path):
         lines = [json.loads(s) for s in open(stats_path) if '"path":"knn"' in s]
         if lines:

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
-from ..ops._library import knn_select
+from .recall import recall_at_k
 from .cases import AttentionCase
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv_2048.npz"
@@ -67,13 +67,9 @@ def accuracy(console: Console, threads: int, stats_path: str) -> None:
         y_knn = knn.run(None, feeds)[0]
         st = _stats(stats_path)
         err = (np.linalg.norm(y_knn - y_exact, axis=-1) / np.linalg.norm(y_exact, axis=-1))[0, :, first:]
-        ids, _ = knn_select(Q[li, 0], K[li, 0], is_causal=1, **defaults)
-        rec = []
-        for i in range(first, Q.shape[2], 7):
-            z = Q[li, 0, i] @ K[li, 0, : i + 1].T
-            rec.append(len(np.intersect1d(np.argpartition(-z, 128)[:128], ids[i])) / 128)
+        rec = recall_at_k(Q[li, 0], K[li, 0], range(first, Q.shape[2], 7), is_causal=1)
         table.add_row(str(layer), f"{np.abs(y_exact - y_dense).max():.1e}", f"{err.mean():.4f} / {np.quantile(err, 0.99):.4f}",
-                      f"{np.mean(rec):.3f}", f"{st.get('mean_candidates', 0):.0f}",
+                      f"{rec:.3f}", f"{st.get('mean_candidates', 0):.0f}",
                       f"{st.get('fallback_rows', 0)} of {st.get('knn_rows', 0)}")
     console.print(table)
 

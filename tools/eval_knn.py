@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
-from ..ops._library import knn_select
+from .recall import recall_at_k
 
 
 def _timed(sess, feeds, reps):
@@ -32,20 +32,6 @@ def _timed(sess, feeds, reps):
         out = sess.run(None, feeds)[0]
         ts.append((time.perf_counter() - t0) * 1e3)
     return out, statistics.median(ts)
-
-
-def recall_at_k(q: np.ndarray, k: np.ndarray, attrs: dict, rows: np.ndarray) -> float:
-    """Mean over `rows` of |exact top-k by q.k among visible keys  and  attended keys| / top_k (causal)."""
-    top_k = attrs["top_k"]
-    ids, _ = knn_select(q, k, is_causal=1, **attrs)
-    hits = []
-    for i in rows:
-        z = q[i] @ k[: i + 1].T
-        if i + 1 <= top_k:
-            continue
-        true = np.argpartition(-z, top_k)[:top_k]
-        hits.append(len(np.intersect1d(true, ids[i][ids[i] >= 0])) / top_k)
-    return float(np.mean(hits)) if hits else 1.0
 
 
 def evaluate(path: str, configs: list[dict], threads: int, reps: int, layers: list[int] | None, console: Console):
@@ -79,9 +65,7 @@ def evaluate(path: str, configs: list[dict], threads: int, reps: int, layers: li
             first = max(settings["min_keys"], settings["top_k"] + settings["local_window"] + settings["num_sink"] + 1) - 1
             err = np.linalg.norm(y - ref, axis=-1) / np.maximum(np.linalg.norm(ref, axis=-1), 1e-30)
             rows = np.arange(max(first, 0), T, 97)
-            rec = statistics.mean(
-                recall_at_k(Q[li, h * group], K[li, h], {k: v for k, v in settings.items() if k not in ("scale", "is_causal")}, rows)
-                for h in range(hkv))
+            rec = statistics.mean(recall_at_k(Q[li, h * group], K[li, h], rows, is_causal=1, **c) for h in range(hkv))
             res["layers"].append({"layer": layer_ids[li], "rel_err": float(err[0][:, first:].mean()),
                                   "recall": rec, "ms": tk, "exact_ms": te, "dense_ms": td})
         console.log(f"layer {layer_ids[li]}: " + ", ".join(

@@ -147,7 +147,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
     sc.ids.clear();
     sc.logits.clear();
     for (const auto& [s, j] : sc.top.items()) sc.ids.push_back(j), sc.logits.push_back(s);
-    os.add_block(sc.logits.data(), sc.ids.data(), kept, V, kern);
+    os.add(sc.logits.data(), sc.ids.data(), kept, V, kern);
 
     // Tail estimate of the sum over the unretrieved visible keys U: a systematic sample of the positions
     // [0, last] (random start, step h = (last + 1) / tail_samples) includes each position with probability
@@ -169,7 +169,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
         sc.logits.resize(sc.samples.size());
         score(sc.samples.data(), static_cast<int64_t>(sc.samples.size()), sc.logits.data());
         const float m1 = os.max, s1 = os.sum;  // the retrieved part, before the tail
-        os.add_block(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
+        os.add(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
         scored += static_cast<int64_t>(sc.samples.size());
         // Share of the (estimated) mass outside the retrieved keys: too large, the sparse answer is unreliable.
         const float kept_share = os.sum > 0.f ? s1 * std::exp(m1 - os.max) / os.sum : 1.f;

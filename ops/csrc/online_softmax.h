@@ -1,7 +1,7 @@
 // Online softmax state of one query row: {max, sum, acc} with
 //   sum = sum_j w_j exp(s_j - max),  acc = sum_j w_j exp(s_j - max) v_j,  output = acc / sum.
-// Shared by the exact tiled path (rebase + block sums), the k-NN path (add), the window/sink keys (add) and
-// the tail estimate (add with weight w = unretrieved / samples), and merge for split work.
+// Shared by the exact tiles and the sinks/window band (rebase + block sums), the retrieved keys (add) and the
+// tail estimate (add with weight w = the sampling step), in that order on the same state.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -29,22 +29,9 @@ struct OnlineSoftmax {
     return alpha;
   }
 
-  // Adds one key with logit s and value row v, counted w times (w = 1 for a retrieved key).
-  void add(float s, const float* v, const Kernels& kern, float w = 1.f) {
-    if (s == -std::numeric_limits<float>::infinity()) return;
-    if (std::isnan(s)) {
-      sum = std::numeric_limits<float>::quiet_NaN();
-      return;
-    }
-    rebase(s, kern);
-    const float p = w * std::exp(s - max);
-    sum += p;
-    kern.axpy(p, v, acc, dv);
-  }
-
   // Adds n keys at once: logits s[t] (overwritten with their weights) and value rows v + ids[t] * dv, each
   // counted w times. One rebase for the block instead of one per key.
-  void add_block(float* s, const int32_t* ids, int64_t n, const float* v, const Kernels& kern, float w = 1.f) {
+  void add(float* s, const int32_t* ids, int64_t n, const float* v, const Kernels& kern, float w = 1.f) {
     if (n <= 0) return;
     const float bm = kern.max(s, n);
     if (std::isnan(bm)) {
@@ -56,15 +43,6 @@ struct OnlineSoftmax {
     sum += w * kern.exp_sum(s, n, max);
     if (w != 1.f) kern.scal(w, s, n);
     kern.gather_axpy(s, v, dv, ids, n, dv, acc);
-  }
-
-  // Folds another partial state over disjoint keys into this one (acc of `other` has the same dv).
-  void merge(const OnlineSoftmax& other, const Kernels& kern) {
-    if (other.max == -std::numeric_limits<float>::infinity() && !std::isnan(other.sum)) return;
-    rebase(other.max, kern);
-    const float beta = std::exp(other.max - max);
-    sum += beta * other.sum;
-    kern.axpy(beta, other.acc, acc, dv);
   }
 
   // y = acc / sum, or zeros when no key was visible.

@@ -14,8 +14,6 @@ struct Rng {
     return z ^ (z >> 31);
   }
   uint64_t next() { return mix(state += 0x9e3779b97f4a7c15ULL); }
-  // Uniform integer in [0, n), n > 0 (Lemire's multiply-shift; bias < n / 2^64).
-  uint64_t below(uint64_t n) { return static_cast<uint64_t>((static_cast<unsigned __int128>(next()) * n) >> 64); }
   double uniform() { return (next() >> 11) * (1.0 / 9007199254740992.0); }
   double normal() {  // Box-Muller
     const double u1 = (next() >> 11) * (1.0 / 9007199254740992.0) + 1e-300, u2 = uniform();
