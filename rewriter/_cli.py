@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="any KnnAttention attribute, e.g. --attr min_keys=4096 (repeatable)")
     ap.add_argument("--no-reference-function", action="store_true",
                     help="do not attach the exact reference function (the model then needs the iceformer library)")
+    ap.add_argument("--no-mask-bypass", action="store_true",
+                    help="keep the model's [B,1,S,T] mask instead of key_padding_mask + is_causal")
     ap.add_argument("--dry-run", action="store_true", help="report what would be rewritten; write nothing")
     ap.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
     args = ap.parse_args(argv)
@@ -44,15 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = rewrite(args.input, args.output,
                          RewriteOptions(attributes=attrs, reference_function=not args.no_reference_function,
+                                        mask_bypass=not args.no_mask_bypass,
                                         dry_run=args.dry_run or args.output is None))
     except RewriteError as e:
         console.print(f"[red]ice-rewrite: {e}[/red]")
         return 2
     table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
-    for col in ["node", "scale", "causal", "GQA stripped", "mask"]:
+    for col in ["node", "scale", "causal", "GQA stripped", "mask", "mask made of", "bypassed"]:
         table.add_column(col)
     for r in report.replaced:
-        table.add_row(r.name, f"{r.scale:.6g}", str(r.is_causal), "yes" if r.gqa_stripped else "no", r.mask)
+        table.add_row(r.name, f"{r.scale:.6g}", str(r.is_causal), "yes" if r.gqa_stripped else "no", r.mask,
+                      r.mask_kind, "yes" if r.bypassed else "no")
     console.print(table)
     console.print(f"rewritten by form: {report.replaced_by_form}; Softmax nodes left unmatched: "
                   f"{report.softmax_unmatched} of {report.softmax_before}")

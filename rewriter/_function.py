@@ -2,7 +2,8 @@
 
 Lets a rewritten model run (exactly) in plain onnxruntime without the iceformer library, and lets ONNX shape
 inference type the node; when the library is registered, onnxruntime runs the native kernel instead. The body
-covers what the rewriter emits: four inputs (additive float mask), `scale` given, GQA by head repetition.
+covers what the rewriter emits: all five inputs (additive float mask, key_padding_mask [B,T]), `scale` and
+`is_causal` always set, GQA by head repetition.
 """
 
 from __future__ import annotations
@@ -40,21 +41,53 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         n("MatMul", ["Q", "kt"], ["qk"]),
         helper.make_node("Constant", [], ["scale_c"]),
         n("Mul", ["qk", "scale_c"], ["logits"]),
-        n("Add", ["logits", "attn_mask"], ["masked"]),
+        n("Add", ["logits", "attn_mask"], ["masked0"]),
+        # key_padding_mask [B,T] (nonzero = real key) -> 0 / -inf on [B,1,1,T]
+        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Constant", [], ["ninf"], value=helper.make_tensor("ninf", TensorProto.FLOAT, [], [float("-inf")])),
+        n("Cast", ["key_padding_mask"], ["kpm_b"], to=TensorProto.BOOL),
+        n("Where", ["kpm_b", "zero", "ninf"], ["kpm_f"]),
+        c("ax12", [1, 2]),
+        n("Unsqueeze", ["kpm_f", "ax12"], ["kpm_4"]),
+        n("Add", ["masked0", "kpm_4"], ["masked1"]),
+        # is_causal: key j visible to query i iff j <= i + T - S (bottom-right aligned)
+        n("Shape", ["Q"], ["s_1d"], start=2, end=3),
+        n("Shape", ["K"], ["t_1d"], start=2, end=3),
+        c("ax0", [0]),
+        c("ax1", [1]),
+        n("Squeeze", ["s_1d", "ax0"], ["s0"]),
+        n("Squeeze", ["t_1d", "ax0"], ["t0"]),
+        helper.make_node("Constant", [], ["i0"], value=helper.make_tensor("i0", TensorProto.INT64, [], [0])),
+        helper.make_node("Constant", [], ["i1"], value=helper.make_tensor("i1", TensorProto.INT64, [], [1])),
+        n("Range", ["i0", "s0", "i1"], ["ri"]),
+        n("Range", ["i0", "t0", "i1"], ["rj"]),
+        n("Sub", ["t0", "s0"], ["off"]),
+        n("Add", ["ri", "off"], ["lim1"]),
+        n("Unsqueeze", ["lim1", "ax1"], ["lim"]),
+        n("Unsqueeze", ["rj", "ax0"], ["rj2"]),
+        n("LessOrEqual", ["rj2", "lim"], ["allowed"]),
+        helper.make_node("Constant", [], ["causal_i"]),
+        n("Cast", ["causal_i"], ["causal_b"], to=TensorProto.BOOL),
+        n("Not", ["causal_b"], ["not_causal"]),
+        n("Or", ["allowed", "not_causal"], ["keep"]),
+        n("Where", ["keep", "zero", "ninf"], ["causal_f"]),
+        n("Add", ["masked1", "causal_f"], ["masked"]),
         n("Softmax", ["masked"], ["p"], axis=-1),
         n("MatMul", ["p", "v4"], ["Y"]),
     ]
-    # Constant(value_float = @scale): the node's scale attribute, by reference.
-    scale_node = nodes[20]
-    ref = onnx.AttributeProto()
-    ref.name = "value_float"
-    ref.ref_attr_name = "scale"
-    ref.type = onnx.AttributeProto.FLOAT
-    scale_node.attribute.append(ref)
+    # Constant(value_float = @scale) and Constant(value_int = @is_causal): the node's attributes, by reference.
+    for out_name, attr, kind in (("scale_c", "scale", onnx.AttributeProto.FLOAT),
+                                 ("causal_i", "is_causal", onnx.AttributeProto.INT)):
+        node = next(x for x in nodes if x.op_type == "Constant" and list(x.output) == [out_name])
+        ref = onnx.AttributeProto()
+        ref.name = "value_float" if kind == onnx.AttributeProto.FLOAT else "value_int"
+        ref.ref_attr_name = attr
+        ref.type = kind
+        node.attribute.append(ref)
     return helper.make_function(
         contract.DOMAIN,
         contract.OP_TYPE,
-        ["Q", "K", "V", "attn_mask"],
+        ["Q", "K", "V", "attn_mask", "key_padding_mask"],
         ["Y"],
         nodes,
         [helper.make_opsetid("", opset)],

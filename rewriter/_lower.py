@@ -1,9 +1,10 @@
 """Lowering pass: every canonical Sdpa node becomes one iceformer.KnnAttention node.
 
 Strips HF's GQA head repetition (Unsqueeze(axis 2) -> Expand -> Reshape) so the op receives [B,Hkv,T,D] and
-builds one index per KV head; turns a boolean `cond` into the additive form; passes a constant 0 mask when
-there is none (so the model-local reference function always sees four inputs; the op ignores a 1-element zero
-mask).
+builds one index per KV head; turns a boolean `cond` into the additive form; replaces a mask built from the
+model's 2-D attention_mask (padding, optionally causal) by key_padding_mask + is_causal (the mask bypass: the
+[B,1,S,T] mask subgraph becomes dead and is removed). Always passes all five inputs (a constant 0 mask, a
+[B,T] of ones) so the model-local reference function sees them; the op ignores both.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..ops import contract
-from . import _canonical
+from . import _canonical, _masks
 
 
 @dataclass
@@ -23,7 +24,9 @@ class LoweredCore:
     scale: float
     is_causal: int
     gqa_stripped: bool
-    mask: str  # "none" | "additive" | "boolean" | "boolean+additive"
+    mask: str  # what the core had: "none" | "additive" | "boolean" | "boolean+additive"
+    mask_kind: str  # what its additive mask is made of: "none" | "padding" | "padding+causal" | "bias" | "other"
+    bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal)
 
 
 def _const_ints(v: ir.Value | None) -> list[int] | None:
@@ -57,7 +60,24 @@ def _constant(graph: ir.Graph, before: ir.Node, name: str, array: np.ndarray) ->
     return node.outputs[0]
 
 
-def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int]) -> list[LoweredCore]:
+def _ones_like_keys(graph: ir.Graph, before: ir.Node, k: ir.Value, base: str) -> ir.Value:
+    """An int64 [B,T] tensor of ones (every key real) from K's shape: the reference function's 5th input."""
+    sb = ir.Node("", "Shape", [k], {"start": ir.AttrInt64("start", 0), "end": ir.AttrInt64("end", 1)}, num_outputs=1,
+                 name=f"{base}_kpm_b")
+    st = ir.Node("", "Shape", [k], {"start": ir.AttrInt64("start", 2), "end": ir.AttrInt64("end", 3)}, num_outputs=1,
+                 name=f"{base}_kpm_t")
+    cat = ir.Node("", "Concat", [sb.outputs[0], st.outputs[0]], {"axis": ir.AttrInt64("axis", 0)}, num_outputs=1,
+                  name=f"{base}_kpm_shape")
+    ones = ir.Node("", "ConstantOfShape", [cat.outputs[0]],
+                   {"value": ir.AttrTensor("value", ir.tensor(np.ones([1], np.int64)))}, num_outputs=1,
+                   name=f"{base}_kpm_ones")
+    for node in (sb, st, cat, ones):
+        node.outputs[0].name = node.name
+        graph.insert_before(before, node)
+    return ones.outputs[0]
+
+
+def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: bool = True) -> list[LoweredCore]:
     """Lowers the canonical nodes of `graph` (not its subgraphs) in place; returns what it did."""
     done: list[LoweredCore] = []
     for node in list(graph):
@@ -72,6 +92,21 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int]) -> list[Lowere
         base = (out.name or f"attention_{counter[0]}").replace("/", "_").strip("_")
         counter[0] += 1
         kind = "none"
+        mk = _masks.classify(mask, graph) if mask is not None else None
+        bypass = mask_bypass and mk is not None and mk.kind in ("padding", "padding+causal")
+        is_causal = node.attributes.get_int("is_causal", 0)
+        kpm = None
+        if bypass:
+            kpm = mk.padding_input
+            if kpm.dtype != ir.DataType.INT64:
+                cast = ir.Node("", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1,
+                               name=f"{base}_kpm_i64")
+                graph.insert_before(node, cast)
+                kpm = cast.outputs[0]
+                kpm.name = f"{base}_kpm_i64"
+            if mk.kind == "padding+causal":
+                is_causal = 1
+            mask = None  # replaced by key_padding_mask (+ is_causal)
         if cond is not None:
             zero = _constant(graph, node, f"{base}_mask_zero", np.array(0.0, np.float32))
             ninf = _constant(graph, node, f"{base}_mask_ninf", np.array(-np.inf, np.float32))
@@ -89,6 +124,8 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int]) -> list[Lowere
                 mask, kind = cond_f, "boolean"
         elif mask is not None:
             kind = "additive"
+        if bypass:
+            kind = "boolean+additive" if kind == "boolean" else "additive"
         if mask is None:
             mask = _constant(graph, node, f"{base}_no_mask", np.zeros([1], np.float32))
         elif mask.dtype is not None and mask.dtype != ir.DataType.FLOAT:
@@ -97,15 +134,15 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int]) -> list[Lowere
             graph.insert_before(node, cast)
             mask = cast.outputs[0]
             mask.name = f"{base}_mask_f32"
+        if kpm is None:
+            kpm = _ones_like_keys(graph, node, k, base)
         scale = node.attributes.get_float("scale")
-        is_causal = node.attributes.get_int("is_causal", 0)
-        op_attrs = {"scale": ir.AttrFloat32("scale", scale)}
-        if is_causal:
-            op_attrs["is_causal"] = ir.AttrInt64("is_causal", 1)
+        # scale and is_causal always set: the reference function reads both.
+        op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal)}
         for name, value in attrs.items():
             spec = contract.attribute(name)
             op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
-        new = ir.Node(contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask], op_attrs, name=f"{base}_KnnAttention",
+        new = ir.Node(contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention",
                       num_outputs=1)
         graph.insert_before(node, new)
         y = new.outputs[0]
@@ -120,5 +157,5 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int]) -> list[Lowere
             outputs[outputs.index(out)] = y
         out.replace_all_uses_with(y)
         graph.remove(node, safe=True)
-        done.append(LoweredCore(new.name, scale, is_causal, stripped, kind))
+        done.append(LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass))
     return done

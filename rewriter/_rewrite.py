@@ -30,6 +30,7 @@ class RewriteError(Exception):
 class RewriteOptions:
     attributes: dict = field(default_factory=dict)  # KnnAttention attributes set on every new node
     reference_function: bool = True
+    mask_bypass: bool = True  # padding (+ causal) masks -> key_padding_mask (+ is_causal)
     dry_run: bool = False
 
 
@@ -97,7 +98,7 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     forms = Counter(
         n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip() for n in model.graph if n.domain == _canonical.DOMAIN
     )
-    lowered = _lower.lower_graph(model.graph, options.attributes, [0])
+    lowered = _lower.lower_graph(model.graph, options.attributes, [0], options.mask_bypass)
     RemoveUnusedNodesPass()(model)
     model.opset_imports.pop(_canonical.DOMAIN, None)
     if lowered:

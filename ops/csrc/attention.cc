@@ -233,6 +233,13 @@ Status run_attention(const AttentionParams& params, const Parallel& par, const H
     stats->reason = "no keys (T = 0)";
     return Status();
   }
+  // A key_padding_mask with every key real (what the rewriter passes when it has none) is no mask.
+  if (p.key_padding.kind != KeyPaddingKind::kNone) {
+    bool all_real = true;
+    for (int64_t b = 0; b < sh.B && all_real; ++b)
+      for (int64_t j = 0; j < sh.T && all_real; ++j) all_real = key_is_real(p.key_padding, sh.T, b, j);
+    if (all_real) p.key_padding.kind = KeyPaddingKind::kNone;
+  }
   HostBuffer<int64_t> mask_last(mem);
   if (p.mask.kind != MaskKind::kNone) {
     if (Status s = compute_mask_last(p, par, &mask_last); !s.ok()) return s;

@@ -22,11 +22,12 @@ def _feeds(seq=24):
     return {"input_ids": rng.integers(0, 100, (2, seq)), "attention_mask": mask}
 
 
+@pytest.mark.parametrize("bypass", [True, False], ids=["mask-bypass", "mask-kept"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_rewrite_replaces_every_core_and_stays_exact(exported, tmp_path, name):
+def test_rewrite_replaces_every_core_and_stays_exact(exported, tmp_path, name, bypass):
     src, cores = exported[name]
     out = tmp_path / "rewritten.onnx"
-    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}, mask_bypass=bypass))
     assert len(report.replaced) == cores
     assert report.softmax_unmatched == 0 or name == "llama_attention23"
     model = onnx.load(out)
@@ -115,3 +116,15 @@ def test_unwritable_output_is_reported(exported, tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(RewriteError, match="not writable"):
         rewrite(exported["bert"][0], blocker / "out.onnx")
+
+
+@pytest.mark.parametrize("name,kind,causal", [("llama_gqa", "padding+causal", 1), ("gpt2", "padding+causal", 1),
+                                              ("bert", "padding", 0)])
+def test_hf_masks_are_bypassed(exported, tmp_path, name, kind, causal):
+    """The [B,1,S,T] mask built from attention_mask becomes key_padding_mask (+ is_causal): the op is fed the
+    model's own 2-D input."""
+    out = tmp_path / "o.onnx"
+    report = rewrite(exported[name][0], out)
+    assert [(r.mask_kind, r.bypassed, r.is_causal) for r in report.replaced] == [(kind, True, causal)] * 2
+    node = next(n for n in onnx.load(out).graph.node if n.op_type == contract.OP_TYPE)
+    assert node.input[4] == "attention_mask"
