@@ -26,8 +26,6 @@ struct Kernels {
   // x[i] = exp(x[i] - m) (exactly 0 for x[i] = -inf), returns the sum.
   float (*exp_sum)(float* x, int64_t n, float m);
   float (*dot)(const float* a, const float* b, int64_t n);
-  // y[i] += a * x[i]
-  void (*axpy)(float a, const float* x, float* y, int64_t n);
   // x[i] *= a
   void (*scal)(float a, float* x, int64_t n);
   // Number of i with x[i] >= thr.

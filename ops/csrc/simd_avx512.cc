@@ -207,15 +207,6 @@ float dot(const float* a, const float* b, int64_t n) {
   return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
-void axpy(float a, const float* x, float* y, int64_t n) {
-  const __m512 va = _mm512_set1_ps(a);
-  for (int64_t i = 0; i < n; i += 16) {
-    const __mmask16 t = tail_mask(n - i);
-    _mm512_mask_storeu_ps(y + i, t,
-                          _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(t, x + i), _mm512_maskz_loadu_ps(t, y + i)));
-  }
-}
-
 void scal(float a, float* x, int64_t n) {
   const __m512 va = _mm512_set1_ps(a);
   for (int64_t i = 0; i < n; i += 16) {
@@ -234,19 +225,24 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
   return m;
 }
 
+// Loads min(n, 128) floats of x into up to 8 registers with their tail masks; returns how many registers.
+inline int64_t load_chunk(const float* x, int64_t n, __m512* v, __mmask16* mk) {
+  const int64_t nv = ((n < 128 ? n : 128) + 15) / 16;
+  for (int64_t c = 0; c < nv; ++c) {
+    mk[c] = tail_mask(n - 16 * c);
+    v[c] = _mm512_maskz_loadu_ps(mk[c], x + 16 * c);
+  }
+  return nv;
+}
+
 // q stays in registers (chunks of 128 dims); four rows per step share one pass over q.
 void gather_dot(const float* q, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t D, float scale,
                 float* out) {
   for (int64_t t = 0; t < n; ++t) out[t] = 0.f;
   for (int64_t d0 = 0; d0 < D; d0 += 128) {
-    const int64_t dn = D - d0 < 128 ? D - d0 : 128;
-    const int64_t nv = (dn + 15) / 16;
     __m512 qv[8];
     __mmask16 mk[8];
-    for (int64_t c = 0; c < nv; ++c) {
-      mk[c] = tail_mask(dn - 16 * c);
-      qv[c] = _mm512_maskz_loadu_ps(mk[c], q + d0 + 16 * c);
-    }
+    const int64_t nv = load_chunk(q + d0, D - d0, qv, mk);
     int64_t t = 0;
     for (; t + 4 <= n; t += 4) {
       const float* r0 = rows + static_cast<int64_t>(ids[t]) * ld + d0;
@@ -278,14 +274,9 @@ void gather_dot(const float* q, const float* rows, int64_t ld, const int32_t* id
 // acc stays in registers (chunks of 128 dims) over all n rows.
 void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t dv, float* acc) {
   for (int64_t e0 = 0; e0 < dv; e0 += 128) {
-    const int64_t en = dv - e0 < 128 ? dv - e0 : 128;
-    const int64_t nv = (en + 15) / 16;
     __m512 a[8];
     __mmask16 mk[8];
-    for (int64_t c = 0; c < nv; ++c) {
-      mk[c] = tail_mask(en - 16 * c);
-      a[c] = _mm512_maskz_loadu_ps(mk[c], acc + e0 + 16 * c);
-    }
+    const int64_t nv = load_chunk(acc + e0, dv - e0, a, mk);
     for (int64_t t = 0; t < n; ++t) {
       if (w[t] == 0.f) continue;
       const __m512 wt = _mm512_set1_ps(w[t]);
@@ -299,7 +290,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, axpy, scal, count_ge, gather_dot,
+  static const Kernels k{"avx512", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
                          gather_axpy};
   return &k;
 }

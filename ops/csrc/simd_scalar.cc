@@ -92,7 +92,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, axpy, scal, count_ge, gather_dot,
+  static const Kernels k{"scalar", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
                          gather_axpy};
   return k;
 }
