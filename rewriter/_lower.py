@@ -148,6 +148,10 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: b
         y = new.outputs[0]
         y.name = f"{base}_knn"
         y.shape, y.type = out.shape, out.type
+        if y.shape is None and q.shape is not None and v.shape is not None and q.shape.rank() == v.shape.rank() == 4:
+            y.shape = ir.Shape([q.shape[0], q.shape[1], q.shape[2], v.shape[3]])  # [B,Hq,S,Dv]
+        if y.type is None:
+            y.type = q.type
         if out.is_graph_output():
             # Keep the graph output's name: rename the old value away first.
             old_name = out.name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
+from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
 import onnxscript.optimizer
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
@@ -69,11 +69,13 @@ def _count_softmax(model: ir.Model) -> int:
     return sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Softmax")
 
 
-def _skips(tracer: MatchingTracer) -> list[Skip]:
+def _skips(tracer: MatchingTracer, model: ir.Model) -> list[Skip]:
+    """Failed checks at nodes that are still there (a node rewritten by another alternative is not a skip)."""
+    alive = {id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)}
     out: list[Skip] = []
     for rule, matches in tracer.best_matches_map.items():
         for m in matches:
-            if m.status == MatchStatus.CONDITION_FAILED:
+            if m.status == MatchStatus.CONDITION_FAILED and id(m.root_node) in alive:
                 reason = m.match_result.reason if m.match_result is not None else ""
                 skip = Skip(rule.name or type(rule).__name__, m.root_node.name or m.root_node.op_type, reason)
                 if skip not in out:  # commuted variants of a rule report the same failure
@@ -90,6 +92,9 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     # the scale at run time from static shapes; folding makes both plain.
     IdentityEliminationPass()(model)
     onnxscript.optimizer.fold_constants(model)
+    # TorchScript exports carry no value_info: the new nodes need output shapes (ORT's own shape inference
+    # cannot see through a custom op, and downstream Reshape targets built from Shape() would break).
+    ShapeInferencePass(strict_mode=False)(model)
     # A traced pass only records (why each candidate failed); the second pass rewrites.
     tracer = MatchingTracer()
     rules = _rules.rules()
@@ -109,7 +114,7 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
             model.functions[fn.identifier()] = fn
         if model.ir_version < 8:
             model.ir_version = 8
-    report = RewriteReport("", None, dict(forms), lowered, _skips(tracer), softmax_before, _count_softmax(model),
+    report = RewriteReport("", None, dict(forms), lowered, _skips(tracer, model), softmax_before, _count_softmax(model),
                            options.dry_run)
     return model, report
 

@@ -46,6 +46,63 @@ def _scale_of(bindings: dict) -> tuple[float | None, str]:
     return scale, ""
 
 
+def _ints_attr(node: ir.Node, name: str) -> list[int] | None:
+    attr = node.attributes.get(name)
+    return None if attr is None else list(attr.value) if attr.type == ir.AttributeType.INTS else [attr.value]
+
+
+def _shape_entries(v: ir.Value | None, key: ir.Value, depth: int = 10) -> list | None:
+    """The entries of a 1-D shape vector as ints or ("dim", i) (dimension i of `key`), when it is built from
+    constants and Shape(key) by Slice/Concat/Gather/Unsqueeze; else None."""
+    if v is None or depth == 0:
+        return None
+    const = v.const_value
+    node = v.producer()
+    if const is None and node is not None and node.op_type == "Constant" and "value" in node.attributes:
+        const = node.attributes["value"].value
+    if const is not None:
+        return [int(x) for x in np.asarray(const.numpy()).reshape(-1)]
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Shape" and node.inputs[0] is key and key.shape is not None:
+        dims = [("dim", i) for i in range(key.shape.rank())]
+        return dims[node.attributes.get_int("start", 0):node.attributes.get_int("end", len(dims))]
+    sub = [_shape_entries(i, key, depth - 1) for i in node.inputs] if node.op_type != "Shape" else []
+    if node.op_type == "Concat" and all(x is not None for x in sub):
+        return [e for x in sub for e in x]
+    if node.op_type == "Unsqueeze" and sub and sub[0] is not None and len(sub[0]) == 1:
+        return sub[0]
+    if node.op_type == "Gather" and len(sub) == 2 and sub[0] is not None and sub[1] is not None and len(sub[1]) == 1:
+        i = sub[1][0]
+        return [sub[0][i]] if -len(sub[0]) <= i < len(sub[0]) else None
+    if node.op_type == "Slice" and sub and sub[0] is not None and all(x is not None and len(x) == 1 for x in sub[1:3]):
+        axes = sub[3] if len(sub) > 3 and node.inputs[3] is not None else [0]
+        steps = sub[4] if len(sub) > 4 and node.inputs[4] is not None else [1]
+        if axes not in ([0], [-1]) or steps != [1]:
+            return None
+        start, end = sub[1][0], sub[2][0]
+        return sub[0][start:end]  # Python slicing clamps like ONNX for step 1
+    return None
+
+
+def _is_dim(entry, key: ir.Value, i: int) -> bool:
+    if entry == ("dim", i):
+        return True
+    return isinstance(entry, int) and key.shape is not None and key.shape[i] == entry
+
+
+def _check_flat_transpose(key: ir.Value, flat_shape: ir.Value, kt_shape: ir.Value) -> str:
+    """Reshape(key [B,H,T,D], [-1,T,D]) -> Transpose(0,2,1) -> Reshape(., [B,H,D,T]) is K^T: "" or why not."""
+    first, second = _shape_entries(flat_shape, key), _shape_entries(kt_shape, key)
+    if first is None or second is None:
+        return "K^T reshape targets are not built from constants and Shape(key)"
+    if len(first) != 3 or not (_is_dim(first[1], key, 2) and _is_dim(first[2], key, 3)):
+        return f"first K^T reshape target {first} is not [*, T, D] of the key"
+    if len(second) != 4 or not all(_is_dim(e, key, i) for e, i in zip(second, (0, 1, 3, 2))):
+        return f"second K^T reshape target {second} is not [B, H, D, T] of the key"
+    return ""
+
+
 def _scaled(op, x, s, tag):
     return pattern.OrValue([op.Mul(x, s), op.Div(x, s), x], tag_var=tag, tag_values=["mul", "div", "none"])
 
@@ -53,13 +110,16 @@ def _scaled(op, x, s, tag):
 class DecomposedSdpa(pattern.RewriteRuleClassBase):
     """MatMul(Q', K'^T) [Mul/Div scale] [Where(cond, ., fill)] [Add(mask)] -> Softmax(-1) [Where(IsNaN, 0, .)]
     [Cast to float32 x0..2] -> MatMul(P, V): TorchScript, optimum and dynamo exports below opset 23, eager attention at any opset.
-    K^T as Transpose(0,1,3,2) of [B,H,T,D], or Transpose(0,2,3,1) of [B,T,H,D]."""
+    K^T as Transpose(0,1,3,2) of [B,H,T,D], Transpose(0,2,3,1) of [B,T,H,D], or dynamo's
+    Reshape([*,T,D]) -> Transpose(0,2,1) -> Reshape([B,H,D,T]) of [B,H,T,D] (checked from the shape vectors)."""
 
-    def pattern(self, op, query, key, value, q_scale, k_scale, qk_scale, cond, fill, mask):
+    def pattern(self, op, query, key, value, q_scale, k_scale, qk_scale, cond, fill, mask, flat_shape, kt_shape):
         kt = pattern.OrValue(
-            [op.Transpose(key, perm=[0, 1, 3, 2]), op.Transpose(key, perm=[0, 2, 3, 1])],
+            [op.Transpose(key, perm=[0, 1, 3, 2]), op.Transpose(key, perm=[0, 2, 3, 1]),
+             op.Reshape(op.Transpose(op.Reshape(key, flat_shape, _allow_other_attributes=True), perm=[0, 2, 1]),
+                        kt_shape, _allow_other_attributes=True)],
             tag_var="key_layout",
-            tag_values=["BHTD", "BTHD"],
+            tag_values=["BHTD", "BTHD", "flat"],
         )
         scores = op.MatMul(_scaled(op, query, q_scale, "q_scaling"), _scaled(op, kt, k_scale, "k_scaling"))
         scores = _scaled(op, scores, qk_scale, "qk_scaling")
@@ -81,6 +141,10 @@ class DecomposedSdpa(pattern.RewriteRuleClassBase):
         scale, why = _scale_of(b)
         if scale is None:
             return result.fail(why)
+        if b.get("key_layout") == "flat":
+            why = _check_flat_transpose(key, b.get("flat_shape"), b.get("kt_shape"))
+            if why:
+                return result.fail(why)
         if b.get("has_cond"):
             fill = _constant_scalar(b.get("fill"))
             if fill is None or fill > -1e30:
