@@ -27,21 +27,7 @@ from ..models import corpus, export_smollm2, smollm2
 from ..models._cache import cache_dir
 from ..ops import session_options
 from ..rewriter import RewriteOptions, rewrite
-
-
-def perplexity(hidden: np.ndarray, lm_head: np.ndarray, ids: list[int], start: int) -> tuple[float, np.ndarray]:
-    """exp(mean NLL) of ids[t+1] given position t, for t >= start; logits in chunks (49k vocabulary)."""
-    total, count, preds = 0.0, 0, []
-    for s in range(start, len(ids) - 1, 512):
-        e = min(len(ids) - 1, s + 512)
-        logits = hidden[s:e] @ lm_head.T
-        m = logits.max(-1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logits - m).sum(-1))
-        target = np.asarray(ids[s + 1 : e + 1])
-        total += float((lse - logits[np.arange(e - s), target]).sum())
-        count += e - s
-        preds.append(logits.argmax(-1))
-    return float(np.exp(total / count)), np.concatenate(preds)
+from .lm_eval import perplexity
 
 
 def main(argv: list[str] | None = None) -> int:
