@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="do not attach the exact reference function (the model then needs the iceformer library)")
     ap.add_argument("--no-mask-bypass", action="store_true",
                     help="keep the model's [B,1,S,T] mask instead of key_padding_mask + is_causal")
+    ap.add_argument("--layers", metavar="SPEC",
+                    help="which attention cores to rewrite, 0-based in graph order: e.g. 0-3,8,20- (default: all)")
+    ap.add_argument("--skip-first", type=int, default=0, metavar="N", help="leave the first N cores unchanged")
+    ap.add_argument("--causal", choices=["auto", "on", "off"], default="auto",
+                    help="auto: from the mask's construction; on: every core is causal; off: never inferred")
+    ap.add_argument("--allow-bias", action="store_true",
+                    help="rewrite cores whose mask is a bias (T5, ALiBi) as exact-only ops instead of leaving them")
     ap.add_argument("--dry-run", action="store_true", help="report what would be rewritten; write nothing")
     ap.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
     args = ap.parse_args(argv)
@@ -47,15 +54,16 @@ def main(argv: list[str] | None = None) -> int:
         report = rewrite(args.input, args.output,
                          RewriteOptions(attributes=attrs, reference_function=not args.no_reference_function,
                                         mask_bypass=not args.no_mask_bypass,
-                                        dry_run=args.dry_run or args.output is None))
+                                        dry_run=args.dry_run or args.output is None, layers=args.layers,
+                                        skip_first=args.skip_first, causal=args.causal, allow_bias=args.allow_bias))
     except RewriteError as e:
         console.print(f"[red]ice-rewrite: {e}[/red]")
         return 2
     table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
-    for col in ["node", "scale", "causal", "GQA stripped", "mask", "mask made of", "bypassed"]:
+    for col in ["core", "node", "scale", "causal", "GQA stripped", "mask", "mask made of", "bypassed"]:
         table.add_column(col)
     for r in report.replaced:
-        table.add_row(r.name, f"{r.scale:.6g}", str(r.is_causal), "yes" if r.gqa_stripped else "no", r.mask,
+        table.add_row(str(r.layer) + (" (exact: bias)" if r.exact_only else ""), r.name, f"{r.scale:.6g}", str(r.is_causal), "yes" if r.gqa_stripped else "no", r.mask,
                       r.mask_kind, "yes" if r.bypassed else "no")
     console.print(table)
     console.print(f"rewritten by form: {report.replaced_by_form}; Softmax nodes left unmatched: "

@@ -27,6 +27,8 @@ class LoweredCore:
     mask: str  # what the core had: "none" | "additive" | "boolean" | "boolean+additive"
     mask_kind: str  # what its additive mask is made of: "none" | "padding" | "padding+causal" | "bias" | "other"
     bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal)
+    layer: int = -1  # position among the attention cores found, in graph order (what --layers selects)
+    exact_only: bool = False  # a bias mask (allow_bias): top_k = 0
 
 
 def _const_ints(v: ir.Value | None) -> list[int] | None:
@@ -77,8 +79,12 @@ def _ones_like_keys(graph: ir.Graph, before: ir.Node, k: ir.Value, base: str) ->
     return ones.outputs[0]
 
 
-def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: bool = True) -> list[LoweredCore]:
-    """Lowers the canonical nodes of `graph` (not its subgraphs) in place; returns what it did."""
+def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: bool = True,
+                causal: str = "auto") -> list[LoweredCore]:
+    """Lowers the canonical nodes of `graph` (not its subgraphs) in place; returns what it did.
+
+    causal: "auto" reads causality from the mask's construction; "on" sets is_causal on every core; "off"
+    never infers it (a padding+causal mask is then kept as a tensor)."""
     done: list[LoweredCore] = []
     for node in list(graph):
         if node.domain != _canonical.DOMAIN or node.op_type != _canonical.OP:
@@ -93,8 +99,10 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: b
         counter[0] += 1
         kind = "none"
         mk = _masks.classify(mask, graph) if mask is not None else None
-        bypass = mask_bypass and mk is not None and mk.kind in ("padding", "padding+causal")
-        is_causal = node.attributes.get_int("is_causal", 0)
+        bypassable = ("padding", "padding+causal") if causal != "off" else ("padding",)
+        bypass = mask_bypass and mk is not None and mk.kind in bypassable
+        is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
+        exact_only = mk is not None and mk.kind == "bias"
         kpm = None
         if bypass:
             kpm = mk.padding_input
@@ -104,7 +112,7 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: b
                 graph.insert_before(node, cast)
                 kpm = cast.outputs[0]
                 kpm.name = f"{base}_kpm_i64"
-            if mk.kind == "padding+causal":
+            if mk.kind == "padding+causal" and causal == "auto":
                 is_causal = 1
             mask = None  # replaced by key_padding_mask (+ is_causal)
         if cond is not None:
@@ -139,7 +147,7 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: b
         scale = node.attributes.get_float("scale")
         # scale and is_causal always set: the reference function reads both.
         op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal)}
-        for name, value in attrs.items():
+        for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
             spec = contract.attribute(name)
             op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
         new = ir.Node(contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention",
@@ -161,5 +169,6 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: b
             outputs[outputs.index(out)] = y
         out.replace_all_uses_with(y)
         graph.remove(node, safe=True)
-        done.append(LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass))
+        done.append(LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass,
+                                exact_only=exact_only))
     return done

@@ -32,7 +32,28 @@ class RewriteOptions:
     reference_function: bool = True
     mask_bypass: bool = True  # padding (+ causal) masks -> key_padding_mask (+ is_causal)
     dry_run: bool = False
+    layers: str | None = None  # which cores (0-based, graph order) to rewrite, e.g. "0-3,8,20-"; None: all
+    skip_first: int = 0  # leave the first N cores unchanged
+    causal: str = "auto"  # "auto" (from the mask's construction) | "on" | "off"
+    allow_bias: bool = False  # rewrite cores whose mask is a bias as exact-only ops (top_k = 0)
 
+
+def parse_layers(spec: str | None, count: int) -> list[int]:
+    """Indices in [0, count) selected by a spec like "0-3,8,20-" (None or "all": every one)."""
+    if spec is None or spec.strip() in ("", "all"):
+        return list(range(count))
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a = int(lo) if lo else 0
+            b = (int(hi) if hi else count - 1) if dash else a
+        except ValueError:
+            raise RewriteError(f"bad layer spec {spec!r}: expected items like 3, 0-5 or 20-") from None
+        if a < 0 or b < a:
+            raise RewriteError(f"bad layer spec {spec!r}: range {part!r} is empty or negative")
+        chosen.update(range(a, min(b, count - 1) + 1))
+    return sorted(chosen)
 
 @dataclass
 class Skip:
@@ -69,13 +90,22 @@ def _count_softmax(model: ir.Model) -> int:
     return sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Softmax")
 
 
-def _skips(tracer: MatchingTracer, model: ir.Model) -> list[Skip]:
-    """Failed checks at nodes that are still there (a node rewritten by another alternative is not a skip)."""
+def _matched_roots(tracer: MatchingTracer, model: ir.Model) -> list[ir.Node]:
+    """Root nodes of the successful matches of a traced pass, in graph order."""
+    ok = {id(m.root_node) for matches in tracer.best_matches_map.values() for m in matches
+          if m.status == MatchStatus.SUCCESS}
+    return [n for n in model.graph if id(n) in ok]
+
+
+def _skips(tracer: MatchingTracer, model: ir.Model, matched: set[int]) -> list[Skip]:
+    """Failed checks at nodes that are still there and that no alternative matched (a commuted variant failing
+    where another succeeded is not a skip)."""
     alive = {id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)}
     out: list[Skip] = []
     for rule, matches in tracer.best_matches_map.items():
         for m in matches:
-            if m.status == MatchStatus.CONDITION_FAILED and id(m.root_node) in alive:
+            root = id(m.root_node)
+            if m.status == MatchStatus.CONDITION_FAILED and root in alive and root not in matched:
                 reason = m.match_result.reason if m.match_result is not None else ""
                 skip = Skip(rule.name or type(rule).__name__, m.root_node.name or m.root_node.op_type, reason)
                 if skip not in out:  # commuted variants of a rule report the same failure
@@ -87,23 +117,34 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     """Rewrites `model` in place; the report's input/output fields are left empty."""
     for name in options.attributes:
         contract.attribute(name)  # unknown attribute names raise KeyError with the known ones
+    if options.causal not in ("auto", "on", "off"):
+        raise RewriteError(f"causal must be auto, on or off, got {options.causal!r}")
     softmax_before = _count_softmax(model)
     # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
     # the scale at run time from static shapes; folding makes both plain.
     IdentityEliminationPass()(model)
     onnxscript.optimizer.fold_constants(model)
+    IdentityEliminationPass()(model)  # folding turns no-op casts (T5's CastLike) into Identity
+    RemoveUnusedNodesPass()(model)  # and leaves dead uses that would block a match
     # TorchScript exports carry no value_info: the new nodes need output shapes (ORT's own shape inference
     # cannot see through a custom op, and downstream Reshape targets built from Shape() would break).
     ShapeInferencePass(strict_mode=False)(model)
     # A traced pass only records (why each candidate failed); the second pass rewrites.
     tracer = MatchingTracer()
-    rules = _rules.rules()
-    rules.apply_to_model(model, tracer=tracer)
-    rules.apply_to_model(model)
+    _rules.rules(options.allow_bias).apply_to_model(model, tracer=tracer)
+    found = _matched_roots(tracer, model)
+    selected = [i for i in parse_layers(options.layers, len(found)) if i >= options.skip_first]
+    excluded = frozenset(id(n) for i, n in enumerate(found) if i not in set(selected))
+    skipped = _skips(tracer, model, {id(n) for n in found}) + [
+        Skip("selection", n.name or n.op_type, f"core {i} not selected (layers={options.layers!r}, "
+             f"skip_first={options.skip_first})") for i, n in enumerate(found) if id(n) in excluded]
+    _rules.rules(options.allow_bias, excluded).apply_to_model(model)
     forms = Counter(
         n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip() for n in model.graph if n.domain == _canonical.DOMAIN
     )
-    lowered = _lower.lower_graph(model.graph, options.attributes, [0], options.mask_bypass)
+    lowered = _lower.lower_graph(model.graph, options.attributes, [0], options.mask_bypass, options.causal)
+    for core, index in zip(lowered, selected):  # canonical nodes keep the graph order of their roots
+        core.layer = index
     RemoveUnusedNodesPass()(model)
     model.opset_imports.pop(_canonical.DOMAIN, None)
     if lowered:
@@ -114,7 +155,7 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
             model.functions[fn.identifier()] = fn
         if model.ir_version < 8:
             model.ir_version = 8
-    report = RewriteReport("", None, dict(forms), lowered, _skips(tracer, model), softmax_before, _count_softmax(model),
+    report = RewriteReport("", None, dict(forms), lowered, skipped, softmax_before, _count_softmax(model),
                            options.dry_run)
     return model, report
 

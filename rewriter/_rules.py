@@ -13,7 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from . import _canonical
+from . import _canonical, _masks
 
 
 def _constant_scalar(value: ir.Value | None) -> float | None:
@@ -107,13 +107,35 @@ def _scaled(op, x, s, tag):
     return pattern.OrValue([op.Mul(x, s), op.Div(x, s), x], tag_var=tag, tag_values=["mul", "div", "none"])
 
 
-class DecomposedSdpa(pattern.RewriteRuleClassBase):
+class _CoreRule(pattern.RewriteRuleClassBase):
+    """Configuration shared by the core rules, fixed at construction (never changed while matching):
+    `allow_bias` lets a core whose mask is a bias through (it is lowered to an exact-only op), `excluded` holds
+    the ids of root nodes left unchanged (layer selection). Lowering classifies the mask again and gives a
+    bias core top_k = 0."""
+
+    def __init__(self, allow_bias: bool = False, excluded: frozenset[int] = frozenset()):
+        super().__init__()
+        self._allow_bias = allow_bias
+        self._excluded = excluded
+
+    def _check_common(self, context, mask: ir.Value | None, result: pattern.MatchResult):
+        if id(context.root) in self._excluded:
+            return result.fail("not selected (layer selection: --layers / --skip-first)")
+        if mask is not None and not self._allow_bias and mask.dtype != ir.DataType.BOOL:
+            graph = context.graph_or_function
+            if isinstance(graph, ir.Graph) and _masks.classify(mask, graph).kind == "bias":
+                return result.fail("the mask is a bias (relative positions / ALiBi): top-k cannot honour it; "
+                                   "left unchanged (allow_bias maps it to an exact-only op)")
+        return result
+
+
+class DecomposedSdpa(_CoreRule):
     """MatMul(Q', K'^T) [Mul/Div scale] [Where(cond, ., fill)] [Add(mask)] -> Softmax(-1) [Where(IsNaN, 0, .)]
     [Cast to float32 x0..2] -> MatMul(P, V): TorchScript, optimum and dynamo exports below opset 23, eager attention at any opset.
     K^T as Transpose(0,1,3,2) of [B,H,T,D], Transpose(0,2,3,1) of [B,T,H,D], or dynamo's
     Reshape([*,T,D]) -> Transpose(0,2,1) -> Reshape([B,H,D,T]) of [B,H,T,D] (checked from the shape vectors)."""
 
-    def pattern(self, op, query, key, value, q_scale, k_scale, qk_scale, cond, fill, mask, flat_shape, kt_shape):
+    def pattern(self, op, query, key, value, q_scale, k_scale, qk_scale, cond, fill, mask, flat_shape, kt_shape, like):
         kt = pattern.OrValue(
             [op.Transpose(key, perm=[0, 1, 3, 2]), op.Transpose(key, perm=[0, 2, 3, 1]),
              op.Reshape(op.Transpose(op.Reshape(key, flat_shape, _allow_other_attributes=True), perm=[0, 2, 1]),
@@ -129,8 +151,9 @@ class DecomposedSdpa(pattern.RewriteRuleClassBase):
         probs = pattern.OrValue([op.Where(op.IsNaN(probs), pattern.ANY_VALUE, probs), probs], tag_var="nan_guard",
                                 tag_values=[True, False])
         # No-op Casts to float32 (dynamo without optimisation emits them around softmax).
-        probs = pattern.OrValue([op.Cast(op.Cast(probs, to=1), to=1), op.Cast(probs, to=1), probs], tag_var="casts",
-                                tag_values=[2, 1, 0])
+        # T5's `.type_as(scores)` is CastLike (a no-op in a float32 core; checked).
+        probs = pattern.OrValue([op.Cast(op.Cast(probs, to=1), to=1), op.Cast(probs, to=1), op.CastLike(probs, like),
+                                 probs], tag_var="casts", tag_values=[2, 1, "like", 0])
         return op.MatMul(probs, value)
 
     def check(self, context, query, key, value, **b):
@@ -141,6 +164,10 @@ class DecomposedSdpa(pattern.RewriteRuleClassBase):
         scale, why = _scale_of(b)
         if scale is None:
             return result.fail(why)
+        if b.get("casts") == "like" and b.get("like") is not None and b["like"].dtype not in (None, ir.DataType.FLOAT):
+            return result.fail("CastLike after Softmax changes the type (not a float32 core)")
+        if not self._check_common(context, b.get("mask") if b.get("has_mask") else None, result):
+            return result
         if b.get("key_layout") == "flat":
             why = _check_flat_transpose(key, b.get("flat_shape"), b.get("kt_shape"))
             if why:
@@ -155,13 +182,12 @@ class DecomposedSdpa(pattern.RewriteRuleClassBase):
         scale, _ = _scale_of(b)
         if b["key_layout"] == "BTHD":
             key = op.Transpose(key, perm=[0, 2, 1, 3])
-        return op.Sdpa(
-            query, key, value, cond if b.get("has_cond") else None, mask if b.get("has_mask") else None,
-            scale=float(scale), _domain=_canonical.DOMAIN,
-        )
+        mask = mask if b.get("has_mask") else None
+        return op.Sdpa(query, key, value, cond if b.get("has_cond") else None, mask, scale=float(scale),
+                       _domain=_canonical.DOMAIN)
 
 
-class OnnxAttention(pattern.RewriteRuleClassBase):
+class OnnxAttention(_CoreRule):
     """The standard ONNX Attention (opset 23/24) with 4-D inputs, no past key/value and no softcap."""
 
     def pattern(self, op, query, key, value, attn_mask):
@@ -189,7 +215,7 @@ class OnnxAttention(pattern.RewriteRuleClassBase):
             return result.fail("is_causal with S != T: ONNX aligns it top-left without past inputs, the op bottom-right")
         if "scale" not in attrs and not isinstance(query.shape[3], int):
             return result.fail("no scale attribute and a symbolic head size")
-        return result
+        return self._check_common(context, attn_mask, result)
 
     def rewrite(self, op, query, key, value, attn_mask, y, **_):
         node = y.producer()
@@ -211,5 +237,6 @@ class OnnxAttention(pattern.RewriteRuleClassBase):
         return op.Sdpa(query, key, value, cond, mask, **attrs)
 
 
-def rules() -> pattern.RewriteRuleSet:
-    return pattern.RewriteRuleSet([DecomposedSdpa.rule(), OnnxAttention.rule()], commute=True)
+def rules(allow_bias: bool = False, excluded: frozenset[int] = frozenset()) -> pattern.RewriteRuleSet:
+    return pattern.RewriteRuleSet([DecomposedSdpa.rule(allow_bias, excluded), OnnxAttention.rule(allow_bias, excluded)],
+                                  commute=True)

@@ -15,7 +15,8 @@ def _export(model, path: Path, opset: int) -> Path:
             self.m = m
 
         def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+            extra = {} if type(self.m).__name__.startswith("T5") else {"use_cache": False}
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
     ids = torch.randint(0, 100, (2, 24))
     mask = torch.ones(2, 24, dtype=torch.long)
@@ -41,9 +42,12 @@ MODELS = {
 
 def _build(kind: str):
     import torch
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
 
     torch.manual_seed(0)
+    if kind == "t5_encoder":  # relative-position bias folded into the mask: a bias, not a mask
+        cfg = T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+        return T5EncoderModel._from_config(cfg, attn_implementation="eager")
     if kind.startswith("llama"):
         cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
@@ -54,6 +58,12 @@ def _build(kind: str):
     cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                      max_position_embeddings=512)
     return BertModel._from_config(cfg, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def exported_bias(tmp_path_factory):
+    """A tiny T5 encoder (2 cores whose additive mask carries the relative-position bias)."""
+    return _export(_build("t5_encoder"), tmp_path_factory.mktemp("exports_bias") / "t5_encoder.onnx", 18)
 
 
 @pytest.fixture(scope="session")

@@ -128,3 +128,57 @@ def test_hf_masks_are_bypassed(exported, tmp_path, name, kind, causal):
     assert [(r.mask_kind, r.bypassed, r.is_causal) for r in report.replaced] == [(kind, True, causal)] * 2
     node = next(n for n in onnx.load(out).graph.node if n.op_type == contract.OP_TYPE)
     assert node.input[4] == "attention_mask"
+
+
+def test_bias_cores_are_left_unchanged_by_default(exported_bias, tmp_path):
+    with pytest.raises(RewriteError, match="the mask is a bias") as e:
+        rewrite(exported_bias, tmp_path / "out.onnx")
+    assert str(e.value).count("the mask is a bias") == 2  # one reason per core
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_allow_bias_maps_bias_cores_to_exact_only_ops(exported_bias, tmp_path):
+    out = tmp_path / "out.onnx"
+    report = rewrite(exported_bias, out, RewriteOptions(allow_bias=True))
+    assert [(c.layer, c.mask_kind, c.exact_only, c.bypassed) for c in report.replaced] == [
+        (0, "bias", True, False), (1, "bias", True, False)]
+    nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == contract.OP_TYPE]
+    assert [onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "top_k"] == [0, 0]
+    feeds = _feeds()
+    so = ort.SessionOptions()
+    base = ort.InferenceSession(str(exported_bias), so).run(None, feeds)[0]
+    for opts in (iceformer.session_options(2), so):
+        got = ort.InferenceSession(str(out), opts).run(None, feeds)[0]
+        np.testing.assert_allclose(got, base, atol=2e-5)
+
+
+def test_layer_selection_leaves_the_other_cores(exported, tmp_path):
+    src, cores = exported["llama_gqa"]
+    out = tmp_path / "out.onnx"
+    report = rewrite(src, out, RewriteOptions(layers="1-"))
+    assert [c.layer for c in report.replaced] == [1]
+    assert [s.reason for s in report.skipped] == ["core 0 not selected (layers='1-', skip_first=0)"]
+    assert report.softmax_unmatched == 1
+    report = rewrite(src, out, RewriteOptions(skip_first=1))
+    assert [c.layer for c in report.replaced] == [1]
+    with pytest.raises(RewriteError, match="no attention core"):
+        rewrite(src, out, RewriteOptions(skip_first=2))
+    with pytest.raises(RewriteError, match="bad layer spec"):
+        rewrite(src, out, RewriteOptions(layers="x-1"))
+    feeds = _feeds()
+    base = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    report = rewrite(src, out, RewriteOptions(layers="0", attributes={"top_k": 0}))
+    got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
+    np.testing.assert_allclose(got, base, atol=2e-5)
+
+
+@pytest.mark.parametrize("mode, causal, bypassed", [("auto", 1, True), ("on", 1, True), ("off", 0, False)])
+def test_causal_modes(exported, tmp_path, mode, causal, bypassed):
+    src, cores = exported["llama_gqa"]
+    out = tmp_path / "out.onnx"
+    report = rewrite(src, out, RewriteOptions(causal=mode, attributes={"top_k": 0}))
+    assert [(c.is_causal, c.bypassed) for c in report.replaced] == [(causal, bypassed)] * cores
+    feeds = _feeds()
+    base = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
+    np.testing.assert_allclose(got, base, atol=2e-5)  # every mode stays exact on a causal model
