@@ -81,94 +81,105 @@ def _ones_like_keys(graph: ir.Graph, before: ir.Node, k: ir.Value, base: str) ->
 
 def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: bool = True,
                 causal: str = "auto") -> list[LoweredCore]:
-    """Lowers the canonical nodes of `graph` (not its subgraphs) in place; returns what it did.
+    """Lowers the canonical nodes of `graph` and of its subgraphs in place, in graph order; returns what it did.
 
     causal: "auto" reads causality from the mask's construction; "on" sets is_causal on every core; "off"
     never infers it (a padding+causal mask is then kept as a tensor)."""
     done: list[LoweredCore] = []
-    for node in list(graph):
-        if node.domain != _canonical.DOMAIN or node.op_type != _canonical.OP:
+    for node in list(graph):  # one walk in graph order, into If/Loop/Scan bodies where they stand
+        if node.domain == _canonical.DOMAIN and node.op_type == _canonical.OP:
+            done.append(_lower_node(graph, node, attrs, counter, mask_bypass, causal))
             continue
-        q, k, v, cond, mask = (list(node.inputs) + [None] * 5)[:5]
-        k_src, v_src = strip_head_repeat(k), strip_head_repeat(v)
-        stripped = k_src is not None and v_src is not None
-        if stripped:
-            k, v = k_src, v_src
-        out = node.outputs[0]
-        base = (out.name or f"attention_{counter[0]}").replace("/", "_").strip("_")
-        counter[0] += 1
-        kind = "none"
-        mk = _masks.classify(mask, graph) if mask is not None else None
-        bypassable = ("padding", "padding+causal") if causal != "off" else ("padding",)
-        bypass = mask_bypass and mk is not None and mk.kind in bypassable
-        is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
-        exact_only = mk is not None and mk.kind == "bias"
-        kpm = None
-        if bypass:
-            kpm = mk.padding_input
-            if kpm.dtype != ir.DataType.INT64:
-                cast = ir.Node("", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1,
-                               name=f"{base}_kpm_i64")
-                graph.insert_before(node, cast)
-                kpm = cast.outputs[0]
-                kpm.name = f"{base}_kpm_i64"
-            if mk.kind == "padding+causal" and causal == "auto":
-                is_causal = 1
-            mask = None  # replaced by key_padding_mask (+ is_causal)
-        if cond is not None:
-            zero = _constant(graph, node, f"{base}_mask_zero", np.array(0.0, np.float32))
-            ninf = _constant(graph, node, f"{base}_mask_ninf", np.array(-np.inf, np.float32))
-            where = ir.Node("", "Where", [cond, zero, ninf], name=f"{base}_mask_from_bool", num_outputs=1)
-            graph.insert_before(node, where)
-            cond_f = where.outputs[0]
-            cond_f.name = f"{base}_mask_from_bool"
-            if mask is not None:
-                add = ir.Node("", "Add", [cond_f, mask], name=f"{base}_mask_sum", num_outputs=1)
-                graph.insert_before(node, add)
-                mask = add.outputs[0]
-                mask.name = f"{base}_mask_sum"
-                kind = "boolean+additive"
-            else:
-                mask, kind = cond_f, "boolean"
-        elif mask is not None:
-            kind = "additive"
-        if bypass:
-            kind = "boolean+additive" if kind == "boolean" else "additive"
-        if mask is None:
-            mask = _constant(graph, node, f"{base}_no_mask", np.zeros([1], np.float32))
-        elif mask.dtype is not None and mask.dtype != ir.DataType.FLOAT:
-            cast = ir.Node("", "Cast", [mask], {"to": ir.AttrInt64("to", ir.DataType.FLOAT)}, name=f"{base}_mask_f32",
-                           num_outputs=1)
-            graph.insert_before(node, cast)
-            mask = cast.outputs[0]
-            mask.name = f"{base}_mask_f32"
-        if kpm is None:
-            kpm = _ones_like_keys(graph, node, k, base)
-        scale = node.attributes.get_float("scale")
-        # scale and is_causal always set: the reference function reads both.
-        op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal)}
-        for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
-            spec = contract.attribute(name)
-            op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
-        new = ir.Node(contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention",
-                      num_outputs=1)
-        graph.insert_before(node, new)
-        y = new.outputs[0]
-        y.name = f"{base}_knn"
-        y.shape, y.type = out.shape, out.type
-        if y.shape is None and q.shape is not None and v.shape is not None and q.shape.rank() == v.shape.rank() == 4:
-            y.shape = ir.Shape([q.shape[0], q.shape[1], q.shape[2], v.shape[3]])  # [B,Hq,S,Dv]
-        if y.type is None:
-            y.type = q.type
-        if out.is_graph_output():
-            # Keep the graph output's name: rename the old value away first.
-            old_name = out.name
-            out.name = f"{old_name}_replaced"
-            y.name = old_name
-            outputs = graph.outputs
-            outputs[outputs.index(out)] = y
-        out.replace_all_uses_with(y)
-        graph.remove(node, safe=True)
-        done.append(LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass,
-                                exact_only=exact_only))
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                done += lower_graph(attr.value, attrs, counter, mask_bypass, causal)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    done += lower_graph(sub, attrs, counter, mask_bypass, causal)
     return done
+
+
+def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int], mask_bypass: bool,
+                causal: str) -> LoweredCore:
+    q, k, v, cond, mask = (list(node.inputs) + [None] * 5)[:5]
+    k_src, v_src = strip_head_repeat(k), strip_head_repeat(v)
+    stripped = k_src is not None and v_src is not None
+    if stripped:
+        k, v = k_src, v_src
+    out = node.outputs[0]
+    base = (out.name or f"attention_{counter[0]}").replace("/", "_").strip("_")
+    counter[0] += 1
+    kind = "none"
+    mk = _masks.classify(mask, graph) if mask is not None else None
+    bypassable = ("padding", "padding+causal") if causal != "off" else ("padding",)
+    bypass = mask_bypass and mk is not None and mk.kind in bypassable
+    is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
+    exact_only = mk is not None and mk.kind == "bias"
+    kpm = None
+    if bypass:
+        kpm = mk.padding_input
+        if kpm.dtype != ir.DataType.INT64:
+            cast = ir.Node("", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1,
+                           name=f"{base}_kpm_i64")
+            graph.insert_before(node, cast)
+            kpm = cast.outputs[0]
+            kpm.name = f"{base}_kpm_i64"
+        if mk.kind == "padding+causal" and causal == "auto":
+            is_causal = 1
+        mask = None  # replaced by key_padding_mask (+ is_causal)
+    if cond is not None:
+        zero = _constant(graph, node, f"{base}_mask_zero", np.array(0.0, np.float32))
+        ninf = _constant(graph, node, f"{base}_mask_ninf", np.array(-np.inf, np.float32))
+        where = ir.Node("", "Where", [cond, zero, ninf], name=f"{base}_mask_from_bool", num_outputs=1)
+        graph.insert_before(node, where)
+        cond_f = where.outputs[0]
+        cond_f.name = f"{base}_mask_from_bool"
+        if mask is not None:
+            add = ir.Node("", "Add", [cond_f, mask], name=f"{base}_mask_sum", num_outputs=1)
+            graph.insert_before(node, add)
+            mask = add.outputs[0]
+            mask.name = f"{base}_mask_sum"
+            kind = "boolean+additive"
+        else:
+            mask, kind = cond_f, "boolean"
+    elif mask is not None:
+        kind = "additive"
+    if bypass:
+        kind = "boolean+additive" if kind == "boolean" else "additive"
+    if mask is None:
+        mask = _constant(graph, node, f"{base}_no_mask", np.zeros([1], np.float32))
+    elif mask.dtype is not None and mask.dtype != ir.DataType.FLOAT:
+        cast = ir.Node("", "Cast", [mask], {"to": ir.AttrInt64("to", ir.DataType.FLOAT)}, name=f"{base}_mask_f32",
+                       num_outputs=1)
+        graph.insert_before(node, cast)
+        mask = cast.outputs[0]
+        mask.name = f"{base}_mask_f32"
+    if kpm is None:
+        kpm = _ones_like_keys(graph, node, k, base)
+    scale = node.attributes.get_float("scale")
+    # scale and is_causal always set: the reference function reads both.
+    op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal)}
+    for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
+        spec = contract.attribute(name)
+        op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
+    new = ir.Node(contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention",
+                  num_outputs=1)
+    graph.insert_before(node, new)
+    y = new.outputs[0]
+    y.name = f"{base}_knn"
+    y.shape, y.type = out.shape, out.type
+    if y.shape is None and q.shape is not None and v.shape is not None and q.shape.rank() == v.shape.rank() == 4:
+        y.shape = ir.Shape([q.shape[0], q.shape[1], q.shape[2], v.shape[3]])  # [B,Hq,S,Dv]
+    if y.type is None:
+        y.type = q.type
+    if out.is_graph_output():
+        # Keep the graph output's name: rename the old value away first.
+        old_name = out.name
+        out.name = f"{old_name}_replaced"
+        y.name = old_name
+        outputs = graph.outputs
+        outputs[outputs.index(out)] = y
+    out.replace_all_uses_with(y)
+    graph.remove(node, safe=True)
+    return LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass,
+                       exact_only=exact_only)

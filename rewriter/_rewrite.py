@@ -94,7 +94,7 @@ def _matched_roots(tracer: MatchingTracer, model: ir.Model) -> list[ir.Node]:
     """Root nodes of the successful matches of a traced pass, in graph order."""
     ok = {id(m.root_node) for matches in tracer.best_matches_map.values() for m in matches
           if m.status == MatchStatus.SUCCESS}
-    return [n for n in model.graph if id(n) in ok]
+    return [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if id(n) in ok]
 
 
 def _skips(tracer: MatchingTracer, model: ir.Model, matched: set[int]) -> list[Skip]:
@@ -140,7 +140,8 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
              f"skip_first={options.skip_first})") for i, n in enumerate(found) if id(n) in excluded]
     _rules.rules(options.allow_bias, excluded).apply_to_model(model)
     forms = Counter(
-        n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip() for n in model.graph if n.domain == _canonical.DOMAIN
+        n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip()
+        for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == _canonical.DOMAIN
     )
     lowered = _lower.lower_graph(model.graph, options.attributes, [0], options.mask_bypass, options.causal)
     for core, index in zip(lowered, selected):  # canonical nodes keep the graph order of their roots

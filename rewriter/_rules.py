@@ -237,6 +237,53 @@ class OnnxAttention(_CoreRule):
         return op.Sdpa(query, key, value, cond, mask, **attrs)
 
 
+class MicrosoftMultiHeadAttention(_CoreRule):
+    """com.microsoft.MultiHeadAttention with separate 3-D Q [B,S,H*D], K [B,T,H*D], V [B,T,H*Dv], an optional
+    additive attention_bias and no packed bias, key_padding_mask or past: heads are split with Reshape/Transpose
+    around the canonical core (static head sizes needed)."""
+
+    def pattern(self, op, query, key, value):
+        return op.MultiHeadAttention(query, key, value, _domain="com.microsoft", _allow_other_inputs=True,
+                                     _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, query, key, value, y, **_):
+        result = pattern.MatchResult()
+        node = y.producer()
+        inputs = list(node.inputs) + [None] * 8
+        for i, what in ((3, "a packed bias"), (4, "a key_padding_mask"), (6, "past_key"), (7, "past_value")):
+            if inputs[i] is not None:
+                return result.fail(f"MultiHeadAttention has {what} input")
+        if any(o is not None and o.uses() for o in node.outputs[1:]):
+            return result.fail("MultiHeadAttention outputs present_key/value (past-KV form)")
+        heads = node.attributes.get_int("num_heads", 0)
+        for name, v in (("query", query), ("key", key), ("value", value)):
+            if v.shape is None or v.shape.rank() != 3 or not isinstance(v.shape[2], int):
+                return result.fail(f"{name} is not 3-D with a static hidden size (packed or 5-D form)", v)
+            if heads <= 0 or v.shape[2] % heads:
+                return result.fail(f"{name} hidden size {v.shape[2]} is not a multiple of num_heads {heads}", v)
+        if query.shape[2] != key.shape[2]:
+            return result.fail("query and key hidden sizes differ")
+        if node.attributes.get_float("mask_filter_value", -10000.0) > -1e3:
+            return result.fail("mask_filter_value is not very negative")
+        return self._check_common(context, inputs[5], result)
+
+    def rewrite(self, op, query, key, value, y, **_):
+        node = y.producer()
+        heads = node.attributes.get_int("num_heads")
+        d, dv = query.shape[2] // heads, value.shape[2] // heads
+
+        def split(x, size):  # [B,S,H*size] -> [B,H,S,size]
+            return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, heads, size])), perm=[0, 2, 1, 3])
+
+        attrs = {"scale": float(node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(d)), "_domain": _canonical.DOMAIN}
+        if node.attributes.get_int("unidirectional", 0):
+            attrs["is_causal"] = 1
+        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        core = op.Sdpa(split(query, d), split(key, d), split(value, dv), None, bias, **attrs)
+        return op.Reshape(op.Transpose(core, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, heads * dv]))
+
+
 def rules(allow_bias: bool = False, excluded: frozenset[int] = frozenset()) -> pattern.RewriteRuleSet:
-    return pattern.RewriteRuleSet([DecomposedSdpa.rule(allow_bias, excluded), OnnxAttention.rule(allow_bias, excluded)],
-                                  commute=True)
+    return pattern.RewriteRuleSet(
+        [cls.rule(allow_bias, excluded) for cls in (DecomposedSdpa, OnnxAttention, MicrosoftMultiHeadAttention)],
+        commute=True)

@@ -182,3 +182,87 @@ def test_causal_modes(exported, tmp_path, mode, causal, bypassed):
     base = ort.InferenceSession(str(src)).run(None, feeds)[0]
     got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
     np.testing.assert_allclose(got, base, atol=2e-5)  # every mode stays exact on a causal model
+
+
+def _mha_model(causal: int, with_bias: bool):
+    """com.microsoft.MultiHeadAttention (4 heads, head size 16) between two MatMuls, static hidden sizes."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) * 0.2, f"w{i}") for i in range(3)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [n]) for i, n in enumerate(("q", "k", "v"))]
+    ins = ["q", "k", "v", "", "", "bias"] if with_bias else ["q", "k", "v"]
+    nodes.append(helper.make_node("MultiHeadAttention", ins, ["y"], domain="com.microsoft", num_heads=4,
+                                  unidirectional=causal, name="mha"))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 64])]
+    if with_bias:
+        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["B", 4, "S", "S"]))
+    graph = helper.make_graph(nodes, "mha", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 64])],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("causal", [0, 1])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_microsoft_multihead_attention(tmp_path, causal, with_bias):
+    src, out = tmp_path / "mha.onnx", tmp_path / "out.onnx"
+    onnx.save(_mha_model(causal, with_bias), src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    assert report.replaced_by_form == {"MicrosoftMultiHeadAttention": 1}
+    assert [(c.is_causal, c.mask) for c in report.replaced] == [(causal, "additive" if with_bias else "none")]
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((2, 20, 64)).astype(np.float32)}
+    if with_bias:  # a graph input mask of 0 / -inf: a pure mask the op honours exactly
+        feeds["bias"] = np.where(rng.random((2, 4, 20, 20)) < 0.2, -np.inf, 0.0).astype(np.float32)
+        feeds["bias"][..., 0] = 0.0
+    base = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        got = ort.InferenceSession(str(out), so).run(None, feeds)[0]
+        np.testing.assert_allclose(got, base, atol=2e-5)
+
+
+def _if_model():
+    """An If whose two branches each hold a decomposed core over outer-scope Q/K/V (as merged decoders do)."""
+    from onnx import TensorProto, helper
+
+    def branch(name, scale):
+        nodes = [  # heads split inside the branch, as in a merged decoder; inputs [B,S,H,D]
+            helper.make_node("Transpose", ["q"], [f"{name}_q"], perm=[0, 2, 1, 3]),
+            helper.make_node("Transpose", ["v"], [f"{name}_v"], perm=[0, 2, 1, 3]),
+            helper.make_node("Transpose", ["k"], [f"{name}_kt"], perm=[0, 2, 3, 1]),
+            helper.make_node("MatMul", [f"{name}_q", f"{name}_kt"], [f"{name}_s"]),
+            helper.make_node("Constant", [], [f"{name}_c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [scale])),
+            helper.make_node("Mul", [f"{name}_s", f"{name}_c"], [f"{name}_z"]),
+            helper.make_node("Softmax", [f"{name}_z"], [f"{name}_p"], axis=-1),
+            helper.make_node("MatMul", [f"{name}_p", f"{name}_v"], [f"{name}_y"]),
+        ]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
+                                                                                 ["B", 2, "S", 8])])
+
+    x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "S", 2, 8]) for n in ("q", "k", "v")]
+    cond = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", 0.35), else_branch=branch("else", 0.2))
+    graph = helper.make_graph([node], "merged", x + [cond],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+def test_cores_inside_if_branches(tmp_path):
+    src, out = tmp_path / "if.onnx", tmp_path / "out.onnx"
+    onnx.save(_if_model(), src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    # Layers are numbered in the order onnx-ir walks subgraphs (attribute order: else_branch, then_branch).
+    assert [(c.layer, round(c.scale, 6)) for c in report.replaced] == [(0, 0.2), (1, 0.35)]
+    assert report.softmax_unmatched == 0
+    onnx.checker.check_model(str(out))
+    rng = np.random.default_rng(3)
+    feeds = {n: rng.standard_normal((1, 12, 2, 8)).astype(np.float32) for n in ("q", "k", "v")}
+    for flag in (True, False):
+        feeds["flag"] = np.array(flag)
+        base = ort.InferenceSession(str(src)).run(None, feeds)[0]
+        for so in (iceformer.session_options(1), ort.SessionOptions()):
+            np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
