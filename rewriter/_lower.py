@@ -111,12 +111,12 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
     counter[0] += 1
     kind = "none"
     mk = _masks.classify(mask, graph) if mask is not None else None
-    bypassable = ("padding", "padding+causal") if causal != "off" else ("padding",)
+    bypassable = ("padding", "padding+causal", "causal") if causal != "off" else ("padding",)
     bypass = mask_bypass and mk is not None and mk.kind in bypassable
     is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
     exact_only = mk is not None and mk.kind == "bias"
     kpm = None
-    if bypass:
+    if bypass and mk.padding_input is not None:
         kpm = mk.padding_input
         if kpm.dtype != ir.DataType.INT64:
             cast = ir.Node("", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1,
@@ -124,7 +124,8 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
             graph.insert_before(node, cast)
             kpm = cast.outputs[0]
             kpm.name = f"{base}_kpm_i64"
-        if mk.kind == "padding+causal" and causal == "auto":
+    if bypass:
+        if mk.kind in ("padding+causal", "causal") and causal == "auto":
             is_causal = 1
         mask = None  # replaced by key_padding_mask (+ is_causal)
     if cond is not None:

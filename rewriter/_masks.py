@@ -2,7 +2,8 @@
 
 A mask built by Hugging Face from the model's 2-D `attention_mask` input (padding), optionally combined with a
 causal comparison of two Range-derived position tensors, is `padding` or `padding+causal`: the op can take the
-[B,T] input as key_padding_mask (and is_causal=1) instead of the O(S*T) tensor. Anything that reads a float
+[B,T] input as key_padding_mask (and is_causal=1) instead of the O(S*T) tensor; a mask built from positions
+alone is `causal` (is_causal=1, no key_padding_mask). Anything that reads a float
 table of more than one element (T5 relative positions, ALiBi slopes) is a `bias`; other masks are `other`.
 """
 
@@ -19,7 +20,7 @@ _MAX_NODES = 400
 
 @dataclass(frozen=True)
 class MaskKind:
-    kind: str  # "padding" | "padding+causal" | "bias" | "other"
+    kind: str  # "padding" | "padding+causal" | "causal" | "bias" | "other"
     padding_input: ir.Value | None = None
 
 
@@ -72,4 +73,6 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
                and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL)]
     if len(padding) == 1 and len(reached) == 1:
         return MaskKind("padding+causal" if causal else "padding", padding[0])
+    if causal and not reached:  # built from positions alone (a decoder without its own attention_mask input)
+        return MaskKind("causal")
     return MaskKind("other")

@@ -15,7 +15,10 @@ def _export(model, path: Path, opset: int, exporter: str = "dynamo") -> Path:
             self.m = m
 
         def forward(self, input_ids, attention_mask):
-            extra = {} if type(self.m).__name__.startswith("T5") else {"use_cache": False}
+            name = type(self.m).__name__
+            extra = {} if name.startswith("T5") else {"use_cache": False}
+            if name.startswith("Bart"):  # encoder-decoder: the decoder reads the first half (S != T in cross-attention)
+                extra["decoder_input_ids"] = input_ids[:, : input_ids.shape[1] // 2]
             return self.m(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
     ids = torch.randint(0, 100, (2, 24))
@@ -45,16 +48,24 @@ MODELS = {
     "bert": ("bert", 18, 2),
     "llama_attention23": ("llama_sdpa", 23, 2),
     "bert_torchscript17": ("bert", 17, 2, "torchscript"),
+    # encoder self (padding), decoder self (causal from positions), cross-attention (padding, S != T): 2 layers each
+    "bart_torchscript17": ("bart", 17, 6, "torchscript"),
 }
 # Not covered: GPT-2 and LLaMA through the TorchScript exporter (torch 2.13 + transformers 4.57 fail inside the
-# exporter with "unordered_map::at", in transformers' mask construction), BART/T5 decoders with past key/values (see the README's coverage table).
+# exporter with "unordered_map::at", in transformers' mask construction); BART through dynamo (torch.export fails in
+# transformers' decoder mask with dynamic shapes); decoders with past key/values.
 
 
 def _build(kind: str):
     import torch
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel, T5Config, T5EncoderModel
+    from transformers import (BartConfig, BartModel, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel,
+                              T5Config, T5EncoderModel)
 
     torch.manual_seed(0)
+    if kind == "bart":
+        cfg = BartConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=512)
+        return BartModel._from_config(cfg, attn_implementation="eager")
     if kind == "t5_encoder":  # relative-position bias folded into the mask: a bias, not a mask
         cfg = T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
         return T5EncoderModel._from_config(cfg, attn_implementation="eager")

@@ -266,3 +266,11 @@ def test_cores_inside_if_branches(tmp_path):
         base = ort.InferenceSession(str(src)).run(None, feeds)[0]
         for so in (iceformer.session_options(1), ort.SessionOptions()):
             np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
+
+
+def test_bart_encoder_decoder_and_cross_attention(exported, tmp_path):
+    """Graph order: encoder self-attention x2, then per decoder layer self (causal, from positions) and cross."""
+    report = rewrite(exported["bart_torchscript17"][0], tmp_path / "o.onnx")
+    assert [(r.layer, r.mask_kind, r.bypassed, r.is_causal) for r in report.replaced] == [
+        (0, "padding", True, 0), (1, "padding", True, 0), (2, "causal", True, 1), (3, "padding", True, 0),
+        (4, "causal", True, 1), (5, "padding", True, 0)]
