@@ -274,3 +274,14 @@ def test_bart_encoder_decoder_and_cross_attention(exported, tmp_path):
     assert [(r.layer, r.mask_kind, r.bypassed, r.is_causal) for r in report.replaced] == [
         (0, "padding", True, 0), (1, "padding", True, 0), (2, "causal", True, 1), (3, "padding", True, 0),
         (4, "causal", True, 1), (5, "padding", True, 0)]
+
+
+def test_layer_spec_parsing():
+    from iceformer.rewriter._rewrite import parse_layers
+
+    assert parse_layers("0-3,8,20-", 23) == [0, 1, 2, 3, 8, 20, 21, 22]
+    assert parse_layers(None, 3) == parse_layers("all", 3) == [0, 1, 2]
+    assert parse_layers("5", 3) == []
+    for bad in ("a", "3-1", "-x"):
+        with pytest.raises(RewriteError, match="bad layer spec"):
+            parse_layers(bad, 4)
