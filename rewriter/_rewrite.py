@@ -19,7 +19,7 @@ from ..ops import contract
 from . import _canonical, _function, _lower, _rules
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
-EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights go to an external file
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights always go to an external file
 
 
 class RewriteError(Exception):
@@ -169,10 +169,14 @@ def _save_atomic(model: ir.Model, out: Path) -> None:
         tmpdir = Path(tempfile.mkdtemp(prefix=".ice-rewrite-", dir=out.parent))
     except OSError as e:
         raise RewriteError(f"{out.parent}: not writable ({e})") from e
-    big = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+    consts = [v.const_value for v in model.graph.initializers.values() if v.const_value is not None]
+    big = sum(c.nbytes for c in consts)
+    # Keep weights external when the input had them external (a protobuf with embedded weights costs a second
+    # copy of them in memory while onnxruntime loads it) or when they are large.
+    external = big > EXTERNAL_DATA_THRESHOLD or any(isinstance(c, ir.ExternalTensor) for c in consts)
     try:
         tmp = tmpdir / out.name
-        data_name = out.name + ".data" if big > EXTERNAL_DATA_THRESHOLD else None
+        data_name = out.name + ".data" if external else None
         if data_name is None:  # small: one self-contained file (weights read from the input's external data)
             ir.external_data.load_to_model(model)
         ir.save(model, tmp, external_data=data_name)
