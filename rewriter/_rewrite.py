@@ -122,20 +122,25 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     softmax_before = _count_softmax(model)
     # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
     # the scale at run time from static shapes; folding makes both plain.
+    # TorchScript exports carry no value_info: infer shapes first, so that folding can drop no-op Casts and the
+    # new nodes get output shapes (ORT cannot infer through a custom op, and Reshape targets built from Shape()
+    # downstream would break).
+    ShapeInferencePass(strict_mode=False)(model)
     IdentityEliminationPass()(model)
     onnxscript.optimizer.fold_constants(model)
     IdentityEliminationPass()(model)  # folding turns no-op casts (T5's CastLike) into Identity
     RemoveUnusedNodesPass()(model)  # and leaves dead uses that would block a match
-    # TorchScript exports carry no value_info: the new nodes need output shapes (ORT's own shape inference
-    # cannot see through a custom op, and downstream Reshape targets built from Shape() would break).
-    ShapeInferencePass(strict_mode=False)(model)
-    # A traced pass only records (why each candidate failed); the second pass rewrites.
+    # Traced passes only record (what matches, why candidates fail); the last pass rewrites.
+    # Every core, biases included, for the numbering --layers refers to; then why the options leave some out.
+    every = MatchingTracer()
+    _rules.rules(allow_bias=True).apply_to_model(model, tracer=every)
+    found = _matched_roots(every, model)
     tracer = MatchingTracer()
     _rules.rules(options.allow_bias).apply_to_model(model, tracer=tracer)
-    found = _matched_roots(tracer, model)
     selected = [i for i in parse_layers(options.layers, len(found)) if i >= options.skip_first]
     excluded = frozenset(id(n) for i, n in enumerate(found) if i not in set(selected))
-    skipped = _skips(tracer, model, {id(n) for n in found}) + [
+    accepted = {id(n) for n in _matched_roots(tracer, model)}
+    skipped = _skips(tracer, model, accepted) + [
         Skip("selection", n.name or n.op_type, f"core {i} not selected (layers={options.layers!r}, "
              f"skip_first={options.skip_first})") for i, n in enumerate(found) if id(n) in excluded]
     _rules.rules(options.allow_bias, excluded).apply_to_model(model)
@@ -144,7 +149,8 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
         for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == _canonical.DOMAIN
     )
     lowered = _lower.lower_graph(model.graph, options.attributes, [0], options.mask_bypass, options.causal)
-    for core, index in zip(lowered, selected):  # canonical nodes keep the graph order of their roots
+    rewritten = [i for i in selected if id(found[i]) in accepted]
+    for core, index in zip(lowered, rewritten):  # canonical nodes keep the graph order of their roots
         core.layer = index
     RemoveUnusedNodesPass()(model)
     model.opset_imports.pop(_canonical.DOMAIN, None)

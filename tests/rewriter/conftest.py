@@ -16,8 +16,8 @@ def _export(model, path: Path, opset: int, exporter: str = "dynamo") -> Path:
 
         def forward(self, input_ids, attention_mask):
             name = type(self.m).__name__
-            extra = {} if name.startswith("T5") else {"use_cache": False}
-            if name.startswith("Bart"):  # encoder-decoder: the decoder reads the first half (S != T in cross-attention)
+            extra = {} if name == "T5EncoderModel" else {"use_cache": False}
+            if name.startswith("Bart") or name == "T5Model":  # encoder-decoder: the decoder reads the first half (S != T in cross-attention)
                 extra["decoder_input_ids"] = input_ids[:, : input_ids.shape[1] // 2]
             return self.m(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
@@ -59,16 +59,16 @@ MODELS = {
 def _build(kind: str):
     import torch
     from transformers import (BartConfig, BartModel, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel,
-                              T5Config, T5EncoderModel)
+                              T5Config, T5EncoderModel, T5Model)
 
     torch.manual_seed(0)
     if kind == "bart":
         cfg = BartConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                          decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=512)
         return BartModel._from_config(cfg, attn_implementation="eager")
-    if kind == "t5_encoder":  # relative-position bias folded into the mask: a bias, not a mask
-        cfg = T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
-        return T5EncoderModel._from_config(cfg, attn_implementation="eager")
+    if kind in ("t5_encoder", "t5"):  # relative-position bias folded into the mask: a bias, not a mask
+        cfg = T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
+        return (T5EncoderModel if kind == "t5_encoder" else T5Model)._from_config(cfg, attn_implementation="eager")
     if kind.startswith("llama"):
         cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
@@ -85,6 +85,14 @@ def _build(kind: str):
 def exported_bias(tmp_path_factory):
     """A tiny T5 encoder (2 cores whose additive mask carries the relative-position bias)."""
     return _export(_build("t5_encoder"), tmp_path_factory.mktemp("exports_bias") / "t5_encoder.onnx", 18)
+
+
+@pytest.fixture(scope="session")
+def exported_t5(tmp_path_factory):
+    """Tiny T5 encoder-decoder through both exporters: exporter name -> path."""
+    root = tmp_path_factory.mktemp("exports_t5")
+    return {"dynamo18": _export(_build("t5"), root / "t5_dynamo.onnx", 18),
+            "torchscript17": _export(_build("t5"), root / "t5_ts.onnx", 17, "torchscript")}
 
 
 @pytest.fixture(scope="session")

@@ -285,3 +285,19 @@ def test_layer_spec_parsing():
     for bad in ("a", "3-1", "-x"):
         with pytest.raises(RewriteError, match="bad layer spec"):
             parse_layers(bad, 4)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo18", "torchscript17"])
+def test_t5_encoder_decoder_with_allow_bias(exported_t5, tmp_path, exporter):
+    """Encoder self x2 (bias), then per decoder layer self (bias, causal inside it) and cross (padding)."""
+    src, out = exported_t5[exporter], tmp_path / "o.onnx"
+    report = rewrite(src, out, RewriteOptions(allow_bias=True))
+    assert [(r.layer, r.mask_kind, r.exact_only, r.bypassed) for r in report.replaced] == [
+        (0, "bias", True, False), (1, "bias", True, False), (2, "bias", True, False), (3, "padding", False, True),
+        (4, "bias", True, False), (5, "padding", False, True)]
+    feeds = _feeds()
+    base = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
+    report = rewrite(src, out)  # default: the bias cores stay as they were
+    assert [r.layer for r in report.replaced] == [3, 5] and report.softmax_unmatched == 4
