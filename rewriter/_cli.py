@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                                         dry_run=args.dry_run or args.output is None, layers=args.layers,
                                         skip_first=args.skip_first, causal=args.causal, allow_bias=args.allow_bias))
     except RewriteError as e:
-        console.print(f"[red]ice-rewrite: {e}[/red]")
+        console.print(f"ice-rewrite: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
     for col in ["core", "node", "scale", "causal", "GQA stripped", "mask", "mask made of", "bypassed"]:
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"rewritten by form: {report.replaced_by_form}; Softmax nodes left unmatched: "
                   f"{report.softmax_unmatched} of {report.softmax_before}")
     for s in report.skipped:
-        console.print(f"skipped ({s.rule}) at {s.node}: {s.reason}")
+        console.print(f"skipped ({s.rule}) at {s.node}: {s.reason}", markup=False, highlight=False, soft_wrap=True)
     if args.json:
         text = json.dumps(report.to_dict(), indent=1)
         if args.json == "-":

@@ -301,3 +301,18 @@ def test_t5_encoder_decoder_with_allow_bias(exported_t5, tmp_path, exporter):
         np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
     report = rewrite(src, out)  # default: the bias cores stay as they were
     assert [r.layer for r in report.replaced] == [3, 5] and report.softmax_unmatched == 4
+
+
+def test_cli_selection_causal_and_bias_flags(exported, exported_bias, tmp_path, capsys):
+    src, out, js = exported["llama_gqa"][0], tmp_path / "o.onnx", tmp_path / "r.json"
+    assert cli([str(src), str(out), "--layers", "1", "--causal", "off", "--json", str(js)]) == 0
+    report = json.loads(js.read_text())
+    assert [(c["layer"], c["is_causal"], c["bypassed"]) for c in report["replaced"]] == [(1, 0, False)]
+    assert "core 0 not selected" in capsys.readouterr().err
+    assert cli([str(src), str(out), "--skip-first", "2"]) == 2  # nothing left to rewrite
+    assert cli([str(src), str(out), "--layers", "2-1"]) == 2
+    assert "bad layer spec" in capsys.readouterr().err
+    assert cli([str(exported_bias), str(out)]) == 2
+    assert "the mask is a bias" in capsys.readouterr().err
+    assert cli([str(exported_bias), str(out), "--allow-bias", "--json", str(js)]) == 0
+    assert [c["exact_only"] for c in json.loads(js.read_text())["replaced"]] == [True, True]
