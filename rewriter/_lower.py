@@ -37,6 +37,19 @@ def _const_ints(v: ir.Value | None) -> list[int] | None:
     return [int(x) for x in np.asarray(v.const_value.numpy()).reshape(-1)]
 
 
+def _skip_full_slices(v: ir.Value) -> ir.Value:
+    """Steps back over Slices that keep everything (starts 0, ends >= 2**62, steps 1): dynamo emits them for
+    `x[:, :, None, :, :]` with dynamic shapes."""
+    while (node := v.producer()) is not None and node.op_type == "Slice" and len(node.inputs) >= 3:
+        starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
+        steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+        if starts is None or ends is None or any(x != 0 for x in starts) or any(e < 2**62 for e in ends) \
+                or (steps is not None and any(x != 1 for x in steps)):
+            break
+        v = node.inputs[0]
+    return v
+
+
 def strip_head_repeat(v: ir.Value) -> ir.Value | None:
     """The [B,Hkv,T,D] source of HF's repeat_kv (Reshape(Expand(Unsqueeze(src, [2]), .), .)), else None."""
     reshape = v.producer()
@@ -45,7 +58,8 @@ def strip_head_repeat(v: ir.Value) -> ir.Value | None:
     expand = reshape.inputs[0].producer() if reshape.inputs[0] is not None else None
     if expand is None or expand.op_type != "Expand":
         return None
-    unsq = expand.inputs[0].producer() if expand.inputs[0] is not None else None
+    src = _skip_full_slices(expand.inputs[0]) if expand.inputs[0] is not None else None
+    unsq = src.producer() if src is not None else None
     if unsq is None or unsq.op_type != "Unsqueeze":
         return None
     axes = _const_ints(unsq.inputs[1]) if len(unsq.inputs) > 1 else None

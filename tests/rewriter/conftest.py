@@ -53,7 +53,7 @@ MODELS = {
 }
 # Not covered: GPT-2 and LLaMA through the TorchScript exporter (torch 2.13 + transformers 4.57 fail inside the
 # exporter with "unordered_map::at", in transformers' mask construction); BART through dynamo (torch.export fails in
-# transformers' decoder mask with dynamic shapes); decoders with past key/values.
+# transformers' decoder mask with dynamic shapes).
 
 
 def _build(kind: str):
@@ -85,6 +85,43 @@ def _build(kind: str):
 def exported_bias(tmp_path_factory):
     """A tiny T5 encoder (2 cores whose additive mask carries the relative-position bias)."""
     return _export(_build("t5_encoder"), tmp_path_factory.mktemp("exports_bias") / "t5_encoder.onnx", 18)
+
+
+@pytest.fixture(scope="session")
+def exported_past(tmp_path_factory):
+    """Tiny LLaMA (GQA 4/2) decoding S new tokens after a past of P cached keys/values per layer (inputs
+    input_ids [B,S], attention_mask [B,P+S], k0 v0 k1 v1 [B,2,P,16]): the past Concat sits before the core."""
+    import torch
+    from transformers import DynamicCache
+
+    class WithPast(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, k0, v0, k1, v1):
+            cache = DynamicCache()
+            cache.update(k0, v0, 0)
+            cache.update(k1, v1, 1)
+            past = k0.shape[2]
+            pos = torch.arange(past, past + input_ids.shape[1]).unsqueeze(0)
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, position_ids=pos,
+                          use_cache=True).last_hidden_state
+
+    torch.manual_seed(0)
+    ids, mask = torch.randint(0, 100, (2, 6)), torch.ones(2, 16, dtype=torch.long)
+    kv = [torch.randn(2, 2, 10, 16) for _ in range(4)]
+    path = tmp_path_factory.mktemp("exports_past") / "llama_past.onnx"
+    dyn = torch.export.Dim.DYNAMIC
+    names = ["k0", "v0", "k1", "v1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithPast(_build("llama").eval()), (ids, mask, *kv), str(path),
+                          input_names=["input_ids", "attention_mask", *names], output_names=["last_hidden_state"],
+                          dynamo=True, opset_version=18, optimize=False,
+                          dynamic_shapes={"input_ids": {0: dyn, 1: dyn}, "attention_mask": {0: dyn, 1: dyn},
+                                          **{n: {0: dyn, 2: dyn} for n in names}})
+    return path
 
 
 @pytest.fixture(scope="session")

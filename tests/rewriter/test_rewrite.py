@@ -316,3 +316,20 @@ def test_cli_selection_causal_and_bias_flags(exported, exported_bias, tmp_path, 
     assert "the mask is a bias" in capsys.readouterr().err
     assert cli([str(exported_bias), str(out), "--allow-bias", "--json", str(js)]) == 0
     assert [c["exact_only"] for c in json.loads(js.read_text())["replaced"]] == [True, True]
+
+
+def test_decoder_with_past_key_values(exported_past, tmp_path):
+    """S = 6 new tokens over P = 10 cached ones, left padding: causal bottom-right with S != T, GQA stripped after
+    the past Concat, the padding+causal mask bypassed."""
+    out = tmp_path / "o.onnx"
+    report = rewrite(exported_past, out, RewriteOptions(attributes={"top_k": 0}))
+    assert [(c.is_causal, c.mask_kind, c.bypassed, c.gqa_stripped) for c in report.replaced] == [
+        (1, "padding+causal", True, True)] * 2
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 16), np.int64)
+    mask[1, :3] = 0
+    feeds = {"input_ids": rng.integers(0, 100, (2, 6)), "attention_mask": mask,
+             **{n: rng.standard_normal((2, 2, 10, 16)).astype(np.float32) for n in ("k0", "v0", "k1", "v1")}}
+    base = ort.InferenceSession(str(exported_past)).run(None, feeds)[0]
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
