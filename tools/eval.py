@@ -44,13 +44,9 @@ def _plain(threads: int) -> ort.SessionOptions:
     return so
 
 
-def _feeds(ids: list[int]) -> dict[str, np.ndarray]:
-    return {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-
-
 def _timed_hidden(sess, ids):
     t0 = time.perf_counter()
-    out = sess.run(None, _feeds(ids))[0][0]
+    out = sess.run(None, lm_eval.feeds(ids))[0][0]
     return out, time.perf_counter() - t0
 
 
@@ -79,7 +75,7 @@ def eval_lines(sessions, lm_head, tok, sizes, questions, console) -> list[dict]:
         for seed in track(range(questions), description=f"line retrieval, {n} tokens", console=console):
             p = lm_eval.line_prompt(tok, n, seed)
             for name in res:
-                h = sessions[name].run(None, _feeds(p.ids))[0][0]
+                h = sessions[name].run(None, lm_eval.feeds(p.ids))[0][0]
                 res[name].append((lm_eval.line_correct(h, lm_head, p), lm_eval.answer_token_accuracy(h, lm_head, p)))
         row = {"tokens": n, "questions": questions}
         for name, r in res.items():
@@ -233,8 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         sessions = None  # the probes run in child processes
         ids = lm_eval.text_ids(tok, args.memory)
         with console.status(f"peak memory at {args.memory} tokens (two child processes)"):
-            dense = peak_rss_mib(str(src), _feeds(ids), args.threads, with_library=False)
-            ours = peak_rss_mib(str(dst), _feeds(ids), args.threads, with_library=True)
+            dense = peak_rss_mib(str(src), lm_eval.feeds(ids), args.threads, with_library=False)
+            ours = peak_rss_mib(str(dst), lm_eval.feeds(ids), args.threads, with_library=True)
         result["memory"] = {"tokens": args.memory, "dense_mib": dense, "knn_mib": ours, "ratio": ours / dense}
         console.log(f"peak RSS at {args.memory} tokens: original {dense:.0f} MiB, rewritten {ours:.0f} MiB ({100 * ours / dense:.0f}%)")
     if args.layers:

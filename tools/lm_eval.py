@@ -18,6 +18,11 @@ import numpy as np
 from ..models import corpus
 
 
+def feeds(ids: list[int]) -> dict[str, np.ndarray]:
+    """The decoder export's inputs for one unpadded sequence."""
+    return {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+
+
 def logits_stats(hidden: np.ndarray, lm_head: np.ndarray, ids: list[int], start: int, chunk: int = 512):
     """(sum of NLL of ids[t+1] for t in [start, len-1), count, greedy predictions at those t)."""
     total, count, preds = 0.0, 0, []

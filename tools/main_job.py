@@ -27,6 +27,7 @@ from ..models import corpus, export_smollm2, smollm2
 from ..models._cache import cache_dir
 from ..ops import session_options
 from ..rewriter import RewriteOptions, rewrite
+from . import lm_eval
 from .lm_eval import perplexity
 
 
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="right")
     op_stats = {}
     for which, ids in (("text", text_ids), ("repeat", half + half)):
-        feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+        feeds = lm_eval.feeds(ids)
         outputs, times = {}, {}
         for label, sess in sessions.items():
             with console.status(f"{which}: {label}"):

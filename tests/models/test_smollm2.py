@@ -38,8 +38,7 @@ def setup(tmp_path_factory):
 
 
 def _hidden(sess, ids):
-    return sess.run(None, {"input_ids": np.asarray([ids], np.int64),
-                           "attention_mask": np.ones((1, len(ids)), np.int64)})[0][0]
+    return sess.run(None, lm_eval.feeds(ids))[0][0]
 
 
 def test_every_layer_rewritten_with_gqa_stripped_and_mask_bypassed(setup):
