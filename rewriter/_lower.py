@@ -2,8 +2,9 @@
 
 Strips HF's GQA head repetition (Unsqueeze(axis 2) -> Expand -> Reshape) so the op receives [B,Hkv,T,D] and
 builds one index per KV head; turns a boolean `cond` into the additive form; replaces a mask built from the
-model's 2-D attention_mask (padding, optionally causal) by key_padding_mask + is_causal (the mask bypass: the
-[B,1,S,T] mask subgraph becomes dead and is removed). Always passes all five inputs (a constant 0 mask, a
+model's 2-D attention_mask (padding, optionally causal), or from positions alone (causal), by key_padding_mask
++ is_causal (the mask bypass: the [B,1,S,T] mask subgraph becomes dead and is removed); gives a core whose mask
+is a bias (let through by allow_bias) top_k = 0, an exact-only op. Always passes all five inputs (a constant 0 mask, a
 [B,T] of ones) so the model-local reference function sees them; the op ignores both.
 """
 
@@ -25,7 +26,8 @@ class LoweredCore:
     is_causal: int
     gqa_stripped: bool
     mask: str  # what the core had: "none" | "additive" | "boolean" | "boolean+additive"
-    mask_kind: str  # what its additive mask is made of: "none" | "padding" | "padding+causal" | "bias" | "other"
+    # what its additive mask is made of: "none" | "padding" | "padding+causal" | "causal" | "bias" | "other"
+    mask_kind: str
     bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal)
     layer: int = -1  # position among the attention cores found, in graph order (what --layers selects)
     exact_only: bool = False  # a bias mask (allow_bias): top_k = 0
