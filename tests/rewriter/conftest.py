@@ -125,6 +125,28 @@ def exported_past(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_optimum(tmp_path_factory):
+    """Tiny LLaMA (GQA 4/2) exported by optimum (`text-generation-with-past`: TorchScript exporter, SDPA
+    decomposed, past_key_values inputs and present outputs), from a save_pretrained folder, offline."""
+    import os
+
+    import torch
+    from optimum.exporters.onnx import main_export
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    root = tmp_path_factory.mktemp("exports_optimum")
+    LlamaForCausalLM(cfg).eval().save_pretrained(root / "hf")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(root / "hf"), output=str(root / "onnx"), task="text-generation-with-past")
+    return root / "onnx" / "model.onnx"
+
+
+@pytest.fixture(scope="session")
 def exported_t5(tmp_path_factory):
     """Tiny T5 encoder-decoder through both exporters: exporter name -> path."""
     root = tmp_path_factory.mktemp("exports_t5")

@@ -333,3 +333,24 @@ def test_decoder_with_past_key_values(exported_past, tmp_path):
     base = ort.InferenceSession(str(exported_past)).run(None, feeds)[0]
     for so in (iceformer.session_options(2), ort.SessionOptions()):
         np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
+
+
+def test_optimum_decoder_with_past(exported_optimum, tmp_path):
+    """optimum's text-generation-with-past export: logits and present key/values equal the original."""
+    out = tmp_path / "o.onnx"
+    report = rewrite(exported_optimum, out, RewriteOptions(attributes={"top_k": 0}))
+    assert [(c.is_causal, c.mask_kind, c.bypassed, c.gqa_stripped) for c in report.replaced] == [
+        (1, "padding+causal", True, True)] * 2
+    rng = np.random.default_rng(0)
+    mask = np.ones((2, 12), np.int64)
+    mask[1, :2] = 0
+    feeds = {"input_ids": rng.integers(0, 100, (2, 5)), "attention_mask": mask,
+             "position_ids": np.tile(np.arange(7, 12), (2, 1))}
+    for i in range(2):
+        for kind in ("key", "value"):
+            feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal((2, 2, 7, 16)).astype(np.float32)
+    base = ort.InferenceSession(str(exported_optimum)).run(None, feeds)
+    assert len(base) == 5  # logits and 4 presents
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
+            np.testing.assert_allclose(got, want, atol=2e-5)
