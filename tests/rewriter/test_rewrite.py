@@ -318,29 +318,32 @@ def test_cli_selection_causal_and_bias_flags(exported, exported_bias, tmp_path, 
     assert [c["exact_only"] for c in json.loads(js.read_text())["replaced"]] == [True, True]
 
 
-def test_decoder_with_past_key_values(exported_past, tmp_path):
-    """S = 6 new tokens over P = 10 cached ones, left padding: causal bottom-right with S != T, GQA stripped after
-    the past Concat, the padding+causal mask bypassed."""
+def _assert_past_decoder_rewritten_exactly(src, tmp_path, feeds):
+    """Both cores: causal bottom-right (S != T), GQA stripped after the past Concat, padding+causal mask bypassed;
+    every output (hidden state or logits, and any presents) equals the original's, with the library and without."""
     out = tmp_path / "o.onnx"
-    report = rewrite(exported_past, out, RewriteOptions(attributes={"top_k": 0}))
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
     assert [(c.is_causal, c.mask_kind, c.bypassed, c.gqa_stripped) for c in report.replaced] == [
         (1, "padding+causal", True, True)] * 2
+    base = ort.InferenceSession(str(src)).run(None, feeds)
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
+            np.testing.assert_allclose(got, want, atol=2e-5)
+    return base
+
+
+def test_decoder_with_past_key_values(exported_past, tmp_path):
+    """Our dynamo export: S = 6 new tokens over P = 10 cached ones, left padding."""
     rng = np.random.default_rng(0)
     mask = np.ones((2, 16), np.int64)
     mask[1, :3] = 0
     feeds = {"input_ids": rng.integers(0, 100, (2, 6)), "attention_mask": mask,
              **{n: rng.standard_normal((2, 2, 10, 16)).astype(np.float32) for n in ("k0", "v0", "k1", "v1")}}
-    base = ort.InferenceSession(str(exported_past)).run(None, feeds)[0]
-    for so in (iceformer.session_options(2), ort.SessionOptions()):
-        np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], base, atol=2e-5)
+    _assert_past_decoder_rewritten_exactly(exported_past, tmp_path, feeds)
 
 
 def test_optimum_decoder_with_past(exported_optimum, tmp_path):
-    """optimum's text-generation-with-past export: logits and present key/values equal the original."""
-    out = tmp_path / "o.onnx"
-    report = rewrite(exported_optimum, out, RewriteOptions(attributes={"top_k": 0}))
-    assert [(c.is_causal, c.mask_kind, c.bypassed, c.gqa_stripped) for c in report.replaced] == [
-        (1, "padding+causal", True, True)] * 2
+    """optimum's text-generation-with-past export: S = 5 over P = 7; logits and the 4 presents."""
     rng = np.random.default_rng(0)
     mask = np.ones((2, 12), np.int64)
     mask[1, :2] = 0
@@ -349,8 +352,4 @@ def test_optimum_decoder_with_past(exported_optimum, tmp_path):
     for i in range(2):
         for kind in ("key", "value"):
             feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal((2, 2, 7, 16)).astype(np.float32)
-    base = ort.InferenceSession(str(exported_optimum)).run(None, feeds)
-    assert len(base) == 5  # logits and 4 presents
-    for so in (iceformer.session_options(2), ort.SessionOptions()):
-        for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
-            np.testing.assert_allclose(got, want, atol=2e-5)
+    assert len(_assert_past_decoder_rewritten_exactly(exported_optimum, tmp_path, feeds)) == 5
