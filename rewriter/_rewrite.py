@@ -55,6 +55,7 @@ def parse_layers(spec: str | None, count: int) -> list[int]:
         chosen.update(range(a, min(b, count - 1) + 1))
     return sorted(chosen)
 
+
 @dataclass
 class Skip:
     rule: str
@@ -138,7 +139,8 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     tracer = MatchingTracer()
     _rules.rules(options.allow_bias).apply_to_model(model, tracer=tracer)
     selected = [i for i in parse_layers(options.layers, len(found)) if i >= options.skip_first]
-    excluded = frozenset(id(n) for i, n in enumerate(found) if i not in set(selected))
+    chosen = set(selected)
+    excluded = frozenset(id(n) for i, n in enumerate(found) if i not in chosen)
     accepted = {id(n) for n in _matched_roots(tracer, model)}
     skipped = _skips(tracer, model, accepted) + [
         Skip("selection", n.name or n.op_type, f"core {i} not selected (layers={options.layers!r}, "
