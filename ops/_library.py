@@ -77,7 +77,8 @@ def knn_select(q, k, *, is_causal: int = 0, top_k: int, L: int = 4, m: int = 2, 
     k = np.ascontiguousarray(k, dtype=np.float32)
     S, D = q.shape
     T = k.shape[0]
-    cap = top_k + local_window + num_sink
+    # Low-rank search attends its block's shared key set, which may hold any number of keys.
+    cap = T if search == 0 else top_k + local_window + num_sink
     out = np.full((S, max(cap, 1)), -1, dtype=np.int32)
     counts = np.zeros(S, dtype=np.int32)
     ints = (ctypes.c_int64 * 9)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank)

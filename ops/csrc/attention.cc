@@ -17,6 +17,7 @@
 #include "knn_index.h"
 #include "lowrank.h"
 #include "masking.h"
+#include "union_attention.h"
 
 namespace iceformer {
 namespace {
@@ -168,15 +169,15 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     }
     if (split > i0) exact_rows(p, packed.data() + bkv * per_head, b, hq, i0, split);
     if (split < i1) {
-      std::vector<std::vector<int32_t>>* cands = nullptr;
-      if (!dci) {
+      int32_t* row_scored = scored.data() + (b * sh.Hq + hq) * sh.S + split;
+      if (dci) {
+        knn_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, nullptr, pre, b, hq, split, i1, row_scored);
+      } else {
         thread_local std::vector<std::vector<int32_t>> t_cands;
         const int64_t budget = candidate_budget(ks, pre[std::max<int64_t>(0, row_last(p, b, hq, i1 - 1)) + 1]);
         lowrank_candidates(p, lowrank, pre, b, hq, split, i1, budget, &t_cands);
-        cands = &t_cands;
+        union_rows(p, packed.data() + bkv * per_head, t_cands, b, hq, split, i1, row_scored);
       }
-      knn_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, cands, pre, b, hq, split, i1,
-               scored.data() + (b * sh.Hq + hq) * sh.S + split);
     }
   });
   stats->search_ms = ms_since(t1);

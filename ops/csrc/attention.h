@@ -34,6 +34,9 @@ Status check_key_padding(const std::vector<int64_t>& dims, const AttentionShape&
 // Attribute values (ranges; relations that need no shapes).
 Status check_settings(const KnnSettings& k);
 
+// Fewest visible keys for which a query row takes the k-NN path.
+int64_t knn_threshold(const KnnSettings& k);
+
 // Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status.
 Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats);
 

@@ -9,6 +9,8 @@
 #include "knn_attention.h"
 #include "knn_index.h"
 #include "lowrank.h"
+#include "masking.h"
+#include "union_attention.h"
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 
@@ -62,13 +64,26 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
     }
     for (int64_t i0 = 0; i0 < S; i0 += 64) {
       const int64_t i1 = std::min<int64_t>(S, i0 + 64);
-      if (!dci) {
-        const int64_t last = std::min<int64_t>(T - 1, p.is_causal ? i1 - 1 + T - S : T - 1);
-        lowrank_candidates(p, lr, prefix.data(), 0, 0, i0, i1, candidate_budget(p.knn, last + 1), &cands);
+      if (dci) {
+        for (int64_t i = i0; i < i1; ++i)
+          counts[i] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, nullptr, i, out + i * cap, cap));
+        continue;
       }
-      for (int64_t i = i0; i < i1; ++i)
-        counts[i] = static_cast<int32_t>(
-            select_for_inspection(p, set.view(0), dirs, dci ? nullptr : &cands[i - i0], i, out + i * cap, cap));
+      // Low-rank search: the block's k-NN rows (those seeing at least knn_threshold keys, as in the op) attend
+      // the keys of their shared set U they may see.
+      int64_t split = i0;
+      while (split < i1 && causal_last_key(p, split) + 1 < knn_threshold(p.knn)) ++split;
+      for (int64_t i = i0; i < split; ++i) counts[i] = 0;
+      if (split == i1) continue;
+      lowrank_candidates(p, lr, prefix.data(), 0, 0, split, i1, candidate_budget(p.knn, causal_last_key(p, i1 - 1) + 1), &cands);
+      const std::vector<int32_t>& u = union_keys(p, cands, 0, 0, split, i1);
+      for (int64_t i = split; i < i1; ++i) {
+        const int64_t last = causal_last_key(p, i);
+        int64_t n = 0;
+        for (int32_t j : u)
+          if (j <= last && n < cap) out[i * cap + n++] = j;
+        counts[i] = static_cast<int32_t>(n);
+      }
     }
   } catch (const std::bad_alloc&) {
     return -1;

@@ -1,0 +1,197 @@
+#include "union_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "epoch_set.h"
+#include "exact_attention.h"
+#include "masking.h"
+#include "online_softmax.h"
+#include "rng.h"
+#include "simd.h"
+
+namespace iceformer {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel padding: beyond every row's last key
+// U's tiles cost rows x |U|, the exact path sum over rows of (last + 1): above this share, the block goes exact.
+constexpr double kMaxUnionCost = 0.7;
+
+struct UnionScratch {
+  EpochSet in;
+  std::vector<int32_t> u, keys;  // U; then the gathered columns: U, padding, sample, padding
+  std::vector<float> kp, v, q, s, o, m1, s1;
+  std::vector<OnlineSoftmax> st;
+  std::vector<int64_t> last, seen, fallback;
+};
+thread_local UnionScratch t_union;
+
+void pad_to_panel(std::vector<int32_t>& keys) {
+  while (keys.size() % kPanel != 0) keys.push_back(kPadKey);
+}
+
+// Adds columns [c0, c1) of the gathered set (c0 on a panel boundary) to every row's state, each exp(score)
+// counted w times; seen[r] += columns row r may see.
+void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t hq, int64_t i0, int64_t rows,
+                 int64_t c0, int64_t c1, float w) {
+  const Kernels& kern = kernels();
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = (Dv + 15) / 16 * 16;
+  const bool any_mask = p.mask.kind != MaskKind::kNone;
+  for (int64_t t0 = c0; t0 < c1; t0 += kExactBlockK) {
+    const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
+    const int64_t width = npanels * kPanel;
+    const int32_t* key = sc.keys.data() + t0;
+    kern.qk_tile(sc.q.data(), D, rows, sc.kp.data() + (t0 / kPanel) * D * kPanel, D, npanels, sc.s.data(), kExactBlockK);
+    for (int64_t r = 0; r < rows; ++r) {
+      float* sr = sc.s.data() + r * kExactBlockK;
+      // Keys are ascending (padding last): the row's visible columns are a prefix.
+      const int64_t vis = std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(sc.last[r], kPadKey - 1))) - key;
+      for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
+      if (any_mask) {
+        const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
+        for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(key[c]);
+      }
+      sc.seen[r] += vis;
+      OnlineSoftmax& st = sc.st[r];
+      const float bm = kern.max(sr, width);
+      if (bm == kNegInf) {
+        std::fill(sr, sr + width, 0.f);
+        continue;
+      }
+      st.rebase(bm, kern);
+      st.sum += w * kern.exp_sum(sr, width, st.max);
+      if (w != 1.f) kern.scal(w, sr, width);
+    }
+    kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.v.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
+  }
+}
+
+}  // namespace
+
+const std::vector<int32_t>& union_keys(const AttentionParams& p, const std::vector<std::vector<int32_t>>& cands,
+                                       int64_t b, int64_t hq, int64_t i0, int64_t i1) {
+  const KnnSettings& ks = p.knn;
+  const int64_t T = p.shape.T;
+  UnionScratch& sc = t_union;
+  int64_t last_min = T, last_any = -1;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t l = row_last(p, b, hq, i);
+    last_min = std::min(last_min, l);
+    last_any = std::max(last_any, l);
+  }
+  sc.in.begin(T);
+  sc.u.clear();
+  auto add = [&](int64_t j) {
+    if (key_is_real(p.key_padding, T, b, j) && sc.in.insert(j)) sc.u.push_back(static_cast<int32_t>(j));
+  };
+  for (int64_t j = 0; j < std::min(ks.num_sink, last_any + 1); ++j) add(j);
+  if (ks.local_window > 0)
+    for (int64_t j = std::max<int64_t>({0, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j) add(j);
+  for (int64_t r = 0; r < i1 - i0; ++r)
+    for (int32_t j : cands[r]) add(j);
+  std::sort(sc.u.begin(), sc.u.end());
+  return sc.u;
+}
+
+void union_rows(const AttentionParams& p, const float* kp, const std::vector<std::vector<int32_t>>& cands,
+                int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
+  const AttentionShape& sh = p.shape;
+  const KnnSettings& ks = p.knn;
+  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0, ldo = (Dv + 15) / 16 * 16;
+  const int64_t hkv = hq / sh.group();
+  const float* K = p.k + (b * sh.Hkv + hkv) * T * D;
+  const float* V = p.v + (b * sh.Hkv + hkv) * T * Dv;
+  UnionScratch& sc = t_union;
+  sc.last.resize(rows);
+  int64_t last_any = -1;
+  double exact_cost = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    sc.last[r] = row_last(p, b, hq, i0 + r);
+    last_any = std::max(last_any, sc.last[r]);
+    exact_cost += static_cast<double>(sc.last[r] + 1);
+  }
+  union_keys(p, cands, b, hq, i0, i1);
+  const int64_t n_u = static_cast<int64_t>(sc.u.size());
+  const int64_t n_s = ks.tail_samples > 0 ? std::min(ks.tail_samples, last_any + 1) : 0;
+  if (static_cast<double>(rows) * static_cast<double>(n_u + n_s) > kMaxUnionCost * exact_cost) {
+    // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
+    exact_rows(p, kp, b, hq, i0, i1);
+    for (int64_t r = 0; r < rows; ++r)
+      keys_scored[r] = static_cast<int32_t>(-std::min<int64_t>(sc.last[r] + 1, std::numeric_limits<int32_t>::max() - 1) - 1);
+    return;
+  }
+
+  // Columns: U, then a systematic sample of the positions [0, last_any] outside U (random start, step
+  // h = (last_any + 1) / n_s): every position is sampled with probability 1 / h, so for each row h times the sum
+  // over its visible sampled keys is an unbiased estimate of the sum over its visible keys outside U.
+  sc.keys.assign(sc.u.begin(), sc.u.end());
+  pad_to_panel(sc.keys);
+  const int64_t c_s = static_cast<int64_t>(sc.keys.size());
+  double h = 1.0;
+  if (n_s > 0) {
+    Rng rng(row_seed(ks.seed, b, hq, i0));
+    h = static_cast<double>(last_any + 1) / static_cast<double>(n_s);
+    const double start = rng.uniform() * h;
+    for (int64_t t = 0; t < n_s; ++t) {
+      const int64_t j = std::min<int64_t>(last_any, static_cast<int64_t>(start + static_cast<double>(t) * h));
+      if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
+    }
+    pad_to_panel(sc.keys);
+  }
+  const int64_t n = static_cast<int64_t>(sc.keys.size());
+
+  // Gather: K in panels of 16 keys (simd.h layout), V rows contiguous; padding columns are zero.
+  sc.kp.resize(n * D);
+  sc.v.resize(n * Dv);
+  for (int64_t c = 0; c < n; ++c) {
+    const int32_t j = sc.keys[c];
+    float* panel = sc.kp.data() + (c / kPanel) * D * kPanel + c % kPanel;
+    float* vrow = sc.v.data() + c * Dv;
+    if (j == kPadKey) {
+      for (int64_t d = 0; d < D; ++d) panel[d * kPanel] = 0.f;
+      std::fill(vrow, vrow + Dv, 0.f);
+      continue;
+    }
+    const float* krow = K + static_cast<int64_t>(j) * D;
+    for (int64_t d = 0; d < D; ++d) panel[d * kPanel] = krow[d];
+    std::copy_n(V + static_cast<int64_t>(j) * Dv, Dv, vrow);
+  }
+  sc.q.resize(rows * D);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + r) * D;
+    for (int64_t d = 0; d < D; ++d) sc.q[r * D + d] = q[d] * p.scale;
+  }
+  sc.s.resize(rows * kExactBlockK);
+  sc.o.assign(rows * ldo, 0.f);
+  sc.st.resize(rows);
+  sc.seen.assign(rows, 0);
+  sc.m1.resize(rows);
+  sc.s1.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) sc.st[r] = OnlineSoftmax{kNegInf, 0.f, sc.o.data() + r * ldo, Dv};
+
+  add_columns(p, sc, b, hq, i0, rows, 0, c_s, 1.f);
+  for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
+  if (n > c_s) add_columns(p, sc, b, hq, i0, rows, c_s, n, static_cast<float>(h));
+
+  sc.fallback.clear();
+  for (int64_t r = 0; r < rows; ++r) {
+    const OnlineSoftmax& st = sc.st[r];
+    // Share of the (estimated) mass outside U: too large, the sparse answer is unreliable.
+    const float kept_share = st.sum > 0.f ? sc.s1[r] * std::exp(sc.m1[r] - st.max) / st.sum : 1.f;
+    if (ks.tail_limit < 1.f && st.sum > sc.s1[r] * std::exp(sc.m1[r] - st.max) && 1.f - kept_share > ks.tail_limit) {
+      sc.fallback.push_back(i0 + r);
+      keys_scored[r] = static_cast<int32_t>(-std::min<int64_t>(sc.last[r] + 1, std::numeric_limits<int32_t>::max() - 1) - 1);
+      continue;
+    }
+    st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
+    keys_scored[r] = static_cast<int32_t>(std::min<int64_t>(sc.seen[r], std::numeric_limits<int32_t>::max()));
+  }
+  if (!sc.fallback.empty()) {
+    const std::vector<int64_t> rows_back = sc.fallback;  // exact_rows has its own scratch; keep ours intact
+    exact_rows(p, kp, b, hq, rows_back.data(), static_cast<int64_t>(rows_back.size()));
+  }
+}
+
+}  // namespace iceformer

@@ -1,0 +1,30 @@
+// Block-union k-NN attention, the engine of the low-rank search (search = 0).
+//
+// The k-NN rows of one query block (up to kExactBlockQ consecutive rows of one (batch, query head)) share one
+// key set U: the sinks, the block's local windows and the union of every row's retrieved keys. Each row attends
+// exactly to the keys of U it may see, so it loses nothing of its own retrieval by sharing; U is gathered once
+// (K packed in panels, V rows contiguous) and scored by the exact path's register-blocked kernels, so a key of U
+// costs a row what a key of the exact path costs, not a gather. Neighbouring queries retrieve largely the same
+// keys (SmolLM2-135M at 8192 tokens: the union of 64 rows' exact top-128 holds 800-1250 of ~6000 visible keys).
+// The visible keys outside U are estimated from one systematic sample per block, each sampled key weighted by
+// the sampling step (unbiased for every row of the block; see knn_rows for the per-row variant).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "params.h"
+
+namespace iceformer {
+
+// U for the k-NN rows [i0, i1) of (b, hq), sorted ascending: real keys only. cands[r] = row i0 + r's retrieved
+// keys. Returned by reference to per-thread scratch (valid until the next call on this thread).
+const std::vector<int32_t>& union_keys(const AttentionParams& p, const std::vector<std::vector<int32_t>>& cands,
+                                       int64_t b, int64_t hq, int64_t i0, int64_t i1);
+
+// Rows [i0, i1) of y[b, hq] by block-union attention (+ tail estimate, tail_limit fallback to exact). kp = packed K
+// of (b, hq / group), for fallback rows. keys_scored[r]: keys row i0 + r attended (U and sample), or
+// -(visible keys) - 1 when the row was recomputed exactly.
+void union_rows(const AttentionParams& p, const float* kp, const std::vector<std::vector<int32_t>>& cands,
+                int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored);
+
+}  // namespace iceformer
