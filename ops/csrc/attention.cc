@@ -171,12 +171,9 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     if (split < i1) {
       int32_t* row_scored = scored.data() + (b * sh.Hq + hq) * sh.S + split;
       if (dci) {
-        knn_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, nullptr, pre, b, hq, split, i1, row_scored);
+        knn_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, pre, b, hq, split, i1, row_scored);
       } else {
-        thread_local std::vector<std::vector<int32_t>> t_cands;
-        const int64_t budget = candidate_budget(ks, pre[std::max<int64_t>(0, row_last(p, b, hq, i1 - 1)) + 1]);
-        lowrank_candidates(p, lowrank, pre, b, hq, split, i1, budget, &t_cands);
-        union_rows(p, packed.data() + bkv * per_head, t_cands, b, hq, split, i1, row_scored);
+        union_rows(p, packed.data() + bkv * per_head, lowrank, pre, b, hq, split, i1, row_scored);
       }
     }
   });

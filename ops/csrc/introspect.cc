@@ -54,7 +54,6 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
     LowRankSet lr;
     std::vector<int64_t> prefix(T + 1);
     for (int64_t j = 0; j <= T; ++j) prefix[j] = j;
-    std::vector<std::vector<int32_t>> cands;
     if (dci) {
       project_keys(p, dirs, 0, 0, &set);
       for (int64_t l = 0; l < lists; ++l) sort_list(&set, 0, l);
@@ -66,7 +65,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
       const int64_t i1 = std::min<int64_t>(S, i0 + 64);
       if (dci) {
         for (int64_t i = i0; i < i1; ++i)
-          counts[i] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, nullptr, i, out + i * cap, cap));
+          counts[i] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, i, out + i * cap, cap));
         continue;
       }
       // Low-rank search: the block's k-NN rows (those seeing at least knn_threshold keys, as in the op) attend
@@ -75,8 +74,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
       while (split < i1 && causal_last_key(p, split) + 1 < knn_threshold(p.knn)) ++split;
       for (int64_t i = i0; i < split; ++i) counts[i] = 0;
       if (split == i1) continue;
-      lowrank_candidates(p, lr, prefix.data(), 0, 0, split, i1, candidate_budget(p.knn, causal_last_key(p, i1 - 1) + 1), &cands);
-      const std::vector<int32_t>& u = union_keys(p, cands, 0, 0, split, i1);
+      const std::vector<int32_t>& u = union_keys(p, lr, prefix.data(), 0, 0, split, i1);
       for (int64_t i = split; i < i1; ++i) {
         const int64_t last = causal_last_key(p, i);
         int64_t n = 0;

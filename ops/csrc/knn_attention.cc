@@ -48,34 +48,30 @@ inline bool is_forced(const KnnSettings& ks, int64_t last, int64_t j) {
   return j < ks.num_sink || j > last - ks.local_window;
 }
 
-// Retrieves the row's candidates (low-rank list `given`, else the DCI walk), scores them exactly and keeps the
-// top_k in sc.top / sc.chosen. Returns the number of candidates scored.
+// Retrieves the row's candidates by the DCI walk, scores them exactly and keeps the top_k in sc.top / sc.chosen.
+// Returns the number of candidates scored.
 template <typename Visible, typename Score>
 int64_t retrieve(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs, const float* q,
-                 int64_t last, int64_t n_vis, const Visible& visible, const Score& score, RowScratch& sc,
-                 const std::vector<int32_t>* given) {
+                 int64_t last, int64_t n_vis, const Visible& visible, const Score& score, RowScratch& sc) {
   const KnnSettings& ks = p.knn;
   const int64_t T = p.shape.T;
   auto candidate = [&](int64_t j) { return visible(j) && !is_forced(ks, last, j); };
-  if (given == nullptr) {
-    const Kernels& kern = kernels();
-    const int64_t D = p.shape.D, L = ks.num_composite, m = ks.num_simple, lists = L * m;
-    sc.search.qproj.resize(lists);
-    const float qn = std::sqrt(kern.dot(q, q, D));
-    const float inv_qn = qn > 0.f ? 1.f / qn : 0.f;  // T_Q(q) = q / |q|
-    for (int64_t t = 0; t < lists; ++t) sc.search.qproj[t] = kern.dot(q, dirs.data() + t * (D + 1), D) * inv_qn;
-    const int64_t budget = candidate_budget(ks, n_vis);
-    sc.none.begin(T);
-    dci_search(idx, L, m, T, budget, budget * m * 16 + 1024, candidate, sc.none, sc.search);
-    given = &sc.search.found;
-  }
+  const Kernels& kern = kernels();
+  const int64_t D = p.shape.D, L = ks.num_composite, m = ks.num_simple, lists = L * m;
+  sc.search.qproj.resize(lists);
+  const float qn = std::sqrt(kern.dot(q, q, D));
+  const float inv_qn = qn > 0.f ? 1.f / qn : 0.f;  // T_Q(q) = q / |q|
+  for (int64_t t = 0; t < lists; ++t) sc.search.qproj[t] = kern.dot(q, dirs.data() + t * (D + 1), D) * inv_qn;
+  const int64_t budget = candidate_budget(ks, n_vis);
+  sc.none.begin(T);
+  dci_search(idx, L, m, T, budget, budget * m * 16 + 1024, candidate, sc.none, sc.search);
   sc.ids.clear();
-  for (int32_t j : *given)
+  for (int32_t j : sc.search.found)
     if (candidate(j)) sc.ids.push_back(j);
   const int64_t n = static_cast<int64_t>(sc.ids.size());
   sc.logits.resize(n);
   score(sc.ids.data(), n, sc.logits.data());
-  const int64_t kept = TopK::keep_largest(sc.logits.data(), sc.ids.data(), n, ks.top_k, kernels());
+  const int64_t kept = TopK::keep_largest(sc.logits.data(), sc.ids.data(), n, ks.top_k, kern);
   sc.top.reset(ks.top_k);
   sc.chosen.begin(T);
   for (int64_t t = 0; t < kept; ++t) sc.top.push(sc.logits[t], sc.ids[t]), sc.chosen.insert(sc.ids[t]);
@@ -85,8 +81,7 @@ int64_t retrieve(const AttentionParams& p, const KnnIndexView& idx, const std::v
 }  // namespace
 
 void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx, const std::vector<float>& dirs,
-              const std::vector<std::vector<int32_t>>* cands, const int64_t* real_prefix, int64_t b, int64_t hq,
-              int64_t i0, int64_t i1, int32_t* keys_scored) {
+              const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
@@ -142,7 +137,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
     }
     int64_t scored = n_forced;
     OnlineSoftmax& os = sc.band[i - i0];
-    scored += retrieve(p, idx, dirs, q, last, n_vis, visible, score, sc, cands != nullptr ? &(*cands)[i - i0] : nullptr);
+    scored += retrieve(p, idx, dirs, q, last, n_vis, visible, score, sc);
     const int64_t kept = static_cast<int64_t>(sc.top.items().size());
     sc.ids.clear();
     sc.logits.clear();
@@ -188,7 +183,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
 }
 
 int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs,
-                              const std::vector<int32_t>* cands, int64_t i, int32_t* out, int64_t cap) {
+                              int64_t i, int32_t* out, int64_t cap) {
   const Kernels& kern = kernels();
   const int64_t D = p.shape.D;
   const float* q = p.q + i * D;
@@ -197,7 +192,7 @@ int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx,
   auto visible = [&](int64_t j) { return j <= last; };
   auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, p.k, D, ids, n, D, p.scale, out); };
   RowScratch& sc = t_row;
-  retrieve(p, idx, dirs, q, last, last + 1, visible, score, sc, cands);
+  retrieve(p, idx, dirs, q, last, last + 1, visible, score, sc);
   int64_t n = 0;
   for (int64_t j = 0; j <= last; ++j)
     if (is_forced(p.knn, last, j) && n < cap) out[n++] = static_cast<int32_t>(j);

@@ -1,5 +1,5 @@
-// k-NN sparse attention for query rows: always-attended sinks and local window, Prioritized-DCI retrieval
-// of candidates, exact re-scoring, top-k, optional tail estimate, fused online softmax and value sum.
+// k-NN sparse attention for query rows, the engine of the Prioritized-DCI search (search = 1; the low-rank
+// search runs union_attention.h): always-attended sinks and local window, per-row retrieval of candidates, exact re-scoring, top-k, optional tail estimate, fused online softmax and value sum.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -15,17 +15,12 @@ int64_t candidate_budget(const KnnSettings& s, int64_t visible);
 // Rows [i0, i1) of y[b, hq] by k-NN attention over index `idx` of (b, hq / group). keys_scored[r] receives
 // the number of keys scored exactly for row i0 + r, or -(visible keys) - 1 for a row sent back to exact
 // attention by tail_limit. real_prefix[j] = real keys of batch row b in [0, j).
-// cands: when given (low-rank search), (*cands)[r] are row i0 + r's candidates and idx/dirs are unused.
 // kp = packed K of (b, hq / group) (the sinks and the local window are attended by tiles).
 void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx, const std::vector<float>& dirs,
-              const std::vector<std::vector<int32_t>>* cands, const int64_t* real_prefix, int64_t b, int64_t hq,
-              int64_t i0, int64_t i1, int32_t* keys_scored);
+              const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored);
 
-}  // namespace iceformer
-
-namespace iceformer {
 // For inspection (recall measurement): the keys query row i of a single-head call (B = Hq = Hkv = 1, no masks)
 // attends to (sinks, window, retrieved top_k), written to out (at most cap). Returns how many.
 int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs,
-                              const std::vector<int32_t>* cands, int64_t i, int32_t* out, int64_t cap);
+                              int64_t i, int32_t* out, int64_t cap);
 }  // namespace iceformer

@@ -5,6 +5,7 @@
 #include <functional>
 #include <limits>
 
+#include "epoch_set.h"
 #include "masking.h"
 #include "rng.h"
 #include "simd.h"
@@ -26,8 +27,6 @@ struct LowRankScratch {
   std::vector<int32_t> hit_id;
   std::vector<float> hit_val;
   std::vector<int64_t> vis, count;
-  std::vector<std::vector<float>> found_val;
-  std::vector<std::vector<int32_t>> found_id;
 };
 thread_local LowRankScratch t_lr;
 
@@ -114,16 +113,14 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   }
 }
 
-void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b,
-                        int64_t hq, int64_t i0, int64_t i1, int64_t budget, std::vector<std::vector<int32_t>>* out) {
+void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
+                   int64_t i0, int64_t i1, int64_t budget, EpochSet* in, std::vector<int32_t>* out) {
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
   const int64_t D = sh.D, T = sh.T, r = set.r, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
   const float* basis = set.basis.data() + bh * r * D;
   const float* panels = set.panels.data() + bh * set.per_head;
   LowRankScratch& sc = t_lr;
-  if (static_cast<int64_t>(out->size()) < rows) out->resize(rows);
-  for (int64_t t = 0; t < rows; ++t) (*out)[t].clear();
   int64_t last_any = -1;
   for (int64_t i = i0; i < i1; ++i) last_any = std::max(last_any, row_last(p, b, hq, i));
   if (last_any < 0 || budget <= 0) return;
@@ -171,8 +168,8 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
       }
     }
     sc.vals.erase(std::remove_if(sc.vals.begin(), sc.vals.end(), [](float v) { return std::isnan(v); }), sc.vals.end());
-    // The sample holds a share nv / visible of the row's keys: aim a little above budget (the trim below cuts
-    // back when the estimate overshoots by more than half).
+    // The sample holds a share nv / visible of the row's keys: aim a little above budget (a sample estimate
+    // misses either way; too few retrieved costs more accuracy than a few more keys cost time).
     const double visible_est = static_cast<double>(last + 1);
     const int64_t want = std::max<int64_t>(
         1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(sc.vals.size()) / visible_est)));
@@ -182,13 +179,12 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
     }
   }
 
-  // Pass 2: approximate scores of all visible keys, filtered by the row's threshold as the kernel makes them.
+  // Pass 2: approximate scores of all visible keys, filtered by the row's threshold as the kernel makes them;
+  // the keys that pass join the block's set.
   sc.hit_id.resize(rows * kBlockK);
   sc.hit_val.resize(rows * kBlockK);
   sc.vis.resize(rows);
   sc.count.resize(rows);
-  if (static_cast<int64_t>(sc.found_id.size()) < rows) sc.found_id.resize(rows), sc.found_val.resize(rows);
-  for (int64_t t = 0; t < rows; ++t) sc.found_id[t].clear(), sc.found_val[t].clear();
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
@@ -200,21 +196,12 @@ void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const i
                   sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
     for (int64_t t = 0; t < rows; ++t) {
       const int64_t last = row_last(p, b, hq, i0 + t);
+      const int32_t* hit = sc.hit_id.data() + t * kBlockK;
       for (int64_t h = 0; h < sc.count[t]; ++h) {
-        const int64_t j = j0 + sc.hit_id[t * kBlockK + h];
-        if (plain || visible(masks[t], last, j)) {
-          sc.found_val[t].push_back(sc.hit_val[t * kBlockK + h]);
-          sc.found_id[t].push_back(static_cast<int32_t>(j));
-        }
+        const int64_t j = j0 + hit[h];
+        if ((plain || visible(masks[t], last, j)) && in->insert(j)) out->push_back(static_cast<int32_t>(j));
       }
     }
-  }
-  // The sample estimate can overshoot: keep the best `budget` (order: a function of the inputs only).
-  for (int64_t t = 0; t < rows; ++t) {
-    std::vector<int32_t>& dst = (*out)[t];
-    const int64_t m = TopK::keep_largest(sc.found_val[t].data(), sc.found_id[t].data(),
-                                         static_cast<int64_t>(sc.found_id[t].size()), budget, kern);
-    dst.assign(sc.found_id[t].begin(), sc.found_id[t].begin() + m);
   }
 }
 

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "epoch_set.h"
 #include "params.h"
 
 namespace iceformer {
@@ -24,9 +25,10 @@ struct LowRankSet {
 void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set);
 // Basis and projected keys of (b, hkv).
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set);
-// out[r] (r < i1 - i0) = the best `budget` keys visible to query row i0 + r of (b, hq) by approximate score.
-// real_prefix[j] = real (unpadded) keys of batch row b in [0, j).
-void lowrank_candidates(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b,
-                        int64_t hq, int64_t i0, int64_t i1, int64_t budget, std::vector<std::vector<int32_t>>* out);
+// Adds to the set (in, out) the keys visible to some query row of [i0, i1) of (b, hq) whose approximate score is
+// among that row's best ~`budget` (a per-row threshold estimated from a sample of the keys, aimed slightly above
+// budget; no trim). real_prefix[j] = real (unpadded) keys of batch row b in [0, j).
+void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
+                   int64_t i0, int64_t i1, int64_t budget, EpochSet* in, std::vector<int32_t>* out);
 
 }  // namespace iceformer

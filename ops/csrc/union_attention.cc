@@ -6,6 +6,7 @@
 
 #include "epoch_set.h"
 #include "exact_attention.h"
+#include "knn_attention.h"
 #include "masking.h"
 #include "online_softmax.h"
 #include "rng.h"
@@ -70,7 +71,7 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
 
 }  // namespace
 
-const std::vector<int32_t>& union_keys(const AttentionParams& p, const std::vector<std::vector<int32_t>>& cands,
+const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSet& lowrank, const int64_t* real_prefix,
                                        int64_t b, int64_t hq, int64_t i0, int64_t i1) {
   const KnnSettings& ks = p.knn;
   const int64_t T = p.shape.T;
@@ -89,13 +90,13 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const std::vect
   for (int64_t j = 0; j < std::min(ks.num_sink, last_any + 1); ++j) add(j);
   if (ks.local_window > 0)
     for (int64_t j = std::max<int64_t>({0, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j) add(j);
-  for (int64_t r = 0; r < i1 - i0; ++r)
-    for (int32_t j : cands[r]) add(j);
+  const int64_t budget = candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1]);
+  lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in, &sc.u);
   std::sort(sc.u.begin(), sc.u.end());
   return sc.u;
 }
 
-void union_rows(const AttentionParams& p, const float* kp, const std::vector<std::vector<int32_t>>& cands,
+void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
@@ -112,7 +113,7 @@ void union_rows(const AttentionParams& p, const float* kp, const std::vector<std
     last_any = std::max(last_any, sc.last[r]);
     exact_cost += static_cast<double>(sc.last[r] + 1);
   }
-  union_keys(p, cands, b, hq, i0, i1);
+  union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
   const int64_t n_u = static_cast<int64_t>(sc.u.size());
   const int64_t n_s = ks.tail_samples > 0 ? std::min(ks.tail_samples, last_any + 1) : 0;
   if (static_cast<double>(rows) * static_cast<double>(n_u + n_s) > kMaxUnionCost * exact_cost) {

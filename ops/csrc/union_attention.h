@@ -12,19 +12,21 @@
 #include <cstdint>
 #include <vector>
 
+#include "lowrank.h"
 #include "params.h"
 
 namespace iceformer {
 
-// U for the k-NN rows [i0, i1) of (b, hq), sorted ascending: real keys only. cands[r] = row i0 + r's retrieved
-// keys. Returned by reference to per-thread scratch (valid until the next call on this thread).
-const std::vector<int32_t>& union_keys(const AttentionParams& p, const std::vector<std::vector<int32_t>>& cands,
+// U for the k-NN rows [i0, i1) of (b, hq), sorted ascending, real keys only: sinks, windows and the low-rank
+// retrieval of every row (lowrank.h). Returned by reference to per-thread scratch (valid until the next call on
+// this thread). real_prefix[j] = real keys of batch row b in [0, j).
+const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSet& lowrank, const int64_t* real_prefix,
                                        int64_t b, int64_t hq, int64_t i0, int64_t i1);
 
 // Rows [i0, i1) of y[b, hq] by block-union attention (+ tail estimate, tail_limit fallback to exact). kp = packed K
 // of (b, hq / group), for fallback rows. keys_scored[r]: keys row i0 + r attended (U and sample), or
 // -(visible keys) - 1 when the row was recomputed exactly.
-void union_rows(const AttentionParams& p, const float* kp, const std::vector<std::vector<int32_t>>& cands,
+void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored);
 
 }  // namespace iceformer
