@@ -37,6 +37,7 @@ class Row:
     Hq: int
     Hkv: int
     D: int
+    data: str  # "synthetic", or "capture layer L" (real activations)
     times_ms: dict[str, float] = field(default_factory=dict)
     knn_stats: dict | None = None
     recall: float | None = None  # recall@top_k of the k-NN settings on sampled rows of the first head
@@ -67,6 +68,10 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     return out
 
 
+def _layer_id(case: AttentionCase) -> int:
+    return int(np.load(case.capture)["layers"][case.layer])
+
+
 def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str) -> Row:
     variants = _variants(case, threads, knn)
     for sess, feeds in variants.values():  # warm-up
@@ -77,7 +82,8 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stat
             t0 = time.perf_counter()
             sess.run(None, feeds)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, {k: statistics.median(v) for k, v in times.items()})
+    data = "synthetic" if case.capture is None else f"layer {int(_layer_id(case))}"
+    row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, data, {k: statistics.median(v) for k, v in times.items()})
     if knn:
         x = case.inputs()
         rows = np.linspace(case.S // 2, case.S - 1, 64).astype(int)
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clusters", type=int, default=64,
                     help="draw Q and K around this many shared centres (peaked attention, like real models); "
                          "0: i.i.d. normal data, the diffuse worst case")
+    ap.add_argument("--data", help="an ice-capture-qk file: real Q/K/V (its first n tokens, its own heads) instead of "
+                                   "synthetic data; --layouts, --heads, --head-dim and --clusters are then unused")
+    ap.add_argument("--data-layers", type=int, nargs="+", default=[0], help="capture layer indices to run (with --data)")
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
     args = ap.parse_args(argv)
@@ -114,18 +123,23 @@ def main(argv: list[str] | None = None) -> None:
     causal_list = {"no": [0], "yes": [1], "both": [0, 1]}[args.causal]
     rows: list[Row] = []
     console = Console(width=200)
-    for layout in args.layouts:
-        hkv = args.heads if layout == "mha" else max(1, args.heads // 2)
-        for causal in causal_list:
-            for n in args.n:
-                case = AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=causal, seed=n,
-                                     clusters=args.clusters)
-                rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path))
-                console.log(f"{layout} causal={causal} n={n}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
+    cases = []
+    if args.data:
+        cases = [AttentionCase.from_capture(args.data, li, n, is_causal=c)
+                 for li in args.data_layers for c in causal_list for n in args.n]
+    else:
+        for layout in args.layouts:
+            hkv = args.heads if layout == "mha" else max(1, args.heads // 2)
+            cases += [AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=c, seed=n,
+                                    clusters=args.clusters) for c in causal_list for n in args.n]
+    for case in cases:
+        rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path))
+        console.log(f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
+                    + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
 
     table = Table(title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
                         "(ratio = ORT time / our time)")
-    for col in ["layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-mha ms", "ort-attn23 ms",
+    for col in ["data", "layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-mha ms", "ort-attn23 ms",
                 "mha/exact", "attn23/exact", "best-ort/knn", "knn scored mean/p99", "scored/n", "recall@k", "fallback %",
                 "build %"]:
         table.add_column(col, justify="right")
@@ -136,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         ratio = lambda a, b: f"{t[a] / t[b]:.2f}" if a in t and b in t else "-"  # noqa: E731
         ks = r.knn_stats or {}
         table.add_row(
-            "mha" if r.Hq == r.Hkv else "gqa", str(r.causal), str(r.n), fmt("ours-exact"), fmt("ours-knn"),
+            r.data, "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}", str(r.causal), str(r.n), fmt("ours-exact"), fmt("ours-knn"),
             fmt("ort-mha"), fmt("ort-attn23"), ratio("ort-mha", "ours-exact"), ratio("ort-attn23", "ours-exact"),
             f"{best / t['ours-knn']:.2f}" if "ours-knn" in t else "-",
             f"{ks['mean_candidates']:.0f}/{ks['p99_candidates']:.0f}" if ks else "-",
@@ -160,18 +174,18 @@ def plot(rows: list[Row], path: str, subtitle: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({("mha" if r.Hq == r.Hkv else "gqa", r.causal) for r in rows})
+    key = lambda r: (r.data, "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}", r.causal)  # noqa: E731
+    groups = sorted({key(r) for r in rows})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, (layout, causal) in zip(axes[0], groups):
-        sel = sorted((r for r in rows if ("mha" if r.Hq == r.Hkv else "gqa") == layout and r.causal == causal),
-                     key=lambda r: r.n)
+    for ax, (data, layout, causal) in zip(axes[0], groups):
+        sel = sorted((r for r in rows if key(r) == (data, layout, causal)), key=lambda r: r.n)
         n = [r.n for r in sel]
         ort_best = [min(v for k, v in r.times_ms.items() if k.startswith("ort-")) for r in sel]
         ax.loglog(n, ort_best, "o-", label="ONNX Runtime dense (best kernel)")
         ax.loglog(n, [r.times_ms["ours-exact"] for r in sel], "s-", label="KnnAttention exact")
         if all("ours-knn" in r.times_ms for r in sel):
             ax.loglog(n, [r.times_ms["ours-knn"] for r in sel], "^-", label="KnnAttention k-NN")
-        ax.set_title(f"{layout}, {'causal' if causal else 'non-causal'}")
+        ax.set_title(f"{data}, {layout}, {'causal' if causal else 'non-causal'}", fontsize=9)
         ax.set_xlabel("n (S = T)")
         ax.set_ylabel("ms per call")
         ax.grid(True, which="both", alpha=0.3)

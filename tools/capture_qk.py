@@ -44,7 +44,7 @@ def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, t
 
     from ..models import corpus, smollm2
 
-    model, tok = smollm2.load("eager")
+    model, tok = smollm2.load("sdpa")  # the recording hook sits in RoPE, which every implementation calls
     ids = tok(corpus.brown_text(start=text_start, count=40)).input_ids[:tokens]
     if len(ids) < tokens:
         raise RuntimeError(f"only {len(ids)} tokens of text available")

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 import numpy as np
+
+
+@lru_cache(maxsize=2)
+def _capture(path: str) -> dict[str, np.ndarray]:
+    d = np.load(path)
+    return {k: d[k] for k in d.files}
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,20 @@ class AttentionCase:
     seed: int = 0
     peak: float = 1.0  # logit temperature of the generated data (> 1: more peaked attention)
     clusters: int = 0  # > 0: keys and queries drawn around this many shared centres (peaked, like real attention)
+    capture: str | None = None  # an ice-capture-qk file: Q, K, V are its first S / T tokens of layer `layer`
+    layer: int = 0  # index into the capture's layers
     attrs: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_capture(cls, path: str, layer: int, n: int, **kw) -> "AttentionCase":
+        """Real activations: the first n tokens of capture layer index `layer` (all its query and KV heads)."""
+        d = _capture(path)
+        _, hq, t, dim = d["Q"].shape
+        if n > t:
+            raise ValueError(f"{path} holds {t} tokens; asked for {n}")
+        if not 0 <= layer < d["Q"].shape[0]:
+            raise ValueError(f"{path} holds {d['Q'].shape[0]} layers; asked for index {layer}")
+        return cls(B=1, Hq=hq, Hkv=d["K"].shape[1], S=n, T=n, D=dim, capture=path, layer=layer, **kw)
 
     @property
     def dv(self) -> int:
@@ -35,6 +55,8 @@ class AttentionCase:
 
     def label(self) -> str:
         parts = [f"B{self.B}", f"H{self.Hq}/{self.Hkv}", f"S{self.S}", f"T{self.T}", f"D{self.D}"]
+        if self.capture is not None:
+            parts.append(f"capture-layer{self.layer}")
         if self.Dv is not None:
             parts.append(f"Dv{self.Dv}")
         if self.is_causal:
@@ -51,6 +73,10 @@ class AttentionCase:
         """Seeded float32 inputs (and masks) named as the KnnAttention inputs."""
         rng = np.random.default_rng(self.seed)
         f = np.float32
+        if self.capture is not None:
+            d = _capture(self.capture)
+            return {n: np.ascontiguousarray(d[n][self.layer][None, :, : (self.S if n == "Q" else self.T)], dtype=f)
+                    for n in ("Q", "K", "V")}
         q = rng.standard_normal((self.B, self.Hq, self.S, self.D)).astype(f) * f(self.peak)
         k = rng.standard_normal((self.B, self.Hkv, self.T, self.D)).astype(f)
         if self.clusters:

@@ -23,7 +23,9 @@ constexpr int64_t kSamplePanels = 16;  // pass 1 scores about 16 evenly spaced p
 
 struct LowRankScratch {
   std::vector<double> g, x, y;
-  std::vector<float> qr, s, sample, thr, vals;
+  std::vector<float> thr, vals;
+  std::vector<uint16_t> sample;
+  std::vector<uint32_t> qb;
   std::vector<int32_t> hit_id;
   std::vector<float> hit_val;
   std::vector<int64_t> vis, count;
@@ -57,9 +59,10 @@ void orthonormalise(std::vector<double>& x, int64_t D, int64_t r) {
 void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
   const AttentionShape& sh = p.shape;
   set->r = std::max<int64_t>(1, std::min(rank, sh.D));
-  set->per_head = ((sh.T + kPanel - 1) / kPanel) * kPanel * set->r;
+  set->r2 = (set->r + 1) / 2;
+  set->per_head = ((sh.T + kPanel - 1) / kPanel) * set->r2 * 32;
   set->basis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
-  set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0.f);
+  set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0);
 }
 
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set) {
@@ -105,11 +108,11 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   }
   float* basis = set->basis.data() + bh * r * D;
   for (int64_t t = 0; t < r * D; ++t) basis[t] = static_cast<float>(sc.x[t]);
-  // Kr = K P, packed in panels of 16 keys: panel[pn][c][lane].
-  float* panels = set->panels.data() + bh * set->per_head;
+  // Kr = K P in bf16 pairs, panels of 16 keys (simd.h layout; an odd rank's last pair is padded with 0).
+  uint16_t* panels = set->panels.data() + bh * set->per_head;
   for (int64_t j = 0; j < T; ++j) {
-    float* dst = panels + (j / kPanel) * r * kPanel + (j % kPanel);
-    for (int64_t c = 0; c < r; ++c) dst[c * kPanel] = kern.dot(K + j * D, basis + c * D, D);
+    uint16_t* dst = panels + (j / kPanel) * set->r2 * 32 + 2 * (j % kPanel);
+    for (int64_t c = 0; c < r; ++c) dst[(c / 2) * 32 + c % 2] = to_bf16(kern.dot(K + j * D, basis + c * D, D));
   }
 }
 
@@ -117,9 +120,9 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
                    int64_t i0, int64_t i1, int64_t budget, EpochSet* in, std::vector<int32_t>* out) {
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
-  const int64_t D = sh.D, T = sh.T, r = set.r, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
+  const int64_t D = sh.D, T = sh.T, r = set.r, r2 = set.r2, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
   const float* basis = set.basis.data() + bh * r * D;
-  const float* panels = set.panels.data() + bh * set.per_head;
+  const uint16_t* panels = set.panels.data() + bh * set.per_head;
   LowRankScratch& sc = t_lr;
   int64_t last_any = -1;
   for (int64_t i = i0; i < i1; ++i) last_any = std::max(last_any, row_last(p, b, hq, i));
@@ -130,10 +133,11 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     return j <= last && key_is_real(p.key_padding, T, b, j) &&
            !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
   };
-  sc.qr.resize(rows * r);
+  sc.qb.assign(rows * r2, 0u);
   for (int64_t t = 0; t < rows; ++t) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + t) * D;
-    for (int64_t c = 0; c < r; ++c) sc.qr[t * r + c] = kern.dot(q, basis + c * D, D);
+    for (int64_t c = 0; c < r; ++c)
+      sc.qb[t * r2 + c / 2] |= static_cast<uint32_t>(to_bf16(kern.dot(q, basis + c * D, D))) << (16 * (c % 2));
   }
   std::vector<MaskRow> masks(static_cast<size_t>(rows));
   if (any_mask)
@@ -143,31 +147,33 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   const int64_t npan = last_any / kPanel + 1;
   const int64_t stride = std::max<int64_t>(1, npan / kSamplePanels);
   const int64_t nsamp = (npan + stride - 1) / stride;
-  sc.sample.resize(nsamp * r * kPanel);
-  for (int64_t s2 = 0; s2 < nsamp; ++s2)
-    std::copy_n(panels + s2 * stride * r * kPanel, r * kPanel, sc.sample.data() + s2 * r * kPanel);
   const int64_t sw = nsamp * kPanel;
-  sc.s.resize(std::max<int64_t>(rows * sw, rows * kBlockK));
-  kern.qk_tile(sc.qr.data(), r, rows, sc.sample.data(), r, nsamp, sc.s.data(), sw);
+  sc.sample.resize(nsamp * r2 * 32);
+  for (int64_t s2 = 0; s2 < nsamp; ++s2)
+    std::copy_n(panels + s2 * stride * r2 * 32, r2 * 32, sc.sample.data() + s2 * r2 * 32);
+  // Scores of the sampled keys each row may see (threshold -inf: the filter keeps every non-NaN score).
+  sc.hit_id.resize(std::max<int64_t>(rows * sw, rows * kBlockK));
+  sc.hit_val.resize(sc.hit_id.size());
+  sc.vis.resize(rows);
+  sc.count.assign(rows, 0);
   sc.thr.assign(rows, -std::numeric_limits<float>::infinity());
+  for (int64_t t = 0; t < rows; ++t) {
+    const int64_t last = row_last(p, b, hq, i0 + t);
+    // Sample panel s2 starts at key s2 * stride * 16: its columns c < 16 map to keys j0 + c.
+    const int64_t full = last < 0 ? 0 : std::min<int64_t>(nsamp, last / (stride * kPanel) + 1);
+    sc.vis[t] = full == 0 ? 0 : (full - 1) * kPanel + std::min<int64_t>(kPanel, last + 1 - (full - 1) * stride * kPanel);
+  }
+  kern.qk_above_bf16(sc.qb.data(), r2, rows, sc.sample.data(), r2, nsamp, sc.vis.data(), sc.thr.data(),
+                     sc.hit_id.data(), sc.hit_val.data(), sw, sc.count.data());
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t last = row_last(p, b, hq, i0 + t);
     if (last < 0) continue;
     if (budget >= real_prefix[last + 1]) continue;  // the budget covers every real key the row may see
     sc.vals.clear();
-    const float* srow = sc.s.data() + t * sw;
-    for (int64_t s2 = 0; s2 < nsamp; ++s2) {
-      const int64_t j0 = s2 * stride * kPanel;
-      if (j0 > last) break;
-      const int64_t n = std::min<int64_t>(kPanel, last + 1 - j0);
-      if (plain) {
-        sc.vals.insert(sc.vals.end(), srow + s2 * kPanel, srow + s2 * kPanel + n);
-      } else {
-        for (int64_t c = 0; c < n; ++c)
-          if (visible(masks[t], last, j0 + c)) sc.vals.push_back(srow[s2 * kPanel + c]);
-      }
+    for (int64_t h = 0; h < sc.count[t]; ++h) {
+      const int64_t c = sc.hit_id[t * sw + h], j = (c / kPanel) * stride * kPanel + c % kPanel;
+      if (plain || visible(masks[t], last, j)) sc.vals.push_back(sc.hit_val[t * sw + h]);
     }
-    sc.vals.erase(std::remove_if(sc.vals.begin(), sc.vals.end(), [](float v) { return std::isnan(v); }), sc.vals.end());
     // The sample holds a share nv / visible of the row's keys: aim a little above budget (a sample estimate
     // misses either way; too few retrieved costs more accuracy than a few more keys cost time).
     const double visible_est = static_cast<double>(last + 1);
@@ -181,10 +187,6 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
 
   // Pass 2: approximate scores of all visible keys, filtered by the row's threshold as the kernel makes them;
   // the keys that pass join the block's set.
-  sc.hit_id.resize(rows * kBlockK);
-  sc.hit_val.resize(rows * kBlockK);
-  sc.vis.resize(rows);
-  sc.count.resize(rows);
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
@@ -192,8 +194,8 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
       sc.vis[t] = std::max<int64_t>(0, std::min(cols, row_last(p, b, hq, i0 + t) + 1 - j0));
       sc.count[t] = 0;
     }
-    kern.qk_above(sc.qr.data(), r, rows, panels + (j0 / kPanel) * r * kPanel, r, npanels, sc.vis.data(),
-                  sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
+    kern.qk_above_bf16(sc.qb.data(), r2, rows, panels + (j0 / kPanel) * r2 * 32, r2, npanels, sc.vis.data(),
+                       sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
     for (int64_t t = 0; t < rows; ++t) {
       const int64_t last = row_last(p, b, hq, i0 + t);
       const int32_t* hit = sc.hit_id.data() + t * kBlockK;

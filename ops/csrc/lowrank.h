@@ -1,7 +1,7 @@
 // Low-rank candidate scoring, the default retrieval of the k-NN path.
 //
 // Per (batch, KV head): P = the top-r eigenvectors of K^T K (subspace iteration on a stride sample of the real
-// keys), the keys projected once, Kr = K P, packed in 16-key panels. A block of queries then scores every
+// keys), the keys projected once, Kr = K P, packed in 16-key panels of bfloat16 pairs. A block of queries then scores every
 // visible key approximately with one register-blocked GEMM, (Q P)(K P)^T ~ Q K^T, and keeps the best `budget`
 // keys per row for exact re-scoring. Measured on SmolLM2-135M (see README): at r = 16 the exact top-32 keys
 // are among the best 128 approximate ones 90-98% of the time, where the random-direction DCI walk scoring the
@@ -16,9 +16,9 @@
 namespace iceformer {
 
 struct LowRankSet {
-  int64_t r = 0, per_head = 0;
-  std::vector<float> basis;   // [B*Hkv][r][D]: orthonormal rows
-  std::vector<float> panels;  // [B*Hkv][per_head]: K P packed like K (simd.h panel layout, D -> r)
+  int64_t r = 0, r2 = 0, per_head = 0;  // rank, pairs of dimensions (r rounded up / 2), uint16 per (b, hkv)
+  std::vector<float> basis;      // [B*Hkv][r][D]: orthonormal rows
+  std::vector<uint16_t> panels;  // [B*Hkv][per_head]: K P in bf16 pairs, panels of 16 keys (simd.h)
 };
 
 // Sizes the set for p (rank min(rank, D)).

@@ -125,6 +125,82 @@ void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_
   qk_rows_any(q, ldq, rows, kp, D, npanels, FilterSink{vis, thr, idx, val, cap, count});
 }
 
+// Low-rank scan over bf16 pairs: R rows x (2 or 1) panels, R2 pairs each. kDot: one AVX512-BF16 dot product per
+// pair (compiled for that extension only, see below); else both halves widened to float (shift / mask) and two FMAs.
+template <int R, bool kDot, typename Sink>
+inline __attribute__((always_inline)) void qkb_rows(const uint32_t* q, int64_t ldq, const uint16_t* kb, int64_t R2,
+                                                    int64_t npanels, int64_t row0, const Sink& sink) {
+  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+  auto step = [&](__m512& acc, __m512i x, uint32_t w) {
+    if constexpr (kDot) {
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(static_cast<int>(w)));
+    } else {
+      acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w))), acc);
+      acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x, hi)), _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w >> 16))), acc);
+    }
+  };
+  int64_t p = 0;
+  for (; p + 2 <= npanels; p += 2) {
+    const uint16_t* k0 = kb + p * R2 * 32;
+    const uint16_t* k1 = k0 + R2 * 32;
+    __m512 a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
+    for (int64_t c2 = 0; c2 < R2; ++c2) {
+      const __m512i x0 = _mm512_loadu_si512(k0 + c2 * 32), x1 = _mm512_loadu_si512(k1 + c2 * 32);
+      for (int r = 0; r < R; ++r) {
+        const uint32_t w = q[r * ldq + c2];
+        step(a0[r], x0, w);
+        step(a1[r], x1, w);
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      sink(row0 + r, p, a0[r]);
+      sink(row0 + r, p + 1, a1[r]);
+    }
+  }
+  if (p < npanels) {
+    const uint16_t* k0 = kb + p * R2 * 32;
+    __m512 a0[R];
+    for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_ps();
+    for (int64_t c2 = 0; c2 < R2; ++c2) {
+      const __m512i x0 = _mm512_loadu_si512(k0 + c2 * 32);
+      for (int r = 0; r < R; ++r) step(a0[r], x0, q[r * ldq + c2]);
+    }
+    for (int r = 0; r < R; ++r) sink(row0 + r, p, a0[r]);
+  }
+}
+
+template <bool kDot>
+inline __attribute__((always_inline)) void qkb_above(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb,
+                                                     int64_t R2, int64_t npanels, const FilterSink& sink) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) qkb_rows<8, kDot>(q + r * ldq, ldq, kb, R2, npanels, r, sink);
+  const uint32_t* qr = q + r * ldq;
+  switch (rows - r) {
+    case 7: qkb_rows<7, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 6: qkb_rows<6, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 5: qkb_rows<5, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 4: qkb_rows<4, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 3: qkb_rows<3, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 2: qkb_rows<2, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 1: qkb_rows<1, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    default: break;
+  }
+}
+
+void qk_above_bf16(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2, int64_t npanels,
+                   const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
+  qkb_above<false>(q, ldq, rows, kb, R2, npanels, FilterSink{vis, thr, idx, val, cap, count});
+}
+
+// The only function built for AVX512-BF16; avx512_bf16_kernels() offers it and the dispatch point checks the CPU.
+__attribute__((target("avx512bf16"))) void qk_above_bf16_dot(const uint32_t* q, int64_t ldq, int64_t rows,
+                                                              const uint16_t* kb, int64_t R2, int64_t npanels,
+                                                              const int64_t* vis, const float* thr, int32_t* idx,
+                                                              float* val, int64_t cap, int64_t* count) {
+  qkb_above<true>(q, ldq, rows, kb, R2, npanels, FilterSink{vis, thr, idx, val, cap, count});
+}
+
 // R rows of O, 32 value columns at a time (masked at the Dv tail), accumulated over all cols in registers.
 template <int R>
 void pv_rows(const float* p, int64_t ldp, int64_t cols, const float* v, int64_t ldv, int64_t dv, float* o,
@@ -290,8 +366,18 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
-                         gather_axpy};
+  static const Kernels k{"avx512", qk_tile, qk_above, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge,
+                         gather_dot, gather_axpy};
+  return &k;
+}
+
+const Kernels* avx512_bf16_kernels() {
+  static const Kernels k = [] {
+    Kernels b = *avx512_kernels();
+    b.name = "avx512-bf16";
+    b.qk_above_bf16 = qk_above_bf16_dot;
+    return b;
+  }();
   return &k;
 }
 
@@ -301,6 +387,7 @@ const Kernels* avx512_kernels() {
 
 namespace iceformer {
 const Kernels* avx512_kernels() { return nullptr; }
+const Kernels* avx512_bf16_kernels() { return nullptr; }
 }  // namespace iceformer
 
 #endif

@@ -1,4 +1,5 @@
-// The one dispatch point: the best compiled-in variant the CPU supports, unless ICEFORMER_SIMD=scalar.
+// The one dispatch point: the best compiled-in variant the CPU supports. ICEFORMER_SIMD=scalar forces the reference,
+// ICEFORMER_SIMD=avx512 the AVX-512 kernels without the BF16 extension (to test that variant on a BF16 CPU).
 #include <cstdlib>
 #include <cstring>
 
@@ -13,8 +14,12 @@ const Kernels& kernels() {
 #if defined(__x86_64__) || defined(_M_X64)
     if (const Kernels* k = avx512_kernels(); k != nullptr && __builtin_cpu_supports("avx512f") &&
                                              __builtin_cpu_supports("avx512dq") &&
-                                             __builtin_cpu_supports("avx512bw"))
+                                             __builtin_cpu_supports("avx512bw")) {
+      const bool plain = force != nullptr && std::strcmp(force, "avx512") == 0;
+      if (const Kernels* kb = avx512_bf16_kernels(); kb != nullptr && !plain && __builtin_cpu_supports("avx512bf16"))
+        return kb;
       return k;
+    }
 #endif
     return &scalar_kernels();
   }();

@@ -33,6 +33,25 @@ void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_
     }
 }
 
+void qk_above_bf16(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2, int64_t npanels,
+                   const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < vis[r] && c < npanels * kPanel; ++c) {
+      const int64_t p = c / kPanel, l = c % kPanel;
+      float acc = 0.f;
+      for (int64_t c2 = 0; c2 < R2; ++c2) {
+        const uint32_t w = q[r * ldq + c2];
+        const uint16_t* k = kb + p * R2 * 32 + c2 * 32 + 2 * l;
+        acc += from_bf16(static_cast<uint16_t>(w)) * from_bf16(k[0]) + from_bf16(static_cast<uint16_t>(w >> 16)) * from_bf16(k[1]);
+      }
+      if (acc > thr[r]) {
+        idx[r * cap + count[r]] = static_cast<int32_t>(c);
+        val[r * cap + count[r]] = acc;
+        ++count[r];
+      }
+    }
+}
+
 void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
              float* o, int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r)
@@ -92,7 +111,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, qk_above, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
+  static const Kernels k{"scalar", qk_tile, qk_above, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
                          gather_axpy};
   return k;
 }
