@@ -127,18 +127,21 @@ void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_
 
 // Low-rank scan over bf16 pairs: R rows x (2 or 1) panels, R2 pairs each. kDot: one AVX512-BF16 dot product per
 // pair (compiled for that extension only, see below); else both halves widened to float (shift / mask) and two FMAs.
+template <bool kDot>
+inline __attribute__((always_inline)) __m512 bf16_step(__m512 acc, __m512i x, uint32_t w) {
+  if constexpr (kDot) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(static_cast<int>(w)));
+  } else {
+    const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
+    const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+    acc = _mm512_fmadd_ps(even, _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w))), acc);
+    return _mm512_fmadd_ps(odd, _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w >> 16))), acc);
+  }
+}
+
 template <int R, bool kDot, typename Sink>
 inline __attribute__((always_inline)) void qkb_rows(const uint32_t* q, int64_t ldq, const uint16_t* kb, int64_t R2,
                                                     int64_t npanels, int64_t row0, const Sink& sink) {
-  const __m512i hi = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
-  auto step = [&](__m512& acc, __m512i x, uint32_t w) {
-    if constexpr (kDot) {
-      acc = _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(static_cast<int>(w)));
-    } else {
-      acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)), _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w))), acc);
-      acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x, hi)), _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w >> 16))), acc);
-    }
-  };
   int64_t p = 0;
   for (; p + 2 <= npanels; p += 2) {
     const uint16_t* k0 = kb + p * R2 * 32;
@@ -149,8 +152,8 @@ inline __attribute__((always_inline)) void qkb_rows(const uint32_t* q, int64_t l
       const __m512i x0 = _mm512_loadu_si512(k0 + c2 * 32), x1 = _mm512_loadu_si512(k1 + c2 * 32);
       for (int r = 0; r < R; ++r) {
         const uint32_t w = q[r * ldq + c2];
-        step(a0[r], x0, w);
-        step(a1[r], x1, w);
+        a0[r] = bf16_step<kDot>(a0[r], x0, w);
+        a1[r] = bf16_step<kDot>(a1[r], x1, w);
       }
     }
     for (int r = 0; r < R; ++r) {
@@ -164,7 +167,7 @@ inline __attribute__((always_inline)) void qkb_rows(const uint32_t* q, int64_t l
     for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_ps();
     for (int64_t c2 = 0; c2 < R2; ++c2) {
       const __m512i x0 = _mm512_loadu_si512(k0 + c2 * 32);
-      for (int r = 0; r < R; ++r) step(a0[r], x0, q[r * ldq + c2]);
+      for (int r = 0; r < R; ++r) a0[r] = bf16_step<kDot>(a0[r], x0, q[r * ldq + c2]);
     }
     for (int r = 0; r < R; ++r) sink(row0 + r, p, a0[r]);
   }
