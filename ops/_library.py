@@ -64,14 +64,22 @@ def simd_variant() -> str:
     return _cdll().IceformerSimdVariant().decode()
 
 
-def knn_select(q, k, *, is_causal: int = 0, top_k: int, L: int = 4, m: int = 2, max_candidates: int = 0,
-               local_window: int = 0, num_sink: int = 0, seed: int = 0, candidate_fraction: float = 0.0,
-               search: int = 0, rank: int = 16, **_ignored):
+def knn_select(q, k, *, is_causal: int = 0, **attrs):
     """Keys the k-NN path attends to for each query of one head: (ids [S, cap] padded with -1, counts [S]).
 
-    q: [S, D], k: [T, D] float32. Masks are not supported here; `scale` does not change the selection.
+    attrs: KnnAttention attributes over the contract defaults. Low-rank search (search=0): the keys of the row's
+    block set it may see (all visible keys when the block goes exact), without the tail sample (tail_samples only
+    enters the block's exact-or-not decision). q: [S, D], k: [T, D] float32. Masks are not supported here; `scale`
+    does not change the selection.
     """
     import numpy as np
+
+    from . import contract
+
+    a = {**contract.attribute_defaults(), **attrs}
+    top_k, L, m, max_candidates = a["top_k"], a["L"], a["m"], a["max_candidates"]
+    local_window, num_sink, seed, search, rank = a["local_window"], a["num_sink"], a["seed"], a["search"], a["rank"]
+    tail_samples, candidate_fraction = a["tail_samples"], a["candidate_fraction"]
 
     q = np.ascontiguousarray(q, dtype=np.float32)
     k = np.ascontiguousarray(k, dtype=np.float32)
@@ -81,7 +89,7 @@ def knn_select(q, k, *, is_causal: int = 0, top_k: int, L: int = 4, m: int = 2, 
     cap = T if search == 0 else top_k + local_window + num_sink
     out = np.full((S, max(cap, 1)), -1, dtype=np.int32)
     counts = np.zeros(S, dtype=np.int32)
-    ints = (ctypes.c_int64 * 9)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank)
+    ints = (ctypes.c_int64 * 10)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples)
     err = ctypes.create_string_buffer(512)
     p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     rc = _cdll().IceformerKnnSelect(

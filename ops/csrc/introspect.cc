@@ -14,7 +14,7 @@
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 
-// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank}. out: [S][cap], counts: [S].
+// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples}. out: [S][cap], counts: [S].
 // Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
 extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int64_t S, int64_t T, int64_t D,
                                              int64_t is_causal, const int64_t* ints, float candidate_fraction,
@@ -35,6 +35,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
   p.knn.seed = ints[6];
   p.knn.search = ints[7];
   p.knn.rank = ints[8];
+  p.knn.tail_samples = ints[9];
   p.knn.candidate_fraction = candidate_fraction;
   Status st = check_settings(p.knn);
   if (!st.ok()) {
@@ -75,11 +76,19 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
       for (int64_t i = i0; i < split; ++i) counts[i] = 0;
       if (split == i1) continue;
       const std::vector<int32_t>& u = union_keys(p, lr, prefix.data(), 0, 0, split, i1);
+      double exact_cost = 0;
+      for (int64_t i = split; i < i1; ++i) exact_cost += static_cast<double>(causal_last_key(p, i) + 1);
+      const int64_t n_s = p.knn.tail_samples > 0 ? std::min(p.knn.tail_samples, causal_last_key(p, i1 - 1) + 1) : 0;
+      const bool exact = !union_pays(i1 - split, static_cast<int64_t>(u.size()) + n_s, exact_cost);
       for (int64_t i = split; i < i1; ++i) {
         const int64_t last = causal_last_key(p, i);
         int64_t n = 0;
-        for (int32_t j : u)
-          if (j <= last && n < cap) out[i * cap + n++] = j;
+        if (exact) {  // the block went exact: every visible key
+          for (int64_t j = 0; j <= last && n < cap; ++j) out[i * cap + n++] = static_cast<int32_t>(j);
+        } else {
+          for (int32_t j : u)
+            if (j <= last && n < cap) out[i * cap + n++] = j;
+        }
         counts[i] = static_cast<int32_t>(n);
       }
     }

@@ -17,8 +17,6 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel padding: beyond every row's last key
-// U's tiles cost rows x |U|, the exact path sum over rows of (last + 1): above this share, the block goes exact.
-constexpr double kMaxUnionCost = 0.7;
 
 struct UnionScratch {
   EpochSet in;
@@ -116,7 +114,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
   const int64_t n_u = static_cast<int64_t>(sc.u.size());
   const int64_t n_s = ks.tail_samples > 0 ? std::min(ks.tail_samples, last_any + 1) : 0;
-  if (static_cast<double>(rows) * static_cast<double>(n_u + n_s) > kMaxUnionCost * exact_cost) {
+  if (!union_pays(rows, n_u + n_s, exact_cost)) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)

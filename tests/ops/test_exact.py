@@ -135,8 +135,9 @@ def test_several_sessions_and_registrations_in_one_process():
 
 
 def test_scalar_and_vector_kernels_agree(tmp_path):
-    """ICEFORMER_SIMD=scalar forces the reference kernels (checked in a subprocess: dispatch is per process); the
-    exact path and the k-NN path agree between the two."""
+    """ICEFORMER_SIMD=scalar forces the reference kernels, ICEFORMER_SIMD=avx512 the AVX-512 ones without the BF16
+    dot product (checked in subprocesses: dispatch is per process); the exact path and the k-NN path (sparse block
+    sets, an odd rank whose last bf16 pair is padded) agree between all variants."""
     tests_dir = Path(__file__).resolve().parents[1]
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r)\n"
@@ -144,19 +145,22 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         "from iceformer.tools.cases import AttentionCase\n"
         "from iceformer.ops import simd_variant\n"
         "c = AttentionCase(Hq=4, Hkv=2, S=77, T=301, is_causal=1, D=48, Dv=24)\n"
-        "k = c.with_(attrs=dict(top_k=16, local_window=8, num_sink=2, min_keys=0, max_candidates=1 << 20,\n"
-        "                       tail_samples=0, rank=7))  # k-NN path, exhaustive: same keys either way\n"
-        "np.save(%r, np.stack([run_case(c), run_case(k)])); print(simd_variant())\n"
+        "k = AttentionCase(Hq=2, Hkv=1, S=128, T=2048, is_causal=1, D=48, Dv=24,\n"
+        "                  attrs=dict(top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, rank=7,\n"
+        "                             tail_samples=32, tail_limit=1.0))\n"
+        "np.save(%r, np.concatenate([run_case(c).ravel(), run_case(k).ravel()])); print(simd_variant())\n"
     )
     outs = {}
-    for variant in ("scalar", "auto"):
+    for variant in ("scalar", "avx512", "auto"):
         path = tmp_path / f"{variant}.npy"
         env = dict(os.environ, ICEFORMER_SIMD=variant)
         res = subprocess.run([sys.executable, "-c", code % (str(tests_dir), str(path))], env=env, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
         outs[variant] = (np.load(path), res.stdout.strip())
     assert outs["scalar"][1] == "scalar"
-    np.testing.assert_allclose(outs["scalar"][0], outs["auto"][0], atol=1e-5, rtol=1e-5)
+    assert outs["avx512"][1] in {"avx512", "scalar"}  # scalar on a CPU without AVX-512
+    for variant in ("avx512", "auto"):
+        np.testing.assert_allclose(outs["scalar"][0], outs[variant][0], atol=1e-5, rtol=1e-5)
 
 
 def test_exporter_style_causal_mask_matches_is_causal():
