@@ -58,12 +58,18 @@ OUTPUTS: tuple[TensorSpec, ...] = (
 ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("is_causal", "int", 0, "1: query i sees keys j <= i + T - S (bottom-right aligned, K = cache + new keys)"),
     AttrSpec("scale", "float", None, "logit scale; absent: 1/sqrt(D)"),
-    AttrSpec("top_k", "int", 128, "keys retrieved per query by k-NN search; 0 or >= visible keys: exact attention"),
-    AttrSpec("search", "int", 0, "candidate retrieval: 0 low-rank scoring (default), 1 Prioritized DCI walk"),
+    AttrSpec("top_k", "int", 128, "keys retrieved per query by k-NN search (the floor of the candidate budget); 0 or >= visible keys: exact attention"),
+    AttrSpec(
+        "search",
+        "int",
+        0,
+        "0: low-rank scoring, each query attends the union of the keys retrieved by its block of 64 queries "
+        "(default); 1: Prioritized DCI walk, each query its own top_k",
+    ),
     AttrSpec("rank", "int", 32, "low-rank scoring: dimensions of the key subspace (top eigenvectors of K^T K)"),
     AttrSpec("L", "int", 4, "composite indices of Prioritized DCI"),
     AttrSpec("m", "int", 2, "simple indices (random directions) per composite index"),
-    AttrSpec("max_candidates", "int", 256, "cap on candidates scored exactly per query (0: no absolute cap)"),
+    AttrSpec("max_candidates", "int", 256, "candidate budget per query: low-rank retrieves about max(top_k, this) keys; DCI scores this many and keeps top_k (0: no absolute cap)"),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
     AttrSpec("min_keys", "int", 16384, "queries seeing fewer keys than this run exact attention"),
     AttrSpec(
@@ -74,7 +80,7 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     ),
     AttrSpec("num_sink", "int", 4, "keys j < num_sink, always attended (if visible)"),
     AttrSpec(
-        "tail_samples", "int", 256, "systematic sample of positions estimating the softmax mass of unretrieved keys"
+        "tail_samples", "int", 256, "systematic sample of positions (one per query block for low-rank search) estimating the softmax mass of unretrieved keys"
     ),
     AttrSpec(
         "tail_limit",
