@@ -23,7 +23,7 @@ constexpr int64_t kSamplePanels = 16;  // pass 1 scores about 16 evenly spaced p
 
 struct LowRankScratch {
   std::vector<double> g, x, y;
-  std::vector<float> thr, vals;
+  std::vector<float> thr;
   std::vector<uint16_t> sample;
   std::vector<uint32_t> qb;
   std::vector<int32_t> hit_id;
@@ -169,18 +169,23 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     const int64_t last = row_last(p, b, hq, i0 + t);
     if (last < 0) continue;
     if (budget >= real_prefix[last + 1]) continue;  // the budget covers every real key the row may see
-    sc.vals.clear();
-    for (int64_t h = 0; h < sc.count[t]; ++h) {
-      const int64_t c = sc.hit_id[t * sw + h], j = (c / kPanel) * stride * kPanel + c % kPanel;
-      if (plain || visible(masks[t], last, j)) sc.vals.push_back(sc.hit_val[t * sw + h]);
+    // The row's sampled scores, compacted in place to the keys it may see (all of them without masks).
+    float* vals = sc.hit_val.data() + t * sw;
+    int64_t nv = sc.count[t];
+    if (!plain) {
+      nv = 0;
+      for (int64_t h = 0; h < sc.count[t]; ++h) {
+        const int64_t c = sc.hit_id[t * sw + h], j = (c / kPanel) * stride * kPanel + c % kPanel;
+        if (visible(masks[t], last, j)) vals[nv++] = vals[h];
+      }
     }
     // The sample holds a share nv / visible of the row's keys: aim a little above budget (a sample estimate
     // misses either way; too few retrieved costs more accuracy than a few more keys cost time).
     const double visible_est = static_cast<double>(last + 1);
     const int64_t want = std::max<int64_t>(
-        1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(sc.vals.size()) / visible_est)));
-    if (static_cast<int64_t>(sc.vals.size()) > want) {
-      const float kth = TopK::kth_largest(sc.vals.data(), static_cast<int64_t>(sc.vals.size()), want, kern);
+        1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(nv) / visible_est)));
+    if (nv > want) {
+      const float kth = TopK::kth_largest(vals, nv, want, kern);
       sc.thr[t] = std::nextafter(kth, -std::numeric_limits<float>::infinity());
     }
   }
