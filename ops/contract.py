@@ -71,7 +71,7 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("m", "int", 2, "simple indices (random directions) per composite index"),
     AttrSpec("max_candidates", "int", 256, "candidate budget per query: low-rank retrieves about max(top_k, this) keys; DCI scores this many and keeps top_k (0: no absolute cap)"),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
-    AttrSpec("min_keys", "int", 16384, "queries seeing fewer keys than this run exact attention"),
+    AttrSpec("min_keys", "int", 8192, "queries seeing fewer keys than this run exact attention"),
     AttrSpec(
         "local_window",
         "int",

@@ -1,7 +1,7 @@
 """The main job: a real pretrained model, exported, rewritten and run in onnxruntime.
 
 SmolLM2-135M-Instruct is exported to ONNX (cached), rewritten by ice-rewrite twice (the op's default attributes,
-which run exact attention below 16k keys, and the k-NN path forced on from 1024 keys), and run on real text
+which run exact attention below 8192 keys, and the k-NN path forced on from 1024 keys), and run on real text
 (the Brown Corpus) against the original model, same process, same threads:
 - plain text of N tokens: prefill time and speedup, perplexity, greedy next-token agreement with the original;
 - the repeat test (N/2 tokens twice; perplexity on the second copy, which needs attention N/2 tokens back).
