@@ -6,8 +6,9 @@
 2. Speed at long context: one attention call with n = 16384 (3 query heads on 1 KV head, head dim 64, seeded
    random data), ONNX Runtime's opset-23 Attention against KnnAttention exact and KnnAttention with its default
    attributes, non-causal and causal, interleaved runs, medians. Queries and keys are drawn around 64 shared
-   centres, so attention is peaked as in real models (i.i.d. random data is the diffuse worst case, where the
-   default tail_limit sends every row back to exact attention after the sparse attempt).
+   centres with no positional structure: neighbouring queries want unrelated keys, so the k-NN path's block sets
+   (the union of 64 neighbouring queries' keys) cover much of the sequence and many blocks go exact. It shows the
+   worst case of the default path; `ice-bench-op --data` measures the op on captured real activations.
 
   ice-demo [--n 16384] [--threads 2]
 """
