@@ -21,11 +21,9 @@ struct Kernels {
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
   void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
                   float* s, int64_t lds);
-  // The scores of qk_tile, filtered as they are made: for each row r, the columns c < vis[r] whose score is
-  // > thr[r] are appended (column, score) at idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
-  void (*qk_above)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
-                   const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count);
-  // qk_above over bf16 pairs (layout above): scores of rows x 16*npanels keys, R2 pairs each, filtered alike.
+  // Scores of rows x 16*npanels low-rank keys in bf16 pairs (layout above, R2 pairs each), filtered as they are
+  // made: for each row r, the columns c < vis[r] whose score is > thr[r] are appended (column, score) at
+  // idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
   void (*qk_above_bf16)(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2,
                         int64_t npanels, const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap,
                         int64_t* count);

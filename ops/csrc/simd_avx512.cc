@@ -120,13 +120,8 @@ void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t
   qk_rows_any(q, ldq, rows, kp, D, npanels, StoreSink{s, lds});
 }
 
-void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
-              const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
-  qk_rows_any(q, ldq, rows, kp, D, npanels, FilterSink{vis, thr, idx, val, cap, count});
-}
-
-// Low-rank scan over bf16 pairs: R rows x (2 or 1) panels, R2 pairs each. kDot: one AVX512-BF16 dot product per
-// pair (compiled for that extension only, see below); else both halves widened to float (shift / mask) and two FMAs.
+// acc += the 16 lanes' pair products x . w. kDot: one AVX512-BF16 dot product (compiled for that extension only,
+// see below); else both halves widened to float (shift / mask) and two FMAs.
 template <bool kDot>
 inline __attribute__((always_inline)) __m512 bf16_step(__m512 acc, __m512i x, uint32_t w) {
   if constexpr (kDot) {
@@ -139,6 +134,7 @@ inline __attribute__((always_inline)) __m512 bf16_step(__m512 acc, __m512i x, ui
   }
 }
 
+// Low-rank scan over bf16 pairs: R rows x (2 or 1) panels, R2 pairs each, accumulators in registers.
 template <int R, bool kDot, typename Sink>
 inline __attribute__((always_inline)) void qkb_rows(const uint32_t* q, int64_t ldq, const uint16_t* kb, int64_t R2,
                                                     int64_t npanels, int64_t row0, const Sink& sink) {
@@ -369,7 +365,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, qk_above, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge,
+  static const Kernels k{"avx512", qk_tile, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge,
                          gather_dot, gather_axpy};
   return &k;
 }

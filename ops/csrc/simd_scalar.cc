@@ -18,21 +18,6 @@ void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t
       }
 }
 
-void qk_above(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
-              const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < vis[r] && c < npanels * kPanel; ++c) {
-      const int64_t p = c / kPanel, l = c % kPanel;
-      float acc = 0.f;
-      for (int64_t d = 0; d < D; ++d) acc += q[r * ldq + d] * kp[(p * D + d) * kPanel + l];
-      if (acc > thr[r]) {
-        idx[r * cap + count[r]] = static_cast<int32_t>(c);
-        val[r * cap + count[r]] = acc;
-        ++count[r];
-      }
-    }
-}
-
 void qk_above_bf16(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2, int64_t npanels,
                    const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
   for (int64_t r = 0; r < rows; ++r)
@@ -111,7 +96,7 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, qk_above, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
+  static const Kernels k{"scalar", qk_tile, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
                          gather_axpy};
   return k;
 }
