@@ -107,6 +107,17 @@ int64_t knn_threshold(const KnnSettings& k) {
   return std::max<int64_t>(k.min_keys, k.top_k + k.local_window + k.num_sink + 1);
 }
 
+int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0,
+                      int64_t i1) {
+  const int64_t threshold = knn_threshold(p.knn);
+  int64_t i = i0;
+  for (; i < i1; ++i) {
+    const int64_t last = row_last(p, b, hq, i);
+    if (last >= 0 && real_prefix[last + 1] >= threshold) break;
+  }
+  return i;
+}
+
 Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
@@ -153,7 +164,6 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
-  const int64_t threshold = knn_threshold(ks);
   const int64_t nblocks = (sh.S + kExactBlockQ - 1) / kExactBlockQ, group = sh.group();
   parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), [&](size_t t) {
     const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
@@ -161,12 +171,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
     const int64_t* pre = real_prefix.data() + b * (sh.T + 1);
     // Rows whose visible keys are too few for the index to pay go exact: a prefix of the block (causal).
-    int64_t split = i0;
-    while (split < i1) {
-      const int64_t last = row_last(p, b, hq, split);
-      if (last >= 0 && pre[last + 1] >= threshold) break;
-      ++split;
-    }
+    const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);
     if (split > i0) exact_rows(p, packed.data() + bkv * per_head, b, hq, i0, split);
     if (split < i1) {
       int32_t* row_scored = scored.data() + (b * sh.Hq + hq) * sh.S + split;

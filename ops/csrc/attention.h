@@ -36,6 +36,10 @@ Status check_settings(const KnnSettings& k);
 
 // Fewest visible keys for which a query row takes the k-NN path.
 int64_t knn_threshold(const KnnSettings& k);
+// The first row of [i0, i1) of (b, hq) that takes the k-NN path (i1: none); the rows before it see too few keys
+// (causal prefixes, heavy padding). real_prefix[j] = real keys of batch row b in [0, j).
+int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0,
+                      int64_t i1);
 
 // Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status.
 Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats);

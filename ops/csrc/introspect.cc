@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "exact_attention.h"
 #include "knn_attention.h"
 #include "knn_index.h"
 #include "lowrank.h"
@@ -62,28 +63,24 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
       init_lowrank(p, p.knn.rank, &lr);
       build_lowrank(p, 0, 0, &lr);
     }
-    for (int64_t i0 = 0; i0 < S; i0 += 64) {
-      const int64_t i1 = std::min<int64_t>(S, i0 + 64);
+    for (int64_t i0 = 0; i0 < S; i0 += kExactBlockQ) {
+      const int64_t i1 = std::min<int64_t>(S, i0 + kExactBlockQ);
       if (dci) {
         for (int64_t i = i0; i < i1; ++i)
           counts[i] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, i, out + i * cap, cap));
         continue;
       }
-      // Low-rank search: the block's k-NN rows (those seeing at least knn_threshold keys, as in the op) attend
-      // the keys of their shared set U they may see.
-      int64_t split = i0;
-      while (split < i1 && causal_last_key(p, split) + 1 < knn_threshold(p.knn)) ++split;
+      // Low-rank search, as the op runs it: the block's k-NN rows attend the keys of their shared set U they may
+      // see, or every visible key when the block goes exact.
+      const int64_t split = knn_first_row(p, prefix.data(), 0, 0, i0, i1);
       for (int64_t i = i0; i < split; ++i) counts[i] = 0;
       if (split == i1) continue;
       const std::vector<int32_t>& u = union_keys(p, lr, prefix.data(), 0, 0, split, i1);
-      double exact_cost = 0;
-      for (int64_t i = split; i < i1; ++i) exact_cost += static_cast<double>(causal_last_key(p, i) + 1);
-      const int64_t n_s = p.knn.tail_samples > 0 ? std::min(p.knn.tail_samples, causal_last_key(p, i1 - 1) + 1) : 0;
-      const bool exact = !union_pays(i1 - split, static_cast<int64_t>(u.size()) + n_s, exact_cost);
+      const bool exact = !union_pays(p, 0, 0, split, i1, static_cast<int64_t>(u.size()));
       for (int64_t i = split; i < i1; ++i) {
         const int64_t last = causal_last_key(p, i);
         int64_t n = 0;
-        if (exact) {  // the block went exact: every visible key
+        if (exact) {
           for (int64_t j = 0; j <= last && n < cap; ++j) out[i * cap + n++] = static_cast<int32_t>(j);
         } else {
           for (int32_t j : u)

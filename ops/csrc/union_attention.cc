@@ -67,7 +67,24 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
   }
 }
 
+// Tail samples of a block whose widest row sees keys [0, last_any].
+int64_t block_samples(const KnnSettings& ks, int64_t last_any) {
+  return ks.tail_samples > 0 ? std::min(ks.tail_samples, last_any + 1) : 0;
+}
+
 }  // namespace
+
+bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int64_t i1, int64_t union_size) {
+  double exact_cost = 0;
+  int64_t last_any = -1;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t last = row_last(p, b, hq, i);
+    exact_cost += static_cast<double>(last + 1);
+    last_any = std::max(last_any, last);
+  }
+  const double keys = static_cast<double>(union_size + block_samples(p.knn, last_any));
+  return static_cast<double>(i1 - i0) * keys <= kMaxUnionCost * exact_cost;
+}
 
 const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSet& lowrank, const int64_t* real_prefix,
                                        int64_t b, int64_t hq, int64_t i0, int64_t i1) {
@@ -105,16 +122,12 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   UnionScratch& sc = t_union;
   sc.last.resize(rows);
   int64_t last_any = -1;
-  double exact_cost = 0;
   for (int64_t r = 0; r < rows; ++r) {
     sc.last[r] = row_last(p, b, hq, i0 + r);
     last_any = std::max(last_any, sc.last[r]);
-    exact_cost += static_cast<double>(sc.last[r] + 1);
   }
   union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
-  const int64_t n_u = static_cast<int64_t>(sc.u.size());
-  const int64_t n_s = ks.tail_samples > 0 ? std::min(ks.tail_samples, last_any + 1) : 0;
-  if (!union_pays(rows, n_u + n_s, exact_cost)) {
+  if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(sc.u.size()))) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)
@@ -129,7 +142,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   pad_to_panel(sc.keys);
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   double h = 1.0;
-  if (n_s > 0) {
+  if (const int64_t n_s = block_samples(ks, last_any); n_s > 0) {
     Rng rng(row_seed(ks.seed, b, hq, i0));
     h = static_cast<double>(last_any + 1) / static_cast<double>(n_s);
     const double start = rng.uniform() * h;

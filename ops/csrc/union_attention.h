@@ -23,12 +23,11 @@ namespace iceformer {
 const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSet& lowrank, const int64_t* real_prefix,
                                        int64_t b, int64_t hq, int64_t i0, int64_t i1);
 
-// Whether a block's shared set pays: its tiles (rows x keys) cost less than kMaxUnionCost times the exact path's
-// (exact_cost = the sum over the rows of the keys each may see). Otherwise the block goes exact.
+// Whether the shared set of the k-NN rows [i0, i1) of (b, hq), union_size keys plus the block's tail sample,
+// pays: its tiles (rows x keys) must cost less than kMaxUnionCost times the exact path's (the sum over the rows of
+// the keys each may see). Otherwise the block goes exact.
 constexpr double kMaxUnionCost = 0.7;
-inline bool union_pays(int64_t rows, int64_t keys, double exact_cost) {
-  return static_cast<double>(rows) * static_cast<double>(keys) <= kMaxUnionCost * exact_cost;
-}
+bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int64_t i1, int64_t union_size);
 
 // Rows [i0, i1) of y[b, hq] by block-union attention (+ tail estimate, tail_limit fallback to exact). kp = packed K
 // of (b, hq / group), for fallback rows. keys_scored[r]: keys row i0 + r attended (U and sample), or
