@@ -117,14 +117,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
           const MaskRow mr = mask_row(p.mask, b, hq, row_ids[r]);
           for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(j0 + c);
         }
-        OnlineSoftmax& st = states[r];
-        const float bm = kern.max(sr, width);
-        if (bm == kNegInf) {  // nothing visible in this block for this row
-          for (int64_t c = 0; c < width; ++c) sr[c] = 0.f;
-          continue;
-        }
-        st.rebase(bm, kern);
-        st.sum += kern.exp_sum(sr, width, st.max);
+        states[r].add_tile_row(sr, width, kern);
       }
       kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
     }

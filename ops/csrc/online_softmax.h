@@ -29,6 +29,20 @@ struct OnlineSoftmax {
     return alpha;
   }
 
+  // One row of a score tile before its P x V product: the logits s[0, n) (-inf: not visible) become the weights
+  // w * exp(s - max) in place (all 0 when nothing is visible), counted into sum; acc is rescaled to the new max,
+  // ready for the tile's P x V to be added.
+  void add_tile_row(float* s, int64_t n, const Kernels& kern, float w = 1.f) {
+    const float bm = kern.max(s, n);
+    if (bm == -std::numeric_limits<float>::infinity()) {
+      for (int64_t c = 0; c < n; ++c) s[c] = 0.f;
+      return;
+    }
+    rebase(bm, kern);
+    sum += w * kern.exp_sum(s, n, max);
+    if (w != 1.f) kern.scal(w, s, n);
+  }
+
   // Adds n keys at once: logits s[t] (overwritten with their weights) and value rows v + ids[t] * dv, each
   // counted w times. One rebase for the block instead of one per key.
   void add(float* s, const int32_t* ids, int64_t n, const float* v, const Kernels& kern, float w = 1.f) {

@@ -53,15 +53,7 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
         for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(key[c]);
       }
       sc.seen[r] += vis;
-      OnlineSoftmax& st = sc.st[r];
-      const float bm = kern.max(sr, width);
-      if (bm == kNegInf) {
-        std::fill(sr, sr + width, 0.f);
-        continue;
-      }
-      st.rebase(bm, kern);
-      st.sum += w * kern.exp_sum(sr, width, st.max);
-      if (w != 1.f) kern.scal(w, sr, width);
+      sc.st[r].add_tile_row(sr, width, kern, w);
     }
     kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.v.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
   }
