@@ -64,13 +64,14 @@ def simd_variant() -> str:
     return _cdll().IceformerSimdVariant().decode()
 
 
-def knn_select(q, k, *, is_causal: int = 0, **attrs):
-    """Keys the k-NN path attends to for each query of one head: (ids [S, cap] padded with -1, counts [S]).
+def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
+    """Keys the k-NN path attends to for query `rows` of one head (default: all S): (ids [len(rows), cap] padded
+    with -1, counts [len(rows)]); only the query blocks holding those rows are computed.
 
     attrs: KnnAttention attributes over the contract defaults. Low-rank search (search=0): the keys of the row's
-    block set it may see (all visible keys when the block goes exact), without the tail sample (tail_samples only
-    enters the block's exact-or-not decision). q: [S, D], k: [T, D] float32. Masks are not supported here; `scale`
-    does not change the selection.
+    block set it may see (all visible keys when the block goes exact; none for rows that run exact because they
+    see too few keys), without the tail sample (tail_samples only enters the block's exact-or-not decision).
+    q: [S, D], k: [T, D] float32. Masks are not supported here; `scale` does not change the selection.
     """
     import numpy as np
 
@@ -80,22 +81,25 @@ def knn_select(q, k, *, is_causal: int = 0, **attrs):
     top_k, L, m, max_candidates = a["top_k"], a["L"], a["m"], a["max_candidates"]
     local_window, num_sink, seed, search, rank = a["local_window"], a["num_sink"], a["seed"], a["search"], a["rank"]
     tail_samples, candidate_fraction = a["tail_samples"], a["candidate_fraction"]
-
     q = np.ascontiguousarray(q, dtype=np.float32)
     k = np.ascontiguousarray(k, dtype=np.float32)
     S, D = q.shape
     T = k.shape[0]
+    rows = np.arange(S, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
+    if rows.size and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= S):
+        raise ValueError(f"rows must be strictly ascending in [0, {S})")
     # Low-rank search attends its block's shared key set, which may hold any number of keys.
     cap = T if search == 0 else top_k + local_window + num_sink
-    out = np.full((S, max(cap, 1)), -1, dtype=np.int32)
-    counts = np.zeros(S, dtype=np.int32)
+    out = np.full((rows.size, max(cap, 1)), -1, dtype=np.int32)
+    counts = np.zeros(rows.size, dtype=np.int32)
     ints = (ctypes.c_int64 * 10)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples)
     err = ctypes.create_string_buffer(512)
     p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     rc = _cdll().IceformerKnnSelect(
         p(q, ctypes.c_float), p(k, ctypes.c_float), ctypes.c_int64(S), ctypes.c_int64(T), ctypes.c_int64(D),
-        ctypes.c_int64(is_causal), ints, ctypes.c_float(candidate_fraction), p(out, ctypes.c_int32),
-        ctypes.c_int64(max(cap, 1)), p(counts, ctypes.c_int32), err, ctypes.c_int64(512))
+        ctypes.c_int64(is_causal), ints, ctypes.c_float(candidate_fraction), p(rows, ctypes.c_int64),
+        ctypes.c_int64(rows.size), p(out, ctypes.c_int32), ctypes.c_int64(max(cap, 1)), p(counts, ctypes.c_int32),
+        err, ctypes.c_int64(512))
     if rc != 0:
         raise ValueError(err.value.decode() or "IceformerKnnSelect failed")
     return out, counts

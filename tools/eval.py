@@ -114,13 +114,13 @@ def eval_layers(tokens: int, attrs: dict, threads: int, console, rows_per_head: 
             kv = h // group
             err = np.linalg.norm(y[h, first:] - ref[h, first:], axis=-1) / np.maximum(
                 np.linalg.norm(ref[h, first:], axis=-1), 1e-30)
-            ids, _ = knn_select(Q[li, h], K[li, kv], is_causal=1, **select)
+            ids, _ = knn_select(Q[li, h], K[li, kv], is_causal=1, rows=sample, **select)
             rec, mass = [], []
-            for i in sample:
+            for t, i in enumerate(sample):
                 z = (Q[li, h, i].astype(np.float64) @ K[li, kv, : i + 1].T.astype(np.float64)) * scale
                 p = np.exp(z - z.max())
                 p /= p.sum()
-                chosen = np.asarray([j for j in ids[i] if 0 <= j <= i])
+                chosen = np.asarray([j for j in ids[t] if 0 <= j <= i])
                 mass.append(float(p[chosen].sum()) if chosen.size else 0.0)
                 top = np.argpartition(-z, top_k)[:top_k] if i + 1 > top_k else np.arange(i + 1)
                 rec.append(len(np.intersect1d(top, chosen)) / len(top))

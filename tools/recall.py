@@ -17,13 +17,14 @@ def recall_at_k(q: np.ndarray, k: np.ndarray, rows, *, is_causal: int, **attrs) 
     settings = {**contract.attribute_defaults(), **attrs}
     settings = {a: v for a, v in settings.items() if a not in ("scale", "is_causal")}
     top_k = settings["top_k"]
-    ids, _ = knn_select(q, k, is_causal=is_causal, **settings)
     S, T = q.shape[0], k.shape[0]
+    rows = np.unique(np.asarray(list(rows), dtype=np.int64))
+    ids, _ = knn_select(q, k, is_causal=is_causal, rows=rows, **settings)
     hits = []
-    for i in rows:
+    for t, i in enumerate(rows):
         last = i + T - S if is_causal else T - 1
         if last + 1 <= top_k:
             continue
         z = q[i] @ k[: last + 1].T
-        hits.append(len(np.intersect1d(np.argpartition(-z, top_k)[:top_k], ids[i])) / top_k)
+        hits.append(len(np.intersect1d(np.argpartition(-z, top_k)[:top_k], ids[t])) / top_k)
     return float(np.mean(hits)) if hits else 1.0

@@ -15,11 +15,13 @@
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 
-// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples}. out: [S][cap], counts: [S].
-// Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
+// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples}. rows: nrows
+// ascending query rows in [0, S) to report (only their query blocks are computed). out: [nrows][cap], counts:
+// [nrows]. Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
 extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int64_t S, int64_t T, int64_t D,
                                              int64_t is_causal, const int64_t* ints, float candidate_fraction,
-                                             int32_t* out, int64_t cap, int32_t* counts, char* err, int64_t err_len) {
+                                             const int64_t* rows, int64_t nrows, int32_t* out, int64_t cap,
+                                             int32_t* counts, char* err, int64_t err_len) {
   using namespace iceformer;
   AttentionParams p;
   p.shape = {1, 1, 1, S, T, D, D};
@@ -63,30 +65,35 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
       init_lowrank(p, p.knn.rank, &lr);
       build_lowrank(p, 0, 0, &lr);
     }
-    for (int64_t i0 = 0; i0 < S; i0 += kExactBlockQ) {
-      const int64_t i1 = std::min<int64_t>(S, i0 + kExactBlockQ);
+    for (int64_t t = 0; t < nrows;) {
+      // The query block of rows[t], and the requested rows [t, t_end) inside it.
+      const int64_t i0 = rows[t] / kExactBlockQ * kExactBlockQ, i1 = std::min<int64_t>(S, i0 + kExactBlockQ);
+      int64_t t_end = t;
+      while (t_end < nrows && rows[t_end] < i1) ++t_end;
       if (dci) {
-        for (int64_t i = i0; i < i1; ++i)
-          counts[i] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, i, out + i * cap, cap));
+        for (; t < t_end; ++t)
+          counts[t] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, rows[t], out + t * cap, cap));
         continue;
       }
       // Low-rank search, as the op runs it: the block's k-NN rows attend the keys of their shared set U they may
-      // see, or every visible key when the block goes exact.
+      // see, or every visible key when the block goes exact; rows before the block's first k-NN row report none.
       const int64_t split = knn_first_row(p, prefix.data(), 0, 0, i0, i1);
-      for (int64_t i = i0; i < split; ++i) counts[i] = 0;
-      if (split == i1) continue;
-      const std::vector<int32_t>& u = union_keys(p, lr, prefix.data(), 0, 0, split, i1);
-      const bool exact = !union_pays(p, 0, 0, split, i1, static_cast<int64_t>(u.size()));
-      for (int64_t i = split; i < i1; ++i) {
-        const int64_t last = causal_last_key(p, i);
+      const std::vector<int32_t>* u = nullptr;
+      bool exact = false;
+      if (split < i1) {
+        u = &union_keys(p, lr, prefix.data(), 0, 0, split, i1);
+        exact = !union_pays(p, 0, 0, split, i1, static_cast<int64_t>(u->size()));
+      }
+      for (; t < t_end; ++t) {
+        const int64_t i = rows[t], last = causal_last_key(p, i);
         int64_t n = 0;
-        if (exact) {
-          for (int64_t j = 0; j <= last && n < cap; ++j) out[i * cap + n++] = static_cast<int32_t>(j);
-        } else {
-          for (int32_t j : u)
-            if (j <= last && n < cap) out[i * cap + n++] = j;
+        if (i >= split && exact) {
+          for (int64_t j = 0; j <= last && n < cap; ++j) out[t * cap + n++] = static_cast<int32_t>(j);
+        } else if (i >= split) {
+          for (int32_t j : *u)
+            if (j <= last && n < cap) out[t * cap + n++] = j;
         }
-        counts[i] = static_cast<int32_t>(n);
+        counts[t] = static_cast<int32_t>(n);
       }
     }
   } catch (const std::bad_alloc&) {

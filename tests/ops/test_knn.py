@@ -221,3 +221,17 @@ def test_exporter_style_causal_mask_acts_like_is_causal(tmp_stats):
     _sparse_run(tmp_stats)
     (causal,) = knn_session(case.with_(is_causal=1)).run(None, feeds)
     np.testing.assert_allclose(with_mask, causal, atol=1e-5, rtol=1e-5)
+
+
+def test_introspection_of_selected_rows_matches_all_rows():
+    """knn_select(rows=...) computes only the blocks of those rows and reports what the full call reports."""
+    case = AttentionCase(Hq=1, Hkv=1, S=192, T=2048, D=32, is_causal=1, seed=6, attrs=SPARSE)
+    x = case.inputs()
+    q, k = x["Q"][0, 0], x["K"][0, 0]
+    all_ids, all_counts = knn_select(q, k, is_causal=1, **SPARSE)
+    rows = np.array([5, 70, 71, 190])
+    ids, counts = knn_select(q, k, is_causal=1, rows=rows, **SPARSE)
+    np.testing.assert_array_equal(counts, all_counts[rows])
+    np.testing.assert_array_equal(ids, all_ids[rows])
+    with pytest.raises(ValueError, match="strictly ascending"):
+        knn_select(q, k, is_causal=1, rows=[70, 5], **SPARSE)
