@@ -70,10 +70,6 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     return out
 
 
-def _layer_id(case: AttentionCase) -> int:
-    return int(np.load(case.capture)["layers"][case.layer])
-
-
 def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str) -> Row:
     variants = _variants(case, threads, knn)
     for sess, feeds in variants.values():  # warm-up
@@ -84,7 +80,7 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stat
             t0 = time.perf_counter()
             sess.run(None, feeds)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    data = "synthetic" if case.capture is None else f"layer {int(_layer_id(case))}"
+    data = "synthetic" if case.capture is None else f"layer {case.capture_layer}"
     row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, data, {k: statistics.median(v) for k, v in times.items()})
     if knn:
         x = case.inputs()

@@ -50,6 +50,11 @@ class AttentionCase:
     def dv(self) -> int:
         return self.Dv if self.Dv is not None else self.D
 
+    @property
+    def capture_layer(self) -> int:
+        """The model layer number of `layer` in the capture."""
+        return int(_capture(self.capture)["layers"][self.layer])
+
     def with_(self, **kw) -> "AttentionCase":
         return replace(self, **kw)
 

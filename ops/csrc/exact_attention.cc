@@ -28,19 +28,24 @@ int64_t packed_keys_size(const AttentionShape& s) {
   return ((s.T + kPanel - 1) / kPanel) * kPanel * s.D;
 }
 
-void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
-  const int64_t T = p.shape.T, D = p.shape.D;
-  const float* k = p.k + (b * p.shape.Hkv + hkv) * T * D;
-  const int64_t npanels = (T + kPanel - 1) / kPanel;
+void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float* dst) {
+  const int64_t npanels = (n + kPanel - 1) / kPanel;
   for (int64_t pn = 0; pn < npanels; ++pn) {
     float* panel = dst + pn * D * kPanel;
-    const int64_t j0 = pn * kPanel, n = std::min<int64_t>(kPanel, T - j0);
+    const int64_t j0 = pn * kPanel, m = std::min<int64_t>(kPanel, n - j0);
+    const float* rows[kPanel];
+    for (int64_t c = 0; c < m; ++c) rows[c] = K + (ids != nullptr ? static_cast<int64_t>(ids[j0 + c]) : j0 + c) * D;
     for (int64_t d = 0; d < D; ++d) {
       float* row = panel + d * kPanel;
-      for (int64_t c = 0; c < n; ++c) row[c] = k[(j0 + c) * D + d];
-      for (int64_t c = n; c < kPanel; ++c) row[c] = 0.f;
+      for (int64_t c = 0; c < m; ++c) row[c] = rows[c][d];
+      for (int64_t c = m; c < kPanel; ++c) row[c] = 0.f;
     }
   }
+}
+
+void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
+  const int64_t T = p.shape.T, D = p.shape.D;
+  pack_panels(p.k + (b * p.shape.Hkv + hkv) * T * D, D, nullptr, T, dst);
 }
 
 void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,

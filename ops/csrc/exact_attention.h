@@ -15,6 +15,9 @@ constexpr int64_t kExactBlockK = 256;
 // Floats needed to pack the keys of one (batch, KV head).
 int64_t packed_keys_size(const AttentionShape& s);
 
+// Packs rows ids[0, n) of K (row length D; ids = nullptr: rows 0..n-1) into panels of 16 keys (see simd.h),
+// zero up to the next panel boundary.
+void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float* dst);
 // Packs K[b, hkv] (T x D) into panels of 16 keys (see simd.h), zero beyond T.
 void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst);
 

@@ -39,7 +39,7 @@ struct RowScratch {
   std::vector<int32_t> ids, samples;
   std::vector<int64_t> fallback;  // rows to redo exactly
   std::vector<int64_t> rows;
-  std::vector<float> logits, tmp;
+  std::vector<float> logits;
 };
 thread_local RowScratch t_row;
 
@@ -170,7 +170,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
         const float kept_share = os.sum > 0.f ? s1 * std::exp(m1 - os.max) / os.sum : 1.f;
         if (ks.tail_limit < 1.f && 1.f - kept_share > ks.tail_limit) {
           sc.fallback.push_back(i);
-          keys_scored[i - i0] = static_cast<int32_t>(-std::min<int64_t>(n_vis, std::numeric_limits<int32_t>::max() - 1) - 1);
+          keys_scored[i - i0] = sent_to_exact(n_vis);
           continue;
         }
       }

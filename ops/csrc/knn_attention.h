@@ -1,13 +1,20 @@
 // k-NN sparse attention for query rows, the engine of the Prioritized-DCI search (search = 1; the low-rank
 // search runs union_attention.h): always-attended sinks and local window, per-row retrieval of candidates, exact re-scoring, top-k, optional tail estimate, fused online softmax and value sum.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "knn_index.h"
 #include "params.h"
 
 namespace iceformer {
+
+// keys_scored value of a row recomputed by exact attention: -(its visible keys) - 1 (saturated to int32).
+inline int32_t sent_to_exact(int64_t visible) {
+  return static_cast<int32_t>(-std::min<int64_t>(visible, std::numeric_limits<int32_t>::max() - 1) - 1);
+}
 
 // Candidates the walk retrieves per query (before top-k): the budget rule of the contract.
 int64_t candidate_budget(const KnnSettings& s, int64_t visible);

@@ -123,7 +123,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)
-      keys_scored[r] = static_cast<int32_t>(-std::min<int64_t>(sc.last[r] + 1, std::numeric_limits<int32_t>::max() - 1) - 1);
+      keys_scored[r] = sent_to_exact(sc.last[r] + 1);
     return;
   }
 
@@ -134,6 +134,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   pad_to_panel(sc.keys);
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   double h = 1.0;
+  int64_t n_samp = 0;  // sampled keys outside U
   if (const int64_t n_s = block_samples(ks, last_any); n_s > 0) {
     Rng rng(row_seed(ks.seed, b, hq, i0));
     h = static_cast<double>(last_any + 1) / static_cast<double>(n_s);
@@ -142,25 +143,23 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
       const int64_t j = std::min<int64_t>(last_any, static_cast<int64_t>(start + static_cast<double>(t) * h));
       if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
     }
+    n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
     pad_to_panel(sc.keys);
   }
   const int64_t n = static_cast<int64_t>(sc.keys.size());
 
-  // Gather: K in panels of 16 keys (simd.h layout), V rows contiguous; padding columns are zero.
+  // Gather: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), V rows contiguous;
+  // padding columns are zero.
   sc.kp.resize(n * D);
   sc.v.resize(n * Dv);
+  pack_panels(K, D, sc.u.data(), static_cast<int64_t>(sc.u.size()), sc.kp.data());
+  pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
   for (int64_t c = 0; c < n; ++c) {
-    const int32_t j = sc.keys[c];
-    float* panel = sc.kp.data() + (c / kPanel) * D * kPanel + c % kPanel;
     float* vrow = sc.v.data() + c * Dv;
-    if (j == kPadKey) {
-      for (int64_t d = 0; d < D; ++d) panel[d * kPanel] = 0.f;
+    if (sc.keys[c] == kPadKey)
       std::fill(vrow, vrow + Dv, 0.f);
-      continue;
-    }
-    const float* krow = K + static_cast<int64_t>(j) * D;
-    for (int64_t d = 0; d < D; ++d) panel[d * kPanel] = krow[d];
-    std::copy_n(V + static_cast<int64_t>(j) * Dv, Dv, vrow);
+    else
+      std::copy_n(V + static_cast<int64_t>(sc.keys[c]) * Dv, Dv, vrow);
   }
   sc.q.resize(rows * D);
   for (int64_t r = 0; r < rows; ++r) {
@@ -186,7 +185,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     const float kept_share = st.sum > 0.f ? sc.s1[r] * std::exp(sc.m1[r] - st.max) / st.sum : 1.f;
     if (ks.tail_limit < 1.f && st.sum > sc.s1[r] * std::exp(sc.m1[r] - st.max) && 1.f - kept_share > ks.tail_limit) {
       sc.fallback.push_back(i0 + r);
-      keys_scored[r] = static_cast<int32_t>(-std::min<int64_t>(sc.last[r] + 1, std::numeric_limits<int32_t>::max() - 1) - 1);
+      keys_scored[r] = sent_to_exact(sc.last[r] + 1);
       continue;
     }
     st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
