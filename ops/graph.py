@@ -30,8 +30,8 @@ def make_knn_attention_model(
 
     Attributes not given are left absent (the op's defaults apply); unknown names raise KeyError.
     """
-    for name in attributes:
-        contract.attribute(name)
+    # Values take the contract's type (a float attribute given as 1 is stored as 1.0, not as an int attribute).
+    attributes = {name: float(v) if contract.attribute(name).type == "float" else v for name, v in attributes.items()}
     names = ["Q", "K", "V"]
     inputs = [
         _value("Q", "float", ["B", "Hq", "S", "D"]),

@@ -29,17 +29,13 @@ int64_t packed_keys_size(const AttentionShape& s) {
 }
 
 void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float* dst) {
+  const Kernels& kern = kernels();
   const int64_t npanels = (n + kPanel - 1) / kPanel;
   for (int64_t pn = 0; pn < npanels; ++pn) {
-    float* panel = dst + pn * D * kPanel;
     const int64_t j0 = pn * kPanel, m = std::min<int64_t>(kPanel, n - j0);
     const float* rows[kPanel];
     for (int64_t c = 0; c < m; ++c) rows[c] = K + (ids != nullptr ? static_cast<int64_t>(ids[j0 + c]) : j0 + c) * D;
-    for (int64_t d = 0; d < D; ++d) {
-      float* row = panel + d * kPanel;
-      for (int64_t c = 0; c < m; ++c) row[c] = rows[c][d];
-      for (int64_t c = m; c < kPanel; ++c) row[c] = 0.f;
-    }
+    kern.pack_panel(rows, m, D, dst + pn * D * kPanel);
   }
 }
 

@@ -5,7 +5,6 @@
 #include <functional>
 #include <limits>
 
-#include "epoch_set.h"
 #include "masking.h"
 #include "rng.h"
 #include "simd.h"
@@ -18,17 +17,20 @@ constexpr int64_t kSampleKeys = 2048;  // keys sampled (by stride) for K^T K
 constexpr int kIterations = 8;         // subspace iterations
 constexpr int64_t kBlockK = 1024;      // keys per approximate-score tile
 
+constexpr int64_t kProbeCover = 4;   // probed clusters >= this many times budget / kKeysPerCluster
 constexpr double kMargin = 1.2;        // pass 1 aims for this many times the budget
 constexpr int64_t kSamplePanels = 16;  // pass 1 scores about 16 evenly spaced panels (256 keys) per row
 
 struct LowRankScratch {
   std::vector<double> g, x, y;
-  std::vector<float> thr;
+  std::vector<float> thr, kr, qf, cs;
+  std::vector<int32_t> ids;
+  std::vector<uint8_t> probed;
   std::vector<uint16_t> sample;
   std::vector<uint32_t> qb;
   std::vector<int32_t> hit_id;
   std::vector<float> hit_val;
-  std::vector<int64_t> vis, count;
+  std::vector<int64_t> vis, count, last;
 };
 thread_local LowRankScratch t_lr;
 
@@ -63,7 +65,18 @@ void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
   set->per_head = ((sh.T + kPanel - 1) / kPanel) * set->r2 * 32;
   set->basis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
   set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0);
+  const int64_t heads = sh.B * sh.Hkv;
+  set->cmax = p.knn.probe < 1.f ? cluster_count(sh.T) : 0;
+  set->nclusters.assign(heads, 0);
+  if (set->cmax == 0) return;
+  set->cpanels_per_head = cluster_panels_size(sh.T, set->r2);
+  set->centroids.assign(static_cast<size_t>(heads * centroid_floats(set->cmax, set->r)), 0.f);
+  set->start.assign(static_cast<size_t>(heads * (set->cmax + 1)), 0);
+  set->order.assign(static_cast<size_t>(heads * sh.T), 0);
+  set->panel.assign(static_cast<size_t>(heads * set->cmax), 0);
+  set->cpanels.assign(static_cast<size_t>(heads * set->cpanels_per_head), 0);
 }
+
 
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set) {
   const AttentionShape& sh = p.shape;
@@ -110,14 +123,94 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   for (int64_t t = 0; t < r * D; ++t) basis[t] = static_cast<float>(sc.x[t]);
   // Kr = K P in bf16 pairs, panels of 16 keys (simd.h layout; an odd rank's last pair is padded with 0).
   uint16_t* panels = set->panels.data() + bh * set->per_head;
+  sc.kr.resize(T * r);
   for (int64_t j = 0; j < T; ++j) {
     uint16_t* dst = panels + (j / kPanel) * set->r2 * 32 + 2 * (j % kPanel);
-    for (int64_t c = 0; c < r; ++c) dst[(c / 2) * 32 + c % 2] = to_bf16(kern.dot(K + j * D, basis + c * D, D));
+    for (int64_t c = 0; c < r; ++c) {
+      sc.kr[j * r + c] = kern.dot(K + j * D, basis + c * D, D);
+      dst[(c / 2) * 32 + c % 2] = to_bf16(sc.kr[j * r + c]);
+    }
   }
+  if (set->cmax == 0) return;
+  // Clusters of the real keys with finite coordinates (the others are never retrieved by a pruned scan).
+  sc.ids.clear();
+  for (int64_t j = 0; j < T; ++j) {
+    if (!key_is_real(p.key_padding, T, b, j)) continue;
+    bool finite = true;
+    for (int64_t c = 0; c < r; ++c) finite &= std::isfinite(sc.kr[j * r + c]);
+    if (finite) sc.ids.push_back(static_cast<int32_t>(j));
+  }
+  KeyClusterOut out = set->clusters(bh, T);
+  build_key_clusters(sc.kr.data(), r, set->r2, sc.ids.data(), static_cast<int64_t>(sc.ids.size()), panels,
+                     Rng::mix(static_cast<uint64_t>(p.knn.seed)), &out);
+  set->nclusters[bh] = out.C;
 }
 
+namespace {
+
+// Pass 2 over the probed clusters only: each row ranks the centroids by q . centroid (rank-r coordinates in sc.qf)
+// and the block scans the union of the rows' top ceil(probe * C). Returns false (nothing done) when the block
+// should scan every visible key instead: no clusters, a row without a threshold (it keeps every key it sees), a
+// non-finite query, or probed clusters holding as many panels as the plain scan. take(t, cols, n, ids, base): row
+// t's hits.
+template <typename Take>
+bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, int64_t r2, int64_t rows,
+                 int64_t last_any, int64_t budget, const Take& take) {
+  LowRankScratch& sc = t_lr;
+  const Kernels& kern = kernels();
+  const int64_t C = kc.C;
+  if (C == 0) return false;
+  for (int64_t t = 0; t < rows; ++t)
+    if (sc.last[t] >= 0 && sc.thr[t] == -std::numeric_limits<float>::infinity()) return false;
+  for (int64_t x = 0; x < rows * r; ++x)
+    if (!std::isfinite(sc.qf[x])) return false;
+  const int64_t npc = (C + kPanel - 1) / kPanel, width = npc * kPanel;
+  sc.cs.resize(rows * width);
+  kern.qk_tile(sc.qf.data(), r, rows, kc.centroids, r, npc, sc.cs.data(), width);
+  // At least kProbeCover times the clusters the budget would fill: a row's best keys spread over several clusters.
+  const int64_t nprobe = std::min<int64_t>(
+      C, std::max(static_cast<int64_t>(std::ceil(p.knn.probe * static_cast<double>(C))),
+                  (kProbeCover * budget + kKeysPerCluster - 1) / kKeysPerCluster));
+  sc.probed.assign(C, 0);
+  uint8_t* probed = sc.probed.data();
+  for (int64_t t = 0; t < rows; ++t) {
+    if (sc.last[t] < 0) continue;
+    const float* s = sc.cs.data() + t * width;
+    const float kth = TopK::kth_largest(s, C, nprobe, kern);
+    for (int64_t c = 0; c < C; ++c) probed[c] |= s[c] >= kth ? 1 : 0;
+  }
+  // Keys of a cluster are ascending: those up to a row's last key are a prefix of its range.
+  auto visible_in = [&](int64_t c, int64_t last) {
+    return std::upper_bound(kc.order + kc.start[c], kc.order + kc.start[c + 1], static_cast<int32_t>(last)) -
+           (kc.order + kc.start[c]);
+  };
+  int64_t probed_panels = 0;
+  for (int64_t c = 0; c < C; ++c)
+    if (sc.probed[c]) probed_panels += (visible_in(c, last_any) + kPanel - 1) / kPanel;
+  if (probed_panels >= last_any / kPanel + 1) return false;
+  for (int64_t c = 0; c < C; ++c) {
+    if (!sc.probed[c]) continue;
+    const int64_t n_any = visible_in(c, last_any);
+    for (int64_t u0 = 0; u0 < n_any; u0 += kBlockK) {
+      const int64_t cols = std::min(kBlockK, n_any - u0);
+      for (int64_t t = 0; t < rows; ++t) {
+        const int64_t n_row = sc.last[t] >= last_any ? n_any : visible_in(c, sc.last[t]);
+        sc.vis[t] = std::max<int64_t>(0, std::min(cols, n_row - u0));
+        sc.count[t] = 0;
+      }
+      kern.qk_above_bf16(sc.qb.data(), r2, rows, kc.panels + (kc.panel[c] + u0 / kPanel) * r2 * 32, r2,
+                         (cols + kPanel - 1) / kPanel, sc.vis.data(), sc.thr.data(), sc.hit_id.data(),
+                         sc.hit_val.data(), kBlockK, sc.count.data());
+      for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], kc.order + kc.start[c] + u0, 0);
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
-                   int64_t i0, int64_t i1, int64_t budget, EpochSet* in, std::vector<int32_t>* out) {
+                   int64_t i0, int64_t i1, int64_t budget, KeyMarks* in) {
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
   const int64_t D = sh.D, T = sh.T, r = set.r, r2 = set.r2, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
@@ -134,10 +227,13 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
            !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
   };
   sc.qb.assign(rows * r2, 0u);
+  sc.qf.resize(rows * r);
   for (int64_t t = 0; t < rows; ++t) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + t) * D;
-    for (int64_t c = 0; c < r; ++c)
-      sc.qb[t * r2 + c / 2] |= static_cast<uint32_t>(to_bf16(kern.dot(q, basis + c * D, D))) << (16 * (c % 2));
+    for (int64_t c = 0; c < r; ++c) {
+      sc.qf[t * r + c] = kern.dot(q, basis + c * D, D);
+      sc.qb[t * r2 + c / 2] |= static_cast<uint32_t>(to_bf16(sc.qf[t * r + c])) << (16 * (c % 2));
+    }
   }
   std::vector<MaskRow> masks(static_cast<size_t>(rows));
   if (any_mask)
@@ -190,8 +286,19 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     }
   }
 
-  // Pass 2: approximate scores of all visible keys, filtered by the row's threshold as the kernel makes them;
-  // the keys that pass join the block's set.
+  // Pass 2: approximate scores of the visible keys, filtered by the row's threshold as the kernel makes them;
+  // the keys that pass join the block's set. Only the probed key clusters, when that scans less.
+  // Row t's hits cols[0, n) are keys ids[col] (ids = nullptr: base + col).
+  auto take = [&](int64_t t, const int32_t* cols, int64_t n, const int32_t* ids, int64_t base) {
+    if (plain) return in->mark(cols, n, ids, base);
+    for (int64_t h = 0; h < n; ++h) {
+      const int64_t j = ids == nullptr ? base + cols[h] : ids[cols[h]];
+      if (visible(masks[t], sc.last[t], j)) in->mark(j);
+    }
+  };
+  sc.last.resize(rows);
+  for (int64_t t = 0; t < rows; ++t) sc.last[t] = row_last(p, b, hq, i0 + t);
+  if (probed_scan(p, set.clusters(bh, T), r, r2, rows, last_any, budget, take)) return;
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
@@ -201,14 +308,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     }
     kern.qk_above_bf16(sc.qb.data(), r2, rows, panels + (j0 / kPanel) * r2 * 32, r2, npanels, sc.vis.data(),
                        sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
-    for (int64_t t = 0; t < rows; ++t) {
-      const int64_t last = row_last(p, b, hq, i0 + t);
-      const int32_t* hit = sc.hit_id.data() + t * kBlockK;
-      for (int64_t h = 0; h < sc.count[t]; ++h) {
-        const int64_t j = j0 + hit[h];
-        if ((plain || visible(masks[t], last, j)) && in->insert(j)) out->push_back(static_cast<int32_t>(j));
-      }
-    }
+    for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], nullptr, j0);
   }
 }
 

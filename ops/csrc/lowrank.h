@@ -10,7 +10,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "epoch_set.h"
+#include "key_clusters.h"
+#include "key_marks.h"
 #include "params.h"
 
 namespace iceformer {
@@ -19,16 +20,38 @@ struct LowRankSet {
   int64_t r = 0, r2 = 0, per_head = 0;  // rank, pairs of dimensions (r rounded up / 2), uint16 per (b, hkv)
   std::vector<float> basis;      // [B*Hkv][r][D]: orthonormal rows
   std::vector<uint16_t> panels;  // [B*Hkv][per_head]: K P in bf16 pairs, panels of 16 keys (simd.h)
+  // Key clusters per (b, hkv) (key_clusters.h), when the scan is pruned (probe < 1): cmax clusters at most.
+  int64_t cmax = 0, cpanels_per_head = 0;
+  std::vector<int64_t> nclusters;  // [B*Hkv]
+  std::vector<float> centroids;
+  std::vector<int32_t> start, order, panel;
+  std::vector<uint16_t> cpanels;
+  KeyClusterView clusters(int64_t bh, int64_t T) const { return arrays<KeyClusterView>(*this, bh, T); }
+  KeyClusterOut clusters(int64_t bh, int64_t T) { return arrays<KeyClusterOut>(*this, bh, T); }
+
+ private:
+  template <typename View, typename Set>
+  static View arrays(Set& s, int64_t bh, int64_t T) {
+    View v;
+    if (s.cmax == 0) return v;
+    v.C = s.nclusters[bh];
+    v.centroids = s.centroids.data() + bh * centroid_floats(s.cmax, s.r);
+    v.start = s.start.data() + bh * (s.cmax + 1);
+    v.order = s.order.data() + bh * T;
+    v.panel = s.panel.data() + bh * s.cmax;
+    v.panels = s.cpanels.data() + bh * s.cpanels_per_head;
+    return v;
+  }
 };
 
 // Sizes the set for p (rank min(rank, D)).
 void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set);
 // Basis and projected keys of (b, hkv).
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set);
-// Adds to the set (in, out) the keys visible to some query row of [i0, i1) of (b, hq) whose approximate score is
+// Marks in `in` the keys visible to some query row of [i0, i1) of (b, hq) whose approximate score is
 // among that row's best ~`budget` (a per-row threshold estimated from a sample of the keys, aimed slightly above
 // budget; no trim). real_prefix[j] = real (unpadded) keys of batch row b in [0, j).
 void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
-                   int64_t i0, int64_t i1, int64_t budget, EpochSet* in, std::vector<int32_t>* out);
+                   int64_t i0, int64_t i1, int64_t budget, KeyMarks* in);
 
 }  // namespace iceformer

@@ -45,6 +45,8 @@ struct Kernels {
   // acc[e] += sum_t w[t] * rows[ids[t]][e] for e < dv.
   void (*gather_axpy)(const float* w, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t dv,
                       float* acc);
+  // One panel (layout above) from m <= 16 rows of D floats: panel[d*16 + c] = rows[c][d], 0 for c >= m.
+  void (*pack_panel)(const float* const* rows, int64_t m, int64_t D, float* panel);
 };
 
 const Kernels& scalar_kernels();

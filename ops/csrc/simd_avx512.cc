@@ -362,11 +362,48 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
   }
 }
 
+// 16 x 16 transposes: x[c] = rows[c][d0, d0 + 16) in, x[e] = column d0 + e (rows 0..15) out. Stage 1 interleaves
+// row pairs, stage 2 gathers 4-row groups of one column per 128-bit lane, stages 3-4 move the lanes into place.
+inline void transpose16(__m512 x[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]);
+  }
+  for (int g = 0; g < 4; ++g) {  // u[4g + k], lane L: column 4L + k, rows 4g..4g+3
+    const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 1]);
+    const __m512d c = _mm512_castps_pd(t[4 * g + 2]), d = _mm512_castps_pd(t[4 * g + 3]);
+    u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int k = 0; k < 4; ++k) {  // t = rows 0..7, u reused for rows 8..15
+    const __m512 v0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), v1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xdd);
+    const __m512 w0 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xdd);
+    x[k] = _mm512_shuffle_f32x4(v0, w0, 0x88);
+    x[8 + k] = _mm512_shuffle_f32x4(v0, w0, 0xdd);
+    x[4 + k] = _mm512_shuffle_f32x4(v1, w1, 0x88);
+    x[12 + k] = _mm512_shuffle_f32x4(v1, w1, 0xdd);
+  }
+}
+
+void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
+  for (int64_t d0 = 0; d0 < D; d0 += 16) {
+    const __mmask16 mk = tail_mask(D - d0);
+    __m512 x[16];
+    for (int64_t c = 0; c < 16; ++c) x[c] = c < m ? _mm512_maskz_loadu_ps(mk, rows[c] + d0) : _mm512_setzero_ps();
+    transpose16(x);
+    for (int64_t e = 0; e < 16 && d0 + e < D; ++e) _mm512_storeu_ps(panel + (d0 + e) * kPanel, x[e]);
+  }
+}
+
 }  // namespace
 
 const Kernels* avx512_kernels() {
   static const Kernels k{"avx512", qk_tile, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge,
-                         gather_dot, gather_axpy};
+                         gather_dot, gather_axpy, pack_panel};
   return &k;
 }
 

@@ -93,11 +93,16 @@ void gather_axpy(const float* w, const float* rows, int64_t ld, const int32_t* i
   for (int64_t t = 0; t < n; ++t) axpy(w[t], rows + static_cast<int64_t>(ids[t]) * ld, acc, dv);
 }
 
+void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
+  for (int64_t d = 0; d < D; ++d)
+    for (int64_t c = 0; c < kPanel; ++c) panel[d * kPanel + c] = c < m ? rows[c][d] : 0.f;
+}
+
 }  // namespace
 
 const Kernels& scalar_kernels() {
   static const Kernels k{"scalar", qk_tile, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
-                         gather_axpy};
+                         gather_axpy, pack_panel};
   return k;
 }
 

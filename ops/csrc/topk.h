@@ -54,7 +54,14 @@ class TopK {
     uint32_t lo = key(-std::numeric_limits<float>::infinity()), hi = key(kern.max(v, n));
     while (lo < hi) {
       const uint32_t mid = lo + (hi - lo + 1) / 2;
-      if (kern.count_ge(v, n, val(mid)) >= k) lo = mid; else hi = mid - 1;
+      const int64_t c = kern.count_ge(v, n, val(mid));
+      if (c == k) {  // the k largest are exactly those >= val(mid): the k-th is their least
+        const float x = val(mid);
+        float least = std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < n; ++i) least = std::min(least, v[i] >= x ? v[i] : least);
+        return least;
+      }
+      if (c > k) lo = mid; else hi = mid - 1;
     }
     return val(lo);
   }

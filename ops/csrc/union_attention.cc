@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "epoch_set.h"
+#include "key_marks.h"
 #include "exact_attention.h"
 #include "knn_attention.h"
 #include "masking.h"
@@ -19,8 +19,8 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel padding: beyond every row's last key
 
 struct UnionScratch {
-  EpochSet in;
-  std::vector<int32_t> u, keys;  // U; then the gathered columns: U, padding, sample, padding
+  KeyMarks in;
+  std::vector<int32_t> keys;  // the gathered columns: U, padding, sample, padding
   std::vector<float> kp, v, q, s, o, m1, s1;
   std::vector<OnlineSoftmax> st;
   std::vector<int64_t> last, seen, fallback;
@@ -90,17 +90,15 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
     last_any = std::max(last_any, l);
   }
   sc.in.begin(T);
-  sc.u.clear();
   auto add = [&](int64_t j) {
-    if (key_is_real(p.key_padding, T, b, j) && sc.in.insert(j)) sc.u.push_back(static_cast<int32_t>(j));
+    if (key_is_real(p.key_padding, T, b, j)) sc.in.mark(j);
   };
   for (int64_t j = 0; j < std::min(ks.num_sink, last_any + 1); ++j) add(j);
   if (ks.local_window > 0)
     for (int64_t j = std::max<int64_t>({0, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j) add(j);
   const int64_t budget = candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1]);
-  lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in, &sc.u);
-  std::sort(sc.u.begin(), sc.u.end());
-  return sc.u;
+  lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in);
+  return sc.in.collect(last_any + 1);
 }
 
 void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
@@ -118,8 +116,8 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     sc.last[r] = row_last(p, b, hq, i0 + r);
     last_any = std::max(last_any, sc.last[r]);
   }
-  union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
-  if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(sc.u.size()))) {
+  const std::vector<int32_t>& u = union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
+  if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(u.size()))) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)
@@ -130,7 +128,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   // Columns: U, then a systematic sample of the positions [0, last_any] outside U (random start, step
   // h = (last_any + 1) / n_s): every position is sampled with probability 1 / h, so for each row h times the sum
   // over its visible sampled keys is an unbiased estimate of the sum over its visible keys outside U.
-  sc.keys.assign(sc.u.begin(), sc.u.end());
+  sc.keys.assign(u.begin(), u.end());
   pad_to_panel(sc.keys);
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   double h = 1.0;
@@ -152,7 +150,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   // padding columns are zero.
   sc.kp.resize(n * D);
   sc.v.resize(n * Dv);
-  pack_panels(K, D, sc.u.data(), static_cast<int64_t>(sc.u.size()), sc.kp.data());
+  pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
   pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
   for (int64_t c = 0; c < n; ++c) {
     float* vrow = sc.v.data() + c * Dv;

@@ -1,0 +1,62 @@
+// A set of keys built by many unordered, repeated insertions and read back once in ascending order: a byte per
+// key, set without a branch (a query block's rows retrieve the same keys many times over, and an "is it new?"
+// branch per retrieval mispredicts), collected by one pass over the byte map. Clearing costs the keys collected.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace iceformer {
+
+class KeyMarks {
+ public:
+  // A new, empty set over keys [0, n).
+  void begin(int64_t n) {
+    collect(static_cast<int64_t>(bytes_.size()));
+    for (int32_t j : set_) bytes_[j] = 0;
+    set_.clear();
+    if (static_cast<int64_t>(bytes_.size()) < n) bytes_.resize(n, 0);
+    collected_ = true;  // nothing outside set_ is marked
+  }
+  void mark(int64_t j) {
+    bytes_[j] = 1;
+    collected_ = false;
+  }
+  // Marks ids[cols[t]] for t < n (ids = nullptr: base + cols[t]); one pass, no branch per key.
+  void mark(const int32_t* cols, int64_t n, const int32_t* ids, int64_t base) {
+    if (n == 0) return;
+    uint8_t* b = bytes_.data();
+    if (ids == nullptr)
+      for (int64_t t = 0; t < n; ++t) b[base + cols[t]] = 1;
+    else
+      for (int64_t t = 0; t < n; ++t) b[ids[cols[t]]] = 1;
+    collected_ = false;
+  }
+  bool contains(int64_t j) const { return bytes_[j] != 0; }
+  // The marked keys in [0, n) ascending (n: the begin() bound or less; keys past it must not be marked).
+  const std::vector<int32_t>& collect(int64_t n) {
+    if (!collected_) {
+      set_.clear();
+      const uint8_t* b = bytes_.data();
+      int64_t j = 0;
+      for (; j + 8 <= n; j += 8) {
+        uint64_t w;
+        __builtin_memcpy(&w, b + j, 8);
+        while (w != 0) {
+          set_.push_back(static_cast<int32_t>(j + __builtin_ctzll(w) / 8));
+          w &= w - 1;
+        }
+      }
+      for (; j < n; ++j)
+        if (b[j]) set_.push_back(static_cast<int32_t>(j));
+      collected_ = true;
+    }
+    return set_;
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+  std::vector<int32_t> set_;
+  bool collected_ = true;
+};
+
+}  // namespace iceformer
