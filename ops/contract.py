@@ -74,9 +74,10 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec(
         "probe",
         "float",
-        0.1,
-        "low-rank search: keys are grouped in k-means clusters of ~64; a query block scans only the clusters some "
-        "row ranks in its top `probe` share by q . centroid (1: scan every visible key)",
+        1.0,
+        "low-rank search, blocks whose queries see every key (non-causal): keys are grouped in k-means clusters of "
+        "~64 (from 4096 keys) and a query block scans only the clusters some row ranks in its top `probe` share by "
+        "q . centroid (1: scan every visible key; < 1 trades accuracy for speed, see README)",
     ),
     AttrSpec("min_keys", "int", 8192, "queries seeing fewer keys than this run exact attention"),
     AttrSpec(

@@ -2,10 +2,11 @@
 //
 // k-means (Euclidean, in the rank-r space of lowrank.h) groups the real keys into C ~ n / kKeysPerCluster clusters;
 // the keys are stored again cluster by cluster (ascending key id inside a cluster, each cluster starting on a
-// 16-key panel), so that a query block scores only the clusters whose centroids some of its rows rank highest.
-// A cluster's keys up to a causal limit are a prefix of its range, so causal rows keep prefix visibility.
-// Measured on SmolLM2-135M at 16384 keys (256 clusters): the clusters ranked in the top 10% by q . centroid for any
-// row of a 64-row block hold 16-30% of the keys and 97.7-98.5% of those rows' exact top-128 keys.
+// 16-key panel), so that a query block that sees every key scores only the clusters whose centroids some of its
+// rows rank highest (lowrank.cc: probed_scan). Measured on SmolLM2-135M at 16384 keys (256 clusters): the clusters
+// ranked in the top 10% by q . centroid for any row of a 64-row block hold 16-30% of the keys and 97.7-98.5% of
+// those rows' exact top-128 keys; the keys ranked below the top 128 that they miss still cost output accuracy
+// (README: probe).
 #pragma once
 #include <cstdint>
 #include <vector>

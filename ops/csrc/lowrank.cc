@@ -150,18 +150,19 @@ namespace {
 
 // Pass 2 over the probed clusters only: each row ranks the centroids by q . centroid (rank-r coordinates in sc.qf)
 // and the block scans the union of the rows' top ceil(probe * C). Returns false (nothing done) when the block
-// should scan every visible key instead: no clusters, a row without a threshold (it keeps every key it sees), a
-// non-finite query, or probed clusters holding as many panels as the plain scan. take(t, cols, n, ids, base): row
-// t's hits.
+// should scan every visible key instead: no clusters, a row that does not see every key (clusters mix positions, so
+// for a causal row the best centroids may stand for keys it cannot see: recall@128 fell to 0.5 at 8k causal), a row
+// without a threshold (it keeps every key it sees), a non-finite query, or probed clusters holding as many panels
+// as the plain scan. take(t, cols, n, ids, base): row t's hits.
 template <typename Take>
 bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, int64_t r2, int64_t rows,
-                 int64_t last_any, int64_t budget, const Take& take) {
+                 int64_t budget, const Take& take) {
   LowRankScratch& sc = t_lr;
   const Kernels& kern = kernels();
   const int64_t C = kc.C;
   if (C == 0) return false;
   for (int64_t t = 0; t < rows; ++t)
-    if (sc.last[t] >= 0 && sc.thr[t] == -std::numeric_limits<float>::infinity()) return false;
+    if (sc.last[t] != p.shape.T - 1 || sc.thr[t] == -std::numeric_limits<float>::infinity()) return false;
   for (int64_t x = 0; x < rows * r; ++x)
     if (!std::isfinite(sc.qf[x])) return false;
   const int64_t npc = (C + kPanel - 1) / kPanel, width = npc * kPanel;
@@ -174,30 +175,20 @@ bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, 
   sc.probed.assign(C, 0);
   uint8_t* probed = sc.probed.data();
   for (int64_t t = 0; t < rows; ++t) {
-    if (sc.last[t] < 0) continue;
     const float* s = sc.cs.data() + t * width;
     const float kth = TopK::kth_largest(s, C, nprobe, kern);
     for (int64_t c = 0; c < C; ++c) probed[c] |= s[c] >= kth ? 1 : 0;
   }
-  // Keys of a cluster are ascending: those up to a row's last key are a prefix of its range.
-  auto visible_in = [&](int64_t c, int64_t last) {
-    return std::upper_bound(kc.order + kc.start[c], kc.order + kc.start[c + 1], static_cast<int32_t>(last)) -
-           (kc.order + kc.start[c]);
-  };
   int64_t probed_panels = 0;
   for (int64_t c = 0; c < C; ++c)
-    if (sc.probed[c]) probed_panels += (visible_in(c, last_any) + kPanel - 1) / kPanel;
-  if (probed_panels >= last_any / kPanel + 1) return false;
+    if (probed[c]) probed_panels += (kc.start[c + 1] - kc.start[c] + kPanel - 1) / kPanel;
+  if (probed_panels >= (p.shape.T + kPanel - 1) / kPanel) return false;
   for (int64_t c = 0; c < C; ++c) {
-    if (!sc.probed[c]) continue;
-    const int64_t n_any = visible_in(c, last_any);
-    for (int64_t u0 = 0; u0 < n_any; u0 += kBlockK) {
-      const int64_t cols = std::min(kBlockK, n_any - u0);
-      for (int64_t t = 0; t < rows; ++t) {
-        const int64_t n_row = sc.last[t] >= last_any ? n_any : visible_in(c, sc.last[t]);
-        sc.vis[t] = std::max<int64_t>(0, std::min(cols, n_row - u0));
-        sc.count[t] = 0;
-      }
+    if (!probed[c]) continue;
+    const int64_t size = kc.start[c + 1] - kc.start[c];
+    for (int64_t u0 = 0; u0 < size; u0 += kBlockK) {
+      const int64_t cols = std::min(kBlockK, size - u0);
+      for (int64_t t = 0; t < rows; ++t) sc.vis[t] = cols, sc.count[t] = 0;
       kern.qk_above_bf16(sc.qb.data(), r2, rows, kc.panels + (kc.panel[c] + u0 / kPanel) * r2 * 32, r2,
                          (cols + kPanel - 1) / kPanel, sc.vis.data(), sc.thr.data(), sc.hit_id.data(),
                          sc.hit_val.data(), kBlockK, sc.count.data());
@@ -298,7 +289,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   };
   sc.last.resize(rows);
   for (int64_t t = 0; t < rows; ++t) sc.last[t] = row_last(p, b, hq, i0 + t);
-  if (probed_scan(p, set.clusters(bh, T), r, r2, rows, last_any, budget, take)) return;
+  if (probed_scan(p, set.clusters(bh, T), r, r2, rows, budget, take)) return;
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
