@@ -60,7 +60,7 @@ def native_contract() -> dict:
 
 
 def simd_variant() -> str:
-    """Which kernel variant the library dispatches to on this CPU ("avx512-bf16", "avx512" or "scalar")."""
+    """Which kernel variant the library dispatches to on this CPU ("avx512-vnni", "avx512" or "scalar")."""
     return _cdll().IceformerSimdVariant().decode()
 
 

@@ -67,19 +67,19 @@ int64_t cluster_count(int64_t n_real) {
   return n_real < kMinClusters * kKeysPerCluster ? 0 : (n_real + kKeysPerCluster - 1) / kKeysPerCluster;
 }
 
-int64_t cluster_panels_size(int64_t T, int64_t r2) {
+int64_t cluster_panels_size(int64_t T, int64_t r4) {
   // Every cluster may waste up to one partial panel.
-  return ((T + kPanel - 1) / kPanel + cluster_count(T)) * r2 * 32;
+  return ((T + kPanel - 1) / kPanel + cluster_count(T)) * r4 * 64;
 }
 
-void build_key_clusters(const float* kr, int64_t r, int64_t r2, const int32_t* ids, int64_t n, const uint16_t* kb,
+void build_key_clusters(const float* kr, int64_t r, int64_t r4, const int32_t* ids, int64_t n, const uint8_t* kb,
                         uint64_t seed, KeyClusterOut* out) {
   const int64_t C = cluster_count(n);
   out->C = C;
   if (C == 0) return;
   float* centroids = out->centroids;
   int32_t *start = out->start, *order = out->order, *panel = out->panel;
-  uint16_t* panels = out->panels;
+  uint8_t* panels = out->panels;
   ClusterScratch& sc = t_cl;
   // Training sample: evenly spaced over the keys; initial centroids evenly spaced over the sample, seeded offset.
   const int64_t ns = std::min(n, C * kTrainPerCluster);
@@ -124,13 +124,13 @@ void build_key_clusters(const float* kr, int64_t r, int64_t r2, const int32_t* i
   std::vector<int64_t>& fill = sc.count;
   for (int64_t c = 0; c < C; ++c) fill[c] = start[c];
   for (int64_t t = 0; t < n; ++t) order[fill[sc.assign[t]]++] = ids[t];
-  std::fill(panels, panels + static_cast<int64_t>(next_panel) * r2 * 32, uint16_t{0});
+  std::fill(panels, panels + static_cast<int64_t>(next_panel) * r4 * 64, uint8_t{0});
   for (int64_t c = 0; c < C; ++c)
     for (int64_t u = 0; u < start[c + 1] - start[c]; ++u) {
       const int64_t j = order[start[c] + u];
-      const uint16_t* src = kb + (j / kPanel) * r2 * 32 + 2 * (j % kPanel);
-      uint16_t* dst = panels + (panel[c] + u / kPanel) * r2 * 32 + 2 * (u % kPanel);
-      for (int64_t c2 = 0; c2 < r2; ++c2) dst[c2 * 32] = src[c2 * 32], dst[c2 * 32 + 1] = src[c2 * 32 + 1];
+      const uint8_t* src = kb + (j / kPanel) * r4 * 64 + 4 * (j % kPanel);
+      uint8_t* dst = panels + (panel[c] + u / kPanel) * r4 * 64 + 4 * (u % kPanel);
+      for (int64_t g = 0; g < r4; ++g) std::copy_n(src + g * 64, 4, dst + g * 64);
     }
 }
 

@@ -28,19 +28,19 @@ struct ClusterArrays {
   I* start = nullptr;      // [C + 1]: cluster c holds order[start[c], start[c + 1])
   I* order = nullptr;      // key ids, cluster by cluster, ascending inside a cluster
   I* panel = nullptr;      // [C]: first panel of cluster c in `panels`
-  U* panels = nullptr;     // the keys' bf16 pairs in cluster order (lowrank.h layout), R2 pairs
+  U* panels = nullptr;     // the keys' 8-bit coordinates in cluster order (simd.h layout), R4 words
 };
-using KeyClusterView = ClusterArrays<const float, const int32_t, const uint16_t>;
-using KeyClusterOut = ClusterArrays<float, int32_t, uint16_t>;
+using KeyClusterView = ClusterArrays<const float, const int32_t, const uint8_t>;
+using KeyClusterOut = ClusterArrays<float, int32_t, uint8_t>;
 
 // Sizes of one head's arrays for T keys (upper bounds: C for T real keys).
 int64_t cluster_count(int64_t n_real);
 inline int64_t centroid_floats(int64_t C, int64_t r) { return (C + kPanel - 1) / kPanel * kPanel * r; }
-int64_t cluster_panels_size(int64_t T, int64_t r2);  // uint16 per head
+int64_t cluster_panels_size(int64_t T, int64_t r4);  // bytes per head
 
 // Clusters the keys ids[0, n) (real, finite) whose rank-r coordinates are kr[id * r + c] into out (C set), with
-// kb = the keys' bf16 pairs in the original order (lowrank.h layout). Deterministic for a given seed.
-void build_key_clusters(const float* kr, int64_t r, int64_t r2, const int32_t* ids, int64_t n, const uint16_t* kb,
+// kb = the keys' 8-bit coordinates in the original order (simd.h layout). Deterministic for a given seed.
+void build_key_clusters(const float* kr, int64_t r, int64_t r4, const int32_t* ids, int64_t n, const uint8_t* kb,
                         uint64_t seed, KeyClusterOut* out);
 
 }  // namespace iceformer

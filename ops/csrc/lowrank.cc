@@ -26,7 +26,7 @@ struct LowRankScratch {
   std::vector<float> thr, kr, qf, cs;
   std::vector<int32_t> ids;
   std::vector<uint8_t> probed;
-  std::vector<uint16_t> sample;
+  std::vector<uint8_t> sample;
   std::vector<uint32_t> qb;
   std::vector<int32_t> hit_id;
   std::vector<float> hit_val;
@@ -61,15 +61,16 @@ void orthonormalise(std::vector<double>& x, int64_t D, int64_t r) {
 void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
   const AttentionShape& sh = p.shape;
   set->r = std::max<int64_t>(1, std::min(rank, sh.D));
-  set->r2 = (set->r + 1) / 2;
-  set->per_head = ((sh.T + kPanel - 1) / kPanel) * set->r2 * 32;
+  set->r4 = (set->r + 3) / 4;
+  set->per_head = ((sh.T + kPanel - 1) / kPanel) * set->r4 * 64;
+  set->kscale.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r), 1.f);
   set->basis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
   set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0);
   const int64_t heads = sh.B * sh.Hkv;
   set->cmax = p.knn.probe < 1.f ? cluster_count(sh.T) : 0;
   set->nclusters.assign(heads, 0);
   if (set->cmax == 0) return;
-  set->cpanels_per_head = cluster_panels_size(sh.T, set->r2);
+  set->cpanels_per_head = cluster_panels_size(sh.T, set->r4);
   set->centroids.assign(static_cast<size_t>(heads * centroid_floats(set->cmax, set->r)), 0.f);
   set->start.assign(static_cast<size_t>(heads * (set->cmax + 1)), 0);
   set->order.assign(static_cast<size_t>(heads * sh.T), 0);
@@ -121,14 +122,29 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   }
   float* basis = set->basis.data() + bh * r * D;
   for (int64_t t = 0; t < r * D; ++t) basis[t] = static_cast<float>(sc.x[t]);
-  // Kr = K P in bf16 pairs, panels of 16 keys (simd.h layout; an odd rank's last pair is padded with 0).
-  uint16_t* panels = set->panels.data() + bh * set->per_head;
+  // Kr = K P; s_d = max |Kr[., d]| / 127 over the real, finite keys; stored as round(Kr / s_d) + 128 in [1, 255],
+  // panels of 16 keys (simd.h layout; a rank that is not a multiple of 4 is padded with 128 = 0). Non-finite
+  // coordinates are stored as 0 (such keys are attended, if at all, through the exact tiles).
+  uint8_t* panels = set->panels.data() + bh * set->per_head;
+  float* scale = set->kscale.data() + bh * r;
   sc.kr.resize(T * r);
+  std::fill(scale, scale + r, 0.f);
   for (int64_t j = 0; j < T; ++j) {
-    uint16_t* dst = panels + (j / kPanel) * set->r2 * 32 + 2 * (j % kPanel);
+    const bool real = key_is_real(p.key_padding, T, b, j);
     for (int64_t c = 0; c < r; ++c) {
-      sc.kr[j * r + c] = kern.dot(K + j * D, basis + c * D, D);
-      dst[(c / 2) * 32 + c % 2] = to_bf16(sc.kr[j * r + c]);
+      const float x = kern.dot(K + j * D, basis + c * D, D);
+      sc.kr[j * r + c] = x;
+      if (real && std::isfinite(x)) scale[c] = std::max(scale[c], std::fabs(x));
+    }
+  }
+  for (int64_t c = 0; c < r; ++c) scale[c] = scale[c] > 0.f ? scale[c] / 127.f : 1.f;
+  std::fill(panels, panels + set->per_head, uint8_t{128});
+  for (int64_t j = 0; j < T; ++j) {
+    uint8_t* dst = panels + (j / kPanel) * set->r4 * 64 + 4 * (j % kPanel);
+    for (int64_t c = 0; c < r; ++c) {
+      const float x = sc.kr[j * r + c] / scale[c];
+      const float v = std::isfinite(x) ? std::min(127.f, std::max(-127.f, std::nearbyint(x))) : 0.f;
+      dst[(c / 4) * 64 + c % 4] = static_cast<uint8_t>(static_cast<int>(v) + 128);
     }
   }
   if (set->cmax == 0) return;
@@ -141,7 +157,7 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
     if (finite) sc.ids.push_back(static_cast<int32_t>(j));
   }
   KeyClusterOut out = set->clusters(bh, T);
-  build_key_clusters(sc.kr.data(), r, set->r2, sc.ids.data(), static_cast<int64_t>(sc.ids.size()), panels,
+  build_key_clusters(sc.kr.data(), r, set->r4, sc.ids.data(), static_cast<int64_t>(sc.ids.size()), panels,
                      Rng::mix(static_cast<uint64_t>(p.knn.seed)), &out);
   set->nclusters[bh] = out.C;
 }
@@ -155,7 +171,7 @@ namespace {
 // without a threshold (it keeps every key it sees), a non-finite query, or probed clusters holding as many panels
 // as the plain scan. take(t, cols, n, ids, base): row t's hits.
 template <typename Take>
-bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, int64_t r2, int64_t rows,
+bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, int64_t r4, int64_t rows,
                  int64_t budget, const Take& take) {
   LowRankScratch& sc = t_lr;
   const Kernels& kern = kernels();
@@ -189,7 +205,7 @@ bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, 
     for (int64_t u0 = 0; u0 < size; u0 += kBlockK) {
       const int64_t cols = std::min(kBlockK, size - u0);
       for (int64_t t = 0; t < rows; ++t) sc.vis[t] = cols, sc.count[t] = 0;
-      kern.qk_above_bf16(sc.qb.data(), r2, rows, kc.panels + (kc.panel[c] + u0 / kPanel) * r2 * 32, r2,
+      kern.qk_above_i8(sc.qb.data(), r4, rows, kc.panels + (kc.panel[c] + u0 / kPanel) * r4 * 64, r4,
                          (cols + kPanel - 1) / kPanel, sc.vis.data(), sc.thr.data(), sc.hit_id.data(),
                          sc.hit_val.data(), kBlockK, sc.count.data());
       for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], kc.order + kc.start[c] + u0, 0);
@@ -204,9 +220,10 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
                    int64_t i0, int64_t i1, int64_t budget, KeyMarks* in) {
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
-  const int64_t D = sh.D, T = sh.T, r = set.r, r2 = set.r2, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
+  const int64_t D = sh.D, T = sh.T, r = set.r, r4 = set.r4, rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
   const float* basis = set.basis.data() + bh * r * D;
-  const uint16_t* panels = set.panels.data() + bh * set.per_head;
+  const uint8_t* panels = set.panels.data() + bh * set.per_head;
+  const float* kscale = set.kscale.data() + bh * r;
   LowRankScratch& sc = t_lr;
   int64_t last_any = -1;
   for (int64_t i = i0; i < i1; ++i) last_any = std::max(last_any, row_last(p, b, hq, i));
@@ -217,13 +234,22 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     return j <= last && key_is_real(p.key_padding, T, b, j) &&
            !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
   };
-  sc.qb.assign(rows * r2, 0u);
+  // Queries: qf = q P (float, for the cluster ranking), q8 = round(127 (q P)_d s_d / max_d |(q P)_d s_d|), so that
+  // sum_d q8[d] k8[d] is proportional to (q P).(K P) up to rounding and a per-row offset (simd.h). A non-finite
+  // row scores 0 everywhere: nothing passes its threshold.
+  sc.qb.assign(rows * r4, 0u);
   sc.qf.resize(rows * r);
   for (int64_t t = 0; t < rows; ++t) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + t) * D;
+    float top = 0.f;
     for (int64_t c = 0; c < r; ++c) {
       sc.qf[t * r + c] = kern.dot(q, basis + c * D, D);
-      sc.qb[t * r2 + c / 2] |= static_cast<uint32_t>(to_bf16(sc.qf[t * r + c])) << (16 * (c % 2));
+      top = std::max(top, std::fabs(sc.qf[t * r + c] * kscale[c]));
+    }
+    if (!(top > 0.f) || !std::isfinite(top)) continue;
+    for (int64_t c = 0; c < r; ++c) {
+      const int v = static_cast<int>(std::nearbyint(127.f * (sc.qf[t * r + c] * kscale[c]) / top));
+      sc.qb[t * r4 + c / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(v))) << (8 * (c % 4));
     }
   }
   std::vector<MaskRow> masks(static_cast<size_t>(rows));
@@ -235,10 +261,10 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   const int64_t stride = std::max<int64_t>(1, npan / kSamplePanels);
   const int64_t nsamp = (npan + stride - 1) / stride;
   const int64_t sw = nsamp * kPanel;
-  sc.sample.resize(nsamp * r2 * 32);
+  sc.sample.resize(nsamp * r4 * 64);
   for (int64_t s2 = 0; s2 < nsamp; ++s2)
-    std::copy_n(panels + s2 * stride * r2 * 32, r2 * 32, sc.sample.data() + s2 * r2 * 32);
-  // Scores of the sampled keys each row may see (threshold -inf: the filter keeps every non-NaN score).
+    std::copy_n(panels + s2 * stride * r4 * 64, r4 * 64, sc.sample.data() + s2 * r4 * 64);
+  // Scores of the sampled keys each row may see (threshold -inf: the filter keeps every score).
   sc.hit_id.resize(std::max<int64_t>(rows * sw, rows * kBlockK));
   sc.hit_val.resize(sc.hit_id.size());
   sc.vis.resize(rows);
@@ -250,7 +276,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     const int64_t full = last < 0 ? 0 : std::min<int64_t>(nsamp, last / (stride * kPanel) + 1);
     sc.vis[t] = full == 0 ? 0 : (full - 1) * kPanel + std::min<int64_t>(kPanel, last + 1 - (full - 1) * stride * kPanel);
   }
-  kern.qk_above_bf16(sc.qb.data(), r2, rows, sc.sample.data(), r2, nsamp, sc.vis.data(), sc.thr.data(),
+  kern.qk_above_i8(sc.qb.data(), r4, rows, sc.sample.data(), r4, nsamp, sc.vis.data(), sc.thr.data(),
                      sc.hit_id.data(), sc.hit_val.data(), sw, sc.count.data());
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t last = row_last(p, b, hq, i0 + t);
@@ -289,7 +315,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   };
   sc.last.resize(rows);
   for (int64_t t = 0; t < rows; ++t) sc.last[t] = row_last(p, b, hq, i0 + t);
-  if (probed_scan(p, set.clusters(bh, T), r, r2, rows, budget, take)) return;
+  if (probed_scan(p, set.clusters(bh, T), r, r4, rows, budget, take)) return;
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
@@ -297,7 +323,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
       sc.vis[t] = std::max<int64_t>(0, std::min(cols, row_last(p, b, hq, i0 + t) + 1 - j0));
       sc.count[t] = 0;
     }
-    kern.qk_above_bf16(sc.qb.data(), r2, rows, panels + (j0 / kPanel) * r2 * 32, r2, npanels, sc.vis.data(),
+    kern.qk_above_i8(sc.qb.data(), r4, rows, panels + (j0 / kPanel) * r4 * 64, r4, npanels, sc.vis.data(),
                        sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
     for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], nullptr, j0);
   }

@@ -10,23 +10,22 @@ namespace iceformer {
 // (keys past T are zero).
 constexpr int64_t kPanel = 16;
 
-// Low-rank keys are stored in bfloat16 pairs (half the bytes and, with AVX512-BF16, half the instructions of the
-// float scan; the approximate scores only pick candidates): panel p of a rank-2*R2 key block holds
-// kb[p*R2*32 + c2*32 + 2*lane + h] = bf16(Kr[16p + lane][2*c2 + h]). A query row holds R2 uint32 words, word c2 =
-// bf16(q[2*c2]) | bf16(q[2*c2 + 1]) << 16.
-// to_bf16 / from_bf16 below: round to nearest even (NaN stays NaN) / exact widening.
-
+// Low-rank keys are stored as 8-bit integers, 4 dimensions per 32-bit lane: panel p of a rank-4*R4 key block holds
+// kb[p*R4*64 + g*64 + 4*lane + j] = k8(16p + lane)[4g + j], unsigned (lowrank.cc: round(x / s_d) + 128, s_d one
+// scale per dimension). A query row holds R4 uint32 words, word g = its signed bytes q8[4g .. 4g+3]. The integer
+// score sum_d q8[d] k8[d] is exact in int32 and in float (|score| < 2^24); for a row it is a positive multiple of the
+// rank-r product plus a constant (128 sum_d q8[d]), so rankings and per-row thresholds are unchanged by the offset.
+// VNNI does 64 of these multiply-adds per instruction (the bfloat16 scan before it did 32).
 struct Kernels {
   const char* name;
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
   void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
                   float* s, int64_t lds);
-  // Scores of rows x 16*npanels low-rank keys in bf16 pairs (layout above, R2 pairs each), filtered as they are
-  // made: for each row r, the columns c < vis[r] whose score is > thr[r] are appended (column, score) at
+  // Integer scores (as floats) of rows x 16*npanels low-rank keys (layout above, R4 words each), filtered as they
+  // are made: for each row r, the columns c < vis[r] whose score is > thr[r] are appended (column, score) at
   // idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
-  void (*qk_above_bf16)(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2,
-                        int64_t npanels, const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap,
-                        int64_t* count);
+  void (*qk_above_i8)(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                      const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count);
   // o[r*ldo + e] += sum_{c<cols} p[r*ldp + c] * v[c*ldv + e] for r < rows, e < dv.
   void (*pv_tile)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv,
                   int64_t dv, float* o, int64_t ldo);
@@ -51,21 +50,7 @@ struct Kernels {
 
 const Kernels& scalar_kernels();
 const Kernels* avx512_kernels();       // nullptr when not compiled in
-const Kernels* avx512_bf16_kernels();  // the same with the AVX512-BF16 dot product; nullptr when not compiled in
+const Kernels* avx512_vnni_kernels();  // the same with the AVX512-VNNI dot product; nullptr when not compiled in
 const Kernels& kernels();              // the dispatch point
-
-inline uint16_t to_bf16(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-inline float from_bf16(uint16_t x) {
-  const uint32_t u = static_cast<uint32_t>(x) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 
 }  // namespace iceformer

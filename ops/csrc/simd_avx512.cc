@@ -120,84 +120,94 @@ void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t
   qk_rows_any(q, ldq, rows, kp, D, npanels, StoreSink{s, lds});
 }
 
-// acc += the 16 lanes' pair products x . w. kDot: one AVX512-BF16 dot product (compiled for that extension only,
-// see below); else both halves widened to float (shift / mask) and two FMAs.
-template <bool kDot>
-inline __attribute__((always_inline)) __m512 bf16_step(__m512 acc, __m512i x, uint32_t w) {
-  if constexpr (kDot) {
-    return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)_mm512_set1_epi32(static_cast<int>(w)));
+// acc += the 16 lanes' 4-byte dot products of x (unsigned) and w (4 signed bytes). kVnni: one AVX512-VNNI
+// instruction (compiled for that extension only, see below); else the even and the odd bytes widened to 16 bits and
+// two 16-bit multiply-adds (each sums a pair of products into 32 bits: exact, the same integers).
+template <bool kVnni>
+inline __attribute__((always_inline)) __m512i i8_step(__m512i acc, __m512i x_even, __m512i x_odd, __m512i x,
+                                                      uint32_t w) {
+  const __m512i wv = _mm512_set1_epi32(static_cast<int>(w));
+  if constexpr (kVnni) {
+    return _mm512_dpbusd_epi32(acc, x, wv);
   } else {
-    const __m512 even = _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-    const __m512 odd = _mm512_castsi512_ps(_mm512_and_si512(x, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-    acc = _mm512_fmadd_ps(even, _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w))), acc);
-    return _mm512_fmadd_ps(odd, _mm512_set1_ps(from_bf16(static_cast<uint16_t>(w >> 16))), acc);
+    const __m512i w_even = _mm512_srai_epi16(_mm512_slli_epi16(wv, 8), 8), w_odd = _mm512_srai_epi16(wv, 8);
+    acc = _mm512_add_epi32(acc, _mm512_madd_epi16(x_even, w_even));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(x_odd, w_odd));
   }
 }
 
-// Low-rank scan over bf16 pairs: R rows x (2 or 1) panels, R2 pairs each, accumulators in registers.
-template <int R, bool kDot, typename Sink>
-inline __attribute__((always_inline)) void qkb_rows(const uint32_t* q, int64_t ldq, const uint16_t* kb, int64_t R2,
+// Low-rank scan over 8-bit keys: R rows x (2 or 1) panels, R4 words each, accumulators in registers.
+template <int R, bool kVnni, typename Sink>
+inline __attribute__((always_inline)) void qki_rows(const uint32_t* q, int64_t ldq, const uint8_t* kb, int64_t R4,
                                                     int64_t npanels, int64_t row0, const Sink& sink) {
+  const __m512i low = _mm512_set1_epi16(0x00FF);
   int64_t p = 0;
   for (; p + 2 <= npanels; p += 2) {
-    const uint16_t* k0 = kb + p * R2 * 32;
-    const uint16_t* k1 = k0 + R2 * 32;
-    __m512 a0[R], a1[R];
-    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
-    for (int64_t c2 = 0; c2 < R2; ++c2) {
-      const __m512i x0 = _mm512_loadu_si512(k0 + c2 * 32), x1 = _mm512_loadu_si512(k1 + c2 * 32);
+    const uint8_t* k0 = kb + p * R4 * 64;
+    const uint8_t* k1 = k0 + R4 * 64;
+    __m512i a0[R], a1[R];
+    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < R4; ++g) {
+      const __m512i x0 = _mm512_loadu_si512(k0 + g * 64), x1 = _mm512_loadu_si512(k1 + g * 64);
+      __m512i x0e = x0, x0o = x0, x1e = x1, x1o = x1;
+      if constexpr (!kVnni) {
+        x0e = _mm512_and_si512(x0, low), x0o = _mm512_srli_epi16(x0, 8);
+        x1e = _mm512_and_si512(x1, low), x1o = _mm512_srli_epi16(x1, 8);
+      }
       for (int r = 0; r < R; ++r) {
-        const uint32_t w = q[r * ldq + c2];
-        a0[r] = bf16_step<kDot>(a0[r], x0, w);
-        a1[r] = bf16_step<kDot>(a1[r], x1, w);
+        const uint32_t w = q[r * ldq + g];
+        a0[r] = i8_step<kVnni>(a0[r], x0e, x0o, x0, w);
+        a1[r] = i8_step<kVnni>(a1[r], x1e, x1o, x1, w);
       }
     }
     for (int r = 0; r < R; ++r) {
-      sink(row0 + r, p, a0[r]);
-      sink(row0 + r, p + 1, a1[r]);
+      sink(row0 + r, p, _mm512_cvtepi32_ps(a0[r]));
+      sink(row0 + r, p + 1, _mm512_cvtepi32_ps(a1[r]));
     }
   }
   if (p < npanels) {
-    const uint16_t* k0 = kb + p * R2 * 32;
-    __m512 a0[R];
-    for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_ps();
-    for (int64_t c2 = 0; c2 < R2; ++c2) {
-      const __m512i x0 = _mm512_loadu_si512(k0 + c2 * 32);
-      for (int r = 0; r < R; ++r) a0[r] = bf16_step<kDot>(a0[r], x0, q[r * ldq + c2]);
+    const uint8_t* k0 = kb + p * R4 * 64;
+    __m512i a0[R];
+    for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_si512();
+    for (int64_t g = 0; g < R4; ++g) {
+      const __m512i x0 = _mm512_loadu_si512(k0 + g * 64);
+      __m512i x0e = x0, x0o = x0;
+      if constexpr (!kVnni) x0e = _mm512_and_si512(x0, low), x0o = _mm512_srli_epi16(x0, 8);
+      for (int r = 0; r < R; ++r) a0[r] = i8_step<kVnni>(a0[r], x0e, x0o, x0, q[r * ldq + g]);
     }
-    for (int r = 0; r < R; ++r) sink(row0 + r, p, a0[r]);
+    for (int r = 0; r < R; ++r) sink(row0 + r, p, _mm512_cvtepi32_ps(a0[r]));
   }
 }
 
-template <bool kDot>
-inline __attribute__((always_inline)) void qkb_above(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb,
-                                                     int64_t R2, int64_t npanels, const FilterSink& sink) {
+template <bool kVnni>
+inline __attribute__((always_inline)) void qki_above(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb,
+                                                     int64_t R4, int64_t npanels, const FilterSink& sink) {
   int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) qkb_rows<8, kDot>(q + r * ldq, ldq, kb, R2, npanels, r, sink);
+  for (; r + 8 <= rows; r += 8) qki_rows<8, kVnni>(q + r * ldq, ldq, kb, R4, npanels, r, sink);
   const uint32_t* qr = q + r * ldq;
   switch (rows - r) {
-    case 7: qkb_rows<7, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
-    case 6: qkb_rows<6, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
-    case 5: qkb_rows<5, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
-    case 4: qkb_rows<4, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
-    case 3: qkb_rows<3, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
-    case 2: qkb_rows<2, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
-    case 1: qkb_rows<1, kDot>(qr, ldq, kb, R2, npanels, r, sink); break;
+    case 7: qki_rows<7, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
+    case 6: qki_rows<6, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
+    case 5: qki_rows<5, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
+    case 4: qki_rows<4, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
+    case 3: qki_rows<3, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
+    case 2: qki_rows<2, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
+    case 1: qki_rows<1, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
     default: break;
   }
 }
 
-void qk_above_bf16(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2, int64_t npanels,
-                   const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
-  qkb_above<false>(q, ldq, rows, kb, R2, npanels, FilterSink{vis, thr, idx, val, cap, count});
+void qk_above_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                 const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
+  qki_above<false>(q, ldq, rows, kb, R4, npanels, FilterSink{vis, thr, idx, val, cap, count});
 }
 
-// The only function built for AVX512-BF16; avx512_bf16_kernels() offers it and the dispatch point checks the CPU.
-__attribute__((target("avx512bf16"))) void qk_above_bf16_dot(const uint32_t* q, int64_t ldq, int64_t rows,
-                                                              const uint16_t* kb, int64_t R2, int64_t npanels,
-                                                              const int64_t* vis, const float* thr, int32_t* idx,
-                                                              float* val, int64_t cap, int64_t* count) {
-  qkb_above<true>(q, ldq, rows, kb, R2, npanels, FilterSink{vis, thr, idx, val, cap, count});
+// The only function built for AVX512-VNNI; avx512_vnni_kernels() offers it and the dispatch point checks the CPU.
+__attribute__((target("avx512vnni"))) void qk_above_i8_vnni(const uint32_t* q, int64_t ldq, int64_t rows,
+                                                            const uint8_t* kb, int64_t R4, int64_t npanels,
+                                                            const int64_t* vis, const float* thr, int32_t* idx,
+                                                            float* val, int64_t cap, int64_t* count) {
+  qki_above<true>(q, ldq, rows, kb, R4, npanels, FilterSink{vis, thr, idx, val, cap, count});
 }
 
 // R rows of O, 32 value columns at a time (masked at the Dv tail), accumulated over all cols in registers.
@@ -402,16 +412,16 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge,
+  static const Kernels k{"avx512", qk_tile, qk_above_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
                          gather_dot, gather_axpy, pack_panel};
   return &k;
 }
 
-const Kernels* avx512_bf16_kernels() {
+const Kernels* avx512_vnni_kernels() {
   static const Kernels k = [] {
     Kernels b = *avx512_kernels();
-    b.name = "avx512-bf16";
-    b.qk_above_bf16 = qk_above_bf16_dot;
+    b.name = "avx512-vnni";
+    b.qk_above_i8 = qk_above_i8_vnni;
     return b;
   }();
   return &k;
@@ -423,7 +433,7 @@ const Kernels* avx512_bf16_kernels() {
 
 namespace iceformer {
 const Kernels* avx512_kernels() { return nullptr; }
-const Kernels* avx512_bf16_kernels() { return nullptr; }
+const Kernels* avx512_vnni_kernels() { return nullptr; }
 }  // namespace iceformer
 
 #endif

@@ -18,20 +18,21 @@ void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t
       }
 }
 
-void qk_above_bf16(const uint32_t* q, int64_t ldq, int64_t rows, const uint16_t* kb, int64_t R2, int64_t npanels,
-                   const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
+void qk_above_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                 const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < vis[r] && c < npanels * kPanel; ++c) {
       const int64_t p = c / kPanel, l = c % kPanel;
-      float acc = 0.f;
-      for (int64_t c2 = 0; c2 < R2; ++c2) {
-        const uint32_t w = q[r * ldq + c2];
-        const uint16_t* k = kb + p * R2 * 32 + c2 * 32 + 2 * l;
-        acc += from_bf16(static_cast<uint16_t>(w)) * from_bf16(k[0]) + from_bf16(static_cast<uint16_t>(w >> 16)) * from_bf16(k[1]);
+      int32_t acc = 0;
+      for (int64_t g = 0; g < R4; ++g) {
+        const uint32_t w = q[r * ldq + g];
+        const uint8_t* k = kb + p * R4 * 64 + g * 64 + 4 * l;
+        for (int j = 0; j < 4; ++j) acc += static_cast<int32_t>(k[j]) * static_cast<int8_t>(w >> (8 * j));
       }
-      if (acc > thr[r]) {
+      const float score = static_cast<float>(acc);
+      if (score > thr[r]) {
         idx[r * cap + count[r]] = static_cast<int32_t>(c);
-        val[r * cap + count[r]] = acc;
+        val[r * cap + count[r]] = score;
         ++count[r];
       }
     }
@@ -101,7 +102,7 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, qk_above_bf16, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
+  static const Kernels k{"scalar", qk_tile, qk_above_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
                          gather_axpy, pack_panel};
   return k;
 }

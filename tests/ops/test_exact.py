@@ -135,9 +135,9 @@ def test_several_sessions_and_registrations_in_one_process():
 
 
 def test_scalar_and_vector_kernels_agree(tmp_path):
-    """ICEFORMER_SIMD=scalar forces the reference kernels, ICEFORMER_SIMD=avx512 the AVX-512 ones without the BF16
+    """ICEFORMER_SIMD=scalar forces the reference kernels, ICEFORMER_SIMD=avx512 the AVX-512 ones without the VNNI
     dot product (checked in subprocesses: dispatch is per process); the exact path and the k-NN path (sparse block
-    sets, an odd rank whose last bf16 pair is padded) agree between all variants."""
+    sets, a rank of 7 whose last 4-dimension group is padded) agree between all variants."""
     tests_dir = Path(__file__).resolve().parents[1]
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r)\n"

@@ -253,7 +253,7 @@ PROBED = dict(top_k=32, max_candidates=32, local_window=8, num_sink=2, min_keys=
 
 def test_probed_scan_keeps_a_subset_of_the_full_scan_and_attends_it_exactly(tmp_stats):
     """probe < 1 on a non-causal call with 4096 keys (64 key clusters): the same per-row thresholds and the same
-    bf16 scores over fewer keys, so every row's set is a subset of the full scan's; it is smaller (measured mean
+    integer scores over fewer keys, so every row's set is a subset of the full scan's; it is smaller (measured mean
     959 -> 703 keys at probe 0.05); rows attend exactly their sets; same output at 1 and 2 threads."""
     q, k, v = _grouped_queries()
     full, full_n = knn_select(q, k, is_causal=0, **PROBED)
