@@ -19,7 +19,7 @@ constexpr int64_t kBlockK = 1024;      // keys per approximate-score tile
 
 constexpr int64_t kProbeCover = 4;   // probed clusters >= this many times budget / kKeysPerCluster
 constexpr double kMargin = 1.2;        // pass 1 aims for this many times the budget
-constexpr int64_t kSamplePanels = 16;  // pass 1 scores about 16 evenly spaced panels (256 keys) per row
+constexpr int64_t kSamplePanels = 48;  // pass 1 scores about 48 evenly spaced panels (768 keys) per row
 
 struct LowRankScratch {
   std::vector<double> g, x, y;
