@@ -80,7 +80,7 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
     a = {**contract.attribute_defaults(), **attrs}
     top_k, L, m, max_candidates = a["top_k"], a["L"], a["m"], a["max_candidates"]
     local_window, num_sink, seed, search, rank = a["local_window"], a["num_sink"], a["seed"], a["search"], a["rank"]
-    tail_samples = a["tail_samples"]
+    tail_samples, candidate_fraction = a["tail_samples"], a["candidate_fraction"]
     q = np.ascontiguousarray(q, dtype=np.float32)
     k = np.ascontiguousarray(k, dtype=np.float32)
     S, D = q.shape
@@ -93,12 +93,11 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
     out = np.full((rows.size, max(cap, 1)), -1, dtype=np.int32)
     counts = np.zeros(rows.size, dtype=np.int32)
     ints = (ctypes.c_int64 * 10)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples)
-    floats = (ctypes.c_float * 2)(a["candidate_fraction"], a["probe"])
     err = ctypes.create_string_buffer(512)
     p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     rc = _cdll().IceformerKnnSelect(
         p(q, ctypes.c_float), p(k, ctypes.c_float), ctypes.c_int64(S), ctypes.c_int64(T), ctypes.c_int64(D),
-        ctypes.c_int64(is_causal), ints, floats, p(rows, ctypes.c_int64),
+        ctypes.c_int64(is_causal), ints, ctypes.c_float(candidate_fraction), p(rows, ctypes.c_int64),
         ctypes.c_int64(rows.size), p(out, ctypes.c_int32), ctypes.c_int64(max(cap, 1)), p(counts, ctypes.c_int32),
         err, ctypes.c_int64(512))
     if rc != 0:

@@ -71,14 +71,6 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("m", "int", 2, "simple indices (random directions) per composite index"),
     AttrSpec("max_candidates", "int", 256, "candidate budget per query: low-rank retrieves about max(top_k, this) keys; DCI scores this many and keeps top_k (0: no absolute cap)"),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
-    AttrSpec(
-        "probe",
-        "float",
-        1.0,
-        "low-rank search, blocks whose queries see every key (non-causal): keys are grouped in k-means clusters of "
-        "~64 (from 4096 keys) and a query block scans only the clusters some row ranks in its top `probe` share by "
-        "q . centroid (1: scan every visible key; < 1 trades accuracy for speed, see README)",
-    ),
     AttrSpec("min_keys", "int", 8192, "queries seeing fewer keys than this run exact attention"),
     AttrSpec(
         "local_window",

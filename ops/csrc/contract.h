@@ -45,7 +45,6 @@ constexpr AttrSpec kAttrs[] = {
     {"m", 'i', true, 2},
     {"max_candidates", 'i', true, 256},
     {"candidate_fraction", 'f', true, 0.0},
-    {"probe", 'f', true, 1.0},
     {"min_keys", 'i', true, 8192},
     {"local_window", 'i', true, 64},
     {"num_sink", 'i', true, 4},

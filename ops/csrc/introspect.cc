@@ -15,12 +15,11 @@
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 
-// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples}, floats =
-// {candidate_fraction, probe}. rows: nrows
+// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples}. rows: nrows
 // ascending query rows in [0, S) to report (only their query blocks are computed). out: [nrows][cap], counts:
 // [nrows]. Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
 extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int64_t S, int64_t T, int64_t D,
-                                             int64_t is_causal, const int64_t* ints, const float* floats,
+                                             int64_t is_causal, const int64_t* ints, float candidate_fraction,
                                              const int64_t* rows, int64_t nrows, int32_t* out, int64_t cap,
                                              int32_t* counts, char* err, int64_t err_len) {
   using namespace iceformer;
@@ -40,8 +39,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
   p.knn.search = ints[7];
   p.knn.rank = ints[8];
   p.knn.tail_samples = ints[9];
-  p.knn.candidate_fraction = floats[0];
-  p.knn.probe = floats[1];
+  p.knn.candidate_fraction = candidate_fraction;
   Status st = check_settings(p.knn);
   if (!st.ok()) {
     for (int64_t i = 0; i + 1 < err_len && i < static_cast<int64_t>(st.message().size()); ++i) err[i] = st.message()[i], err[i + 1] = 0;

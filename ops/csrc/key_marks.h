@@ -21,14 +21,11 @@ class KeyMarks {
     bytes_[j] = 1;
     collected_ = false;
   }
-  // Marks ids[cols[t]] for t < n (ids = nullptr: base + cols[t]); one pass, no branch per key.
-  void mark(const int32_t* cols, int64_t n, const int32_t* ids, int64_t base) {
+  // Marks base + cols[t] for t < n: one pass, no branch per key.
+  void mark(const int32_t* cols, int64_t n, int64_t base) {
     if (n == 0) return;
-    uint8_t* b = bytes_.data();
-    if (ids == nullptr)
-      for (int64_t t = 0; t < n; ++t) b[base + cols[t]] = 1;
-    else
-      for (int64_t t = 0; t < n; ++t) b[ids[cols[t]]] = 1;
+    uint8_t* b = bytes_.data() + base;
+    for (int64_t t = 0; t < n; ++t) b[cols[t]] = 1;
     collected_ = false;
   }
   bool contains(int64_t j) const { return bytes_[j] != 0; }

@@ -17,15 +17,12 @@ constexpr int64_t kSampleKeys = 2048;  // keys sampled (by stride) for K^T K
 constexpr int kIterations = 8;         // subspace iterations
 constexpr int64_t kBlockK = 1024;      // keys per approximate-score tile
 
-constexpr int64_t kProbeCover = 4;   // probed clusters >= this many times budget / kKeysPerCluster
 constexpr double kMargin = 1.2;        // pass 1 aims for this many times the budget
 constexpr int64_t kSamplePanels = 48;  // pass 1 scores about 48 evenly spaced panels (768 keys) per row
 
 struct LowRankScratch {
   std::vector<double> g, x, y;
-  std::vector<float> thr, kr, qf, cs;
-  std::vector<int32_t> ids;
-  std::vector<uint8_t> probed;
+  std::vector<float> thr, kr, qf;
   std::vector<uint8_t> sample;
   std::vector<uint32_t> qb;
   std::vector<int32_t> hit_id;
@@ -66,16 +63,6 @@ void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
   set->kscale.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r), 1.f);
   set->basis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
   set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0);
-  const int64_t heads = sh.B * sh.Hkv;
-  set->cmax = p.knn.probe < 1.f ? cluster_count(sh.T) : 0;
-  set->nclusters.assign(heads, 0);
-  if (set->cmax == 0) return;
-  set->cpanels_per_head = cluster_panels_size(sh.T, set->r4);
-  set->centroids.assign(static_cast<size_t>(heads * centroid_floats(set->cmax, set->r)), 0.f);
-  set->start.assign(static_cast<size_t>(heads * (set->cmax + 1)), 0);
-  set->order.assign(static_cast<size_t>(heads * sh.T), 0);
-  set->panel.assign(static_cast<size_t>(heads * set->cmax), 0);
-  set->cpanels.assign(static_cast<size_t>(heads * set->cpanels_per_head), 0);
 }
 
 
@@ -147,74 +134,7 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
       dst[(c / 4) * 64 + c % 4] = static_cast<uint8_t>(static_cast<int>(v) + 128);
     }
   }
-  if (set->cmax == 0) return;
-  // Clusters of the real keys with finite coordinates (the others are never retrieved by a pruned scan).
-  sc.ids.clear();
-  for (int64_t j = 0; j < T; ++j) {
-    if (!key_is_real(p.key_padding, T, b, j)) continue;
-    bool finite = true;
-    for (int64_t c = 0; c < r; ++c) finite &= std::isfinite(sc.kr[j * r + c]);
-    if (finite) sc.ids.push_back(static_cast<int32_t>(j));
-  }
-  KeyClusterOut out = set->clusters(bh, T);
-  build_key_clusters(sc.kr.data(), r, set->r4, sc.ids.data(), static_cast<int64_t>(sc.ids.size()), panels,
-                     Rng::mix(static_cast<uint64_t>(p.knn.seed)), &out);
-  set->nclusters[bh] = out.C;
 }
-
-namespace {
-
-// Pass 2 over the probed clusters only: each row ranks the centroids by q . centroid (rank-r coordinates in sc.qf)
-// and the block scans the union of the rows' top ceil(probe * C). Returns false (nothing done) when the block
-// should scan every visible key instead: no clusters, a row that does not see every key (clusters mix positions, so
-// for a causal row the best centroids may stand for keys it cannot see: recall@128 fell to 0.5 at 8k causal), a row
-// without a threshold (it keeps every key it sees), a non-finite query, or probed clusters holding as many panels
-// as the plain scan. take(t, cols, n, ids, base): row t's hits.
-template <typename Take>
-bool probed_scan(const AttentionParams& p, const KeyClusterView& kc, int64_t r, int64_t r4, int64_t rows,
-                 int64_t budget, const Take& take) {
-  LowRankScratch& sc = t_lr;
-  const Kernels& kern = kernels();
-  const int64_t C = kc.C;
-  if (C == 0) return false;
-  for (int64_t t = 0; t < rows; ++t)
-    if (sc.last[t] != p.shape.T - 1 || sc.thr[t] == -std::numeric_limits<float>::infinity()) return false;
-  for (int64_t x = 0; x < rows * r; ++x)
-    if (!std::isfinite(sc.qf[x])) return false;
-  const int64_t npc = (C + kPanel - 1) / kPanel, width = npc * kPanel;
-  sc.cs.resize(rows * width);
-  kern.qk_tile(sc.qf.data(), r, rows, kc.centroids, r, npc, sc.cs.data(), width);
-  // At least kProbeCover times the clusters the budget would fill: a row's best keys spread over several clusters.
-  const int64_t nprobe = std::min<int64_t>(
-      C, std::max(static_cast<int64_t>(std::ceil(p.knn.probe * static_cast<double>(C))),
-                  (kProbeCover * budget + kKeysPerCluster - 1) / kKeysPerCluster));
-  sc.probed.assign(C, 0);
-  uint8_t* probed = sc.probed.data();
-  for (int64_t t = 0; t < rows; ++t) {
-    const float* s = sc.cs.data() + t * width;
-    const float kth = TopK::kth_largest(s, C, nprobe, kern);
-    for (int64_t c = 0; c < C; ++c) probed[c] |= s[c] >= kth ? 1 : 0;
-  }
-  int64_t probed_panels = 0;
-  for (int64_t c = 0; c < C; ++c)
-    if (probed[c]) probed_panels += (kc.start[c + 1] - kc.start[c] + kPanel - 1) / kPanel;
-  if (probed_panels >= (p.shape.T + kPanel - 1) / kPanel) return false;
-  for (int64_t c = 0; c < C; ++c) {
-    if (!probed[c]) continue;
-    const int64_t size = kc.start[c + 1] - kc.start[c];
-    for (int64_t u0 = 0; u0 < size; u0 += kBlockK) {
-      const int64_t cols = std::min(kBlockK, size - u0);
-      for (int64_t t = 0; t < rows; ++t) sc.vis[t] = cols, sc.count[t] = 0;
-      kern.qk_above_i8(sc.qb.data(), r4, rows, kc.panels + (kc.panel[c] + u0 / kPanel) * r4 * 64, r4,
-                         (cols + kPanel - 1) / kPanel, sc.vis.data(), sc.thr.data(), sc.hit_id.data(),
-                         sc.hit_val.data(), kBlockK, sc.count.data());
-      for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], kc.order + kc.start[c] + u0, 0);
-    }
-  }
-  return true;
-}
-
-}  // namespace
 
 void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
                    int64_t i0, int64_t i1, int64_t budget, KeyMarks* in) {
@@ -234,7 +154,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     return j <= last && key_is_real(p.key_padding, T, b, j) &&
            !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
   };
-  // Queries: qf = q P (float, for the cluster ranking), q8 = round(127 (q P)_d s_d / max_d |(q P)_d s_d|), so that
+  // Queries: qf = q P, q8 = round(127 (q P)_d s_d / max_d |(q P)_d s_d|), so that
   // sum_d q8[d] k8[d] is proportional to (q P).(K P) up to rounding and a per-row offset (simd.h). A non-finite
   // row scores 0 everywhere: nothing passes its threshold.
   sc.qb.assign(rows * r4, 0u);
@@ -304,18 +224,15 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   }
 
   // Pass 2: approximate scores of the visible keys, filtered by the row's threshold as the kernel makes them;
-  // the keys that pass join the block's set. Only the probed key clusters, when that scans less.
-  // Row t's hits cols[0, n) are keys ids[col] (ids = nullptr: base + col).
-  auto take = [&](int64_t t, const int32_t* cols, int64_t n, const int32_t* ids, int64_t base) {
-    if (plain) return in->mark(cols, n, ids, base);
-    for (int64_t h = 0; h < n; ++h) {
-      const int64_t j = ids == nullptr ? base + cols[h] : ids[cols[h]];
-      if (visible(masks[t], sc.last[t], j)) in->mark(j);
-    }
+  // the keys that pass join the block's set.
+  // Row t's hits cols[0, n) are keys base + col.
+  auto take = [&](int64_t t, const int32_t* cols, int64_t n, int64_t base) {
+    if (plain) return in->mark(cols, n, base);
+    for (int64_t h = 0; h < n; ++h)
+      if (visible(masks[t], sc.last[t], base + cols[h])) in->mark(base + cols[h]);
   };
   sc.last.resize(rows);
   for (int64_t t = 0; t < rows; ++t) sc.last[t] = row_last(p, b, hq, i0 + t);
-  if (probed_scan(p, set.clusters(bh, T), r, r4, rows, budget, take)) return;
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
@@ -325,7 +242,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     }
     kern.qk_above_i8(sc.qb.data(), r4, rows, panels + (j0 / kPanel) * r4 * 64, r4, npanels, sc.vis.data(),
                        sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
-    for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], nullptr, j0);
+    for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], j0);
   }
 }
 

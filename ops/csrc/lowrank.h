@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "key_clusters.h"
 #include "key_marks.h"
 #include "params.h"
 
@@ -22,28 +21,6 @@ struct LowRankSet {
   std::vector<float> basis;     // [B*Hkv][r][D]: orthonormal rows
   std::vector<float> kscale;    // [B*Hkv][r]: s_d, the 8-bit step of dimension d (max |(K P)_d| / 127)
   std::vector<uint8_t> panels;  // [B*Hkv][per_head]: K P in 8 bits, panels of 16 keys (simd.h)
-  // Key clusters per (b, hkv) (key_clusters.h), when the scan is pruned (probe < 1): cmax clusters at most.
-  int64_t cmax = 0, cpanels_per_head = 0;
-  std::vector<int64_t> nclusters;  // [B*Hkv]
-  std::vector<float> centroids;
-  std::vector<int32_t> start, order, panel;
-  std::vector<uint8_t> cpanels;
-  KeyClusterView clusters(int64_t bh, int64_t T) const { return arrays<KeyClusterView>(*this, bh, T); }
-  KeyClusterOut clusters(int64_t bh, int64_t T) { return arrays<KeyClusterOut>(*this, bh, T); }
-
- private:
-  template <typename View, typename Set>
-  static View arrays(Set& s, int64_t bh, int64_t T) {
-    View v;
-    if (s.cmax == 0) return v;
-    v.C = s.nclusters[bh];
-    v.centroids = s.centroids.data() + bh * centroid_floats(s.cmax, s.r);
-    v.start = s.start.data() + bh * (s.cmax + 1);
-    v.order = s.order.data() + bh * T;
-    v.panel = s.panel.data() + bh * s.cmax;
-    v.panels = s.cpanels.data() + bh * s.cpanels_per_head;
-    return v;
-  }
 };
 
 // Sizes the set for p (rank min(rank, D)).

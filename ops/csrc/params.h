@@ -38,7 +38,6 @@ struct KnnSettings {
   int64_t num_simple = 4;       // m
   int64_t max_candidates = 0;   // absolute cap on candidates scored per query (0: derived from fraction)
   float candidate_fraction = 0; // cap as a fraction of the visible keys (0: unused)
-  float probe = 1.f;            // low-rank search: share of the key clusters each query ranks in (1: scan all keys)
   int64_t min_keys = 0;         // fewer visible keys than this: exact
   int64_t local_window = 0;     // most recent visible keys always attended
   int64_t num_sink = 0;         // first keys always attended

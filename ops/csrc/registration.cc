@@ -194,7 +194,6 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
         !get_i("tail_samples", &c.knn.tail_samples) || !get_i("seed", &c.knn.seed))
       return make_error(err);
     if (!read_attr(api, info, "candidate_fraction", &c.knn.candidate_fraction, &present, &err)) return make_error(err);
-    if (!read_attr(api, info, "probe", &c.knn.probe, &present, &err)) return make_error(err);
     if (!read_attr(api, info, "tail_limit", &c.knn.tail_limit, &present, &err)) return make_error(err);
     if (Status s = iceformer::check_settings(c.knn); !s.ok()) return make_error(s.message());
     try {

@@ -102,9 +102,6 @@ Status check_settings(const KnnSettings& k) {
   if (!(k.candidate_fraction >= 0.f && k.candidate_fraction <= 1.f))
     return Status::Error("KnnAttention: attribute candidate_fraction=" + std::to_string(k.candidate_fraction) +
                          " is invalid, expected 0..1");
-  if (!(k.probe > 0.f && k.probe <= 1.f))
-    return Status::Error("KnnAttention: attribute probe=" + std::to_string(k.probe) +
-                         " is invalid, expected a share of the key clusters in (0, 1] (1: scan every key)");
   if (k.min_keys < 0) return bad("min_keys", k.min_keys, ">= 0");
   if (k.local_window < 0) return bad("local_window", k.local_window, ">= 0");
   if (k.num_sink < 0) return bad("num_sink", k.num_sink, ">= 0");

@@ -46,3 +46,12 @@ def test_attribute_of_wrong_type_is_an_ort_error():
     model.graph.node[0].attribute.append(onnx.helper.make_attribute("top_k", 1.5))
     with pytest.raises(Exception, match="attribute top_k has the wrong type"):
         ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+
+
+def test_builder_stores_float_attributes_as_floats():
+    """tail_limit=1 (a Python int) must become a FLOAT attribute, or ORT refuses the node for its type."""
+    model = make_knn_attention_model(tail_limit=1, top_k=8)
+    attrs = {a.name: a for a in model.graph.node[0].attribute}
+    assert attrs["tail_limit"].type == onnx.AttributeProto.FLOAT and attrs["tail_limit"].f == 1.0
+    assert attrs["top_k"].type == onnx.AttributeProto.INT
+    ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
