@@ -65,7 +65,6 @@ void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
   set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0);
 }
 
-
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set) {
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
@@ -145,8 +144,12 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   const uint8_t* panels = set.panels.data() + bh * set.per_head;
   const float* kscale = set.kscale.data() + bh * r;
   LowRankScratch& sc = t_lr;
+  sc.last.resize(rows);
   int64_t last_any = -1;
-  for (int64_t i = i0; i < i1; ++i) last_any = std::max(last_any, row_last(p, b, hq, i));
+  for (int64_t t = 0; t < rows; ++t) {
+    sc.last[t] = row_last(p, b, hq, i0 + t);
+    last_any = std::max(last_any, sc.last[t]);
+  }
   if (last_any < 0 || budget <= 0) return;
   const bool any_mask = p.mask.kind != MaskKind::kNone;
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone;  // visible = causal limit only
@@ -191,7 +194,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   sc.count.assign(rows, 0);
   sc.thr.assign(rows, -std::numeric_limits<float>::infinity());
   for (int64_t t = 0; t < rows; ++t) {
-    const int64_t last = row_last(p, b, hq, i0 + t);
+    const int64_t last = sc.last[t];
     // Sample panel s2 starts at key s2 * stride * 16: its columns c < 16 map to keys j0 + c.
     const int64_t full = last < 0 ? 0 : std::min<int64_t>(nsamp, last / (stride * kPanel) + 1);
     sc.vis[t] = full == 0 ? 0 : (full - 1) * kPanel + std::min<int64_t>(kPanel, last + 1 - (full - 1) * stride * kPanel);
@@ -199,7 +202,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   kern.qk_above_i8(sc.qb.data(), r4, rows, sc.sample.data(), r4, nsamp, sc.vis.data(), sc.thr.data(),
                      sc.hit_id.data(), sc.hit_val.data(), sw, sc.count.data());
   for (int64_t t = 0; t < rows; ++t) {
-    const int64_t last = row_last(p, b, hq, i0 + t);
+    const int64_t last = sc.last[t];
     if (last < 0) continue;
     if (budget >= real_prefix[last + 1]) continue;  // the budget covers every real key the row may see
     // The row's sampled scores, compacted in place to the keys it may see (all of them without masks).
@@ -231,13 +234,11 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     for (int64_t h = 0; h < n; ++h)
       if (visible(masks[t], sc.last[t], base + cols[h])) in->mark(base + cols[h]);
   };
-  sc.last.resize(rows);
-  for (int64_t t = 0; t < rows; ++t) sc.last[t] = row_last(p, b, hq, i0 + t);
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
     for (int64_t t = 0; t < rows; ++t) {
-      sc.vis[t] = std::max<int64_t>(0, std::min(cols, row_last(p, b, hq, i0 + t) + 1 - j0));
+      sc.vis[t] = std::max<int64_t>(0, std::min(cols, sc.last[t] + 1 - j0));
       sc.count[t] = 0;
     }
     kern.qk_above_i8(sc.qb.data(), r4, rows, panels + (j0 / kPanel) * r4 * 64, r4, npanels, sc.vis.data(),

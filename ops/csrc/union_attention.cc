@@ -4,8 +4,8 @@
 #include <cmath>
 #include <limits>
 
-#include "key_marks.h"
 #include "exact_attention.h"
+#include "key_marks.h"
 #include "knn_attention.h"
 #include "masking.h"
 #include "online_softmax.h"
