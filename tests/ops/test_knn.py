@@ -235,4 +235,3 @@ def test_introspection_of_selected_rows_matches_all_rows():
     np.testing.assert_array_equal(ids, all_ids[rows])
     with pytest.raises(ValueError, match="strictly ascending"):
         knn_select(q, k, is_causal=1, rows=[70, 5], **SPARSE)
-
