@@ -15,7 +15,7 @@ constexpr int64_t kPanel = 16;
 // scale per dimension). A query row holds R4 uint32 words, word g = its signed bytes q8[4g .. 4g+3]. The integer
 // score sum_d q8[d] k8[d] is exact in int32 and in float (|score| < 2^24); for a row it is a positive multiple of the
 // rank-r product plus a constant (128 sum_d q8[d]), so rankings and per-row thresholds are unchanged by the offset.
-// VNNI does 64 of these multiply-adds per instruction (the bfloat16 scan before it did 32).
+// VNNI does 64 of these multiply-adds per instruction (bfloat16 dot products do 32).
 struct Kernels {
   const char* name;
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.

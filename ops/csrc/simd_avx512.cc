@@ -388,7 +388,7 @@ inline void transpose16(__m512 x[16]) {
     u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
     u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
   }
-  for (int k = 0; k < 4; ++k) {  // t = rows 0..7, u reused for rows 8..15
+  for (int k = 0; k < 4; ++k) {  // v: rows 0..7 of columns k, 4+k, 8+k, 12+k; w: rows 8..15; then whole columns
     const __m512 v0 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0x88), v1 = _mm512_shuffle_f32x4(u[k], u[4 + k], 0xdd);
     const __m512 w0 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0x88);
     const __m512 w1 = _mm512_shuffle_f32x4(u[8 + k], u[12 + k], 0xdd);
