@@ -21,11 +21,10 @@ class KeyMarks {
     bytes_[j] = 1;
     collected_ = false;
   }
-  // Marks base + cols[t] for t < n: one pass, no branch per key.
-  void mark(const int32_t* cols, int64_t n, int64_t base) {
-    if (n == 0) return;
-    uint8_t* b = bytes_.data() + base;
-    for (int64_t t = 0; t < n; ++t) b[cols[t]] = 1;
+  // Marks key 16 p + c for each bit c of bits[p], for the keys below n (one pass, no branch per key).
+  void mark_bits(const uint16_t* bits, int64_t n) {
+    uint8_t* b = bytes_.data();
+    for (int64_t j = 0; j < n; ++j) b[j] |= static_cast<uint8_t>((bits[j / 16] >> (j % 16)) & 1u);
     collected_ = false;
   }
   bool contains(int64_t j) const { return bytes_[j] != 0; }

@@ -25,6 +25,8 @@ struct LowRankScratch {
   std::vector<float> thr, kr, qf;
   std::vector<uint8_t> sample;
   std::vector<uint32_t> qb;
+  std::vector<int32_t> ithr;
+  std::vector<uint16_t> bits;
   std::vector<int32_t> hit_id;
   std::vector<float> hit_val;
   std::vector<int64_t> vis, count, last;
@@ -227,10 +229,26 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   }
 
   // Pass 2: approximate scores of the visible keys, filtered by the row's threshold as the kernel makes them;
-  // the keys that pass join the block's set.
+  // the keys that pass join the block's set. Without masks or padding only the union matters: the kernel ORs the
+  // rows' hits per panel, with integer thresholds (score > thr <=> score > floor(thr) for an integer score).
+  if (plain) {
+    sc.ithr.resize(rows);
+    for (int64_t t = 0; t < rows; ++t) {
+      const double f = std::floor(static_cast<double>(sc.thr[t]));  // -inf: every visible key passes
+      sc.ithr[t] = static_cast<int32_t>(std::min<double>(std::max<double>(f, -(1 << 30)), 1 << 30));
+    }
+    sc.bits.assign(npan, 0);
+    for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
+      const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
+      for (int64_t t = 0; t < rows; ++t) sc.vis[t] = std::max<int64_t>(0, std::min(cols, sc.last[t] + 1 - j0));
+      kern.qk_union_i8(sc.qb.data(), r4, rows, panels + (j0 / kPanel) * r4 * 64, r4, (cols + kPanel - 1) / kPanel,
+                       sc.vis.data(), sc.ithr.data(), sc.bits.data() + j0 / kPanel);
+    }
+    in->mark_bits(sc.bits.data(), last_any + 1);
+    return;
+  }
   // Row t's hits cols[0, n) are keys base + col.
   auto take = [&](int64_t t, const int32_t* cols, int64_t n, int64_t base) {
-    if (plain) return in->mark(cols, n, base);
     for (int64_t h = 0; h < n; ++h)
       if (visible(masks[t], sc.last[t], base + cols[h])) in->mark(base + cols[h]);
   };

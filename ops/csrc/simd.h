@@ -26,6 +26,10 @@ struct Kernels {
   // idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
   void (*qk_above_i8)(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
                       const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count);
+  // The same integer scores when only the union of the rows' hits matters: for each panel p < npanels, bit c of
+  // bits[p] is OR-ed with "some row r has 16p + c < vis[r] and score > thr[r]" (no per-row lists, no branch).
+  void (*qk_union_i8)(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                      const int64_t* vis, const int32_t* thr, uint16_t* bits);
   // o[r*ldo + e] += sum_{c<cols} p[r*ldp + c] * v[c*ldv + e] for r < rows, e < dv.
   void (*pv_tile)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv,
                   int64_t dv, float* o, int64_t ldo);

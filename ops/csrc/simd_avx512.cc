@@ -5,8 +5,10 @@
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace iceformer {
 namespace {
@@ -136,65 +138,122 @@ inline __attribute__((always_inline)) __m512i i8_step(__m512i acc, __m512i x_eve
   }
 }
 
-// Low-rank scan over 8-bit keys: R rows x (2 or 1) panels, R4 words each, accumulators in registers.
-template <int R, bool kVnni, typename Sink>
-inline __attribute__((always_inline)) void qki_rows(const uint32_t* q, int64_t ldq, const uint8_t* kb, int64_t R4,
-                                                    int64_t npanels, int64_t row0, const Sink& sink) {
+// Low-rank integer scores of R rows x NP (2 or 1) panels, R4 words each, accumulated in registers: a[i][r] holds
+// panel i's 16 scores for row r.
+template <int R, int NP, bool kVnni>
+inline __attribute__((always_inline)) void qki_acc(const uint32_t* q, int64_t ldq, const uint8_t* kb, int64_t R4,
+                                                   __m512i (&a)[NP][R]) {
   const __m512i low = _mm512_set1_epi16(0x00FF);
-  int64_t p = 0;
-  for (; p + 2 <= npanels; p += 2) {
-    const uint8_t* k0 = kb + p * R4 * 64;
-    const uint8_t* k1 = k0 + R4 * 64;
-    __m512i a0[R], a1[R];
-    for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_si512();
-    for (int64_t g = 0; g < R4; ++g) {
-      const __m512i x0 = _mm512_loadu_si512(k0 + g * 64), x1 = _mm512_loadu_si512(k1 + g * 64);
-      __m512i x0e = x0, x0o = x0, x1e = x1, x1o = x1;
-      if constexpr (!kVnni) {
-        x0e = _mm512_and_si512(x0, low), x0o = _mm512_srli_epi16(x0, 8);
-        x1e = _mm512_and_si512(x1, low), x1o = _mm512_srli_epi16(x1, 8);
-      }
-      for (int r = 0; r < R; ++r) {
-        const uint32_t w = q[r * ldq + g];
-        a0[r] = i8_step<kVnni>(a0[r], x0e, x0o, x0, w);
-        a1[r] = i8_step<kVnni>(a1[r], x1e, x1o, x1, w);
-      }
+  for (int i = 0; i < NP; ++i)
+    for (int r = 0; r < R; ++r) a[i][r] = _mm512_setzero_si512();
+  for (int64_t g = 0; g < R4; ++g) {
+    __m512i x[NP], xe[NP], xo[NP];
+    for (int i = 0; i < NP; ++i) {
+      x[i] = xe[i] = xo[i] = _mm512_loadu_si512(kb + (i * R4 + g) * 64);
+      if constexpr (!kVnni) xe[i] = _mm512_and_si512(x[i], low), xo[i] = _mm512_srli_epi16(x[i], 8);
     }
     for (int r = 0; r < R; ++r) {
-      sink(row0 + r, p, _mm512_cvtepi32_ps(a0[r]));
-      sink(row0 + r, p + 1, _mm512_cvtepi32_ps(a1[r]));
+      const uint32_t w = q[r * ldq + g];
+      for (int i = 0; i < NP; ++i) a[i][r] = i8_step<kVnni>(a[i][r], xe[i], xo[i], x[i], w);
+    }
+  }
+}
+
+// Filtered scan: every (row, panel) of R rows goes through the sink as floats.
+template <int R, bool kVnni>
+inline __attribute__((always_inline)) void qki_rows(const uint32_t* q, int64_t ldq, const uint8_t* kb, int64_t R4,
+                                                    int64_t npanels, int64_t row0, const FilterSink& sink) {
+  int64_t p = 0;
+  for (; p + 2 <= npanels; p += 2) {
+    __m512i a[2][R];
+    qki_acc<R, 2, kVnni>(q, ldq, kb + p * R4 * 64, R4, a);
+    for (int r = 0; r < R; ++r) {
+      sink(row0 + r, p, _mm512_cvtepi32_ps(a[0][r]));
+      sink(row0 + r, p + 1, _mm512_cvtepi32_ps(a[1][r]));
     }
   }
   if (p < npanels) {
-    const uint8_t* k0 = kb + p * R4 * 64;
-    __m512i a0[R];
-    for (int r = 0; r < R; ++r) a0[r] = _mm512_setzero_si512();
-    for (int64_t g = 0; g < R4; ++g) {
-      const __m512i x0 = _mm512_loadu_si512(k0 + g * 64);
-      __m512i x0e = x0, x0o = x0;
-      if constexpr (!kVnni) x0e = _mm512_and_si512(x0, low), x0o = _mm512_srli_epi16(x0, 8);
-      for (int r = 0; r < R; ++r) a0[r] = i8_step<kVnni>(a0[r], x0e, x0o, x0, q[r * ldq + g]);
+    __m512i a[1][R];
+    qki_acc<R, 1, kVnni>(q, ldq, kb + p * R4 * 64, R4, a);
+    for (int r = 0; r < R; ++r) sink(row0 + r, p, _mm512_cvtepi32_ps(a[0][r]));
+  }
+}
+
+// Lanes [0, left) of a panel (none for left <= 0).
+inline __mmask16 lanes_below(int64_t left) { return left <= 0 ? __mmask16(0) : tail_mask(left); }
+
+// Union scan of R rows: per panel, the OR over rows of (visible and score > thr) lane masks. Panels every row sees
+// whole (all of them without a causal limit) take one integer compare per row and panel; the others also mask.
+template <int R, bool kVnni>
+inline __attribute__((always_inline)) void qki_union_rows(const uint32_t* q, int64_t ldq, const uint8_t* kb,
+                                                          int64_t R4, int64_t npanels, const int64_t* vis,
+                                                          const int32_t* thr, uint16_t* bits) {
+  int64_t vmin = vis[0];
+  for (int r = 1; r < R; ++r) vmin = std::min(vmin, vis[r]);
+  int64_t p = 0;
+  for (; p + 2 <= npanels; p += 2) {
+    __m512i a[2][R];
+    qki_acc<R, 2, kVnni>(q, ldq, kb + p * R4 * 64, R4, a);
+    __mmask16 m0 = 0, m1 = 0;
+    if ((p + 2) * kPanel <= vmin) {
+      for (int r = 0; r < R; ++r) {
+        const __m512i t = _mm512_set1_epi32(thr[r]);
+        m0 = _kor_mask16(m0, _mm512_cmpgt_epi32_mask(a[0][r], t));
+        m1 = _kor_mask16(m1, _mm512_cmpgt_epi32_mask(a[1][r], t));
+      }
+    } else {
+      for (int r = 0; r < R; ++r) {
+        const __m512i t = _mm512_set1_epi32(thr[r]);
+        m0 = _kor_mask16(m0, _mm512_mask_cmpgt_epi32_mask(lanes_below(vis[r] - p * kPanel), a[0][r], t));
+        m1 = _kor_mask16(m1, _mm512_mask_cmpgt_epi32_mask(lanes_below(vis[r] - (p + 1) * kPanel), a[1][r], t));
+      }
     }
-    for (int r = 0; r < R; ++r) sink(row0 + r, p, _mm512_cvtepi32_ps(a0[r]));
+    bits[p] |= m0;
+    bits[p + 1] |= m1;
+  }
+  if (p < npanels) {
+    __m512i a[1][R];
+    qki_acc<R, 1, kVnni>(q, ldq, kb + p * R4 * 64, R4, a);
+    __mmask16 m0 = 0;
+    for (int r = 0; r < R; ++r)
+      m0 = _kor_mask16(m0, _mm512_mask_cmpgt_epi32_mask(lanes_below(vis[r] - p * kPanel), a[0][r],
+                                                        _mm512_set1_epi32(thr[r])));
+    bits[p] |= m0;
+  }
+}
+
+// Calls f(std::integral_constant<int, R>, row0) over rows in groups of R = 8 (then one group of the remainder).
+template <typename F>
+inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& f) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) f(std::integral_constant<int, 8>{}, r);
+  switch (rows - r) {
+    case 7: f(std::integral_constant<int, 7>{}, r); break;
+    case 6: f(std::integral_constant<int, 6>{}, r); break;
+    case 5: f(std::integral_constant<int, 5>{}, r); break;
+    case 4: f(std::integral_constant<int, 4>{}, r); break;
+    case 3: f(std::integral_constant<int, 3>{}, r); break;
+    case 2: f(std::integral_constant<int, 2>{}, r); break;
+    case 1: f(std::integral_constant<int, 1>{}, r); break;
+    default: break;
   }
 }
 
 template <bool kVnni>
 inline __attribute__((always_inline)) void qki_above(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb,
                                                      int64_t R4, int64_t npanels, const FilterSink& sink) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) qki_rows<8, kVnni>(q + r * ldq, ldq, kb, R4, npanels, r, sink);
-  const uint32_t* qr = q + r * ldq;
-  switch (rows - r) {
-    case 7: qki_rows<7, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    case 6: qki_rows<6, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    case 5: qki_rows<5, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    case 4: qki_rows<4, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    case 3: qki_rows<3, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    case 2: qki_rows<2, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    case 1: qki_rows<1, kVnni>(qr, ldq, kb, R4, npanels, r, sink); break;
-    default: break;
-  }
+  by_row_groups(rows, [&](auto R, int64_t r) {
+    qki_rows<decltype(R)::value, kVnni>(q + r * ldq, ldq, kb, R4, npanels, r, sink);
+  });
+}
+
+template <bool kVnni>
+inline __attribute__((always_inline)) void qki_union(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb,
+                                                     int64_t R4, int64_t npanels, const int64_t* vis,
+                                                     const int32_t* thr, uint16_t* bits) {
+  by_row_groups(rows, [&](auto R, int64_t r) {
+    qki_union_rows<decltype(R)::value, kVnni>(q + r * ldq, ldq, kb, R4, npanels, vis + r, thr + r, bits);
+  });
 }
 
 void qk_above_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
@@ -202,12 +261,23 @@ void qk_above_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb
   qki_above<false>(q, ldq, rows, kb, R4, npanels, FilterSink{vis, thr, idx, val, cap, count});
 }
 
-// The only function built for AVX512-VNNI; avx512_vnni_kernels() offers it and the dispatch point checks the CPU.
+void qk_union_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                 const int64_t* vis, const int32_t* thr, uint16_t* bits) {
+  qki_union<false>(q, ldq, rows, kb, R4, npanels, vis, thr, bits);
+}
+
+// The only functions built for AVX512-VNNI; avx512_vnni_kernels() offers them and the dispatch point checks the CPU.
 __attribute__((target("avx512vnni"))) void qk_above_i8_vnni(const uint32_t* q, int64_t ldq, int64_t rows,
                                                             const uint8_t* kb, int64_t R4, int64_t npanels,
                                                             const int64_t* vis, const float* thr, int32_t* idx,
                                                             float* val, int64_t cap, int64_t* count) {
   qki_above<true>(q, ldq, rows, kb, R4, npanels, FilterSink{vis, thr, idx, val, cap, count});
+}
+
+__attribute__((target("avx512vnni"))) void qk_union_i8_vnni(const uint32_t* q, int64_t ldq, int64_t rows,
+                                                            const uint8_t* kb, int64_t R4, int64_t npanels,
+                                                            const int64_t* vis, const int32_t* thr, uint16_t* bits) {
+  qki_union<true>(q, ldq, rows, kb, R4, npanels, vis, thr, bits);
 }
 
 // R rows of O, 32 value columns at a time (masked at the Dv tail), accumulated over all cols in registers.
@@ -412,7 +482,7 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, qk_above_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
+  static const Kernels k{"avx512", qk_tile, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
                          gather_dot, gather_axpy, pack_panel};
   return &k;
 }
@@ -422,6 +492,7 @@ const Kernels* avx512_vnni_kernels() {
     Kernels b = *avx512_kernels();
     b.name = "avx512-vnni";
     b.qk_above_i8 = qk_above_i8_vnni;
+    b.qk_union_i8 = qk_union_i8_vnni;
     return b;
   }();
   return &k;

@@ -18,24 +18,34 @@ void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t
       }
 }
 
+int32_t score_i8(const uint32_t* q, const uint8_t* kb, int64_t R4, int64_t c) {
+  const int64_t p = c / kPanel, l = c % kPanel;
+  int32_t acc = 0;
+  for (int64_t g = 0; g < R4; ++g) {
+    const uint8_t* k = kb + p * R4 * 64 + g * 64 + 4 * l;
+    for (int j = 0; j < 4; ++j) acc += static_cast<int32_t>(k[j]) * static_cast<int8_t>(q[g] >> (8 * j));
+  }
+  return acc;
+}
+
 void qk_above_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
                  const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < vis[r] && c < npanels * kPanel; ++c) {
-      const int64_t p = c / kPanel, l = c % kPanel;
-      int32_t acc = 0;
-      for (int64_t g = 0; g < R4; ++g) {
-        const uint32_t w = q[r * ldq + g];
-        const uint8_t* k = kb + p * R4 * 64 + g * 64 + 4 * l;
-        for (int j = 0; j < 4; ++j) acc += static_cast<int32_t>(k[j]) * static_cast<int8_t>(w >> (8 * j));
-      }
-      const float score = static_cast<float>(acc);
+      const float score = static_cast<float>(score_i8(q + r * ldq, kb, R4, c));
       if (score > thr[r]) {
         idx[r * cap + count[r]] = static_cast<int32_t>(c);
         val[r * cap + count[r]] = score;
         ++count[r];
       }
     }
+}
+
+void qk_union_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                 const int64_t* vis, const int32_t* thr, uint16_t* bits) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < vis[r] && c < npanels * kPanel; ++c)
+      if (score_i8(q + r * ldq, kb, R4, c) > thr[r]) bits[c / kPanel] |= static_cast<uint16_t>(1u << (c % kPanel));
 }
 
 void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
@@ -102,7 +112,7 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, qk_above_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
+  static const Kernels k{"scalar", qk_tile, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
                          gather_axpy, pack_panel};
   return k;
 }

@@ -137,7 +137,8 @@ def test_several_sessions_and_registrations_in_one_process():
 def test_scalar_and_vector_kernels_agree(tmp_path):
     """ICEFORMER_SIMD=scalar forces the reference kernels, ICEFORMER_SIMD=avx512 the AVX-512 ones without the VNNI
     dot product (checked in subprocesses: dispatch is per process); the exact path and the k-NN path (sparse block
-    sets, a rank of 7 whose last 4-dimension group is padded) agree between all variants."""
+    sets, a rank of 7 whose last 4-dimension group is padded; causal and not, T not a multiple of the 16-key panel;
+    with key padding, which scans through per-row lists instead of the union kernel) agree between all variants."""
     tests_dir = Path(__file__).resolve().parents[1]
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r)\n"
@@ -148,7 +149,8 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         "k = AttentionCase(Hq=2, Hkv=1, S=128, T=2048, is_causal=1, D=48, Dv=24,\n"
         "                  attrs=dict(top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, rank=7,\n"
         "                             tail_samples=32, tail_limit=1.0))\n"
-        "np.save(%r, np.concatenate([run_case(c).ravel(), run_case(k).ravel()])); print(simd_variant())\n"
+        "ks = [k, k.with_(is_causal=0, S=70, T=1999), k.with_(B=2, is_causal=0, S=70, T=1999, key_padding_mask='bool')]\n"
+        "np.save(%r, np.concatenate([run_case(x).ravel() for x in [c, *ks]])); print(simd_variant())\n"
     )
     outs = {}
     for variant in ("scalar", "avx512", "auto"):
