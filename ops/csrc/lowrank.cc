@@ -2,13 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <limits>
 
 #include "masking.h"
 #include "rng.h"
 #include "simd.h"
-#include "topk.h"
 
 namespace iceformer {
 namespace {
@@ -223,7 +221,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     const int64_t want = std::max<int64_t>(
         1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(nv) / visible_est)));
     if (nv > want) {
-      const float kth = TopK::kth_largest(vals, nv, want, kern);
+      const float kth = kern.kth_largest_int(vals, nv, want);
       sc.thr[t] = std::nextafter(kth, -std::numeric_limits<float>::infinity());
     }
   }

@@ -42,6 +42,9 @@ struct Kernels {
   void (*scal)(float a, float* x, int64_t n);
   // Number of i with x[i] >= thr.
   int64_t (*count_ge)(const float* x, int64_t n, float thr);
+  // The k-th largest of v[0, n) (0 < k <= n) for integers in (-2^24, 2^24) held as floats (the low-rank scan's
+  // scores); v may be overwritten.
+  float (*kth_largest_int)(float* v, int64_t n, int64_t k);
   // out[t] = scale * (q . rows[ids[t]]) for t < n, rows of length D at stride ld.
   void (*gather_dot)(const float* q, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t D,
                      float scale, float* out);

@@ -380,6 +380,47 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
   return m;
 }
 
+// Largest integer m in [lo, hi] with count(x >= m) >= k, given count(x >= lo) >= k (x integer-valued: m is then
+// the k-th largest value itself).
+int32_t bisect_int(const float* x, int64_t n, int64_t k, int32_t lo, int32_t hi) {
+  while (lo < hi) {
+    const int32_t mid = lo + (hi - lo + 1) / 2;
+    if (count_ge(x, n, static_cast<float>(mid)) >= k) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Two levels: the lane maxima of G = ceil(k / 16) runs of vectors are 16 G distinct elements, so their k-th largest
+// m is a lower bound of the answer; the elements >= m (few: about k..3k) are compacted to the front of v and the
+// bisection runs over them from m, instead of over all n from -2^24.
+float kth_largest_int(float* v, int64_t n, int64_t k) {
+  const int64_t nvec = (n + 15) / 16, groups = (k + 15) / 16;
+  const int32_t hi = static_cast<int32_t>(vmax(v, n));
+  if (groups > 16 || 2 * groups > nvec) return static_cast<float>(bisect_int(v, n, k, -(1 << 24), hi));
+  const __m512 none = _mm512_set1_ps(-33554432.f);  // -2^25: below every value, so never a false maximum
+  alignas(64) float maxima[16 * 16];
+  __m512 low = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 m = none;
+    for (int64_t i = g * nvec / groups; i < (g + 1) * nvec / groups; ++i)
+      m = _mm512_max_ps(m, _mm512_mask_loadu_ps(none, tail_mask(n - 16 * i), v + 16 * i));
+    _mm512_store_ps(maxima + 16 * g, m);
+    low = _mm512_min_ps(low, m);
+  }
+  const int32_t m = bisect_int(maxima, 16 * groups, k, static_cast<int32_t>(_mm512_reduce_min_ps(low)), hi);
+  // Compact in place: the write position never passes the vector just read.
+  const __m512 vm = _mm512_set1_ps(static_cast<float>(m));
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 t = tail_mask(n - i);
+    const __m512 x = _mm512_maskz_loadu_ps(t, v + i);
+    const __mmask16 keep = _mm512_mask_cmp_ps_mask(t, x, vm, _CMP_GE_OQ);
+    _mm512_mask_storeu_ps(v + c, tail_mask(__builtin_popcount(keep)), _mm512_maskz_compress_ps(keep, x));
+    c += __builtin_popcount(keep);
+  }
+  return static_cast<float>(bisect_int(v, c, k, m, hi));
+}
+
 // Loads min(n, 128) floats of x into up to 8 registers with their tail masks; returns how many registers.
 inline int64_t load_chunk(const float* x, int64_t n, __m512* v, __mmask16* mk) {
   const int64_t nv = ((n < 128 ? n : 128) + 15) / 16;
@@ -483,7 +524,7 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 
 const Kernels* avx512_kernels() {
   static const Kernels k{"avx512", qk_tile, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
-                         gather_dot, gather_axpy, pack_panel};
+                         kth_largest_int, gather_dot, gather_axpy, pack_panel};
   return &k;
 }
 

@@ -1,5 +1,7 @@
 // Scalar reference kernels: plain loops, the contract every vectorised variant must match.
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 
 #include "simd.h"
@@ -95,6 +97,11 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
   return m;
 }
 
+float kth_largest_int(float* v, int64_t n, int64_t k) {
+  std::nth_element(v, v + k - 1, v + n, std::greater<float>());
+  return v[k - 1];
+}
+
 void gather_dot(const float* q, const float* rows, int64_t ld, const int32_t* ids, int64_t n, int64_t D, float scale,
                 float* out) {
   for (int64_t t = 0; t < n; ++t) out[t] = scale * dot(q, rows + static_cast<int64_t>(ids[t]) * ld, D);
@@ -112,8 +119,8 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge, gather_dot,
-                         gather_axpy, pack_panel};
+  static const Kernels k{"scalar", qk_tile,  qk_above_i8,     qk_union_i8, pv_tile,     vmax,      exp_sum,
+                         dot,      scal,     count_ge,        kth_largest_int, gather_dot, gather_axpy, pack_panel};
   return k;
 }
 
