@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=1)
     if args.plot:
-        plot(rows, args.plot, f"{args.threads} threads, D={args.head_dim}, Hq={args.heads}")
+        plot(rows, args.plot, f"{args.threads} threads, D={cases[0].D}" + (f", {os.path.basename(args.data)}" if args.data else ""))
 
 
 def plot(rows: list[Row], path: str, subtitle: str) -> None:
