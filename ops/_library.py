@@ -51,6 +51,7 @@ def _cdll() -> ctypes.CDLL:
     lib.IceformerContractJson.restype = ctypes.c_char_p
     lib.IceformerSimdVariant.restype = ctypes.c_char_p
     lib.IceformerKnnSelect.restype = ctypes.c_int
+    lib.IceformerKthLargestInt.restype = ctypes.c_int
     return lib
 
 
@@ -103,3 +104,16 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
     if rc != 0:
         raise ValueError(err.value.decode() or "IceformerKnnSelect failed")
     return out, counts
+
+
+def _kth_largest_int(values, k: int) -> float:
+    """The dispatched kernel that sets the low-rank scan's per-row thresholds: the k-th largest of integer-valued
+    float32 `values` in (-2^24, 2^24) (for tests of its edge cases)."""
+    import numpy as np
+
+    v = np.array(values, dtype=np.float32).ravel()  # a copy: the kernel overwrites it
+    out = ctypes.c_float()
+    if _cdll().IceformerKthLargestInt(v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), ctypes.c_int64(v.size),
+                                      ctypes.c_int64(k), ctypes.byref(out)) != 0:
+        raise ValueError(f"k must be in [1, {v.size}] and the values integers in (-2^24, 2^24); got k={k}")
+    return out.value

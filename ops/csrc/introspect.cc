@@ -1,5 +1,6 @@
 // Plain-C entry points for tests and tools (no ONNX Runtime involved): which keys the k-NN path attends to
-// for each query of one head, so that recall against the exact top-k can be measured.
+// for each query of one head, so that recall against the exact top-k can be measured; one kernel with edge cases
+// the op rarely reaches.
 #include <algorithm>
 #include <cstdint>
 #include <new>
@@ -11,6 +12,7 @@
 #include "knn_index.h"
 #include "lowrank.h"
 #include "masking.h"
+#include "simd.h"
 #include "union_attention.h"
 
 #define ICE_EXPORT __attribute__((visibility("default")))
@@ -99,5 +101,15 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
   } catch (const std::bad_alloc&) {
     return -1;
   }
+  return 0;
+}
+
+// The dispatched kth_largest_int kernel on v[0, n) (overwritten): *out = the k-th largest. Returns 0, or -1 when
+// not 0 < k <= n or a value is not an integer in (-2^24, 2^24) (the kernel's contract).
+extern "C" ICE_EXPORT int IceformerKthLargestInt(float* v, int64_t n, int64_t k, float* out) {
+  if (!(k > 0 && k <= n)) return -1;
+  for (int64_t i = 0; i < n; ++i)
+    if (!(v[i] > -16777216.f && v[i] < 16777216.f) || v[i] != static_cast<float>(static_cast<int32_t>(v[i]))) return -1;
+  *out = iceformer::kernels().kth_largest_int(v, n, k);
   return 0;
 }

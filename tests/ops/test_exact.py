@@ -1,5 +1,6 @@
 """The exact path against the float64 reference and against ONNX's own Attention (onnx.reference, ORT)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from onnx.reference import ReferenceEvaluator
 
 from conftest import knn_session, run_case
 from iceformer.ops import knn_attention_reference, make_attention_model
+from iceformer.ops._library import _kth_largest_int
 from iceformer.tools.cases import AttentionCase
 
 # Float32 kernel vs float64 reference: |error| <= ATOL + RTOL |ref| elementwise.
@@ -163,6 +165,42 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
     assert outs["avx512"][1] in {"avx512", "scalar"}  # scalar on a CPU without AVX-512
     for variant in ("avx512", "auto"):
         np.testing.assert_allclose(outs["scalar"][0], outs[variant][0], atol=1e-5, rtol=1e-5)
+
+
+def test_threshold_selection_kernel_matches_sorting_in_every_variant(tmp_path):
+    """kth_largest_int (the per-row thresholds of the low-rank scan) against numpy's sort, per kernel variant:
+    sizes around the 16-lane vectors and the 768-key sample, k from 1 to n (the two-level path for small k, the
+    plain bisection for large k), many ties, negative values, the ends of the kernel's integer range."""
+    code = (
+        "import json, numpy as np\n"
+        "from iceformer.ops._library import _kth_largest_int\n"
+        "rng = np.random.default_rng(5)\n"
+        "bad = checks = 0\n"
+        "for n in (1, 5, 16, 17, 31, 64, 200, 768, 784, 1000):\n"
+        "    for lo, hi in ((0, 4), (-3, 0), (-2**20, 2**20), (-2**24 + 1, 2**24 - 1), (7, 8)):\n"
+        "        v = rng.integers(lo, hi, n).astype(np.float32)\n"
+        "        for k in sorted({1, 2, 15, 16, 17, 29, 64, n // 2 or 1, n - 1 or 1, n}):\n"
+        "            if k > n: continue\n"
+        "            checks += 1\n"
+        "            bad += _kth_largest_int(v, k) != np.sort(v)[::-1][k - 1]\n"
+        "print(json.dumps([checks, int(bad)]))\n"
+    )
+    for variant in ("scalar", "avx512", "auto"):
+        res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == [365, 0], variant
+
+
+def test_threshold_selection_kernel_refuses_values_outside_its_contract():
+    with pytest.raises(ValueError, match="k must be in"):
+        _kth_largest_int([1.0, 2.0], 0)  # k = 0
+    with pytest.raises(ValueError, match="k must be in"):
+        _kth_largest_int([1.0, 2.0], 3)  # k > n
+    with pytest.raises(ValueError, match="integers"):
+        _kth_largest_int([1.5, 2.0], 1)  # not an integer
+    with pytest.raises(ValueError, match="integers"):
+        _kth_largest_int([2.0**24, 2.0], 1)  # outside (-2^24, 2^24)
 
 
 def test_exporter_style_causal_mask_matches_is_causal():
