@@ -391,8 +391,8 @@ int32_t bisect_int(const float* x, int64_t n, int64_t k, int32_t lo, int32_t hi)
 }
 
 // Two levels: the lane maxima of G = ceil(k / 16) runs of vectors are 16 G distinct elements, so their k-th largest
-// m is a lower bound of the answer; the elements >= m (few: about k..3k) are compacted to the front of v and the
-// bisection runs over them from m, instead of over all n from -2^24.
+// m is a lower bound of the answer; the elements >= m are compacted to the front of v and the bisection runs over
+// them from m, instead of over all n from -2^24 (the first bisection, over the maxima, starts from their least).
 float kth_largest_int(float* v, int64_t n, int64_t k) {
   const int64_t nvec = (n + 15) / 16, groups = (k + 15) / 16;
   const int32_t hi = static_cast<int32_t>(vmax(v, n));
