@@ -188,7 +188,8 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   for (int64_t s2 = 0; s2 < nsamp; ++s2)
     std::copy_n(panels + s2 * stride * r4 * 64, r4 * 64, sc.sample.data() + s2 * r4 * 64);
   // Scores of the sampled keys each row may see (threshold -inf: the filter keeps every score).
-  sc.hit_id.resize(std::max<int64_t>(rows * sw, rows * kBlockK));
+  // Pass 2 lists hits per row only with masks or padding.
+  sc.hit_id.resize(plain ? rows * sw : std::max<int64_t>(rows * sw, rows * kBlockK));
   sc.hit_val.resize(sc.hit_id.size());
   sc.vis.resize(rows);
   sc.count.assign(rows, 0);
@@ -228,7 +229,8 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
 
   // Pass 2: approximate scores of the visible keys, filtered by the row's threshold as the kernel makes them;
   // the keys that pass join the block's set. Without masks or padding only the union matters: the kernel ORs the
-  // rows' hits per panel, with integer thresholds (score > thr <=> score > floor(thr) for an integer score).
+  // rows' hits per panel, with integer thresholds (score > thr <=> score > floor(thr) for an integer score);
+  // otherwise each row's hits are listed and checked against its masks.
   if (plain) {
     sc.ithr.resize(rows);
     for (int64_t t = 0; t < rows; ++t) {
@@ -236,31 +238,27 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
       sc.ithr[t] = static_cast<int32_t>(std::min<double>(std::max<double>(f, -(1 << 30)), 1 << 30));
     }
     sc.bits.assign(npan, 0);
-    for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
-      const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
-      for (int64_t t = 0; t < rows; ++t) sc.vis[t] = std::max<int64_t>(0, std::min(cols, sc.last[t] + 1 - j0));
-      kern.qk_union_i8(sc.qb.data(), r4, rows, panels + (j0 / kPanel) * r4 * 64, r4, (cols + kPanel - 1) / kPanel,
-                       sc.vis.data(), sc.ithr.data(), sc.bits.data() + j0 / kPanel);
-    }
-    in->mark_bits(sc.bits.data(), last_any + 1);
-    return;
   }
-  // Row t's hits cols[0, n) are keys base + col.
-  auto take = [&](int64_t t, const int32_t* cols, int64_t n, int64_t base) {
-    for (int64_t h = 0; h < n; ++h)
-      if (visible(masks[t], sc.last[t], base + cols[h])) in->mark(base + cols[h]);
-  };
   for (int64_t j0 = 0; j0 <= last_any; j0 += kBlockK) {
     const int64_t cols = std::min<int64_t>(kBlockK, last_any + 1 - j0);
     const int64_t npanels = (cols + kPanel - 1) / kPanel;
-    for (int64_t t = 0; t < rows; ++t) {
-      sc.vis[t] = std::max<int64_t>(0, std::min(cols, sc.last[t] + 1 - j0));
-      sc.count[t] = 0;
+    const uint8_t* kb = panels + (j0 / kPanel) * r4 * 64;
+    for (int64_t t = 0; t < rows; ++t) sc.vis[t] = std::max<int64_t>(0, std::min(cols, sc.last[t] + 1 - j0));
+    if (plain) {
+      kern.qk_union_i8(sc.qb.data(), r4, rows, kb, r4, npanels, sc.vis.data(), sc.ithr.data(),
+                       sc.bits.data() + j0 / kPanel);
+      continue;
     }
-    kern.qk_above_i8(sc.qb.data(), r4, rows, panels + (j0 / kPanel) * r4 * 64, r4, npanels, sc.vis.data(),
-                       sc.thr.data(), sc.hit_id.data(), sc.hit_val.data(), kBlockK, sc.count.data());
-    for (int64_t t = 0; t < rows; ++t) take(t, sc.hit_id.data() + t * kBlockK, sc.count[t], j0);
+    sc.count.assign(rows, 0);
+    kern.qk_above_i8(sc.qb.data(), r4, rows, kb, r4, npanels, sc.vis.data(), sc.thr.data(), sc.hit_id.data(),
+                     sc.hit_val.data(), kBlockK, sc.count.data());
+    for (int64_t t = 0; t < rows; ++t)
+      for (int64_t h = 0; h < sc.count[t]; ++h) {
+        const int64_t j = j0 + sc.hit_id[t * kBlockK + h];
+        if (visible(masks[t], sc.last[t], j)) in->mark(j);
+      }
   }
+  if (plain) in->mark_bits(sc.bits.data(), last_any + 1);
 }
 
 }  // namespace iceformer
