@@ -57,6 +57,14 @@ OUTPUTS: tuple[TensorSpec, ...] = (
 
 ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("is_causal", "int", 0, "1: query i sees keys j <= i + T - S (bottom-right aligned, K = cache + new keys)"),
+    AttrSpec(
+        "local_window_size",
+        "int",
+        -1,
+        "hard sliding window, as GroupQueryAttention's: query i sees only keys j > i + T - S - local_window_size "
+        "(the local_window_size positions ending at its own; Hugging Face's sliding_window); -1: none; every path "
+        "honours it",
+    ),
     AttrSpec("scale", "float", None, "logit scale; absent: 1/sqrt(D)"),
     AttrSpec("top_k", "int", 128, "keys retrieved per query by k-NN search (the floor of the candidate budget); 0 or >= visible keys: exact attention"),
     AttrSpec(

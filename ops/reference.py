@@ -14,14 +14,18 @@ from . import contract
 
 
 def visibility(
-    B: int, Hq: int, S: int, T: int, *, is_causal: int, attn_mask=None, key_padding_mask=None
+    B: int, Hq: int, S: int, T: int, *, is_causal: int, attn_mask=None, key_padding_mask=None,
+    local_window_size: int = -1,
 ) -> np.ndarray:
-    """Bool [B,Hq,S,T]: which keys each query may see (causal bottom-right, padding, bool / -inf masks)."""
+    """Bool [B,Hq,S,T]: which keys each query may see (causal bottom-right, hard window, padding, bool / -inf
+    masks)."""
     vis = np.ones((B, Hq, S, T), dtype=bool)
+    i = np.arange(S)[:, None]
+    j = np.arange(T)[None, :]
     if is_causal:
-        i = np.arange(S)[:, None]
-        j = np.arange(T)[None, :]
         vis &= (j <= i + (T - S))[None, None]
+    if local_window_size >= 0:
+        vis &= (j > i + (T - S) - local_window_size)[None, None]
     if key_padding_mask is not None:
         vis &= (np.asarray(key_padding_mask) != 0)[:, None, None, :]
     if attn_mask is not None:
@@ -49,14 +53,16 @@ def logits(Q, K, *, scale: float | None = None, attn_mask=None) -> np.ndarray:
 
 
 def knn_attention_reference(
-    Q, K, V, attn_mask=None, key_padding_mask=None, *, is_causal: int = 0, scale: float | None = None, **_knn
+    Q, K, V, attn_mask=None, key_padding_mask=None, *, is_causal: int = 0, scale: float | None = None,
+    local_window_size: int = -1, **_knn
 ) -> np.ndarray:
     """Exact attention per the contract, in float64. Rows with no visible key are zeros."""
     Q = np.asarray(Q, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
     Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
-    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                     local_window_size=local_window_size)
     z = np.where(vis, logits(Q, K, scale=scale, attn_mask=attn_mask), -np.inf)
     mx = z.max(axis=-1, keepdims=True) if T else np.zeros((B, Hq, S, 1))
     safe = np.where(np.isfinite(mx), mx, 0.0)
@@ -83,6 +89,7 @@ def topk_attention_reference(
     top_k: int,
     local_window: int = 0,
     num_sink: int = 0,
+    local_window_size: int = -1,
     **_ignored,
 ) -> np.ndarray:
     """What the k-NN path computes when its search is perfect and there is no tail estimate: softmax over the
@@ -92,7 +99,8 @@ def topk_attention_reference(
     V = np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
     Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
-    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
+    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                     local_window_size=local_window_size)
     z = logits(Q, K, scale=scale, attn_mask=attn_mask)
     # last(i): the last key allowed by the causal limit and attn_mask (not key_padding_mask)
     vis_cm = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask)

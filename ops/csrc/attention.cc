@@ -112,8 +112,8 @@ int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int6
   const int64_t threshold = knn_threshold(p.knn);
   int64_t i = i0;
   for (; i < i1; ++i) {
-    const int64_t last = row_last(p, b, hq, i);
-    if (last >= 0 && real_prefix[last + 1] >= threshold) break;
+    const int64_t last = row_last(p, b, hq, i), first = row_first(p, i);
+    if (last >= first && real_prefix[last + 1] - real_prefix[first] >= threshold) break;
   }
   return i;
 }
@@ -258,6 +258,8 @@ Status run_attention(const AttentionParams& params, const Parallel& par, const H
     why = "too few queries for an index";
   } else if (sh.T < knn_threshold(ks)) {
     why = "too few keys (T < max(min_keys, top_k + local_window + num_sink + 1))";
+  } else if (p.window >= 0 && p.window < knn_threshold(ks)) {
+    why = "hard window smaller than the k-NN threshold (local_window_size < max(min_keys, ...))";
   } else if (mask_is_bias(p)) {
     why = "float attn_mask is a bias";
   }

@@ -37,6 +37,7 @@ struct AttrSpec {
 
 constexpr AttrSpec kAttrs[] = {
     {"is_causal", 'i', true, 0},
+    {"local_window_size", 'i', true, -1},
     {"scale", 'f', false, 0},
     {"top_k", 'i', true, 128},
     {"search", 'i', true, 0},

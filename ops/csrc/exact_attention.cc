@@ -65,22 +65,27 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
     states[r] = OnlineSoftmax{kNegInf, 0.f, o + r * ldo, Dv};
   }
 
-  // The block's widest view (last_any) and the keys every row may see (<= last_all).
-  int64_t last_any = -1, last_all = T;
+  // The block's widest view [first_min, last_any] and the keys every row may see (first_max <= j <= last_all).
+  int64_t last_any = -1, last_all = T, first_min = T, first_max = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t l = row_last(p, b, hq, row_ids[r]);
+    const int64_t l = row_last(p, b, hq, row_ids[r]), f = row_first(p, row_ids[r]);
     last_any = std::max(last_any, l);
     last_all = std::min(last_all, l);
+    first_min = std::min(first_min, f);
+    first_max = std::max(first_max, f);
   }
+  const bool windowed = first_max > 0;  // a hard window hides some keys of the range from some rows
+  const int64_t start = std::min(first_min, last_any + 1) / kPanel * kPanel;  // tiles start on panel boundaries
   const float* v = p.v + (b * sh.Hkv + hkv) * T * Dv;
   const bool has_mask = p.mask.kind != MaskKind::kNone;
   const bool has_kpm = p.key_padding.kind != KeyPaddingKind::kNone;
   const bool banded = band.window >= 0;
   // Key ranges to visit: all of [0, last_any], or the sinks [0, sinks) and the band of recent keys.
-  int64_t ranges[2][2] = {{0, last_any + 1}, {0, 0}};
+  int64_t ranges[2][2] = {{start, last_any + 1}, {0, 0}};
   if (banded) {
     const int64_t sinks = std::min(band.sinks, last_any + 1);
     const int64_t lo = std::max(sinks, last_all - band.window + 1);
+    ranges[0][0] = 0;
     ranges[0][1] = sinks;
     ranges[1][0] = lo - lo % kPanel;  // tiles start on panel boundaries
     ranges[1][1] = last_any + 1;
@@ -100,13 +105,18 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
 
       if (has_kpm)
         for (int64_t c = 0; c < cols; ++c) sc.key_bias[c] = key_is_real(p.key_padding, T, b, j0 + c) ? 0.f : kNegInf;
-      const bool partial = j0 + cols - 1 > last_all || banded;
+      const bool partial = j0 + cols - 1 > last_all || banded || (windowed && j0 < first_max);
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s + r * kExactBlockK;
         const int64_t last = row_last(p, b, hq, row_ids[r]);
-        // Columns past the block (panel padding), past the row's causal limit or outside its band never count.
+        // Columns past the block (panel padding), past the row's causal limit, before its hard window or outside
+        // its band never count.
         const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
         for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
+        if (partial) {
+          const int64_t hidden = std::min(vis, row_first(p, row_ids[r]) - j0);
+          for (int64_t c = 0; c < hidden; ++c) sr[c] = kNegInf;
+        }
         if (banded)
           for (int64_t c = 0; c < vis; ++c) {
             const int64_t j = j0 + c;

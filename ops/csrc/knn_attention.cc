@@ -90,7 +90,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   const float* K = p.k + (b * sh.Hkv + hkv) * T * D;
   const float* V = p.v + (b * sh.Hkv + hkv) * T * Dv;
   const bool any_mask = p.mask.kind != MaskKind::kNone;  // pure 0/-inf masks only: biases run exact
-  const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone;
+  const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
   RowScratch& sc = t_row;
 
   // Sinks and local window of the whole block at once, by tiles of the exact kernel.
@@ -112,10 +112,10 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   for (int64_t i = i0; i < i1; ++i) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i) * D;
     float* y = p.y + ((b * sh.Hq + hq) * sh.S + i) * Dv;
-    const int64_t last = row_last(p, b, hq, i);
+    const int64_t last = row_last(p, b, hq, i), first = row_first(p, i);
     const MaskRow mrow = any_mask ? mask_row(p.mask, b, hq, i) : MaskRow{};
     auto visible = [&](int64_t j) {
-      return j <= last && key_is_real(p.key_padding, T, b, j) && mrow.value(j) != kNegInf;
+      return j <= last && j >= first && key_is_real(p.key_padding, T, b, j) && mrow.value(j) != kNegInf;
     };
     auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, K, D, ids, n, D, p.scale, out); };
     // Visible keys, and how many of them the sinks and window already cover.
@@ -127,7 +127,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
         n_forced = lo <= ks.num_sink ? last + 1 : std::min(ks.num_sink, last + 1) + (last + 1 - lo);
       } else {
         n_vis = real_prefix[last + 1];
-        if (any_mask) {
+        if (any_mask || p.window >= 0) {
           n_vis = 0;
           for (int64_t j = 0; j <= last; ++j) n_vis += visible(j) ? 1 : 0;
         }

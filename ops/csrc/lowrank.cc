@@ -27,7 +27,7 @@ struct LowRankScratch {
   std::vector<uint16_t> bits;
   std::vector<int32_t> hit_id;
   std::vector<float> hit_val;
-  std::vector<int64_t> vis, count, last;
+  std::vector<int64_t> vis, count, last, first;
 };
 thread_local LowRankScratch t_lr;
 
@@ -145,16 +145,19 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   const float* kscale = set.kscale.data() + bh * r;
   LowRankScratch& sc = t_lr;
   sc.last.resize(rows);
+  sc.first.resize(rows);
   int64_t last_any = -1;
   for (int64_t t = 0; t < rows; ++t) {
     sc.last[t] = row_last(p, b, hq, i0 + t);
+    sc.first[t] = row_first(p, i0 + t);
     last_any = std::max(last_any, sc.last[t]);
   }
   if (last_any < 0 || budget <= 0) return;
   const bool any_mask = p.mask.kind != MaskKind::kNone;
-  const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone;  // visible = causal limit only
-  auto visible = [&](const MaskRow& mr, int64_t last, int64_t j) {
-    return j <= last && key_is_real(p.key_padding, T, b, j) &&
+  // plain: visible = the causal limit only (no masks, padding or hard window).
+  const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
+  auto visible = [&](const MaskRow& mr, int64_t t, int64_t j) {
+    return j <= sc.last[t] && j >= sc.first[t] && key_is_real(p.key_padding, T, b, j) &&
            !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
   };
   // Queries: qf = q P, q8 = round(127 (q P)_d s_d / max_d |(q P)_d s_d|), so that
@@ -205,7 +208,8 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t last = sc.last[t];
     if (last < 0) continue;
-    if (budget >= real_prefix[last + 1]) continue;  // the budget covers every real key the row may see
+    const int64_t first = std::min(sc.first[t], last + 1);
+    if (budget >= real_prefix[last + 1] - real_prefix[first]) continue;  // the budget covers every key it may see
     // The row's sampled scores, compacted in place to the keys it may see (all of them without masks).
     float* vals = sc.hit_val.data() + t * sw;
     int64_t nv = sc.count[t];
@@ -213,12 +217,12 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
       nv = 0;
       for (int64_t h = 0; h < sc.count[t]; ++h) {
         const int64_t c = sc.hit_id[t * sw + h], j = (c / kPanel) * stride * kPanel + c % kPanel;
-        if (visible(masks[t], last, j)) vals[nv++] = vals[h];
+        if (visible(masks[t], t, j)) vals[nv++] = vals[h];
       }
     }
     // The sample holds a share nv / visible of the row's keys: aim a little above budget (a sample estimate
     // misses either way; too few retrieved costs more accuracy than a few more keys cost time).
-    const double visible_est = static_cast<double>(last + 1);
+    const double visible_est = static_cast<double>(last + 1 - first);
     const int64_t want = std::max<int64_t>(
         1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(nv) / visible_est)));
     if (nv > want) {
@@ -255,7 +259,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     for (int64_t t = 0; t < rows; ++t)
       for (int64_t h = 0; h < sc.count[t]; ++h) {
         const int64_t j = j0 + sc.hit_id[t * kBlockK + h];
-        if (visible(masks[t], sc.last[t], j)) in->mark(j);
+        if (visible(masks[t], t, j)) in->mark(j);
       }
   }
   if (plain) in->mark_bits(sc.bits.data(), last_any + 1);

@@ -13,6 +13,14 @@ inline int64_t causal_last_key(const AttentionParams& p, int64_t i) {
   return last < p.shape.T - 1 ? last : p.shape.T - 1;
 }
 
+// First key query i may see: i + T - S - window + 1 under a hard window (local_window_size), else 0. Keys before
+// it are never attended, on any path.
+inline int64_t row_first(const AttentionParams& p, int64_t i) {
+  if (p.window < 0) return 0;
+  const int64_t first = i + p.shape.T - p.shape.S - p.window + 1;
+  return first > 0 ? first : 0;
+}
+
 // Values at or below this count as masked: exporters fill with the float minimum rather than -inf.
 constexpr float kMaskedBelow = -1e30f;
 

@@ -72,6 +72,9 @@ struct AttentionParams {
   KeyPaddingView key_padding;
   float scale = 1.0f;
   bool is_causal = false;  // bottom-right aligned: query i sees keys j <= i + T - S
+  // local_window_size (GroupQueryAttention's meaning): query i sees only keys j > i + T - S - window, the window
+  // positions ending at its own; -1: no hard window.
+  int64_t window = -1;
   KnnSettings knn;
   // Filled by the driver when attn_mask is given: per (b, h, i), the last key the mask leaves visible (-1:
   // none), so that causal-shaped masks (Hugging Face exports pass causality as a [B,1,S,T] mask) skip the

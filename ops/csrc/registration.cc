@@ -54,6 +54,7 @@ bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, T
 
 struct KernelConfig {
   bool is_causal = false;
+  int64_t window = -1;  // local_window_size
   bool has_scale = false;
   float scale = 0.f;
   iceformer::KnnSettings knn;
@@ -131,6 +132,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
     p.v = v.GetTensorData<float>();
     p.y = y.GetTensorMutableData<float>();
     p.is_causal = cfg.is_causal;
+    p.window = cfg.window;
     p.scale = cfg.has_scale ? cfg.scale : 1.0f / std::sqrt(static_cast<float>(sh.D));
     p.knn = cfg.knn;
 
@@ -184,6 +186,10 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     if (causal != 0 && causal != 1)
       return make_error("KnnAttention: attribute is_causal=" + std::to_string(causal) + " is invalid, expected 0 or 1");
     c.is_causal = causal == 1;
+    if (!read_attr(api, info, "local_window_size", &c.window, &present, &err)) return make_error(err);
+    if (c.window < -1 || c.window == 0)
+      return make_error("KnnAttention: attribute local_window_size=" + std::to_string(c.window) +
+                        " is invalid, expected -1 (no window) or >= 1 (keys per query, its own included)");
     if (!read_attr(api, info, "scale", &fv, &c.has_scale, &err)) return make_error(err);
     if (c.has_scale && !std::isfinite(fv))
       return make_error("KnnAttention: attribute scale=" + std::to_string(fv) + " is invalid, expected a finite float");

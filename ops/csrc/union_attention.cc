@@ -45,36 +45,41 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
     kern.qk_tile(sc.q.data(), D, rows, sc.kp.data() + (t0 / kPanel) * D * kPanel, D, npanels, sc.s.data(), kExactBlockK);
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = sc.s.data() + r * kExactBlockK;
-      // Keys are ascending (padding last): the row's visible columns are a prefix.
+      // Keys are ascending (padding last): the row's visible columns are a range [lo, vis), lo > 0 only under a
+      // hard window.
       const int64_t vis = std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(sc.last[r], kPadKey - 1))) - key;
+      const int64_t lo = std::min<int64_t>(
+          vis, std::lower_bound(key, key + width, static_cast<int32_t>(row_first(p, i0 + r))) - key);
       for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
+      for (int64_t c = 0; c < lo; ++c) sr[c] = kNegInf;
       if (any_mask) {
         const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
         for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(key[c]);
       }
-      sc.seen[r] += vis;
+      sc.seen[r] += vis - lo;
       sc.st[r].add_tile_row(sr, width, kern, w);
     }
     kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.v.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
   }
 }
 
-// Tail samples of a block whose widest row sees keys [0, last_any].
-int64_t block_samples(const KnnSettings& ks, int64_t last_any) {
-  return ks.tail_samples > 0 ? std::min(ks.tail_samples, last_any + 1) : 0;
+// Tail samples of a block whose rows together see positions [first_min, last_any].
+int64_t block_samples(const KnnSettings& ks, int64_t first_min, int64_t last_any) {
+  return ks.tail_samples > 0 ? std::max<int64_t>(0, std::min(ks.tail_samples, last_any + 1 - first_min)) : 0;
 }
 
 }  // namespace
 
 bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int64_t i1, int64_t union_size) {
   double exact_cost = 0;
-  int64_t last_any = -1;
+  int64_t last_any = -1, first_min = p.shape.T;
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t last = row_last(p, b, hq, i);
-    exact_cost += static_cast<double>(last + 1);
+    const int64_t last = row_last(p, b, hq, i), first = row_first(p, i);
+    exact_cost += static_cast<double>(std::max<int64_t>(0, last + 1 - first));
     last_any = std::max(last_any, last);
+    first_min = std::min(first_min, first);
   }
-  const double keys = static_cast<double>(union_size + block_samples(p.knn, last_any));
+  const double keys = static_cast<double>(union_size + block_samples(p.knn, first_min, last_any));
   return static_cast<double>(i1 - i0) * keys <= kMaxUnionCost * exact_cost;
 }
 
@@ -89,14 +94,17 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
     last_min = std::min(last_min, l);
     last_any = std::max(last_any, l);
   }
+  const int64_t first_min = std::min(row_first(p, i0), last_any + 1);  // rows ascend: i0 sees the earliest keys
   sc.in.begin(T);
   auto add = [&](int64_t j) {
     if (key_is_real(p.key_padding, T, b, j)) sc.in.mark(j);
   };
-  for (int64_t j = 0; j < std::min(ks.num_sink, last_any + 1); ++j) add(j);
+  for (int64_t j = first_min; j < std::min(ks.num_sink, last_any + 1); ++j) add(j);
   if (ks.local_window > 0)
-    for (int64_t j = std::max<int64_t>({0, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j) add(j);
-  const int64_t budget = candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1]);
+    for (int64_t j = std::max<int64_t>({first_min, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j)
+      add(j);
+  const int64_t budget =
+      candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1] - real_prefix[first_min]);
   lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in);
   return sc.in.collect(last_any + 1);
 }
@@ -116,27 +124,28 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     sc.last[r] = row_last(p, b, hq, i0 + r);
     last_any = std::max(last_any, sc.last[r]);
   }
+  const int64_t first_min = std::min(row_first(p, i0), last_any + 1);
   const std::vector<int32_t>& u = union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
   if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(u.size()))) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)
-      keys_scored[r] = sent_to_exact(sc.last[r] + 1);
+      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, i0 + r));
     return;
   }
 
-  // Columns: U, then a systematic sample of the positions [0, last_any] outside U (random start, step
-  // h = (last_any + 1) / n_s): every position is sampled with probability 1 / h, so for each row h times the sum
+  // Columns: U, then a systematic sample of the positions [first_min, last_any] outside U (random start, step
+  // h = (last_any + 1 - first_min) / n_s): every position is sampled with probability 1 / h, so for each row h times the sum
   // over its visible sampled keys is an unbiased estimate of the sum over its visible keys outside U.
   sc.keys.assign(u.begin(), u.end());
   pad_to_panel(sc.keys);
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   double h = 1.0;
   int64_t n_samp = 0;  // sampled keys outside U
-  if (const int64_t n_s = block_samples(ks, last_any); n_s > 0) {
+  if (const int64_t n_s = block_samples(ks, first_min, last_any); n_s > 0) {
     Rng rng(row_seed(ks.seed, b, hq, i0));
-    h = static_cast<double>(last_any + 1) / static_cast<double>(n_s);
-    const double start = rng.uniform() * h;
+    h = static_cast<double>(last_any + 1 - first_min) / static_cast<double>(n_s);
+    const double start = static_cast<double>(first_min) + rng.uniform() * h;
     for (int64_t t = 0; t < n_s; ++t) {
       const int64_t j = std::min<int64_t>(last_any, static_cast<int64_t>(start + static_cast<double>(t) * h));
       if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
@@ -183,7 +192,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     const float kept_share = st.sum > 0.f ? sc.s1[r] * std::exp(sc.m1[r] - st.max) / st.sum : 1.f;
     if (ks.tail_limit < 1.f && st.sum > sc.s1[r] * std::exp(sc.m1[r] - st.max) && 1.f - kept_share > ks.tail_limit) {
       sc.fallback.push_back(i0 + r);
-      keys_scored[r] = sent_to_exact(sc.last[r] + 1);
+      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, i0 + r));
       continue;
     }
     st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);

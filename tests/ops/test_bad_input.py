@@ -72,6 +72,8 @@ def test_key_padding_mask_of_wrong_shape_and_dtype():
         ({"m": -3}, r"attribute m=-3 is invalid"),
         ({"candidate_fraction": 1.5}, r"candidate_fraction=1.5.* is invalid"),
         ({"local_window": -1}, r"local_window=-1 is invalid"),
+        ({"local_window_size": 0}, r"local_window_size=0 is invalid, expected -1 \(no window\) or >= 1"),
+        ({"local_window_size": -2}, r"local_window_size=-2 is invalid"),
         ({"max_candidates": 1 << 50}, r"max_candidates=.* is invalid"),
         ({"tail_samples": -5}, r"tail_samples=-5 is invalid"),
     ],

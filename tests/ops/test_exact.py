@@ -40,6 +40,13 @@ GRID = [
     AttentionCase(D=64, Dv=40, S=33, T=257),  # Dv != D
     AttentionCase(D=80, Dv=128, S=9, T=31),
     AttentionCase(B=3, Hq=2, Hkv=2, S=1, T=1000, is_causal=1),  # decode step
+    # hard sliding window (local_window_size): keys j > i + T - S - W only
+    AttentionCase(S=300, T=300, is_causal=1, attrs={"local_window_size": 37}),
+    AttentionCase(B=2, Hq=4, Hkv=2, S=40, T=333, is_causal=1, key_padding_mask="int64", attrs={"local_window_size": 100}),
+    AttentionCase(S=70, T=520, attrs={"local_window_size": 300}),  # non-causal: a lower bound only
+    AttentionCase(S=65, T=270, is_causal=1, attn_mask="bool", mask_shape="1HST", attrs={"local_window_size": 17}),
+    AttentionCase(S=50, T=50, is_causal=1, attrs={"local_window_size": 1}),  # each query its own key only
+    AttentionCase(B=2, S=1, T=1000, is_causal=1, attrs={"local_window_size": 256}),  # decode step
 ]
 
 
@@ -62,7 +69,9 @@ def _onnx_attention_inputs(case, inputs):
     return feeds
 
 
-ONNX_GRID = [c for c in GRID if c.key_padding_mask is None and (not c.is_causal or c.S == c.T) and c.S > 1]
+# ONNX's Attention has no hard window: windowed cases are checked against GroupQueryAttention (test_window_*).
+ONNX_GRID = [c for c in GRID if c.key_padding_mask is None and (not c.is_causal or c.S == c.T) and c.S > 1
+             and "local_window_size" not in c.attrs]
 
 
 @pytest.mark.parametrize("case", ONNX_GRID, ids=lambda c: c.label())
@@ -210,3 +219,29 @@ def test_exporter_style_causal_mask_matches_is_causal():
     y_mask = knn_session(case.with_(attn_mask="float")).run(None, {**feeds, "attn_mask": mask})[0]
     y_causal = run_case(case.with_(is_causal=1))
     np.testing.assert_allclose(y_mask, y_causal, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 2, 5, 64, 299, 300, 1000])
+@pytest.mark.parametrize("hq,hkv", [(2, 1), (4, 4)])
+def test_window_matches_group_query_attention(window, hq, hkv):
+    """local_window_size means what it means in com.microsoft.GroupQueryAttention (causal prefill, ORT's kernel)."""
+    from onnx import TensorProto, helper
+
+    case = AttentionCase(Hq=hq, Hkv=hkv, S=300, T=300, D=32, is_causal=1, seed=5, attrs={"local_window_size": window})
+    inputs = case.inputs()
+    flat = lambda x: x.transpose(0, 2, 1, 3).reshape(1, x.shape[2], -1)  # noqa: E731  [B,H,S,D] -> [B,S,H*D]
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
+                            ["y", "pk", "pv"], domain="com.microsoft", num_heads=hq, kv_num_heads=hkv,
+                            local_window_size=window)
+    vi = lambda n, t=TensorProto.FLOAT: helper.make_tensor_value_info(n, t, None)  # noqa: E731
+    graph = helper.make_graph([node], "gqa", [vi("q"), vi("k"), vi("v"), vi("seqlens_k", TensorProto.INT32),
+                                              vi("total_sequence_length", TensorProto.INT32)],
+                              [vi("y"), vi("pk"), vi("pv")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    gqa = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+        "q": flat(inputs["Q"]), "k": flat(inputs["K"]), "v": flat(inputs["V"]),
+        "seqlens_k": np.array([case.T - 1], np.int32), "total_sequence_length": np.array([case.T], np.int32)})[0]
+    np.testing.assert_allclose(flat(run_case(case)), gqa, atol=1e-5, rtol=1e-4)
+    ref = knn_attention_reference(**inputs, **case.op_attrs())
+    np.testing.assert_allclose(flat(ref), gqa, atol=1e-5, rtol=1e-4)

@@ -21,6 +21,7 @@ DCI_GRID = [
     AttentionCase(S=120, T=120, is_causal=1, key_padding_mask="bool", B=2, attrs={**EXHAUSTIVE, "search": 1}),
     AttentionCase(Hq=6, Hkv=2, S=96, T=300, is_causal=1, attrs={**EXHAUSTIVE, "search": 1}),
     AttentionCase(S=64, T=180, attn_mask="bool", mask_shape="1HST", attrs={**EXHAUSTIVE, "search": 1}),
+    AttentionCase(S=150, T=150, is_causal=1, attrs={**EXHAUSTIVE, "search": 1, "local_window_size": 90}),
 ]
 LOWRANK_GRID = [
     AttentionCase(S=200, T=200, D=32, attrs=EXHAUSTIVE),
@@ -28,6 +29,8 @@ LOWRANK_GRID = [
     AttentionCase(B=2, S=64, T=250, key_padding_mask="bool", attrs=EXHAUSTIVE),
     AttentionCase(S=64, T=180, attn_mask="float", mask_shape="ST", attrs=EXHAUSTIVE),
     AttentionCase(S=80, T=150, D=48, Dv=20, attrs={**EXHAUSTIVE, "rank": 5}),
+    AttentionCase(S=200, T=200, is_causal=1, attrs={**EXHAUSTIVE, "local_window_size": 150}),  # hard window
+    AttentionCase(B=2, S=96, T=300, is_causal=1, key_padding_mask="bool", attrs={**EXHAUSTIVE, "local_window_size": 120}),
 ]
 
 
@@ -235,3 +238,35 @@ def test_introspection_of_selected_rows_matches_all_rows():
     np.testing.assert_array_equal(ids, all_ids[rows])
     with pytest.raises(ValueError, match="strictly ascending"):
         knn_select(q, k, is_causal=1, rows=[70, 5], **SPARSE)
+
+
+@pytest.mark.parametrize("search", [0, 1], ids=["lowrank", "dci"])
+def test_knn_path_never_attends_outside_the_hard_window(search, tmp_stats):
+    """Keys before the window are made the best match of every query (logits ~ +60) with values of 1000: a k-NN
+    path that retrieved, sampled or attended one of them would be off by hundreds; honouring the window, it stays
+    within the usual k-NN error of the windowed exact answer."""
+    W = 700
+    case = AttentionCase(S=1536, T=1536, D=32, is_causal=1, seed=3,
+                         attrs={"min_keys": 0, "local_window_size": W, "search": search})
+    inputs = case.inputs()
+    q_dir = inputs["Q"].mean(axis=(0, 1, 2))
+    q_dir /= np.linalg.norm(q_dir)
+    inputs["K"][:, :, :200] = 60.0 * q_dir * np.sqrt(case.D) / np.linalg.norm(inputs["Q"], axis=-1).mean()
+    inputs["V"][:, :, :200] = 1000.0
+    got = knn_session(case).run(None, inputs)[0]
+    assert json.loads(tmp_stats.read_text().splitlines()[-1])["path"] == "knn"
+    ref = knn_attention_reference(**inputs, **case.op_attrs())
+    rows = slice(200 + W, None)  # rows whose window starts after the planted keys
+    assert np.abs(got[:, :, rows]).max() < 10.0  # values are N(0, 1): any planted key would dominate
+    err = np.linalg.norm(got[:, :, rows] - ref[:, :, rows], axis=-1) / np.linalg.norm(ref[:, :, rows], axis=-1)
+    assert np.median(err) < 0.1, np.median(err)
+    exact = knn_attention_reference(**inputs, **{**case.op_attrs(), "local_window_size": -1})
+    assert np.abs(exact[:, :, rows]).max() > 100  # without the window the planted keys do dominate
+
+
+def test_hard_window_below_the_knn_threshold_runs_exact(tmp_stats):
+    case = AttentionCase(S=600, T=600, is_causal=1, attrs={"min_keys": 512, "local_window_size": 300})
+    got = run_case(case)
+    np.testing.assert_allclose(got, knn_attention_reference(**case.inputs(), **case.op_attrs()), atol=2e-5, rtol=1e-4)
+    call = json.loads(tmp_stats.read_text().splitlines()[-1])
+    assert call["path"] == "exact" and "hard window" in call["reason"]
