@@ -60,12 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"ice-rewrite: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
     table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
-    for col in ["core", "node", "scale", "causal", "GQA stripped", "mask", "mask made of", "bypassed"]:
+    for col in ["core", "node", "scale", "causal", "window", "GQA stripped", "mask", "mask made of", "bypassed"]:
         table.add_column(col)
     for r in report.replaced:
-        table.add_row(str(r.layer) + (" (exact: bias)" if r.exact_only else ""), r.name, f"{r.scale:.6g}", str(r.is_causal), "yes" if r.gqa_stripped else "no", r.mask,
-                      r.mask_kind, "yes" if r.bypassed else "no")
+        table.add_row(str(r.layer) + (" (exact: bias)" if r.exact_only else ""), r.name, f"{r.scale:.6g}",
+                      str(r.is_causal), str(r.window) if r.window >= 0 else "-", "yes" if r.gqa_stripped else "no",
+                      r.mask, r.mask_kind, "yes" if r.bypassed else "no")
     console.print(table)
+    for check in sorted({r.bypass_check for r in report.replaced if r.bypass_check}):
+        cores = [str(r.layer) for r in report.replaced if r.bypass_check == check]
+        verb = "bypass" if any(r.bypassed for r in report.replaced if r.bypass_check == check) else "mask kept"
+        console.print(f"{verb} (cores {', '.join(cores)}): {check}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"rewritten by form: {report.replaced_by_form}; Softmax nodes left unmatched: "
                   f"{report.softmax_unmatched} of {report.softmax_before}")
     for s in report.skipped:

@@ -2,8 +2,8 @@
 
 Lets a rewritten model run (exactly) in plain onnxruntime without the iceformer library, and lets ONNX shape
 inference type the node; when the library is registered, onnxruntime runs the native kernel instead. The body
-covers what the rewriter emits: all five inputs (additive float mask, key_padding_mask [B,T]), `scale` and
-`is_causal` always set, GQA by head repetition.
+covers what the rewriter emits: all five inputs (additive float mask, key_padding_mask [B,T]), `scale`,
+`is_causal` and `local_window_size` always set, GQA by head repetition.
 """
 
 from __future__ import annotations
@@ -69,7 +69,14 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         helper.make_node("Constant", [], ["causal_i"]),
         n("Cast", ["causal_i"], ["causal_b"], to=TensorProto.BOOL),
         n("Not", ["causal_b"], ["not_causal"]),
-        n("Or", ["allowed", "not_causal"], ["keep"]),
+        n("Or", ["allowed", "not_causal"], ["keep_c"]),
+        # local_window_size W >= 1: key j visible to query i only if j > i + T - S - W
+        helper.make_node("Constant", [], ["window_i"]),
+        n("Sub", ["lim", "window_i"], ["win_lo"]),
+        n("Greater", ["rj2", "win_lo"], ["in_window"]),
+        n("Less", ["window_i", "i0"], ["no_window"]),
+        n("Or", ["in_window", "no_window"], ["keep_w"]),
+        n("And", ["keep_c", "keep_w"], ["keep"]),
         n("Where", ["keep", "zero", "ninf"], ["causal_f"]),
         n("Add", ["masked1", "causal_f"], ["masked"]),
         n("Softmax", ["masked"], ["p"], axis=-1),
@@ -77,7 +84,8 @@ def reference_function(opset: int) -> onnx.FunctionProto:
     ]
     # Constant(value_float = @scale) and Constant(value_int = @is_causal): the node's attributes, by reference.
     for out_name, attr, kind in (("scale_c", "scale", onnx.AttributeProto.FLOAT),
-                                 ("causal_i", "is_causal", onnx.AttributeProto.INT)):
+                                 ("causal_i", "is_causal", onnx.AttributeProto.INT),
+                                 ("window_i", "local_window_size", onnx.AttributeProto.INT)):
         node = next(x for x in nodes if x.op_type == "Constant" and list(x.output) == [out_name])
         ref = onnx.AttributeProto()
         ref.name = "value_float" if kind == onnx.AttributeProto.FLOAT else "value_int"

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..ops import contract
-from . import _canonical, _masks
+from . import _canonical, _maskcheck, _masks
 
 
 @dataclass
@@ -28,9 +28,12 @@ class LoweredCore:
     mask: str  # what the core had: "none" | "additive" | "boolean" | "boolean+additive"
     # what its additive mask is made of: "none" | "padding" | "padding+causal" | "causal" | "bias" | "other"
     mask_kind: str
-    bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal)
+    bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal, + local_window_size)
     layer: int = -1  # position among the attention cores found, in graph order (what --layers selects)
     exact_only: bool = False  # a bias mask (allow_bias): top_k = 0
+    window: int = -1  # local_window_size read from the mask (a sliding window); -1: none
+    # the bypass's proof: "proven on probes ...", why it was refused (the mask is then kept), or "" (not attempted)
+    bypass_check: str = ""
 
 
 def _const_ints(v: ir.Value | None) -> list[int] | None:
@@ -95,8 +98,8 @@ def _ones_like_keys(graph: ir.Graph, before: ir.Node, k: ir.Value, base: str) ->
     return ones.outputs[0]
 
 
-def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: bool = True,
-                causal: str = "auto") -> list[LoweredCore]:
+def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], checker: _maskcheck.MaskChecker,
+                mask_bypass: bool = True, causal: str = "auto") -> list[LoweredCore]:
     """Lowers the canonical nodes of `graph` and of its subgraphs in place, in graph order; returns what it did.
 
     causal: "auto" reads causality from the mask's construction; "on" sets is_causal on every core; "off"
@@ -104,19 +107,19 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], mask_bypass: b
     done: list[LoweredCore] = []
     for node in list(graph):  # one walk in graph order, into If/Loop/Scan bodies where they stand
         if node.domain == _canonical.DOMAIN and node.op_type == _canonical.OP:
-            done.append(_lower_node(graph, node, attrs, counter, mask_bypass, causal))
+            done.append(_lower_node(graph, node, attrs, counter, checker, mask_bypass, causal))
             continue
         for attr in node.attributes.values():
             if attr.type == ir.AttributeType.GRAPH:
-                done += lower_graph(attr.value, attrs, counter, mask_bypass, causal)
+                done += lower_graph(attr.value, attrs, counter, checker, mask_bypass, causal)
             elif attr.type == ir.AttributeType.GRAPHS:
                 for sub in attr.value:
-                    done += lower_graph(sub, attrs, counter, mask_bypass, causal)
+                    done += lower_graph(sub, attrs, counter, checker, mask_bypass, causal)
     return done
 
 
-def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int], mask_bypass: bool,
-                causal: str) -> LoweredCore:
+def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int], checker: _maskcheck.MaskChecker,
+                mask_bypass: bool, causal: str) -> LoweredCore:
     q, k, v, cond, mask = (list(node.inputs) + [None] * 5)[:5]
     k_src, v_src = strip_head_repeat(k), strip_head_repeat(v)
     stripped = k_src is not None and v_src is not None
@@ -131,6 +134,12 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
     bypass = mask_bypass and mk is not None and mk.kind in bypassable
     is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
     exact_only = mk is not None and mk.kind == "bias"
+    window, check = -1, ""
+    if bypass:  # only a bypass proven equal on probes: anything else keeps its mask (exact and correct)
+        verdict = checker.check(mask, mk.padding_input, node.attributes.get_int("is_causal", 0), causal)
+        bypass, check = verdict.ok, verdict.reason
+        if verdict.ok:
+            is_causal, window = max(is_causal, verdict.is_causal), verdict.window
     kpm = None
     if bypass and mk.padding_input is not None:
         kpm = mk.padding_input
@@ -141,9 +150,7 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
             kpm = cast.outputs[0]
             kpm.name = f"{base}_kpm_i64"
     if bypass:
-        if mk.kind in ("padding+causal", "causal") and causal == "auto":
-            is_causal = 1
-        mask = None  # replaced by key_padding_mask (+ is_causal)
+        mask = None  # replaced by key_padding_mask (+ is_causal, + local_window_size)
     if cond is not None:
         zero = _constant(graph, node, f"{base}_mask_zero", np.array(0.0, np.float32))
         ninf = _constant(graph, node, f"{base}_mask_ninf", np.array(-np.inf, np.float32))
@@ -174,8 +181,9 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
     if kpm is None:
         kpm = _ones_like_keys(graph, node, k, base)
     scale = node.attributes.get_float("scale")
-    # scale and is_causal always set: the reference function reads both.
-    op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal)}
+    # scale, is_causal and local_window_size always set: the reference function reads them.
+    op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal),
+                "local_window_size": ir.AttrInt64("local_window_size", window)}
     for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
         spec = contract.attribute(name)
         op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
@@ -199,4 +207,4 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
     out.replace_all_uses_with(y)
     graph.remove(node, safe=True)
     return LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass,
-                       exact_only=exact_only)
+                       exact_only=exact_only, window=window, bypass_check=check)

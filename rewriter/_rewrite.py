@@ -16,9 +16,10 @@ import onnxscript.optimizer
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract
-from . import _canonical, _function, _lower, _rules
+from . import _canonical, _function, _lower, _maskcheck, _rules
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
+_DERIVED = ("local_window_size", "is_causal", "scale")  # per core, from the export (--causal overrides causality)
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights always go to an external file
 
 
@@ -118,6 +119,8 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     """Rewrites `model` in place; the report's input/output fields are left empty."""
     for name in options.attributes:
         contract.attribute(name)  # unknown attribute names raise KeyError with the known ones
+        if name in _DERIVED:
+            raise RewriteError(f"attribute {name} is read from each core (its mask and scale), not set by option")
     if options.causal not in ("auto", "on", "off"):
         raise RewriteError(f"causal must be auto, on or off, got {options.causal!r}")
     softmax_before = _count_softmax(model)
@@ -150,7 +153,8 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
         n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip()
         for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == _canonical.DOMAIN
     )
-    lowered = _lower.lower_graph(model.graph, options.attributes, [0], options.mask_bypass, options.causal)
+    checker = _maskcheck.MaskChecker(model)
+    lowered = _lower.lower_graph(model.graph, options.attributes, [0], checker, options.mask_bypass, options.causal)
     rewritten = [i for i in selected if id(found[i]) in accepted]
     for core, index in zip(lowered, rewritten):  # canonical nodes keep the graph order of their roots
         core.layer = index

@@ -81,6 +81,37 @@ def _build(kind: str):
     return BertModel._from_config(cfg, attn_implementation="eager")
 
 
+# Sliding-window decoders (window 3, GQA 4/2), dynamo at opset 18: name -> (factory, window per core in graph order).
+SLIDING = {
+    "mistral": ("mistral", [3, 3]),  # every layer windowed
+    "qwen2_window": ("qwen2_window", [-1, 3]),  # layers from max_window_layers = 1 on
+    "gemma3": ("gemma3", [3, -1]),  # sliding, then global
+}
+
+
+def _build_sliding(kind: str):
+    import torch
+    from transformers import Gemma3TextConfig, Gemma3TextModel, MistralConfig, MistralModel, Qwen2Config, Qwen2Model
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, sliding_window=3)
+    if kind == "mistral":
+        return MistralModel._from_config(MistralConfig(**common), attn_implementation="eager")
+    if kind == "qwen2_window":
+        return Qwen2Model._from_config(Qwen2Config(**common, use_sliding_window=True, max_window_layers=1),
+                                       attn_implementation="eager")
+    cfg = Gemma3TextConfig(**common, head_dim=16, layer_types=["sliding_attention", "full_attention"])
+    return Gemma3TextModel._from_config(cfg, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def exported_sliding(tmp_path_factory):
+    """name -> path of a tiny sliding-window decoder export (see SLIDING)."""
+    root = tmp_path_factory.mktemp("exports_sliding")
+    return {name: _export(_build_sliding(kind), root / f"{name}.onnx", 18) for name, (kind, _) in SLIDING.items()}
+
+
 @pytest.fixture(scope="session")
 def exported_bias(tmp_path_factory):
     """A tiny T5 encoder (2 cores whose additive mask carries the relative-position bias)."""

@@ -12,7 +12,7 @@ from iceformer.ops import contract
 from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
 
-from conftest import MODELS
+from conftest import MODELS, SLIDING
 
 
 def _feeds(seq=24):
@@ -353,3 +353,128 @@ def test_optimum_decoder_with_past(exported_optimum, tmp_path):
         for kind in ("key", "value"):
             feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal((2, 2, 7, 16)).astype(np.float32)
     assert len(_assert_past_decoder_rewritten_exactly(exported_optimum, tmp_path, feeds)) == 5
+
+
+def _padded_feeds(seq: int, left: int = 3, right: int = 2):
+    """Batch of 3: no padding, left padding, right padding; token ids seeded."""
+    rng = np.random.default_rng(1)
+    mask = np.ones((3, seq), np.int64)
+    mask[1, :left] = 0
+    mask[2, seq - right:] = 0
+    return {"input_ids": rng.integers(0, 100, (3, seq)), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("name", list(SLIDING))
+def test_sliding_window_masks_become_hard_windows(exported_sliding, tmp_path, name):
+    """A sliding-window mask is read as padding + causal + window W (local_window_size = W): equal outputs at
+    lengths far beyond the window (17 and 40 tokens against W = 3), with padding, with the library and without."""
+    src, out = exported_sliding[name], tmp_path / "o.onnx"
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    windows = SLIDING[name][1]
+    assert [(r.bypassed, r.is_causal, r.window) for r in report.replaced] == [(True, 1, w) for w in windows]
+    assert all(r.bypass_check.startswith("proven on probes") for r in report.replaced)
+    node_windows = [next(a.i for a in n.attribute if a.name == "local_window_size")
+                    for n in onnx.load(out).graph.node if n.op_type == contract.OP_TYPE]
+    assert node_windows == windows
+    ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    sessions = [ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+                for so in (iceformer.session_options(2), ort.SessionOptions())]
+    for seq in (17, 40):
+        feeds = _padded_feeds(seq)
+        want = ref.run(None, feeds)[0]
+        real = feeds["attention_mask"].astype(bool)
+        real[1, :3] = True  # left-padded query rows see no key: the op gives zeros, the export a mean of masked ones
+        for sess in sessions:
+            got = sess.run(None, feeds)[0]
+            np.testing.assert_allclose(got[real], want[real], atol=2e-5, rtol=1e-4)
+
+
+def test_sliding_window_kept_as_mask_without_bypass(exported_sliding, tmp_path):
+    src, out = exported_sliding["mistral"], tmp_path / "o.onnx"
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}, mask_bypass=False))
+    assert [(r.bypassed, r.window) for r in report.replaced] == [(False, -1)] * 2
+    feeds = _padded_feeds(30)
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
+    np.testing.assert_allclose(got[0], want[0], atol=2e-5, rtol=1e-4)
+
+
+def test_window_is_not_an_option(exported, tmp_path):
+    with pytest.raises(RewriteError, match="local_window_size is read from each core"):
+        rewrite(exported["llama_gqa"][0], tmp_path / "o.onnx", RewriteOptions(attributes={"local_window_size": 8}))
+
+
+def _masked_core_model(kind: str, param: int = 4):
+    """One decomposed core whose additive mask is padding (from attention_mask [B,T]) combined with positions
+    (Range over S and T): "causal", "window" (causal, j > i - param), "chunked" (causal within chunks of param
+    keys, Llama-4 style), "prefix" (causal, plus the first param keys visible to every query: prefix-LM)."""
+    from onnx import TensorProto, helper
+
+    n = helper.make_node
+    i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [], [v])  # noqa: E731
+    nodes = [
+        n("Shape", ["q"], ["s_1d"], start=2, end=3), n("Shape", ["k"], ["t_1d"], start=2, end=3),
+        n("Constant", [], ["zero"], value=i64("zero", 0)), n("Constant", [], ["one"], value=i64("one", 1)),
+        n("Constant", [], ["prm"], value=i64("prm", param)), n("Constant", [], ["ax0"], value=helper.make_tensor(
+            "ax0", TensorProto.INT64, [1], [0])), n("Constant", [], ["ax1"], value=helper.make_tensor(
+            "ax1", TensorProto.INT64, [1], [1])), n("Constant", [], ["ax12"], value=helper.make_tensor(
+            "ax12", TensorProto.INT64, [2], [1, 2])),
+        n("Squeeze", ["s_1d", "ax0"], ["s"]), n("Squeeze", ["t_1d", "ax0"], ["t"]),
+        n("Range", ["zero", "s", "one"], ["ri"]), n("Range", ["zero", "t", "one"], ["rj"]),
+        n("Unsqueeze", ["ri", "ax1"], ["i"]), n("Unsqueeze", ["rj", "ax0"], ["j"]),
+        n("LessOrEqual", ["j", "i"], ["causal"]),
+    ]
+    if kind == "window":
+        nodes += [n("Sub", ["i", "prm"], ["lo"]), n("Greater", ["j", "lo"], ["inw"]), n("And", ["causal", "inw"], ["pos"])]
+    elif kind == "chunked":
+        nodes += [n("Div", ["i", "prm"], ["ci"]), n("Div", ["j", "prm"], ["cj"]), n("Equal", ["ci", "cj"], ["same"]),
+                  n("And", ["causal", "same"], ["pos"])]
+    elif kind == "prefix":
+        nodes += [n("Less", ["j", "prm"], ["pre"]), n("Or", ["causal", "pre"], ["pos"])]
+    else:
+        nodes += [n("Identity", ["causal"], ["pos"])]
+    nodes += [
+        n("Cast", ["attention_mask"], ["real"], to=TensorProto.BOOL), n("Unsqueeze", ["real", "ax12"], ["real4"]),
+        n("And", ["pos", "real4"], ["keep"]),
+        n("Constant", [], ["f0"], value=helper.make_tensor("f0", TensorProto.FLOAT, [], [0.0])),
+        n("Constant", [], ["fmin"], value=helper.make_tensor("fmin", TensorProto.FLOAT, [], [-3.4028234663852886e38])),
+        n("Where", ["keep", "f0", "fmin"], ["mask"]),
+        n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", "kt"], ["qk"]),
+        n("Constant", [], ["sc"], value=helper.make_tensor("sc", TensorProto.FLOAT, [], [0.25])),
+        n("Mul", ["qk", "sc"], ["z"]), n("Add", ["z", "mask"], ["zm"]), n("Softmax", ["zm"], ["p"], axis=-1),
+        n("MatMul", ["p", "v"], ["y"]),
+    ]
+    x = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", 2, "S", 16]) for nm in ("q", "k", "v")]
+    am = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"])
+    graph = helper.make_graph(nodes, kind, x + [am], [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                                                    ["B", 2, "S", 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("kind,bypassed,window,why", [
+    ("causal", True, -1, "proven"),
+    ("window", True, 4, "proven"),
+    ("chunked", False, -1, "inconsistent offsets"),  # each chunk starts afresh: no single window
+    ("prefix", False, -1, "is not padding"),  # the prefix is visible to earlier queries: not causal
+])
+def test_mask_bypass_only_when_proven(tmp_path, kind, bypassed, window, why):
+    """Masks the structural classifier reads as padding + causal (Range comparisons and a 2-D padding input): the
+    evaluation proves the causal and windowed ones and refuses chunked and prefix-LM masks, which then stay as
+    tensors; outputs equal the original either way (left padding of 2 keys in the second row)."""
+    src, out = tmp_path / f"{kind}.onnx", tmp_path / "o.onnx"
+    onnx.save(_masked_core_model(kind), src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    (core,) = report.replaced
+    assert core.mask_kind == "padding+causal"
+    assert (core.bypassed, core.window) == (bypassed, window)
+    assert why in core.bypass_check
+    rng = np.random.default_rng(4)
+    feeds = {nm: rng.standard_normal((2, 2, 29, 16)).astype(np.float32) for nm in ("q", "k", "v")}
+    feeds["attention_mask"] = np.ones((2, 29), np.int64)
+    feeds["attention_mask"][1, :2] = 0
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        got = ort.InferenceSession(str(out), so).run(None, feeds)[0]
+        np.testing.assert_allclose(got[:, :, 2:], want[:, :, 2:], atol=2e-5, rtol=1e-4)
