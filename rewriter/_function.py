@@ -15,17 +15,25 @@ from ..ops import contract
 
 
 def reference_function(opset: int) -> onnx.FunctionProto:
-    """softmax(scale * Q repeat(K)^T + attn_mask) repeat(V), for a model whose ai.onnx opset is `opset` (>= 15)."""
+    """softmax(scale * Q repeat(K)^T + attn_mask) repeat(V), for a model whose ai.onnx opset is `opset` (>= 13)."""
     n = helper.make_node
     c = lambda name, value: n("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(value)], value))  # noqa: E731
+
+    def dims(shape: str, start: int, end: int, out: str) -> list:
+        # Shape(x)[start:end] by Slice: Shape's start/end attributes need opset 15, Slice's inputs only opset 10.
+        return [c(f"{out}_s", [start]), c(f"{out}_e", [end]), n("Slice", [shape, f"{out}_s", f"{out}_e"], [out])]
+
     nodes = [
         c("ax2", [2]),
-        n("Shape", ["Q"], ["q_b_h"], start=0, end=2),  # [B, Hq]
-        n("Shape", ["K"], ["k_b"], start=0, end=1),
-        n("Shape", ["K"], ["k_h"], start=1, end=2),
-        n("Shape", ["K"], ["k_td"], start=2, end=4),
-        n("Shape", ["V"], ["v_td"], start=2, end=4),
-        n("Shape", ["Q"], ["q_h"], start=1, end=2),
+        n("Shape", ["Q"], ["q_shape"]),
+        n("Shape", ["K"], ["k_shape"]),
+        n("Shape", ["V"], ["v_shape"]),
+        *dims("q_shape", 0, 2, "q_b_h"),  # [B, Hq]
+        *dims("k_shape", 0, 1, "k_b"),
+        *dims("k_shape", 1, 2, "k_h"),
+        *dims("k_shape", 2, 4, "k_td"),
+        *dims("v_shape", 2, 4, "v_td"),
+        *dims("q_shape", 1, 2, "q_h"),
         n("Div", ["q_h", "k_h"], ["rep"]),
         n("Concat", ["k_b", "k_h", "rep", "k_td"], ["k5_shape"], axis=0),
         n("Concat", ["k_b", "k_h", "rep", "v_td"], ["v5_shape"], axis=0),
@@ -51,8 +59,8 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         n("Unsqueeze", ["kpm_f", "ax12"], ["kpm_4"]),
         n("Add", ["masked0", "kpm_4"], ["masked1"]),
         # is_causal: key j visible to query i iff j <= i + T - S (bottom-right aligned)
-        n("Shape", ["Q"], ["s_1d"], start=2, end=3),
-        n("Shape", ["K"], ["t_1d"], start=2, end=3),
+        *dims("q_shape", 2, 3, "s_1d"),
+        *dims("k_shape", 2, 3, "t_1d"),
         c("ax0", [0]),
         c("ax1", [1]),
         n("Squeeze", ["s_1d", "ax0"], ["s0"]),
@@ -79,7 +87,10 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         n("And", ["keep_c", "keep_w"], ["keep"]),
         n("Where", ["keep", "zero", "ninf"], ["causal_f"]),
         n("Add", ["masked1", "causal_f"], ["masked"]),
-        n("Softmax", ["masked"], ["p"], axis=-1),
+        n("Softmax", ["masked"], ["p_raw"], axis=-1),
+        # A row with no visible key is all -inf, so NaN after Softmax: zeros, as the op's contract says.
+        n("IsNaN", ["p_raw"], ["p_nan"]),
+        n("Where", ["p_nan", "zero", "p_raw"], ["p"]),
         n("MatMul", ["p", "v4"], ["Y"]),
     ]
     # Constant(value_float = @scale) and Constant(value_int = @is_causal): the node's attributes, by reference.

@@ -83,16 +83,16 @@ def _constant(graph: ir.Graph, before: ir.Node, name: str, array: np.ndarray) ->
 
 def _ones_like_keys(graph: ir.Graph, before: ir.Node, k: ir.Value, base: str) -> ir.Value:
     """An int64 [B,T] tensor of ones (every key real) from K's shape: the reference function's 5th input."""
-    sb = ir.Node("", "Shape", [k], {"start": ir.AttrInt64("start", 0), "end": ir.AttrInt64("end", 1)}, num_outputs=1,
-                 name=f"{base}_kpm_b")
-    st = ir.Node("", "Shape", [k], {"start": ir.AttrInt64("start", 2), "end": ir.AttrInt64("end", 3)}, num_outputs=1,
-                 name=f"{base}_kpm_t")
-    cat = ir.Node("", "Concat", [sb.outputs[0], st.outputs[0]], {"axis": ir.AttrInt64("axis", 0)}, num_outputs=1,
-                  name=f"{base}_kpm_shape")
-    ones = ir.Node("", "ConstantOfShape", [cat.outputs[0]],
+    # Shape + Gather rather than Shape(start, end): valid at every opset the exporters write (Shape's start/end
+    # attributes need opset 15).
+    shape = ir.Node("", "Shape", [k], num_outputs=1, name=f"{base}_kpm_kshape")
+    bt = _constant(graph, before, f"{base}_kpm_axes", np.array([0, 2], np.int64))
+    gather = ir.Node("", "Gather", [shape.outputs[0], bt], {"axis": ir.AttrInt64("axis", 0)}, num_outputs=1,
+                     name=f"{base}_kpm_shape")
+    ones = ir.Node("", "ConstantOfShape", [gather.outputs[0]],
                    {"value": ir.AttrTensor("value", ir.tensor(np.ones([1], np.int64)))}, num_outputs=1,
                    name=f"{base}_kpm_ones")
-    for node in (sb, st, cat, ones):
+    for node in (shape, gather, ones):
         node.outputs[0].name = node.name
         graph.insert_before(before, node)
     return ones.outputs[0]

@@ -131,32 +131,60 @@ def _dtype(v: ir.Value):
             ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}.get(v.dtype)
 
 
+def _sym(v: ir.Value, axis: int):
+    """The declared size of an axis: an int, a symbol name, or None."""
+    if v.shape is None or axis >= v.shape.rank():
+        return None
+    d = v.shape[axis]
+    return d if isinstance(d, int) else (d.value if d.value is not None else None)
+
+
+def _has_past(inputs: list[ir.Value], padding: ir.Value | None) -> bool:
+    """A float rank-4 input whose axis 2 is neither the padding input's key axis nor a token input's axis: a cache."""
+    seq = {_sym(padding, 1)} if padding is not None else set()
+    seq |= {_sym(v, 1) for v in inputs if v is not padding and v.shape is not None and v.shape.rank() == 2}
+    return any(v.shape is not None and v.shape.rank() == 4 and v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+               and (_sym(v, 2) is None or _sym(v, 2) not in seq) for v in inputs)
+
+
 def _feeds(inputs: list[ir.Value], padding: ir.Value | None, B: int, S: int, P: int) -> dict | str:
-    """Probe values per graph input the cone reads, by role; a string says which input has no known role."""
+    """Probe values per graph input the cone reads, sized by its declared symbols (the padding input's key axis is
+    T = P + S, a token input's axis S, an unmatched axis 2 of a rank-4 float input the past P); a string says which
+    input has no known role."""
     T = P + S
+    size: dict = {}
+    if padding is not None:
+        size.update({_sym(padding, 0): B, _sym(padding, 1): T})
+    for v in inputs:
+        if v is not padding and v.shape is not None and v.shape.rank() == 2 and _sym(v, 1) not in size:
+            size[_sym(v, 1)] = S
+    size.pop(None, None)
     feeds: dict[str, np.ndarray] = {}
     for v in inputs:
         dt = _dtype(v)
         rank = v.shape.rank() if v.shape is not None else None
-        dims = list(v.shape) if v.shape is not None else []
-        static = lambda a, default: dims[a] if a < len(dims) and isinstance(dims[a], int) else default  # noqa: E731
-        name = (v.name or "").lower()
         if dt is None or rank is None:
             return f"graph input {v.name!r} has no known dtype or rank"
+
+        def dim(axis: int, role: int) -> int:
+            d = _sym(v, axis)
+            return d if isinstance(d, int) else size.get(d, role)
+
+        name = (v.name or "").lower()
         if v is padding:
-            real = np.ones((B, T), bool)
-            real[1, :2] = False  # left padding
-            real[2, T - 2:] = False  # right padding
+            real = np.ones((dim(0, B), dim(1, T)), bool)
+            real[1:2, :2] = False  # left padding (when the batch axis is not fixed at 1)
+            real[2:3, real.shape[1] - 2:] = False  # right padding
             feeds[v.name] = real.astype(dt)
-        elif rank == 4 and dt in (np.float32, np.float16):  # past keys / values [B, H, P, D]
-            feeds[v.name] = np.zeros((B, static(1, 1), P, static(3, 8)), dt)
+        elif rank == 4 and dt in (np.float32, np.float16):  # past keys / values [B, H, P, D], or Q/K/V themselves
+            feeds[v.name] = np.zeros((dim(0, B), dim(1, 1), dim(2, P), dim(3, 8)), dt)
         elif rank == 3 and dt in (np.float32, np.float16):  # inputs_embeds [B, S, hidden]
-            feeds[v.name] = np.zeros((B, S, static(2, 8)), dt)
-        elif rank in (1, 2) and dt in (np.int64, np.int32) and ("position" in name):  # positions of the new tokens
+            feeds[v.name] = np.zeros((dim(0, B), dim(1, S), dim(2, 8)), dt)
+        elif rank in (1, 2) and dt in (np.int64, np.int32) and "position" in name:  # positions of the new tokens
             pos = np.arange(P, P + S, dtype=dt)
-            feeds[v.name] = pos if rank == 1 else np.broadcast_to(pos, (B, S)).copy()
+            feeds[v.name] = pos if rank == 1 else np.broadcast_to(pos, (dim(0, B), S)).copy()
         elif rank == 2 and dt in (np.int64, np.int32):  # token ids, token types
-            feeds[v.name] = np.zeros((B, S), dt)
+            feeds[v.name] = np.zeros((dim(0, B), dim(1, S)), dt)
         else:
             return f"graph input {v.name!r} (rank {rank}) has no probe value"
     return feeds
@@ -189,7 +217,6 @@ class MaskChecker:
         self.opsets = dict(model.opset_imports)
         self.opsets.pop("iceformer.canonical", None)
         self.opsets.pop(contract.DOMAIN, None)
-        self.has_past = any(v.shape is not None and v.shape.rank() == 4 for v in model.graph.inputs)
         self._cache: dict[tuple, Verdict] = {}
 
     def check(self, mask: ir.Value, padding: ir.Value | None, node_causal: int, want_causal: str) -> Verdict:
@@ -219,7 +246,7 @@ class MaskChecker:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         window_hint = _window_candidates(nodes, consts)
         probes = sorted({MIN_PROBE, min(MAX_PROBE, max(MIN_PROBE, window_hint + 8))})
-        P = PAST if self.has_past else 0
+        P = PAST if _has_past(inputs, padding) else 0
         window: int | None = None
         causal: int | None = None
         for S in probes:
@@ -236,7 +263,8 @@ class MaskChecker:
             if np.any(heads != heads[:, :1]):
                 return Verdict(False, reason="the mask differs per head")
             Bm, Sm, Tm = m4.shape[0], m4.shape[2], m4.shape[3]
-            vis = np.broadcast_to(heads[:, 0], (3, Sm, Tm))
+            Bp = feeds[padding.name].shape[0] if padding is not None else Bm
+            vis = np.broadcast_to(heads[:, 0], (Bp, Sm, Tm))
             i = np.arange(Sm)[:, None]
             j = np.arange(Tm)[None, :]
             off = Tm - Sm
@@ -257,14 +285,14 @@ class MaskChecker:
                 return Verdict(False, reason=f"probes of {probes} new tokens disagree on causality or window")
             if Tm != P + S and padding is not None:
                 return Verdict(False, reason=f"the mask has {Tm} keys where the padding input has {P + S}")
-            expect = np.ones((3, Sm, Tm), bool)
+            expect = np.ones((Bp, Sm, Tm), bool)
             if padding is not None:
                 expect &= np.asarray(feeds[padding.name]).astype(bool)[:, None, :]
             if c:
                 expect &= tri
             if w >= 0:
                 expect &= j > i + off - w
-            if Bm == 1 and padding is not None:
+            if Bm == 1 and Bp > 1 and padding is not None:
                 return Verdict(False, reason="the mask does not vary with the padding input")
             rows = vis.any(axis=-1)  # rows the mask hides entirely (padding queries) give zeros in the op
             bad = (vis != expect) & rows[..., None]

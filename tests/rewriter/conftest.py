@@ -48,6 +48,7 @@ MODELS = {
     "bert": ("bert", 18, 2),
     "llama_attention23": ("llama_sdpa", 23, 2),
     "bert_torchscript17": ("bert", 17, 2, "torchscript"),
+    "bert_torchscript14": ("bert", 14, 2, "torchscript"),  # Shape has no start/end before opset 15
     # encoder self (padding), decoder self (causal from positions), cross-attention (padding, S != T): 2 layers each
     "bart_torchscript17": ("bart", 17, 6, "torchscript"),
 }
