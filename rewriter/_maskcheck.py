@@ -245,11 +245,14 @@ class MaskChecker:
         so.log_severity_level = 3
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         window_hint = _window_candidates(nodes, consts)
-        probes = sorted({MIN_PROBE, min(MAX_PROBE, max(MIN_PROBE, window_hint + 8))})
+        if window_hint + 8 > MAX_PROBE:
+            return Verdict(False, reason=f"the mask's construction holds the constant {window_hint}: a window that long "
+                           f"would not show in probes of up to {MAX_PROBE} tokens, so the bypass cannot be proven")
+        probes = sorted({MIN_PROBE, max(MIN_PROBE, window_hint + 8)})
         P = PAST if _has_past(inputs, padding) else 0
         window: int | None = None
         causal: int | None = None
-        for S in probes:
+        for S in reversed(probes):  # the longest first: a window shows only in probes longer than it
             feeds = _feeds(inputs, padding, 3, S, P)
             if isinstance(feeds, str):
                 return Verdict(False, reason=feeds)
@@ -276,13 +279,12 @@ class MaskChecker:
                 return Verdict(False, reason="the mask is causal and --causal off keeps causal masks as tensors")
             if want_causal == "on":
                 c = 1
-            w = _infer_window(vis[0], off)
-            if isinstance(w, str):
-                return Verdict(False, reason=w)
-            causal = c if causal is None else causal
-            window = w if window is None else window
-            if causal != c or window != w:
-                return Verdict(False, reason=f"probes of {probes} new tokens disagree on causality or window")
+            if window is None:  # read from the longest probe; the shorter ones must agree with it
+                w = _infer_window(vis[0], off)
+                if isinstance(w, str):
+                    return Verdict(False, reason=w)
+                causal, window = c, w
+            c, w = causal, window
             if Tm != P + S and padding is not None:
                 return Verdict(False, reason=f"the mask has {Tm} keys where the padding input has {P + S}")
             expect = np.ones((Bp, Sm, Tm), bool)
