@@ -16,7 +16,7 @@ import onnxscript.optimizer
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract
-from . import _canonical, _function, _lower, _maskcheck, _rules
+from . import _canonical, _function, _lower, _maskcheck, _rules, _shapes
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
 _DERIVED = ("local_window_size", "is_causal", "scale")  # per core, from the export (--causal overrides causality)
@@ -131,6 +131,7 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     # downstream would break).
     ShapeInferencePass(strict_mode=False)(model)
     IdentityEliminationPass()(model)
+    _shapes.StaticShapePass()(model)  # run-time scales from static head sizes (optimum, TorchScript) become foldable
     onnxscript.optimizer.fold_constants(model)
     IdentityEliminationPass()(model)  # folding turns no-op casts (T5's CastLike) into Identity
     RemoveUnusedNodesPass()(model)  # and leaves dead uses that would block a match

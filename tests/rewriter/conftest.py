@@ -179,6 +179,30 @@ def exported_optimum(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_optimum_runtime_scale(tmp_path_factory):
+    """optimum exports whose SDPA scale is computed at run time from Shape(Q)[-1] (applied to Q and K^T): BERT
+    (feature-extraction, opset 17) and GPT-2 with past (text-generation-with-past, opset 18). name -> path."""
+    import os
+
+    import torch
+    from optimum.exporters.onnx import main_export
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("exports_optimum_scale")
+    BertModel(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=512)).eval().save_pretrained(root / "bert")
+    GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=512)).eval().save_pretrained(
+        root / "gpt2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_export(str(root / "bert"), output=str(root / "bert_onnx"), task="feature-extraction", opset=17)
+        main_export(str(root / "gpt2"), output=str(root / "gpt2_onnx"), task="text-generation-with-past")
+    return {"bert17": root / "bert_onnx" / "model.onnx", "gpt2_past18": root / "gpt2_onnx" / "model.onnx"}
+
+
+@pytest.fixture(scope="session")
 def exported_t5(tmp_path_factory):
     """Tiny T5 encoder-decoder through both exporters: exporter name -> path."""
     root = tmp_path_factory.mktemp("exports_t5")

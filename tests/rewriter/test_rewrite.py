@@ -479,3 +479,28 @@ def test_mask_bypass_only_when_proven(tmp_path, kind, bypassed, window, why):
     for so in (iceformer.session_options(2), ort.SessionOptions()):
         got = ort.InferenceSession(str(out), so).run(None, feeds)[0]
         np.testing.assert_allclose(got[:, :, 2:], want[:, :, 2:], atol=2e-5, rtol=1e-4)
+
+
+def test_optimum_run_time_scale_is_folded(exported_optimum_runtime_scale, tmp_path):
+    """optimum's SDPA scale sqrt(1/sqrt(D)) on Q and on K^T, D read from Shape(Q) at run time: the static head size
+    makes it 0.25 (D = 16); both cores rewritten and equal to the original with and without the library."""
+    rng = np.random.default_rng(0)
+    cases = {
+        "bert17": {"input_ids": rng.integers(0, 100, (2, 30)), "attention_mask": np.ones((2, 30), np.int64),
+                   "token_type_ids": np.zeros((2, 30), np.int64)},
+        "gpt2_past18": {"input_ids": rng.integers(0, 100, (2, 9)), "attention_mask": np.ones((2, 16), np.int64),
+                        "position_ids": np.tile(np.arange(7, 16), (2, 1)),
+                        **{f"past_key_values.{i}.{kind}": rng.standard_normal((2, 4, 7, 16)).astype(np.float32)
+                           for i in range(2) for kind in ("key", "value")}},
+    }
+    cases["bert17"]["attention_mask"][1, 25:] = 0
+    cases["gpt2_past18"]["attention_mask"][1, :3] = 0
+    for name, feeds in cases.items():
+        src, out = exported_optimum_runtime_scale[name], tmp_path / f"{name}.onnx"
+        report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+        assert [(round(c.scale, 6), c.bypassed, c.is_causal) for c in report.replaced] == [
+            (0.25, True, int(name.startswith("gpt2")))] * 2, name
+        base = ort.InferenceSession(str(src)).run(None, feeds)
+        for so in (iceformer.session_options(2), ort.SessionOptions()):
+            for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
+                np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
