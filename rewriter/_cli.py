@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-bias", action="store_true",
                     help="rewrite cores whose mask is a bias (T5, ALiBi) as exact-only ops instead of leaving them")
     ap.add_argument("--dry-run", action="store_true", help="report what would be rewritten; write nothing")
+    ap.add_argument("--strict", action="store_true",
+                    help="all or nothing: fail (and write nothing) if any attention core found cannot be rewritten")
     ap.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
     args = ap.parse_args(argv)
     attrs = dict(args.attr)
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                          RewriteOptions(attributes=attrs, reference_function=not args.no_reference_function,
                                         mask_bypass=not args.no_mask_bypass,
                                         dry_run=args.dry_run or args.output is None, layers=args.layers,
-                                        skip_first=args.skip_first, causal=args.causal, allow_bias=args.allow_bias))
+                                        skip_first=args.skip_first, causal=args.causal, allow_bias=args.allow_bias,
+                                        strict=args.strict))
     except RewriteError as e:
         console.print(f"ice-rewrite: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
         return 2
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{verb} (cores {', '.join(cores)}): {check}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"rewritten by form: {report.replaced_by_form}; Softmax nodes left unmatched: "
                   f"{report.softmax_unmatched} of {report.softmax_before}")
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for s in report.skipped:
         console.print(f"skipped ({s.rule}) at {s.node}: {s.reason}", markup=False, highlight=False, soft_wrap=True)
     if args.json:

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+import onnxruntime as ort
 from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
 import onnxscript.optimizer
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
-from ..ops import contract
+from ..ops import contract, session_options
 from . import _canonical, _function, _lower, _maskcheck, _rules, _shapes
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
@@ -37,6 +38,7 @@ class RewriteOptions:
     skip_first: int = 0  # leave the first N cores unchanged
     causal: str = "auto"  # "auto" (from the mask's construction) | "on" | "off"
     allow_bias: bool = False  # rewrite cores whose mask is a bias as exact-only ops (top_k = 0)
+    strict: bool = False  # all or nothing: any core found but not rewritten (other than by --layers) is an error
 
 
 def parse_layers(spec: str | None, count: int) -> list[int]:
@@ -74,6 +76,7 @@ class RewriteReport:
     softmax_before: int
     softmax_unmatched: int
     dry_run: bool
+    notes: list[str] = field(default_factory=list)  # how the output was validated, what was tolerated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -174,7 +177,33 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     return model, report
 
 
-def _save_atomic(model: ir.Model, out: Path) -> None:
+def _checker_error(path: Path) -> str | None:
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        return str(e).strip().splitlines()[0]
+    return None
+
+
+def _validate(tmp: Path, src: Path) -> str | None:
+    """onnx.checker on the output; when it fails and the input fails it too (ORT's optimizer writes nodes such as
+    SimplifiedLayerNormalization in the default domain, which onnxruntime runs and the checker rejects), onnxruntime
+    loading the output with our library decides instead. Returns a note when the checker was overruled."""
+    err = _checker_error(tmp)
+    if err is None:
+        return None
+    before = _checker_error(src)
+    if before is None:
+        raise RewriteError(f"the rewritten model fails onnx.checker: {err}")
+    try:
+        ort.InferenceSession(str(tmp), session_options(1), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise RewriteError(f"the rewritten model fails onnx.checker ({err}) and onnxruntime cannot load it: {e}") from e
+    return (f"onnx.checker rejects the input model already ({before}); the output was validated by loading it in "
+            "onnxruntime instead")
+
+
+def _save_atomic(model: ir.Model, out: Path, src: Path) -> str | None:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if not os.access(out.parent, os.W_OK):
@@ -193,12 +222,11 @@ def _save_atomic(model: ir.Model, out: Path) -> None:
         if data_name is None:  # small: one self-contained file (weights read from the input's external data)
             ir.external_data.load_to_model(model)
         ir.save(model, tmp, external_data=data_name)
-        onnx.checker.check_model(str(tmp))
+        note = _validate(tmp, src)
         if data_name is not None:
             os.replace(tmpdir / data_name, out.parent / data_name)
         os.replace(tmp, out)
-    except onnx.checker.ValidationError as e:
-        raise RewriteError(f"the rewritten model fails onnx.checker: {e}") from e
+        return note
     finally:
         for f in tmpdir.iterdir():
             f.unlink()
@@ -225,7 +253,14 @@ def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None
             + ("; ".join(f"{s.rule} at {s.node}: {s.reason}" for s in report.skipped) or "no pattern matched")
             + ")"
         )
+    refused = [s for s in report.skipped if s.rule != "selection"]
+    if options.strict and (refused or report.softmax_unmatched):
+        raise RewriteError(f"{src}: --strict, and {len(refused)} core(s) cannot be rewritten and "
+                           f"{report.softmax_unmatched} Softmax node(s) are left unmatched"
+                           + "".join(f"; {s.rule} at {s.node}: {s.reason}" for s in refused))
     if dst is not None and not options.dry_run:
-        _save_atomic(model, dst)
+        note = _save_atomic(model, dst, src)
+        if note:
+            report.notes.append(note)
         report.output = str(dst)
     return report

@@ -504,3 +504,61 @@ def test_optimum_run_time_scale_is_folded(exported_optimum_runtime_scale, tmp_pa
         for so in (iceformer.session_options(2), ort.SessionOptions()):
             for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
                 np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_nodes_onnx_checker_rejects_but_onnxruntime_runs_are_kept(tmp_path):
+    """ORT's transformers optimizer writes SimplifiedLayerNormalization in the default domain: onnx.checker rejects
+    the model, onnxruntime runs it. The rewrite goes through (validated by onnxruntime, with a note) and is exact."""
+    from onnx import TensorProto, helper
+
+    model = _masked_core_model("causal")
+    norm = helper.make_node("SimplifiedLayerNormalization", ["q_in", "gamma"], ["q"], axis=-1, epsilon=1e-6)
+    model.graph.node.insert(0, norm)
+    model.graph.initializer.append(helper.make_tensor("gamma", TensorProto.FLOAT, [16], np.linspace(0.5, 1.5, 16)))
+    model.graph.input[0].name = "q_in"
+    src, out = tmp_path / "sln.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    with pytest.raises(onnx.checker.ValidationError):
+        onnx.checker.check_model(str(src))
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    assert len(report.replaced) == 1 and "validated by loading it in onnxruntime" in report.notes[0]
+    rng = np.random.default_rng(5)
+    feeds = {"q_in": rng.standard_normal((2, 2, 21, 16)).astype(np.float32),
+             **{nm: rng.standard_normal((2, 2, 21, 16)).astype(np.float32) for nm in ("k", "v")},
+             "attention_mask": np.ones((2, 21), np.int64)}
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_one_core_that_cannot_be_rewritten_is_skipped_not_fatal(tmp_path):
+    """Two cores, one scaled by a run-time graph input: that one is reported and left as it was, the other is
+    rewritten, and the model stays exact; --strict refuses the partial rewrite and writes nothing."""
+    from onnx import TensorProto, helper
+
+    n = helper.make_node
+    nodes = []
+    for tag, scale in (("a", "c25"), ("b", "s")):
+        nodes += [n("Transpose", ["k"], [f"{tag}_kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", f"{tag}_kt"], [f"{tag}_qk"]),
+                  n("Mul", [f"{tag}_qk", scale], [f"{tag}_z"]), n("Softmax", [f"{tag}_z"], [f"{tag}_p"], axis=-1),
+                  n("MatMul", [f"{tag}_p", "v"], [f"{tag}_y"])]
+    nodes += [n("Constant", [], ["c25"], value=helper.make_tensor("c25", TensorProto.FLOAT, [], [0.25])),
+              n("Add", ["a_y", "b_y"], ["y"])]
+    x = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", 2, "S", 16]) for nm in ("q", "k", "v")]
+    graph = helper.make_graph(nodes, "two", x + [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    src, out = tmp_path / "two.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    assert len(report.replaced) == 1 and report.softmax_unmatched == 1  # no rule matches a run-time scale
+    rng = np.random.default_rng(6)
+    feeds = {nm: rng.standard_normal((1, 2, 12, 16)).astype(np.float32) for nm in ("q", "k", "v")}
+    feeds["s"] = np.array(0.3, np.float32)
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    np.testing.assert_allclose(ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0], want,
+                               atol=2e-5, rtol=1e-4)
+    strict = tmp_path / "strict.onnx"
+    assert cli([str(src), str(strict), "--strict"]) == 2
+    assert not strict.exists()
