@@ -237,6 +237,61 @@ class OnnxAttention(_CoreRule):
         return op.Sdpa(query, key, value, cond, mask, **attrs)
 
 
+class OnnxAttentionWithPast(_CoreRule):
+    """The standard ONNX Attention (opset 23/24) with past_key/past_value [B,Hkv,P,D] and 4-D inputs: the presents
+    become Concat(past, new) on the sequence axis (what the op computes them as) and the core attends over them,
+    causality bottom-right as ONNX aligns it when the cache comes through past_key."""
+
+    def pattern(self, op, query, key, value):
+        # attn_mask (input 3) is optional: read it and the pasts from the node rather than binding them.
+        return op.Attention(query, key, value, _allow_other_inputs=True, _allow_other_attributes=True,
+                            _outputs=["y", "present_key", "present_value"])
+
+    @staticmethod
+    def _optional(node: ir.Node) -> tuple[ir.Value | None, ir.Value | None, ir.Value | None]:
+        """attn_mask, past_key, past_value."""
+        return tuple((list(node.inputs) + [None] * 6)[3:6])
+
+    def check(self, context, query, key, value, y, **_):
+        result = pattern.MatchResult()
+        node = y.producer()
+        attn_mask, past_key, past_value = self._optional(node)
+        if past_key is None or past_value is None:
+            return result.fail("no past_key/past_value (the form without past)")
+        if len(node.outputs) > 3 and node.outputs[3] is not None and node.outputs[3].uses():
+            return result.fail("the qk output is used")
+        if len(node.inputs) > 6 and node.inputs[6] is not None:
+            return result.fail("nonpad_kv_seqlen is given (opset 24 padding form)")
+        attrs = node.attributes
+        if attrs.get_float("softcap", 0.0) != 0.0:
+            return result.fail("softcap is set")
+        if attrs.get_int("qk_matmul_output_mode", 0) != 0:
+            return result.fail("qk_matmul_output_mode is set")
+        for name, v in (("query", query), ("key", key), ("value", value), ("past_key", past_key),
+                        ("past_value", past_value)):
+            if v.shape is None or v.shape.rank() != 4:
+                return result.fail(f"{name} is not known to be 4-D (3-D packed-head form)", v)
+        if attrs.get_int("is_causal", 0) and attn_mask is not None:
+            return result.fail("is_causal together with attn_mask")
+        if "scale" not in attrs and not isinstance(query.shape[3], int):
+            return result.fail("no scale attribute and a symbolic head size")
+        return self._check_common(context, attn_mask, result)
+
+    def rewrite(self, op, query, key, value, y, **_):
+        node = y.producer()
+        attn_mask, past_key, past_value = self._optional(node)
+        scale = node.attributes.get_float("scale", None)
+        attrs = {"_domain": _canonical.DOMAIN, "scale": float(scale if scale is not None else
+                                                               1.0 / math.sqrt(query.shape[3]))}
+        if node.attributes.get_int("is_causal", 0):
+            attrs["is_causal"] = 1
+        present_key = op.Concat(past_key, key, axis=2)
+        present_value = op.Concat(past_value, value, axis=2)
+        cond = attn_mask if attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL else None
+        mask = attn_mask if attn_mask is not None and cond is None else None
+        return op.Sdpa(query, present_key, present_value, cond, mask, **attrs), present_key, present_value
+
+
 class MicrosoftMultiHeadAttention(_CoreRule):
     """com.microsoft.MultiHeadAttention with separate 3-D Q [B,S,H*D], K [B,T,H*D], V [B,T,H*Dv], an optional
     additive attention_bias and no packed bias, key_padding_mask or past: heads are split with Reshape/Transpose
@@ -285,5 +340,6 @@ class MicrosoftMultiHeadAttention(_CoreRule):
 
 def rules(allow_bias: bool = False, excluded: frozenset[int] = frozenset()) -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet(
-        [cls.rule(allow_bias, excluded) for cls in (DecomposedSdpa, OnnxAttention, MicrosoftMultiHeadAttention)],
+        [cls.rule(allow_bias, excluded)
+         for cls in (DecomposedSdpa, OnnxAttention, OnnxAttentionWithPast, MicrosoftMultiHeadAttention)],
         commute=True)

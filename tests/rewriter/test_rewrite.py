@@ -562,3 +562,43 @@ def test_one_core_that_cannot_be_rewritten_is_skipped_not_fatal(tmp_path):
     strict = tmp_path / "strict.onnx"
     assert cli([str(src), str(strict), "--strict"]) == 2
     assert not strict.exists()
+
+
+@pytest.mark.parametrize("causal,mask", [(1, None), (0, "float"), (0, "bool")])
+def test_onnx_attention_with_past(tmp_path, causal, mask):
+    """Standard Attention (opset 23) with past_key/past_value, GQA 4/2: presents = Concat(past, new), the core over
+    them (causal bottom-right); y and both presents equal the original with the library and without."""
+    from onnx import TensorProto, helper
+
+    ins = ["q", "k", "v", "m" if mask else "", "pk", "pv"]
+    node = helper.make_node("Attention", ins, ["y", "present_k", "present_v"], is_causal=causal, q_num_heads=4,
+                            kv_num_heads=2)
+    vi = lambda name, shape, t=TensorProto.FLOAT: helper.make_tensor_value_info(name, t, shape)  # noqa: E731
+    inputs = [vi("q", ["B", 4, "S", 16]), vi("k", ["B", 2, "S", 16]), vi("v", ["B", 2, "S", 16]),
+              vi("pk", ["B", 2, "P", 16]), vi("pv", ["B", 2, "P", 16])]
+    if mask:
+        inputs.append(vi("m", ["B", 1, "S", "T"], TensorProto.BOOL if mask == "bool" else TensorProto.FLOAT))
+    graph = helper.make_graph([node], "attn_past", inputs, [vi("y", ["B", 4, "S", 16]), vi("present_k", None),
+                                                            vi("present_v", None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    assert report.replaced_by_form == {"OnnxAttentionWithPast": 1}
+    assert [(c.is_causal, c.mask) for c in report.replaced] == [(causal, {None: "none", "float": "additive",
+                                                                          "bool": "boolean"}[mask])]
+    rng = np.random.default_rng(7)
+    S, P = 5, 9
+    feeds = {"q": rng.standard_normal((2, 4, S, 16)), "k": rng.standard_normal((2, 2, S, 16)),
+             "v": rng.standard_normal((2, 2, S, 16)), "pk": rng.standard_normal((2, 2, P, 16)),
+             "pv": rng.standard_normal((2, 2, P, 16))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    if mask:
+        keep = rng.random((2, 1, S, P + S)) > 0.3
+        keep[..., -1] = True
+        feeds["m"] = keep if mask == "bool" else np.where(keep, 0.0, -np.inf).astype(np.float32)
+    want = ort.InferenceSession(str(src)).run(None, feeds)
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        for got, ref in zip(ort.InferenceSession(str(out), so).run(None, feeds), want):
+            np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
