@@ -17,6 +17,7 @@
 #include "knn_index.h"
 #include "lowrank.h"
 #include "masking.h"
+#include "parallel.h"
 #include "union_attention.h"
 
 namespace iceformer {
@@ -28,25 +29,6 @@ double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 
-// Runs body(i) for i in [0, n) on the host pool; each pool slot drains a shared counter.
-template <typename Body>
-void parallel_dynamic(const Parallel& par, size_t n, Body&& body) {
-  if (n == 0) return;
-  struct Ctx {
-    Body* body;
-    std::atomic<size_t> next{0};
-    size_t n;
-  } ctx{&body, {}, n};
-  auto worker = [](void* data, size_t) {
-    Ctx* c = static_cast<Ctx*>(data);
-    for (size_t i = c->next.fetch_add(1); i < c->n; i = c->next.fetch_add(1)) (*c->body)(i);
-  };
-  if (par.run == nullptr || n == 1) {
-    worker(&ctx, 0);
-    return;
-  }
-  par.run(par.host, worker, n, &ctx);
-}
 
 }  // namespace
 
@@ -112,7 +94,7 @@ int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int6
   const int64_t threshold = knn_threshold(p.knn);
   int64_t i = i0;
   for (; i < i1; ++i) {
-    const int64_t last = row_last(p, b, hq, i), first = row_first(p, i);
+    const int64_t last = row_last(p, b, hq, i), first = row_first(p, b, i);
     if (last >= first && real_prefix[last + 1] - real_prefix[first] >= threshold) break;
   }
   return i;
@@ -212,7 +194,7 @@ Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuff
     const int64_t b = static_cast<int64_t>(t) / heads, h = static_cast<int64_t>(t) % heads;
     for (int64_t i = 0; i < sh.S; ++i) {
       const MaskRow mr = mask_row(p.mask, b, h, i);
-      int64_t j = causal_last_key(p, i);
+      int64_t j = causal_last_key(p, b, i);
       while (j >= 0 && mr.value(j) == -std::numeric_limits<float>::infinity()) --j;
       (*out)[static_cast<size_t>((b * sh.Hq + h) * sh.S + i)] = j;
     }
@@ -262,6 +244,8 @@ Status run_attention(const AttentionParams& params, const Parallel& par, const H
     why = "hard window smaller than the k-NN threshold (local_window_size < max(min_keys, ...))";
   } else if (mask_is_bias(p)) {
     why = "float attn_mask is a bias";
+  } else if (p.softcap > 0.f) {
+    why = "softcap (the k-NN path does not cap logits)";
   }
   Status st;
   if (why != nullptr || std::getenv("ICEFORMER_FORCE_EXACT") != nullptr) {

@@ -10,7 +10,7 @@ constexpr const char* kDomain = "iceformer";
 constexpr const char* kOpName = "KnnAttention";
 constexpr int kOpVersion = 1;
 
-enum class DType { kFloat, kFloatOrBool, kBoolOrInt };
+enum class DType { kFloat, kFloatOrBool, kBoolOrInt, kInt32 };
 
 struct InputSpec {
   const char* name;
@@ -55,7 +55,45 @@ constexpr AttrSpec kAttrs[] = {
 };
 constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);
 
-// JSON description of the registered contract (domain, op, version, inputs, attributes, defaults).
+// GroupQueryAttention (same domain): com.microsoft.GroupQueryAttention's inputs, outputs and attributes (version 1),
+// then KnnAttention's k-NN attributes (kAttrs from kFirstKnnAttr on) with the same meaning and defaults.
+constexpr const char* kGqaOpName = "GroupQueryAttention";
+constexpr InputSpec kGqaInputs[] = {
+    {"query", "B,S,Hq*D or B,S,(Hq+2*Hkv)*D", DType::kFloat, false},
+    {"key", "B,S,Hkv*D", DType::kFloat, true},
+    {"value", "B,S,Hkv*D", DType::kFloat, true},
+    {"past_key", "B,Hkv,P,D", DType::kFloat, true},
+    {"past_value", "B,Hkv,P,D", DType::kFloat, true},
+    {"seqlens_k", "B", DType::kInt32, false},
+    {"total_sequence_length", "1", DType::kInt32, false},
+    {"cos_cache", "R,D'/2", DType::kFloat, true},
+    {"sin_cache", "R,D'/2", DType::kFloat, true},
+};
+constexpr int kGqaNumInputs = sizeof(kGqaInputs) / sizeof(kGqaInputs[0]);
+// ORT's later optional inputs, refused by name at session creation (position 9 on).
+constexpr const char* kGqaRefusedInputs[] = {"position_ids", "attention_bias", "head_sink", "k_scale", "v_scale",
+                                             "q_norm_weight", "k_norm_weight", "query_seqlens"};
+constexpr int kGqaDeclaredInputs = kGqaNumInputs + sizeof(kGqaRefusedInputs) / sizeof(kGqaRefusedInputs[0]);
+constexpr const char* kGqaOutputs[] = {"output", "present_key", "present_value", "output_qk"};
+
+constexpr AttrSpec kGqaAttrs[] = {
+    {"num_heads", 'i', false, 0},
+    {"kv_num_heads", 'i', false, 0},
+    {"scale", 'f', true, 0.0},
+    {"softcap", 'f', true, 0.0},
+    {"local_window_size", 'i', true, -1},
+    {"do_rotary", 'i', true, 0},
+    {"rotary_interleaved", 'i', true, 0},
+    {"causal", 'i', true, 1},
+    {"smooth_softmax", 'i', true, 0},
+    {"qk_output", 'i', true, 0},
+    {"sliding_window_cache", 'i', true, 0},
+};
+constexpr int kGqaNumAttrs = sizeof(kGqaAttrs) / sizeof(kGqaAttrs[0]);
+constexpr int kFirstKnnAttr = 3;  // kAttrs[kFirstKnnAttr..]: top_k ... seed
+
+// JSON description of the registered contracts (domain, op, version, inputs, attributes, defaults).
 std::string contract_json();
+std::string gqa_contract_json();
 
 }  // namespace iceformer

@@ -41,7 +41,7 @@ void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float
 
 void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   const int64_t T = p.shape.T, D = p.shape.D;
-  pack_panels(p.k + (b * p.shape.Hkv + hkv) * T * D, D, nullptr, T, dst);
+  pack_panels(p.key_rows(b, hkv), D, nullptr, T, dst);
 }
 
 void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
@@ -68,7 +68,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
   // The block's widest view [first_min, last_any] and the keys every row may see (first_max <= j <= last_all).
   int64_t last_any = -1, last_all = T, first_min = T, first_max = 0;
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t l = row_last(p, b, hq, row_ids[r]), f = row_first(p, row_ids[r]);
+    const int64_t l = row_last(p, b, hq, row_ids[r]), f = row_first(p, b, row_ids[r]);
     last_any = std::max(last_any, l);
     last_all = std::min(last_all, l);
     first_min = std::min(first_min, f);
@@ -76,7 +76,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
   }
   const bool windowed = first_max > 0;  // a hard window hides some keys of the range from some rows
   const int64_t start = std::min(first_min, last_any + 1) / kPanel * kPanel;  // tiles start on panel boundaries
-  const float* v = p.v + (b * sh.Hkv + hkv) * T * Dv;
+  const float* v = p.value_rows(b, hkv);
   const bool has_mask = p.mask.kind != MaskKind::kNone;
   const bool has_kpm = p.key_padding.kind != KeyPaddingKind::kNone;
   const bool banded = band.window >= 0;
@@ -112,9 +112,10 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
         // Columns past the block (panel padding), past the row's causal limit, before its hard window or outside
         // its band never count.
         const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
+        if (p.softcap > 0.f) apply_softcap(sr, vis, p.softcap);
         for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
         if (partial) {
-          const int64_t hidden = std::min(vis, row_first(p, row_ids[r]) - j0);
+          const int64_t hidden = std::min(vis, row_first(p, b, row_ids[r]) - j0);
           for (int64_t c = 0; c < hidden; ++c) sr[c] = kNegInf;
         }
         if (banded)

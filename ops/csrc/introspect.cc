@@ -87,7 +87,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
         exact = !union_pays(p, 0, 0, split, i1, static_cast<int64_t>(u->size()));
       }
       for (; t < t_end; ++t) {
-        const int64_t i = rows[t], last = causal_last_key(p, i);
+        const int64_t i = rows[t], last = causal_last_key(p, 0, i);
         int64_t n = 0;
         if (i >= split && exact) {
           for (int64_t j = 0; j <= last && n < cap; ++j) out[t * cap + n++] = static_cast<int32_t>(j);

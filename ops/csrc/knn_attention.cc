@@ -87,8 +87,8 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   const KnnSettings& ks = p.knn;
   const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, hkv = hq / sh.group(), rows = i1 - i0;
   const int64_t ldo = (Dv + 15) / 16 * 16;
-  const float* K = p.k + (b * sh.Hkv + hkv) * T * D;
-  const float* V = p.v + (b * sh.Hkv + hkv) * T * Dv;
+  const float* K = p.key_rows(b, hkv);
+  const float* V = p.value_rows(b, hkv);
   const bool any_mask = p.mask.kind != MaskKind::kNone;  // pure 0/-inf masks only: biases run exact
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
   RowScratch& sc = t_row;
@@ -112,7 +112,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   for (int64_t i = i0; i < i1; ++i) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i) * D;
     float* y = p.y + ((b * sh.Hq + hq) * sh.S + i) * Dv;
-    const int64_t last = row_last(p, b, hq, i), first = row_first(p, i);
+    const int64_t last = row_last(p, b, hq, i), first = row_first(p, b, i);
     const MaskRow mrow = any_mask ? mask_row(p.mask, b, hq, i) : MaskRow{};
     auto visible = [&](int64_t j) {
       return j <= last && j >= first && key_is_real(p.key_padding, T, b, j) && mrow.value(j) != kNegInf;
@@ -187,7 +187,7 @@ int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx,
   const Kernels& kern = kernels();
   const int64_t D = p.shape.D;
   const float* q = p.q + i * D;
-  const int64_t last = causal_last_key(p, i);
+  const int64_t last = causal_last_key(p, 0, i);
   if (last < 0) return 0;
   auto visible = [&](int64_t j) { return j <= last; };
   auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, p.k, D, ids, n, D, p.scale, out); };

@@ -31,7 +31,7 @@ void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int6
   const Kernels& kern = kernels();
   const int64_t T = p.shape.T, D = p.shape.D, lists = set->lists;
   const int64_t bh = b * p.shape.Hkv + hkv;
-  const float* k = p.k + bh * T * D;
+  const float* k = p.key_rows(b, hkv);
   float* proj = set->proj.data() + bh * lists * set->stride;
   int32_t* ids = set->ids.data() + bh * lists * set->stride;
   // c = max |k| over real keys; NaN/inf norms are treated as the largest projection (never a crash).

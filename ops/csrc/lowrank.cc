@@ -69,7 +69,7 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   const AttentionShape& sh = p.shape;
   const Kernels& kern = kernels();
   const int64_t T = sh.T, D = sh.D, r = set->r, bh = b * sh.Hkv + hkv;
-  const float* K = p.k + bh * T * D;
+  const float* K = p.key_rows(b, hkv);
   LowRankScratch& sc = t_lr;
   // G = sum k k^T over a stride sample of real, finite keys.
   sc.g.assign(D * D, 0.0);
@@ -149,7 +149,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   int64_t last_any = -1;
   for (int64_t t = 0; t < rows; ++t) {
     sc.last[t] = row_last(p, b, hq, i0 + t);
-    sc.first[t] = row_first(p, i0 + t);
+    sc.first[t] = row_first(p, b, i0 + t);
     last_any = std::max(last_any, sc.last[t]);
   }
   if (last_any < 0 || budget <= 0) return;

@@ -1,5 +1,6 @@
 // Which keys a query may see: causal limit (bottom-right aligned), key_padding_mask, attn_mask.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -7,18 +8,29 @@
 
 namespace iceformer {
 
-// Last key index query i may see: i + T - S under the causal flag (may be < 0: nothing visible), else T - 1.
-inline int64_t causal_last_key(const AttentionParams& p, int64_t i) {
-  const int64_t last = p.is_causal ? i + p.shape.T - p.shape.S : p.shape.T - 1;
+// Position of query row i of batch row b: i + T - S (bottom-right aligned), or i + q_offset[b] when the caller
+// gives per-batch offsets (a KV cache whose rows hold different lengths).
+inline int64_t query_position(const AttentionParams& p, int64_t b, int64_t i) {
+  return i + (p.q_offset != nullptr ? p.q_offset[b] : p.shape.T - p.shape.S);
+}
+
+// Last key index query i may see: its position under the causal flag (may be < 0: nothing visible), else T - 1.
+inline int64_t causal_last_key(const AttentionParams& p, int64_t b, int64_t i) {
+  const int64_t last = p.is_causal ? query_position(p, b, i) : p.shape.T - 1;
   return last < p.shape.T - 1 ? last : p.shape.T - 1;
 }
 
 // First key query i may see: i + T - S - window + 1 under a hard window (local_window_size), else 0. Keys before
 // it are never attended, on any path.
-inline int64_t row_first(const AttentionParams& p, int64_t i) {
+inline int64_t row_first(const AttentionParams& p, int64_t b, int64_t i) {
   if (p.window < 0) return 0;
-  const int64_t first = i + p.shape.T - p.shape.S - p.window + 1;
+  const int64_t first = query_position(p, b, i) - p.window + 1;
   return first > 0 ? first : 0;
+}
+
+// Logit soft-capping (Gemma 2, GroupQueryAttention's softcap): s -> cap * tanh(s / cap), before any mask.
+inline void apply_softcap(float* s, int64_t n, float cap) {
+  for (int64_t c = 0; c < n; ++c) s[c] = cap * std::tanh(s[c] / cap);
 }
 
 // Values at or below this count as masked: exporters fill with the float minimum rather than -inf.
@@ -26,7 +38,7 @@ constexpr float kMaskedBelow = -1e30f;
 
 // Last key query row i of (b, h) may see: the causal limit, tightened by the mask's last visible key.
 inline int64_t row_last(const AttentionParams& p, int64_t b, int64_t h, int64_t i) {
-  const int64_t last = causal_last_key(p, i);
+  const int64_t last = causal_last_key(p, b, i);
   if (p.mask_last == nullptr) return last;
   const int64_t hh = p.mask.stride[1] ? h : 0;
   const int64_t m = p.mask_last[(b * p.shape.Hq + hh) * p.shape.S + i];
@@ -39,6 +51,7 @@ inline bool key_is_real(const KeyPaddingView& kp, int64_t T, int64_t b, int64_t 
     case KeyPaddingKind::kBool: return static_cast<const uint8_t*>(kp.data)[b * T + j] != 0;
     case KeyPaddingKind::kInt32: return static_cast<const int32_t*>(kp.data)[b * T + j] != 0;
     case KeyPaddingKind::kInt64: return static_cast<const int64_t*>(kp.data)[b * T + j] != 0;
+    case KeyPaddingKind::kLength: return j < static_cast<const int64_t*>(kp.data)[b];
   }
   return true;
 }

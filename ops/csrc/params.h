@@ -21,9 +21,10 @@ struct MaskView {
   int64_t stride[4] = {0, 0, 0, 0};
 };
 
-enum class KeyPaddingKind { kNone, kBool, kInt32, kInt64 };
+enum class KeyPaddingKind { kNone, kBool, kInt32, kInt64, kLength };
 
-// key_padding_mask [B,T]: nonzero = a real key.
+// key_padding_mask [B,T]: nonzero = a real key; kLength: data is int64 [B], the keys j < data[b] are real (a KV
+// cache filled to different lengths).
 struct KeyPaddingView {
   KeyPaddingKind kind = KeyPaddingKind::kNone;
   const void* data = nullptr;
@@ -65,8 +66,10 @@ struct HostAllocator {
 struct AttentionParams {
   AttentionShape shape;
   const float* q = nullptr;  // [B,Hq,S,D]
-  const float* k = nullptr;  // [B,Hkv,T,D]
-  const float* v = nullptr;  // [B,Hkv,T,Dv]
+  const float* k = nullptr;  // [B,Hkv,T,D], or [B,Hkv,kv_rows,D] when kv_rows > T
+  const float* v = nullptr;  // [B,Hkv,T,Dv], likewise
+  // Rows per (batch, KV head) in the K and V buffers (0: T). A KV cache of capacity kv_rows holds T <= kv_rows rows.
+  int64_t kv_rows = 0;
   float* y = nullptr;        // [B,Hq,S,Dv]
   MaskView mask;
   KeyPaddingView key_padding;
@@ -75,11 +78,19 @@ struct AttentionParams {
   // local_window_size (GroupQueryAttention's meaning): query i sees only keys j > i + T - S - window, the window
   // positions ending at its own; -1: no hard window.
   int64_t window = -1;
+  // Per batch row, the position of query row 0 (nullptr: T - S, bottom-right). Causality and the window use it.
+  const int64_t* q_offset = nullptr;
+  float softcap = 0.f;  // > 0: logits s -> softcap * tanh(s / softcap) (after the scale, before masks)
   KnnSettings knn;
   // Filled by the driver when attn_mask is given: per (b, h, i), the last key the mask leaves visible (-1:
   // none), so that causal-shaped masks (Hugging Face exports pass causality as a [B,1,S,T] mask) skip the
   // masked tail like is_causal does. h is 0 when the mask does not vary by head.
   const int64_t* mask_last = nullptr;
+
+  int64_t kv_stride() const { return kv_rows > shape.T ? kv_rows : shape.T; }
+  // The key / value rows of (b, hkv): row j at + j * D (+ j * Dv).
+  const float* key_rows(int64_t b, int64_t hkv) const { return k + (b * shape.Hkv + hkv) * kv_stride() * shape.D; }
+  const float* value_rows(int64_t b, int64_t hkv) const { return v + (b * shape.Hkv + hkv) * kv_stride() * shape.Dv; }
 };
 
 }  // namespace iceformer

@@ -12,6 +12,8 @@
 
 #include "attention.h"
 #include "contract.h"
+#include "gqa_attention.h"
+#include "host_buffer.h"
 #include "simd.h"
 #include "stats_log.h"
 
@@ -22,9 +24,11 @@ using iceformer::Status;
 OrtStatusPtr make_error(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
 
 const iceformer::AttrSpec& attr_spec(const char* name) {
+  for (const auto& a : iceformer::kGqaAttrs)
+    if (std::strcmp(a.name, name) == 0) return a;
   for (const auto& a : iceformer::kAttrs)
     if (std::strcmp(a.name, name) == 0) return a;
-  return iceformer::kAttrs[0];  // unreachable for names of the contract
+  return iceformer::kAttrs[0];  // unreachable for names of the contracts
 }
 
 // Reads one attribute of the contract: its value, or the contract default when absent. Returns false and
@@ -52,6 +56,25 @@ bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, T
   return true;
 }
 
+// The k-NN attributes both ops share (contract entries kAttrs[kFirstKnnAttr..]), checked.
+bool read_knn_attrs(const OrtApi& api, const OrtKernelInfo* info, iceformer::KnnSettings* k, std::string* err) {
+  bool present = false;
+  int64_t* ints[] = {&k->top_k, &k->search, &k->rank, &k->num_composite, &k->num_simple, &k->max_candidates,
+                     &k->min_keys, &k->local_window, &k->num_sink, &k->tail_samples, &k->seed};
+  const char* int_names[] = {"top_k", "search", "rank", "L", "m", "max_candidates", "min_keys", "local_window",
+                             "num_sink", "tail_samples", "seed"};
+  for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); ++i)
+    if (!read_attr(api, info, int_names[i], ints[i], &present, err)) return false;
+  if (!read_attr(api, info, "candidate_fraction", &k->candidate_fraction, &present, err) ||
+      !read_attr(api, info, "tail_limit", &k->tail_limit, &present, err))
+    return false;
+  if (Status s = iceformer::check_settings(*k); !s.ok()) {
+    *err = s.message();
+    return false;
+  }
+  return true;
+}
+
 struct KernelConfig {
   bool is_causal = false;
   int64_t window = -1;  // local_window_size
@@ -73,6 +96,34 @@ void host_parallel_for(void* host, void (*fn)(void*, size_t), size_t n, void* da
 }
 
 std::vector<int64_t> dims_of(const Ort::ConstValue& v) { return v.GetTensorTypeAndShapeInfo().GetShape(); }
+
+// Scratch from the session's CPU arena for one Compute call (reused across calls); malloc when there is none.
+struct SessionArena {
+  explicit SessionArena(OrtKernelContext* context) {
+    const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    if (OrtStatus* st = Ort::GetApi().KernelContext_GetAllocator(context, cpu, &arena)) {
+      Ort::GetApi().ReleaseStatus(st);
+      arena = nullptr;
+    }
+    if (arena == nullptr) return;
+    mem.host = arena;
+    mem.alloc = [](void* a, size_t bytes) -> void* {
+      OrtAllocator* al = static_cast<OrtAllocator*>(a);
+      return al->Alloc(al, bytes);  // the arena returns nullptr or throws inside ORT: both end as nullptr here
+    };
+    mem.free = [](void* a, void* q) {
+      OrtAllocator* al = static_cast<OrtAllocator*>(a);
+      al->Free(al, q);
+    };
+  }
+  ~SessionArena() {
+    if (arena != nullptr) Ort::GetApi().ReleaseAllocator(arena);
+  }
+  SessionArena(const SessionArena&) = delete;
+  SessionArena& operator=(const SessionArena&) = delete;
+  OrtAllocator* arena = nullptr;
+  iceformer::HostAllocator mem;
+};
 
 OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
   try {
@@ -137,29 +188,9 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
     p.knn = cfg.knn;
 
     iceformer::Parallel par{&ctx, host_parallel_for};
-    // Scratch from the session's CPU arena: reused across calls.
-    const OrtApi& api = Ort::GetApi();
-    OrtAllocator* arena = nullptr;
-    const Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-    if (OrtStatus* st = api.KernelContext_GetAllocator(context, cpu, &arena)) {
-      api.ReleaseStatus(st);
-      arena = nullptr;  // fall back to malloc
-    }
-    iceformer::HostAllocator mem;
-    if (arena != nullptr) {
-      mem.host = arena;
-      mem.alloc = [](void* a, size_t bytes) -> void* {
-        OrtAllocator* al = static_cast<OrtAllocator*>(a);
-        return al->Alloc(al, bytes);  // the arena returns nullptr or throws inside ORT: both end as nullptr here
-      };
-      mem.free = [](void* a, void* q) {
-        OrtAllocator* al = static_cast<OrtAllocator*>(a);
-        al->Free(al, q);
-      };
-    }
+    SessionArena arena(context);
     iceformer::CallStats stats;
-    Status s = iceformer::run_attention(p, par, mem, &stats);
-    if (arena != nullptr) api.ReleaseAllocator(arena);
+    Status s = iceformer::run_attention(p, par, arena.mem, &stats);
     if (!s.ok()) return make_error(s.message());
     iceformer::log_call_stats(p, stats);
     return nullptr;
@@ -194,14 +225,7 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     if (c.has_scale && !std::isfinite(fv))
       return make_error("KnnAttention: attribute scale=" + std::to_string(fv) + " is invalid, expected a finite float");
     c.scale = fv;
-    if (!get_i("top_k", &c.knn.top_k) || !get_i("search", &c.knn.search) || !get_i("rank", &c.knn.rank) || !get_i("L", &c.knn.num_composite) || !get_i("m", &c.knn.num_simple) ||
-        !get_i("max_candidates", &c.knn.max_candidates) || !get_i("min_keys", &c.knn.min_keys) ||
-        !get_i("local_window", &c.knn.local_window) || !get_i("num_sink", &c.knn.num_sink) ||
-        !get_i("tail_samples", &c.knn.tail_samples) || !get_i("seed", &c.knn.seed))
-      return make_error(err);
-    if (!read_attr(api, info, "candidate_fraction", &c.knn.candidate_fraction, &present, &err)) return make_error(err);
-    if (!read_attr(api, info, "tail_limit", &c.knn.tail_limit, &present, &err)) return make_error(err);
-    if (Status s = iceformer::check_settings(c.knn); !s.ok()) return make_error(s.message());
+    if (!read_knn_attrs(api, info, &c.knn, &err)) return make_error(err);
     try {
       *kernel = new KnnAttentionKernel(c);
     } catch (const std::exception& e) {
@@ -243,6 +267,174 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
   }
 };
 
+
+// ---- GroupQueryAttention (com.microsoft.GroupQueryAttention's contract) ----
+
+struct GqaConfig {
+  int64_t Hq = 0, Hkv = 0, window = -1;
+  float scale = 0.f, softcap = 0.f;
+  bool rotary = false, interleaved = false, causal = true;
+  iceformer::KnnSettings knn;
+};
+
+struct GqaKernel {
+  explicit GqaKernel(const GqaConfig& c) : cfg(c) {}
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+  GqaConfig cfg;
+};
+
+OrtStatusPtr gqa_error(const std::string& msg) { return make_error("GroupQueryAttention: " + msg); }
+
+// Input i's dims and presence (absent or empty-named optional inputs: not present).
+bool gqa_input(Ort::KernelContext& ctx, size_t i, std::vector<int64_t>* dims) {
+  if (i >= ctx.GetInputCount()) return false;
+  Ort::ConstValue v = ctx.GetInput(i);
+  if (!v) return false;
+  *dims = dims_of(v);
+  return true;
+}
+
+OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
+  try {
+    Ort::KernelContext ctx(context);
+    iceformer::GqaInputDims d;
+    iceformer::GqaParams g;
+    g.Hq = cfg.Hq, g.Hkv = cfg.Hkv, g.rotary = cfg.rotary, g.interleaved = cfg.interleaved, g.causal = cfg.causal;
+    g.scale = cfg.scale, g.softcap = cfg.softcap, g.window = cfg.window, g.knn = cfg.knn;
+    gqa_input(ctx, 0, &d.query);
+    d.has_key = gqa_input(ctx, 1, &d.key);
+    d.has_value = gqa_input(ctx, 2, &d.value);
+    d.has_past_key = gqa_input(ctx, 3, &d.past_key);
+    d.has_past_value = gqa_input(ctx, 4, &d.past_value);
+    if (!gqa_input(ctx, 5, &d.seqlens_k) || !gqa_input(ctx, 6, &d.total))
+      return gqa_error("inputs seqlens_k and total_sequence_length are required");
+    d.has_cos = gqa_input(ctx, 7, &d.cos);
+    d.has_sin = gqa_input(ctx, 8, &d.sin);
+    for (size_t i : {5, 6})
+      if (ctx.GetInput(i).GetTensorTypeAndShapeInfo().GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
+        return gqa_error(std::string("input ") + iceformer::kGqaInputs[i].name + " must be int32");
+    if (Ort::ConstValue total = ctx.GetInput(6); total.GetTensorTypeAndShapeInfo().GetElementCount() == 1)
+      g.total = *total.GetTensorData<int32_t>();
+    if (Status s = iceformer::resolve_gqa_shapes(d, &g); !s.ok()) return make_error(s.message());
+
+    g.query = ctx.GetInput(0).GetTensorData<float>();
+    if (d.has_key) g.key = ctx.GetInput(1).GetTensorData<float>(), g.value = ctx.GetInput(2).GetTensorData<float>();
+    if (d.has_past_key)
+      g.past_key = ctx.GetInput(3).GetTensorData<float>(), g.past_value = ctx.GetInput(4).GetTensorData<float>();
+    g.seqlens_k = ctx.GetInput(5).GetTensorData<int32_t>();
+    if (g.rotary) g.cos_cache = ctx.GetInput(7).GetTensorData<float>(), g.sin_cache = ctx.GetInput(8).GetTensorData<float>();
+    g.output = ctx.GetOutput(0, {g.B, g.S, g.Hq * g.D}).GetTensorMutableData<float>();
+    const std::vector<int64_t> present_dims{g.B, g.Hkv, g.present_rows, g.D};
+    SessionArena arena(context);
+    iceformer::HostBuffer<float> own_k(arena.mem), own_v(arena.mem);  // when present outputs are not wanted
+    if (ctx.GetOutputCount() >= 3) {
+      g.present_key = ctx.GetOutput(1, present_dims).GetTensorMutableData<float>();
+      g.present_value = ctx.GetOutput(2, present_dims).GetTensorMutableData<float>();
+    } else {
+      const size_t n = static_cast<size_t>(g.B * g.Hkv * g.present_rows * g.D);
+      if (!own_k.allocate(n) || !own_v.allocate(n)) return gqa_error("out of memory for the present key/value");
+      g.present_key = own_k.data(), g.present_value = own_v.data();
+    }
+    iceformer::Parallel par{&ctx, host_parallel_for};
+    iceformer::CallStats stats;
+    if (Status s = iceformer::run_gqa(g, par, arena.mem, &stats); !s.ok()) return make_error(s.message());
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::exception& e) {
+    return gqa_error(e.what());
+  }
+}
+
+// What the op does not support is refused when the session is created, by name.
+bool gqa_refuse(const OrtApi& api, const OrtKernelInfo* info, std::string* err) {
+  size_t n_in = 0, n_out = 0;
+  api.KernelInfo_GetInputCount(info, &n_in);
+  api.KernelInfo_GetOutputCount(info, &n_out);
+  auto connected = [&](bool input, size_t i) {
+    size_t len = 0;
+    OrtStatus* st = input ? api.KernelInfo_GetInputName(info, i, nullptr, &len)
+                          : api.KernelInfo_GetOutputName(info, i, nullptr, &len);
+    if (st != nullptr) {
+      api.ReleaseStatus(st);
+      return false;
+    }
+    return len > 1;  // the size includes the terminating NUL: "" has size 1
+  };
+  for (size_t i = iceformer::kGqaNumInputs; i < n_in; ++i)
+    if (connected(true, i)) {
+      *err = std::string("input ") + iceformer::kGqaRefusedInputs[i - iceformer::kGqaNumInputs] +
+             " is not supported by iceformer's GroupQueryAttention";
+      return true;
+    }
+  if (n_out > 3 && connected(false, 3)) {
+    *err = "output output_qk (qk_output) is not supported";
+    return true;
+  }
+  return false;
+}
+
+struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    GqaConfig c;
+    std::string err;
+    bool present = false;
+    int64_t v[8] = {0, 0, -1, 0, 0, 1, 0, 0};
+    const char* names[8] = {"num_heads", "kv_num_heads", "local_window_size", "do_rotary", "rotary_interleaved",
+                            "causal", "smooth_softmax", "qk_output"};
+    for (int i = 0; i < 8; ++i) {
+      if (!read_attr(api, info, names[i], &v[i], &present, &err)) return gqa_error(err);
+      if (i < 2 && !present) return gqa_error(std::string("attribute ") + names[i] + " is required");
+    }
+    int64_t sliding_cache = 0;
+    if (!read_attr(api, info, "sliding_window_cache", &sliding_cache, &present, &err)) return gqa_error(err);
+    if (!read_attr(api, info, "scale", &c.scale, &present, &err) ||
+        !read_attr(api, info, "softcap", &c.softcap, &present, &err))
+      return gqa_error(err);
+    c.Hq = v[0], c.Hkv = v[1], c.window = v[2];
+    if (c.Hq < 1 || c.Hkv < 1 || c.Hq % c.Hkv != 0)
+      return gqa_error("num_heads = " + std::to_string(c.Hq) + " must be a positive multiple of kv_num_heads = " +
+                       std::to_string(c.Hkv));
+    if (c.window == 0 || c.window < -1)
+      return gqa_error("local_window_size = " + std::to_string(c.window) + " is invalid, expected -1 or >= 1");
+    for (int i = 3; i < 6; ++i)
+      if (v[i] != 0 && v[i] != 1) return gqa_error(std::string(names[i]) + " = " + std::to_string(v[i]) + ", expected 0 or 1");
+    if (v[6] != 0) return gqa_error("smooth_softmax = 1 is not supported");
+    if (v[7] != 0) return gqa_error("qk_output is not supported");
+    if (sliding_cache != 0) return gqa_error("sliding_window_cache = 1 (a window-sized KV cache) is not supported");
+    if (v[5] == 0 && c.window != -1) return gqa_error("local_window_size needs causal = 1");
+    if (!std::isfinite(c.scale) || !std::isfinite(c.softcap) || c.softcap < 0.f)
+      return gqa_error("scale and softcap must be finite, softcap >= 0");
+    c.rotary = v[3] == 1, c.interleaved = v[4] == 1, c.causal = v[5] == 1;
+    if (gqa_refuse(api, info, &err)) return gqa_error(err);
+    if (!read_knn_attrs(api, info, &c.knn, &err)) return gqa_error(err);
+    try {
+      *kernel = new GqaKernel(c);
+    } catch (const std::exception& e) {
+      return gqa_error(e.what());
+    }
+    return nullptr;
+  }
+
+  const char* GetName() const { return iceformer::kGqaOpName; }
+  size_t GetInputTypeCount() const { return iceformer::kGqaDeclaredInputs; }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    if (i == 5 || i == 6) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+    return i < iceformer::kGqaNumInputs ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return i < iceformer::kGqaNumInputs && !iceformer::kGqaInputs[i].optional
+               ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED
+               : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL;
+  }
+  size_t GetOutputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return i == 0 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED
+                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL;
+  }
+};
+
 std::mutex g_mutex;
 std::vector<OrtCustomOpDomain*> g_domains;  // kept for the process lifetime: sessions may outlive options
 
@@ -264,13 +456,15 @@ ICE_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
   }
   Ort::InitApi(api);
   static KnnAttentionOp op;
+  static GqaOp gqa_op;
   std::lock_guard<std::mutex> lock(g_mutex);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain(iceformer::kDomain, &domain)) return st;
-  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &op)) {
-    api->ReleaseCustomOpDomain(domain);
-    return st;
-  }
+  for (OrtCustomOp* o : {static_cast<OrtCustomOp*>(&op), static_cast<OrtCustomOp*>(&gqa_op)})
+    if (OrtStatus* st = api->CustomOpDomain_Add(domain, o)) {
+      api->ReleaseCustomOpDomain(domain);
+      return st;
+    }
   if (OrtStatus* st = api->AddCustomOpDomain(options, domain)) {
     api->ReleaseCustomOpDomain(domain);
     return st;
@@ -282,6 +476,11 @@ ICE_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
 // Introspection for tests and tools (plain C, no ORT needed).
 ICE_EXPORT const char* IceformerContractJson() {
   static const std::string s = iceformer::contract_json();
+  return s.c_str();
+}
+
+ICE_EXPORT const char* IceformerGqaContractJson() {
+  static const std::string s = iceformer::gqa_contract_json();
   return s.c_str();
 }
 

@@ -49,7 +49,7 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
       // hard window.
       const int64_t vis = std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(sc.last[r], kPadKey - 1))) - key;
       const int64_t lo = std::min<int64_t>(
-          vis, std::lower_bound(key, key + width, static_cast<int32_t>(row_first(p, i0 + r))) - key);
+          vis, std::lower_bound(key, key + width, static_cast<int32_t>(row_first(p, b, i0 + r))) - key);
       for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
       for (int64_t c = 0; c < lo; ++c) sr[c] = kNegInf;
       if (any_mask) {
@@ -74,7 +74,7 @@ bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int
   double exact_cost = 0;
   int64_t last_any = -1, first_min = p.shape.T;
   for (int64_t i = i0; i < i1; ++i) {
-    const int64_t last = row_last(p, b, hq, i), first = row_first(p, i);
+    const int64_t last = row_last(p, b, hq, i), first = row_first(p, b, i);
     exact_cost += static_cast<double>(std::max<int64_t>(0, last + 1 - first));
     last_any = std::max(last_any, last);
     first_min = std::min(first_min, first);
@@ -94,7 +94,7 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
     last_min = std::min(last_min, l);
     last_any = std::max(last_any, l);
   }
-  const int64_t first_min = std::min(row_first(p, i0), last_any + 1);  // rows ascend: i0 sees the earliest keys
+  const int64_t first_min = std::min(row_first(p, b, i0), last_any + 1);  // rows ascend: i0 sees the earliest keys
   sc.in.begin(T);
   auto add = [&](int64_t j) {
     if (key_is_real(p.key_padding, T, b, j)) sc.in.mark(j);
@@ -115,8 +115,8 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   const KnnSettings& ks = p.knn;
   const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0, ldo = (Dv + 15) / 16 * 16;
   const int64_t hkv = hq / sh.group();
-  const float* K = p.k + (b * sh.Hkv + hkv) * T * D;
-  const float* V = p.v + (b * sh.Hkv + hkv) * T * Dv;
+  const float* K = p.key_rows(b, hkv);
+  const float* V = p.value_rows(b, hkv);
   UnionScratch& sc = t_union;
   sc.last.resize(rows);
   int64_t last_any = -1;
@@ -124,13 +124,13 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     sc.last[r] = row_last(p, b, hq, i0 + r);
     last_any = std::max(last_any, sc.last[r]);
   }
-  const int64_t first_min = std::min(row_first(p, i0), last_any + 1);
+  const int64_t first_min = std::min(row_first(p, b, i0), last_any + 1);
   const std::vector<int32_t>& u = union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
   if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(u.size()))) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)
-      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, i0 + r));
+      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, b, i0 + r));
     return;
   }
 
@@ -192,7 +192,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     const float kept_share = st.sum > 0.f ? sc.s1[r] * std::exp(sc.m1[r] - st.max) / st.sum : 1.f;
     if (ks.tail_limit < 1.f && st.sum > sc.s1[r] * std::exp(sc.m1[r] - st.max) && 1.f - kept_share > ks.tail_limit) {
       sc.fallback.push_back(i0 + r);
-      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, i0 + r));
+      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, b, i0 + r));
       continue;
     }
     st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
