@@ -2,7 +2,7 @@
 
 from . import contract
 from ._library import get_library_path, native_contract, session_options, simd_variant
-from .graph import make_attention_model, make_knn_attention_model
+from .graph import make_attention_model, make_gqa_model, make_knn_attention_model
 from .reference import knn_attention_reference
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "knn_attention_reference",
     "make_knn_attention_model",
     "make_attention_model",
+    "make_gqa_model",
 ]

@@ -49,15 +49,17 @@ def session_options(
 def _cdll() -> ctypes.CDLL:
     lib = ctypes.CDLL(get_library_path())
     lib.IceformerContractJson.restype = ctypes.c_char_p
+    lib.IceformerGqaContractJson.restype = ctypes.c_char_p
     lib.IceformerSimdVariant.restype = ctypes.c_char_p
     lib.IceformerKnnSelect.restype = ctypes.c_int
     lib.IceformerKthLargestInt.restype = ctypes.c_int
     return lib
 
 
-def native_contract() -> dict:
-    """The contract as the native library registers it (for checks against `contract.as_dict()`)."""
-    return json.loads(_cdll().IceformerContractJson().decode())
+def native_contract(gqa: bool = False) -> dict:
+    """A contract as the native library registers it (for checks against `contract.as_dict()` /
+    `contract.gqa_as_dict()`)."""
+    return json.loads((_cdll().IceformerGqaContractJson() if gqa else _cdll().IceformerContractJson()).decode())
 
 
 def simd_variant() -> str:

@@ -100,6 +100,57 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
 )
 
 
+# ---- GroupQueryAttention: com.microsoft.GroupQueryAttention's contract (the CPU subset genai's builder emits), then
+# KnnAttention's k-NN attributes with the same meaning and defaults. Shape letters as above; P cached rows before the
+# call, T' present rows (max(total_sequence_length, P): past and present may be one buffer), R rotary cache rows, r
+# rotary dims (<= D).
+GQA_OP_TYPE = "GroupQueryAttention"
+
+GQA_INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("query", ("B", "S", "Hq*D"), ("float",), False,
+               "queries; packed QKV [B,S,(Hq+2*Hkv)*D] when key and value are absent"),
+    TensorSpec("key", ("B", "S", "Hkv*D"), ("float",), True, "new keys (before rotary)"),
+    TensorSpec("value", ("B", "S", "Hkv*D"), ("float",), True, "new values"),
+    TensorSpec("past_key", ("B", "Hkv", "P", "D"), ("float",), True,
+               "KV cache; the same buffer as present_key when past and present are shared (only new rows are written)"),
+    TensorSpec("past_value", ("B", "Hkv", "P", "D"), ("float",), True, "as past_key"),
+    TensorSpec("seqlens_k", ("B",), ("int32",), False, "L_b - 1: valid keys per batch row after this call, minus one"),
+    TensorSpec("total_sequence_length", ("1",), ("int32",), False,
+               "max_b L_b; S = total on a call with S > 1 marks the first prompt (right padding, no past)"),
+    TensorSpec("cos_cache", ("R", "r/2"), ("float",), True, "rotary cosines by position (do_rotary = 1)"),
+    TensorSpec("sin_cache", ("R", "r/2"), ("float",), True, "rotary sines by position (do_rotary = 1)"),
+)
+GQA_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("output", ("B", "S", "Hq*D"), ("float",), False, "attention output"),
+    TensorSpec("present_key", ("B", "Hkv", "T'", "D"), ("float",), True, "cache after this call (rows >= L_b: zeros or untouched)"),
+    TensorSpec("present_value", ("B", "Hkv", "T'", "D"), ("float",), True, "as present_key"),
+)
+# Inputs ORT's GroupQueryAttention has after these and output output_qk: refused at session creation, by name.
+GQA_REFUSED_INPUTS = ("position_ids", "attention_bias", "head_sink", "k_scale", "v_scale", "q_norm_weight",
+                      "k_norm_weight", "query_seqlens")
+KNN_ATTRIBUTES = tuple(a for a in ATTRIBUTES if a.name not in ("is_causal", "scale", "local_window_size"))
+GQA_ATTRIBUTES: tuple[AttrSpec, ...] = (
+    AttrSpec("num_heads", "int", None, "Hq (required)"),
+    AttrSpec("kv_num_heads", "int", None, "Hkv (required; Hq a multiple of it)"),
+    AttrSpec("scale", "float", 0.0, "logit scale; 0: 1/sqrt(D)"),
+    AttrSpec("softcap", "float", 0.0, "> 0: logits s -> softcap * tanh(s / softcap) (such calls run exact)"),
+    AttrSpec("local_window_size", "int", -1, "as KnnAttention's: each query sees the local_window_size positions ending at its own; -1: none"),
+    AttrSpec("do_rotary", "int", 0, "1: rotary embedding of the new queries and keys at their positions"),
+    AttrSpec("rotary_interleaved", "int", 0, "1: rotate pairs (2i, 2i+1); 0: pairs (i, i + r/2)"),
+    AttrSpec("causal", "int", 1, "1: query s of batch row b (position P_b + s) sees keys j <= P_b + s"),
+    AttrSpec("smooth_softmax", "int", 0, "must be 0 (refused otherwise)"),
+    AttrSpec("qk_output", "int", 0, "must be 0 (refused otherwise)"),
+    AttrSpec("sliding_window_cache", "int", 0, "must be 0: window-sized caches are refused"),
+) + KNN_ATTRIBUTES
+
+
+def gqa_attribute(name: str) -> AttrSpec:
+    for a in GQA_ATTRIBUTES:
+        if a.name == name:
+            return a
+    raise KeyError(f"GroupQueryAttention has no attribute {name!r}; known: {[a.name for a in GQA_ATTRIBUTES]}")
+
+
 def attribute(name: str) -> AttrSpec:
     for a in ATTRIBUTES:
         if a.name == name:
@@ -111,36 +162,52 @@ def attribute_defaults() -> dict[str, int | float | None]:
     return {a.name: a.default for a in ATTRIBUTES}
 
 
-def as_dict() -> dict:
-    """The contract in the JSON form the native library reports (IceformerContractJson)."""
+def _as_dict(op: str, inputs, outputs, attributes) -> dict:
     return {
         "domain": DOMAIN,
-        "op": OP_TYPE,
+        "op": op,
         "version": VERSION,
         "inputs": [
             {"name": t.name, "shape": ",".join(t.shape), "dtypes": list(t.dtypes), "optional": t.optional}
-            for t in INPUTS
+            for t in inputs
         ],
-        "outputs": [{"name": t.name, "shape": ",".join(t.shape), "dtypes": list(t.dtypes)} for t in OUTPUTS],
-        "attributes": [{"name": a.name, "type": a.type, "default": a.default} for a in ATTRIBUTES],
+        "outputs": [{"name": t.name, "shape": ",".join(t.shape), "dtypes": list(t.dtypes)} for t in outputs],
+        "attributes": [{"name": a.name, "type": a.type, "default": a.default} for a in attributes],
     }
 
 
-def markdown() -> str:
-    """The contract as README tables (tests check the README carries exactly this text)."""
+def as_dict() -> dict:
+    """The contract in the JSON form the native library reports (IceformerContractJson)."""
+    return _as_dict(OP_TYPE, INPUTS, OUTPUTS, ATTRIBUTES)
+
+
+def gqa_as_dict() -> dict:
+    """GroupQueryAttention's contract as the native library reports it (IceformerGqaContractJson)."""
+    return _as_dict(GQA_OP_TYPE, GQA_INPUTS, GQA_OUTPUTS, GQA_ATTRIBUTES)
+
+
+def markdown(gqa: bool = False) -> str:
+    """A contract as README tables (tests check the README carries exactly this text); gqa: GroupQueryAttention's,
+    whose k-NN attributes are listed by name (they are KnnAttention's)."""
+    op, inputs, outputs = (GQA_OP_TYPE, GQA_INPUTS, GQA_OUTPUTS) if gqa else (OP_TYPE, INPUTS, OUTPUTS)
+    attributes = GQA_ATTRIBUTES[: len(GQA_ATTRIBUTES) - len(KNN_ATTRIBUTES)] if gqa else ATTRIBUTES
     lines = [
-        f"Domain `{DOMAIN}`, op `{OP_TYPE}`, version {VERSION}.",
+        f"Domain `{DOMAIN}`, op `{op}`, version {VERSION}.",
         "",
         "| # | input | shape | dtype | |",
         "|---|---|---|---|---|",
     ]
-    for i, t in enumerate(INPUTS):
+    for i, t in enumerate(inputs):
         opt = "optional; " if t.optional else ""
         lines.append(f"| {i} | `{t.name}` | [{','.join(t.shape)}] | {' or '.join(t.dtypes)} | {opt}{t.doc} |")
-    for t in OUTPUTS:
+    for t in outputs:
         lines.append(f"| out | `{t.name}` | [{','.join(t.shape)}] | {' or '.join(t.dtypes)} | {t.doc} |")
     lines += ["", "| attribute | type | default | meaning |", "|---|---|---|---|"]
-    for a in ATTRIBUTES:
-        d = "derived" if a.default is None else repr(a.default)
+    for a in attributes:
+        d = ("required" if gqa else "derived") if a.default is None else repr(a.default)
         lines.append(f"| `{a.name}` | {a.type} | {d} | {a.doc} |")
+    if gqa:
+        lines += ["", "k-NN attributes, with KnnAttention's meaning and defaults: "
+                  + ", ".join(f"`{a.name}`" for a in KNN_ATTRIBUTES) + ". Refused inputs: "
+                  + ", ".join(f"`{n}`" for n in GQA_REFUSED_INPUTS) + "; refused output: `output_qk`."]
     return "\n".join(lines) + "\n"

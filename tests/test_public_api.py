@@ -24,6 +24,7 @@ def test_ops_api():
             "knn_attention_reference",
             "make_knn_attention_model",
             "make_attention_model",
+            "make_gqa_model",
         ]
     )
 

@@ -7,13 +7,16 @@ from pathlib import Path
 
 from ..ops import contract
 
-BEGIN, END = "<!-- contract:begin -->\n", "<!-- contract:end -->\n"
+BLOCKS = {"contract": False, "gqa-contract": True}  # README marker -> contract.markdown(gqa=...)
 
 
 def render(readme: str) -> str:
-    head, rest = readme.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + BEGIN + contract.markdown() + END + tail
+    for name, gqa in BLOCKS.items():
+        begin, end = f"<!-- {name}:begin -->\n", f"<!-- {name}:end -->\n"
+        head, rest = readme.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        readme = head + begin + contract.markdown(gqa=gqa) + end + tail
+    return readme
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -59,15 +59,15 @@ constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);
 // then KnnAttention's k-NN attributes (kAttrs from kFirstKnnAttr on) with the same meaning and defaults.
 constexpr const char* kGqaOpName = "GroupQueryAttention";
 constexpr InputSpec kGqaInputs[] = {
-    {"query", "B,S,Hq*D or B,S,(Hq+2*Hkv)*D", DType::kFloat, false},
+    {"query", "B,S,Hq*D", DType::kFloat, false},
     {"key", "B,S,Hkv*D", DType::kFloat, true},
     {"value", "B,S,Hkv*D", DType::kFloat, true},
     {"past_key", "B,Hkv,P,D", DType::kFloat, true},
     {"past_value", "B,Hkv,P,D", DType::kFloat, true},
     {"seqlens_k", "B", DType::kInt32, false},
     {"total_sequence_length", "1", DType::kInt32, false},
-    {"cos_cache", "R,D'/2", DType::kFloat, true},
-    {"sin_cache", "R,D'/2", DType::kFloat, true},
+    {"cos_cache", "R,r/2", DType::kFloat, true},
+    {"sin_cache", "R,r/2", DType::kFloat, true},
 };
 constexpr int kGqaNumInputs = sizeof(kGqaInputs) / sizeof(kGqaInputs[0]);
 // ORT's later optional inputs, refused by name at session creation (position 9 on).

@@ -12,6 +12,7 @@
 #include "host_buffer.h"
 #include "parallel.h"
 #include "rotary.h"
+#include "stats_log.h"
 
 namespace iceformer {
 namespace {
@@ -179,6 +180,7 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   p.knn = g.knn;
   const Status st = g.S >= kMinPrefillRows ? run_attention(p, par, mem, stats) : run_decode(p, par, mem, stats);
   if (!st.ok()) return st;
+  log_call_stats(p, *stats);
   parallel_dynamic(par, static_cast<size_t>(g.B * g.S), [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]
     const int64_t b = static_cast<int64_t>(t) / g.S, s = static_cast<int64_t>(t) % g.S;
     for (int64_t h = 0; h < g.Hq; ++h)

@@ -14,11 +14,20 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def test_native_registration_matches_python_contract():
     assert native_contract() == contract.as_dict()
+    assert native_contract(gqa=True) == contract.gqa_as_dict()
+
+
+def test_gqa_shares_the_knn_attributes():
+    """GroupQueryAttention's k-NN attributes are KnnAttention's entries (one home), after GQA's own."""
+    names = [a.name for a in contract.GQA_ATTRIBUTES]
+    knn = [a for a in contract.ATTRIBUTES if a.name not in ("is_causal", "scale", "local_window_size")]
+    assert contract.GQA_ATTRIBUTES[-len(knn):] == tuple(knn)
+    assert len(set(names)) == len(names)
 
 
 def test_readme_carries_the_contract_table():
     text = README.read_text()
-    assert contract.markdown() in text
+    assert contract.markdown() in text and contract.markdown(gqa=True) in text
     assert render(text) == text  # regenerate with: python -m iceformer.tools.docs README.md
 
 
