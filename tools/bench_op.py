@@ -4,10 +4,15 @@ Variants per (n, causal, head layout), run interleaved (one run of each in turn,
 thread count, medians reported with ratios (time of ORT's kernel / time of ours: > 1 means we are faster):
   ours-exact   KnnAttention, top_k = 0
   ours-knn     KnnAttention with the k-NN attributes given by --knn (omitted when --knn is not given)
+  ort-gqa      com.microsoft.GroupQueryAttention, causal rows only (what onnxruntime-genai runs: ORT's strongest
+               CPU attention, flash-style causal prefill); the headline for causal rows
   ort-mha      com.microsoft.MultiHeadAttention (causal = unidirectional=1; GQA: K/V repeated to Hq heads first)
   ort-attn23   standard ONNX Attention, opset 23 (is_causal=1 for causal)
+With --decode P...: one-token decode steps over P cached keys, our GroupQueryAttention against ORT's, both with
+past and present bound to one buffer (IOBinding, as genai runs them).
 
   ice-bench-op --n 1024 4096 8192 --causal both --threads 2 --json out.json
+  ice-bench-op --n 2048 --causal yes --decode 4096 16384 32768
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from ..ops import make_attention_model, make_knn_attention_model, session_options
+from ..ops import make_attention_model, make_gqa_model, make_knn_attention_model, session_options
 from .recall import recall_at_k
 from .cases import AttentionCase
 
@@ -67,6 +72,11 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     out["ort-mha"] = (_session(mha, threads, False), {"q": to3(q), "k": to3(rep(k)), "v": to3(rep(v))})
     attn = make_attention_model("onnx", num_heads=case.Hq, kv_num_heads=case.Hkv, causal=bool(case.is_causal))
     out["ort-attn23"] = (_session(attn, threads, False), {"q": q, "k": k, "v": v})
+    if case.is_causal and case.S == case.T:  # GroupQueryAttention is causal only: a first prompt of n tokens
+        gqa = make_gqa_model(domain="com.microsoft", num_heads=case.Hq, kv_num_heads=case.Hkv, past=False)
+        n = np.array([case.T], np.int32)
+        out["ort-gqa"] = (_session(gqa, threads, False), {"query": to3(q), "key": to3(k), "value": to3(v),
+                                                          "seqlens_k": n - 1, "total_sequence_length": n})
     return out
 
 
@@ -94,6 +104,45 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stat
     return row
 
 
+@dataclass
+class DecodeRow:
+    past: int
+    Hq: int
+    Hkv: int
+    D: int
+    times_ms: dict[str, float] = field(default_factory=dict)
+
+
+def run_decode_row(past: int, Hq: int, Hkv: int, D: int, threads: int, reps: int) -> DecodeRow:
+    """One new token over `past` cached keys: ours vs ORT's GroupQueryAttention, each on its own shared KV buffer."""
+    rng = np.random.default_rng(past)
+    feeds = {"query": rng.standard_normal((1, 1, Hq * D)).astype(np.float32),
+             "key": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
+             "value": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
+             "seqlens_k": np.array([past], np.int32), "total_sequence_length": np.array([past + 1], np.int32)}
+    cache = rng.standard_normal((1, Hkv, past + 1, D)).astype(np.float32)
+    runs = {}
+    for name, domain in (("ours-gqa", "iceformer"), ("ort-gqa", "com.microsoft")):
+        sess = _session(make_gqa_model(domain=domain, num_heads=Hq, kv_num_heads=Hkv, past=True), threads,
+                        domain == "iceformer")
+        io = sess.io_binding()
+        for k, v in feeds.items():
+            io.bind_cpu_input(k, v)
+        kv = [ort.OrtValue.ortvalue_from_numpy(cache.copy()) for _ in range(2)]
+        for i, (a, b) in enumerate((("past_key", "present_key"), ("past_value", "present_value"))):
+            io.bind_ortvalue_input(a, kv[i])
+            io.bind_ortvalue_output(b, kv[i])
+        io.bind_output("output")
+        runs[name] = (sess, io, kv)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(reps + 1):  # the first round warms up
+        for name, (sess, io, _) in runs.items():
+            t0 = time.perf_counter()
+            sess.run_with_iobinding(io)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return DecodeRow(past, Hq, Hkv, D, {k: statistics.median(v[1:]) for k, v in times.items()})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="ice-bench-op", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384], help="sequence lengths (S = T)")
@@ -112,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help="an ice-capture-qk file: real Q/K/V (its first n tokens, its own heads) instead of "
                                    "synthetic data; --layouts, --heads, --head-dim and --clusters are then unused")
     ap.add_argument("--data-layers", type=int, nargs="+", default=[0], help="capture layer indices to run (with --data)")
+    ap.add_argument("--decode", type=int, nargs="*", default=[],
+                    help="also time one-token decode steps over these numbers of cached keys (GroupQueryAttention, "
+                         "ours vs ORT's; heads and head dim of the first case)")
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
     args = ap.parse_args(argv)
@@ -137,9 +189,9 @@ def main(argv: list[str] | None = None) -> None:
 
     table = Table(title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
                         "(ratio = ORT time / our time)")
-    for col in ["data", "layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-mha ms", "ort-attn23 ms",
-                "mha/exact", "attn23/exact", "best-ort/knn", "knn scored mean/p99", "scored/n", "recall@k", "fallback %",
-                "build %"]:
+    for col in ["data", "layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-gqa ms", "ort-mha ms",
+                "ort-attn23 ms", "best-ort/exact", "best-ort/knn", "knn scored mean/p99", "scored/n", "recall@k",
+                "fallback %", "build %"]:
         table.add_column(col, justify="right")
     for r in rows:
         t = r.times_ms
@@ -149,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         ks = r.knn_stats or {}
         table.add_row(
             r.data, "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}", str(r.causal), str(r.n), fmt("ours-exact"), fmt("ours-knn"),
-            fmt("ort-mha"), fmt("ort-attn23"), ratio("ort-mha", "ours-exact"), ratio("ort-attn23", "ours-exact"),
+            fmt("ort-gqa"), fmt("ort-mha"), fmt("ort-attn23"), f"{best / t['ours-exact']:.2f}",
             f"{best / t['ours-knn']:.2f}" if "ours-knn" in t else "-",
             f"{ks['mean_candidates']:.0f}/{ks['p99_candidates']:.0f}" if ks else "-",
             f"{ks['mean_candidates'] / r.n:.3f}" if ks else "-",
@@ -158,9 +210,21 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * ks['build_ms'] / ks['total_ms']:.1f}" if ks and ks.get("total_ms") else "-",
         )
     console.print(table)
+    decode = [run_decode_row(p, cases[0].Hq, cases[0].Hkv, cases[0].D, args.threads, max(args.reps, 9))
+              for p in args.decode]
+    if decode:
+        dt = Table(title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
+                         "(ratio = ORT time / our time)")
+        for col in ["cached keys", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
+            dt.add_column(col, justify="right")
+        for d in decode:
+            dt.add_row(str(d.past), f"{d.Hq}:{d.Hkv}", f"{d.times_ms['ours-gqa']:.3f}", f"{d.times_ms['ort-gqa']:.3f}",
+                       f"{d.times_ms['ort-gqa'] / d.times_ms['ours-gqa']:.2f}")
+        console.print(dt)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": [asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"args": vars(args), "rows": [asdict(r) for r in rows], "decode": [asdict(d) for d in decode]},
+                      f, indent=1)
     if args.plot:
         plot(rows, args.plot, f"{args.threads} threads, D={cases[0].D}" + (f", {os.path.basename(args.data)}" if args.data else ""))
 

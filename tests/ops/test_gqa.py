@@ -180,7 +180,7 @@ def test_refused_inputs_are_named(extra):
     ("query rank", {"query": np.zeros((2, 64), np.float32)}, "query must be"),
     ("head split", {"query": np.zeros((1, 5, 130), np.float32)}, "positive multiple of 4"),
     ("seqlens beyond buffer", {"seqlens_k": np.array([500], np.int32)}, "seqlens_k \\+ 1 = 501"),
-    ("seqlens dtype", {"seqlens_k": np.array([4.0], np.float32)}, ""),
+    ("seqlens dtype", {"seqlens_k": np.array([4.0], np.float32)}, "data type"),
 ])
 def test_bad_inputs_are_ort_errors(what, feeds_change, message):
     model = make_gqa_model(num_heads=4, kv_num_heads=2, past=False)
