@@ -1,4 +1,5 @@
-"""ice-rewrite: replace the attention cores of an exported ONNX model with iceformer.KnnAttention."""
+"""ice-rewrite: replace the attention cores of an exported ONNX model with iceformer.KnnAttention, and the
+GroupQueryAttention nodes of an onnxruntime-genai model (a file or its folder) with iceformer.GroupQueryAttention."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def _attr(text: str) -> tuple[str, float | int]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ice-rewrite", description=__doc__)
-    ap.add_argument("input", help="exported ONNX model")
-    ap.add_argument("output", nargs="?", help="rewritten model (written atomically; never the input)")
+    ap.add_argument("input", help="exported ONNX model, or an onnxruntime-genai model folder (with genai_config.json)")
+    ap.add_argument("output", nargs="?", help="rewritten model, or a new folder for a genai input (written atomically; "
+                                             "never the input)")
     ap.add_argument("--top-k", type=int, help="KnnAttention top_k for every rewritten core (0: exact)")
     ap.add_argument("--attr", type=_attr, action="append", default=[], metavar="NAME=VALUE",
                     help="any KnnAttention attribute, e.g. --attr min_keys=4096 (repeatable)")

@@ -17,7 +17,7 @@ import onnxscript.optimizer
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract, session_options
-from . import _canonical, _function, _lower, _maskcheck, _rules, _shapes
+from . import _canonical, _function, _genai, _gqa, _lower, _maskcheck, _rules, _shapes
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
 _DERIVED = ("local_window_size", "is_causal", "scale")  # per core, from the export (--causal overrides causality)
@@ -118,6 +118,27 @@ def _skips(tracer: MatchingTracer, model: ir.Model, matched: set[int]) -> list[S
     return out
 
 
+def _rewrite_gqa_nodes(model: ir.Model, options: RewriteOptions) -> tuple[list[_lower.LoweredCore], list[Skip]]:
+    """com.microsoft.GroupQueryAttention -> iceformer.GroupQueryAttention (numbered by --layers among themselves)."""
+    found = _gqa.find(model)
+    selected = set(i for i in parse_layers(options.layers, len(found)) if i >= options.skip_first)
+    cores, skips, nodes = [], [], []
+    for i, g in enumerate(found):
+        name = g.node.name or g.node.op_type
+        if i not in selected:
+            skips.append(Skip("selection", name, f"core {i} not selected (layers={options.layers!r}, "
+                                                 f"skip_first={options.skip_first})"))
+        elif g.reason:
+            skips.append(Skip("GroupQueryAttention", name, g.reason))
+        else:
+            nodes.append(g.node)
+            a = g.node.attributes
+            cores.append(_lower.LoweredCore(name, a.get_float("scale", 0.0), a.get_int("causal", 1), False, "none",
+                                            "none", False, layer=i, window=a.get_int("local_window_size", -1)))
+    _gqa.GqaToIceformerPass(nodes, options.attributes)(model)
+    return cores, skips
+
+
 def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, RewriteReport]:
     """Rewrites `model` in place; the report's input/output fields are left empty."""
     for name in options.attributes:
@@ -127,6 +148,11 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     if options.causal not in ("auto", "on", "off"):
         raise RewriteError(f"causal must be auto, on or off, got {options.causal!r}")
     softmax_before = _count_softmax(model)
+    gqa_cores, gqa_skips = _rewrite_gqa_nodes(model, options)
+    if gqa_cores and softmax_before == 0:  # an onnxruntime-genai model: nothing else to find, nothing else touched
+        report = RewriteReport("", None, {"GroupQueryAttention": len(gqa_cores)}, gqa_cores, gqa_skips, 0, 0,
+                               options.dry_run)
+        return model, report
     # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
     # the scale at run time from static shapes; folding makes both plain.
     # TorchScript exports carry no value_info: infer shapes first, so that folding can drop no-op Casts and the
@@ -172,6 +198,9 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
             model.functions[fn.identifier()] = fn
         if model.ir_version < 8:
             model.ir_version = 8
+    if gqa_cores:
+        forms["GroupQueryAttention"] = len(gqa_cores)
+    lowered, skipped = gqa_cores + lowered, gqa_skips + skipped
     report = RewriteReport("", None, dict(forms), lowered, skipped, softmax_before, _count_softmax(model),
                            options.dry_run)
     return model, report
@@ -233,20 +262,8 @@ def _save_atomic(model: ir.Model, out: Path, src: Path) -> str | None:
         tmpdir.rmdir()
 
 
-def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
-            options: RewriteOptions | None = None) -> RewriteReport:
-    """Rewrites the attention cores of the ONNX file `input_path` into KnnAttention and writes `output_path`
-    (atomically; never over the input). Raises RewriteError when nothing can be rewritten."""
-    options = options or RewriteOptions()
-    src = Path(input_path)
-    if output_path is None and not options.dry_run:
-        raise RewriteError("an output path is needed (or a dry run)")
-    dst = Path(output_path) if output_path is not None else None
-    if dst is not None and dst.exists() and src.exists() and dst.resolve() == src.resolve():
-        raise RewriteError(f"{dst}: the output path is the input path; refusing to overwrite the input")
-    model = _load(src)
-    model, report = rewrite_model(model, options)
-    report.input = str(src)
+def check_outcome(src: Path, report: RewriteReport, options: RewriteOptions) -> None:
+    """Nothing rewritten, or --strict with something left: an error (nothing is written)."""
     if not report.replaced:
         raise RewriteError(
             f"{src}: no attention core found to rewrite ({report.softmax_before} Softmax nodes; "
@@ -258,6 +275,26 @@ def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None
         raise RewriteError(f"{src}: --strict, and {len(refused)} core(s) cannot be rewritten and "
                            f"{report.softmax_unmatched} Softmax node(s) are left unmatched"
                            + "".join(f"; {s.rule} at {s.node}: {s.reason}" for s in refused))
+
+
+def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
+            options: RewriteOptions | None = None) -> RewriteReport:
+    """Rewrites the attention cores of the ONNX file `input_path` into our ops and writes `output_path` (atomically;
+    never over the input). An onnxruntime-genai model folder (holding genai_config.json) is rewritten into a new
+    folder that loads our library. Raises RewriteError when nothing can be rewritten."""
+    options = options or RewriteOptions()
+    src = Path(input_path)
+    if output_path is None and not options.dry_run:
+        raise RewriteError("an output path is needed (or a dry run)")
+    dst = Path(output_path) if output_path is not None else None
+    if dst is not None and dst.exists() and src.exists() and dst.resolve() == src.resolve():
+        raise RewriteError(f"{dst}: the output path is the input path; refusing to overwrite the input")
+    if _genai.is_genai_folder(src):
+        return _genai.rewrite_folder(src, dst if dst is not None else src, options)
+    model = _load(src)
+    model, report = rewrite_model(model, options)
+    report.input = str(src)
+    check_outcome(src, report, options)
     if dst is not None and not options.dry_run:
         note = _save_atomic(model, dst, src)
         if note:

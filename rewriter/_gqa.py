@@ -1,0 +1,74 @@
+"""Pass: com.microsoft.GroupQueryAttention nodes (onnxruntime-genai's decoder layers) become
+iceformer.GroupQueryAttention with the same inputs, outputs and attributes plus the k-NN attributes.
+
+The two ops share the contract (ops/contract.py: GQA_*), so the node keeps its KV-cache wiring, rotary and window;
+a node using what ours refuses (inputs from position_ids on, output_qk, smooth_softmax, qk_output, a window-sized
+cache) is left as it was and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+from onnx_ir.passes import InPlacePass, PassResult
+
+from ..ops import contract
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class GqaNode:
+    node: ir.Node
+    reason: str  # "" when it can be rewritten
+
+
+def _why_not(node: ir.Node) -> str:
+    extra = [contract.GQA_REFUSED_INPUTS[i - len(contract.GQA_INPUTS)]
+             for i, v in enumerate(node.inputs) if i >= len(contract.GQA_INPUTS) and v is not None]
+    if extra:
+        return f"input {extra[0]} is not supported"
+    if len(node.outputs) > 3 and node.outputs[3] is not None and node.outputs[3].uses():
+        return "output output_qk is used"
+    for name in ("smooth_softmax", "qk_output", "sliding_window_cache"):
+        if node.attributes.get_int(name, 0) != 0:
+            return f"{name} is set"
+    for name in ("k_quant_type", "v_quant_type"):
+        if node.attributes.get_string(name, "NONE") not in ("NONE", ""):
+            return f"{name} is set (quantized KV cache)"
+    for name in [a for a in node.attributes if a not in {s.name for s in contract.GQA_ATTRIBUTES}]:
+        if name not in ("kv_cache_bit_width", "k_quant_type", "v_quant_type", "qk_norm_epsilon", "q_norm_epsilon",
+                        "k_norm_epsilon"):
+            return f"attribute {name} is not known"
+    return ""
+
+
+def find(model: ir.Model) -> list[GqaNode]:
+    """Every com.microsoft.GroupQueryAttention node, in graph order (subgraphs included), with why it cannot be
+    rewritten ("" when it can)."""
+    return [GqaNode(n, _why_not(n)) for n in ir.traversal.RecursiveGraphIterator(model.graph)
+            if n.domain == MS_DOMAIN and n.op_type == "GroupQueryAttention"]
+
+
+class GqaToIceformerPass(InPlacePass):
+    """Switches the given nodes to iceformer.GroupQueryAttention and sets `attributes` (k-NN settings) on them."""
+
+    def __init__(self, nodes: list[ir.Node], attributes: dict):
+        super().__init__()
+        self.nodes = nodes
+        self.attributes = attributes
+
+    def call(self, model: ir.Model) -> PassResult:
+        for node in self.nodes:
+            node.domain = contract.DOMAIN
+            for name in ("kv_cache_bit_width", "k_quant_type", "v_quant_type", "qk_norm_epsilon", "q_norm_epsilon",
+                         "k_norm_epsilon"):
+                node.attributes.pop(name, None)  # ORT-only, at their "off" values (checked by find)
+            for name, value in self.attributes.items():
+                spec = contract.gqa_attribute(name)
+                node.attributes[name] = (ir.AttrInt64(name, int(value)) if spec.type == "int"
+                                         else ir.AttrFloat32(name, float(value)))
+        if self.nodes:
+            model.opset_imports[contract.DOMAIN] = contract.VERSION
+        return PassResult(model, bool(self.nodes))
