@@ -187,6 +187,24 @@ class DecomposedSdpa(_CoreRule):
                        _domain=_canonical.DOMAIN)
 
 
+def _onnx_attention_refusal(node: ir.Node, tensors: dict[str, ir.Value], attn_mask: ir.Value | None) -> str:
+    """Why a standard Attention node cannot become the canonical core ("" when it can): the attributes and shapes
+    both Attention forms (with and without past) need."""
+    attrs = node.attributes
+    if attrs.get_float("softcap", 0.0) != 0.0:
+        return "softcap is set"
+    if attrs.get_int("qk_matmul_output_mode", 0) != 0:
+        return "qk_matmul_output_mode is set"
+    for name, v in tensors.items():
+        if v.shape is None or v.shape.rank() != 4:
+            return f"{name} is not known to be 4-D (3-D packed-head form)"
+    if attrs.get_int("is_causal", 0) and attn_mask is not None:
+        return "is_causal together with attn_mask"
+    if "scale" not in attrs and not isinstance(tensors["query"].shape[3], int):
+        return "no scale attribute and a symbolic head size"
+    return ""
+
+
 class OnnxAttention(_CoreRule):
     """The standard ONNX Attention (opset 23/24) with 4-D inputs, no past key/value and no softcap."""
 
@@ -201,20 +219,11 @@ class OnnxAttention(_CoreRule):
             return result.fail("Attention outputs present_key/value or qk are used (past-KV form)")
         if len(node.inputs) > 4 and any(v is not None for v in node.inputs[4:]):
             return result.fail("Attention has past_key/past_value or nonpad_kv_seqlen inputs")
-        attrs = node.attributes
-        if attrs.get_float("softcap", 0.0) != 0.0:
-            return result.fail("softcap is set")
-        if attrs.get_int("qk_matmul_output_mode", 0) != 0:
-            return result.fail("qk_matmul_output_mode is set")
-        for name, v in (("query", query), ("key", key), ("value", value)):
-            if v.shape is None or v.shape.rank() != 4:
-                return result.fail(f"{name} is not known to be 4-D (3-D packed-head form)", v)
-        if attrs.get_int("is_causal", 0) and attn_mask is not None:
-            return result.fail("is_causal together with attn_mask")
-        if attrs.get_int("is_causal", 0) and query.shape[2] != key.shape[2]:
+        tensors = {"query": query, "key": key, "value": value}
+        if why := _onnx_attention_refusal(node, tensors, attn_mask):
+            return result.fail(why)
+        if node.attributes.get_int("is_causal", 0) and query.shape[2] != key.shape[2]:
             return result.fail("is_causal with S != T: ONNX aligns it top-left without past inputs, the op bottom-right")
-        if "scale" not in attrs and not isinstance(query.shape[3], int):
-            return result.fail("no scale attribute and a symbolic head size")
         return self._check_common(context, attn_mask, result)
 
     def rewrite(self, op, query, key, value, attn_mask, y, **_):
@@ -262,19 +271,9 @@ class OnnxAttentionWithPast(_CoreRule):
             return result.fail("the qk output is used")
         if len(node.inputs) > 6 and node.inputs[6] is not None:
             return result.fail("nonpad_kv_seqlen is given (opset 24 padding form)")
-        attrs = node.attributes
-        if attrs.get_float("softcap", 0.0) != 0.0:
-            return result.fail("softcap is set")
-        if attrs.get_int("qk_matmul_output_mode", 0) != 0:
-            return result.fail("qk_matmul_output_mode is set")
-        for name, v in (("query", query), ("key", key), ("value", value), ("past_key", past_key),
-                        ("past_value", past_value)):
-            if v.shape is None or v.shape.rank() != 4:
-                return result.fail(f"{name} is not known to be 4-D (3-D packed-head form)", v)
-        if attrs.get_int("is_causal", 0) and attn_mask is not None:
-            return result.fail("is_causal together with attn_mask")
-        if "scale" not in attrs and not isinstance(query.shape[3], int):
-            return result.fail("no scale attribute and a symbolic head size")
+        tensors = {"query": query, "key": key, "value": value, "past_key": past_key, "past_value": past_value}
+        if why := _onnx_attention_refusal(node, tensors, attn_mask):
+            return result.fail(why)
         return self._check_common(context, attn_mask, result)
 
     def rewrite(self, op, query, key, value, y, **_):

@@ -57,7 +57,7 @@ def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _variants(case: AttentionCase, threads: int, knn: dict | None):
+def _variants(case: AttentionCase, threads: int, knn: dict | None, ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")):
     x = case.inputs()
     q, k, v = x["Q"], x["K"], x["V"]
     ours = {"Q": q, "K": k, "V": v}
@@ -68,11 +68,13 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     # which gives ORT the cheaper layout, not us.
     to3 = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], -1))  # noqa: E731
     rep = lambda a: np.repeat(a, case.Hq // case.Hkv, axis=1)  # noqa: E731
-    mha = make_attention_model("mha", num_heads=case.Hq, causal=bool(case.is_causal))
-    out["ort-mha"] = (_session(mha, threads, False), {"q": to3(q), "k": to3(rep(k)), "v": to3(rep(v))})
-    attn = make_attention_model("onnx", num_heads=case.Hq, kv_num_heads=case.Hkv, causal=bool(case.is_causal))
-    out["ort-attn23"] = (_session(attn, threads, False), {"q": q, "k": k, "v": v})
-    if case.is_causal and case.S == case.T:  # GroupQueryAttention is causal only: a first prompt of n tokens
+    if "mha" in ort_kernels:
+        mha = make_attention_model("mha", num_heads=case.Hq, causal=bool(case.is_causal))
+        out["ort-mha"] = (_session(mha, threads, False), {"q": to3(q), "k": to3(rep(k)), "v": to3(rep(v))})
+    if "attn23" in ort_kernels:
+        attn = make_attention_model("onnx", num_heads=case.Hq, kv_num_heads=case.Hkv, causal=bool(case.is_causal))
+        out["ort-attn23"] = (_session(attn, threads, False), {"q": q, "k": k, "v": v})
+    if "gqa" in ort_kernels and case.is_causal and case.S == case.T:  # GroupQueryAttention is causal only: a first prompt of n tokens
         gqa = make_gqa_model(domain="com.microsoft", num_heads=case.Hq, kv_num_heads=case.Hkv, past=False)
         n = np.array([case.T], np.int32)
         out["ort-gqa"] = (_session(gqa, threads, False), {"query": to3(q), "key": to3(k), "value": to3(v),
@@ -80,8 +82,9 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None):
     return out
 
 
-def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str) -> Row:
-    variants = _variants(case, threads, knn)
+def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str,
+            ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")) -> Row:
+    variants = _variants(case, threads, knn, ort_kernels)
     for sess, feeds in variants.values():  # warm-up
         sess.run(None, feeds)
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -161,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help="an ice-capture-qk file: real Q/K/V (its first n tokens, its own heads) instead of "
                                    "synthetic data; --layouts, --heads, --head-dim and --clusters are then unused")
     ap.add_argument("--data-layers", type=int, nargs="+", default=[0], help="capture layer indices to run (with --data)")
+    ap.add_argument("--ort-kernels", nargs="+", default=["gqa", "mha", "attn23"], choices=["gqa", "mha", "attn23"],
+                    help="which ORT kernels to time (GroupQueryAttention only applies to causal rows)")
     ap.add_argument("--decode", type=int, nargs="*", default=[],
                     help="also time one-token decode steps over these numbers of cached keys (GroupQueryAttention, "
                          "ours vs ORT's; heads and head dim of the first case)")
@@ -183,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
             cases += [AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=c, seed=n,
                                     clusters=args.clusters) for c in causal_list for n in args.n]
     for case in cases:
-        rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path))
+        rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path, tuple(args.ort_kernels)))
         console.log(f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
                     + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
 
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
         table.add_column(col, justify="right")
     for r in rows:
         t = r.times_ms
-        best = min(v for k, v in t.items() if k.startswith("ort-"))
+        best = min([v for k, v in t.items() if k.startswith("ort-")], default=float("nan"))
         fmt = lambda key: f"{t[key]:.1f}" if key in t else "-"  # noqa: E731
         ratio = lambda a, b: f"{t[a] / t[b]:.2f}" if a in t and b in t else "-"  # noqa: E731
         ks = r.knn_stats or {}
@@ -242,7 +247,7 @@ def plot(rows: list[Row], path: str, subtitle: str) -> None:
     for ax, (data, layout, causal) in zip(axes[0], groups):
         sel = sorted((r for r in rows if key(r) == (data, layout, causal)), key=lambda r: r.n)
         n = [r.n for r in sel]
-        ort_best = [min(v for k, v in r.times_ms.items() if k.startswith("ort-")) for r in sel]
+        ort_best = [min([v for k, v in r.times_ms.items() if k.startswith("ort-")], default=float("nan")) for r in sel]
         ax.loglog(n, ort_best, "o-", label="ONNX Runtime dense (best kernel)")
         ax.loglog(n, [r.times_ms["ours-exact"] for r in sel], "s-", label="KnnAttention exact")
         if all("ours-knn" in r.times_ms for r in sel):
