@@ -121,6 +121,8 @@ def _skips(tracer: MatchingTracer, model: ir.Model, matched: set[int]) -> list[S
 def _rewrite_gqa_nodes(model: ir.Model, options: RewriteOptions) -> tuple[list[_lower.LoweredCore], list[Skip]]:
     """com.microsoft.GroupQueryAttention -> iceformer.GroupQueryAttention (numbered by --layers among themselves)."""
     found = _gqa.find(model)
+    if not found:
+        return [], []
     selected = set(i for i in parse_layers(options.layers, len(found)) if i >= options.skip_first)
     cores, skips, nodes = [], [], []
     for i, g in enumerate(found):
