@@ -23,9 +23,12 @@ using iceformer::Status;
 
 OrtStatusPtr make_error(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
 
-const iceformer::AttrSpec& attr_spec(const char* name) {
-  for (const auto& a : iceformer::kGqaAttrs)
-    if (std::strcmp(a.name, name) == 0) return a;
+// The contract entry of an attribute: GroupQueryAttention's own table first for that op (scale and
+// local_window_size are in both, with different defaults), then KnnAttention's (the shared k-NN entries).
+const iceformer::AttrSpec& attr_spec(const char* name, bool gqa) {
+  if (gqa)
+    for (const auto& a : iceformer::kGqaAttrs)
+      if (std::strcmp(a.name, name) == 0) return a;
   for (const auto& a : iceformer::kAttrs)
     if (std::strcmp(a.name, name) == 0) return a;
   return iceformer::kAttrs[0];  // unreachable for names of the contracts
@@ -35,7 +38,7 @@ const iceformer::AttrSpec& attr_spec(const char* name) {
 // sets *err when present with the wrong type.
 template <typename T>
 bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, T* out, bool* present,
-               std::string* err) {
+               std::string* err, bool gqa = false) {
   OrtStatus* st = nullptr;
   if constexpr (std::is_same_v<T, int64_t>) {
     st = api.KernelInfoGetAttribute_int64(info, name, out);
@@ -51,7 +54,7 @@ bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, T
              (std::is_same_v<T, int64_t> ? "int" : "float") + " (" + msg + ")";
       return false;
     }
-    *out = static_cast<T>(attr_spec(name).default_value);
+    *out = static_cast<T>(attr_spec(name, gqa).default_value);
   }
   return true;
 }
@@ -206,13 +209,8 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     KernelConfig c;
     std::string err;
     bool present = false;
-    int64_t causal = 0, iv = 0;
+    int64_t causal = 0;
     float fv = 0.f;
-    auto get_i = [&](const char* name, int64_t* dst) {
-      if (!read_attr(api, info, name, &iv, &present, &err)) return false;
-      *dst = iv;
-      return true;
-    };
     if (!read_attr(api, info, "is_causal", &causal, &present, &err)) return make_error(err);
     if (causal != 0 && causal != 1)
       return make_error("KnnAttention: attribute is_causal=" + std::to_string(causal) + " is invalid, expected 0 or 1");
@@ -383,13 +381,13 @@ struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
     const char* names[8] = {"num_heads", "kv_num_heads", "local_window_size", "do_rotary", "rotary_interleaved",
                             "causal", "smooth_softmax", "qk_output"};
     for (int i = 0; i < 8; ++i) {
-      if (!read_attr(api, info, names[i], &v[i], &present, &err)) return gqa_error(err);
+      if (!read_attr(api, info, names[i], &v[i], &present, &err, true)) return gqa_error(err);
       if (i < 2 && !present) return gqa_error(std::string("attribute ") + names[i] + " is required");
     }
     int64_t sliding_cache = 0;
-    if (!read_attr(api, info, "sliding_window_cache", &sliding_cache, &present, &err)) return gqa_error(err);
-    if (!read_attr(api, info, "scale", &c.scale, &present, &err) ||
-        !read_attr(api, info, "softcap", &c.softcap, &present, &err))
+    if (!read_attr(api, info, "sliding_window_cache", &sliding_cache, &present, &err, true)) return gqa_error(err);
+    if (!read_attr(api, info, "scale", &c.scale, &present, &err, true) ||
+        !read_attr(api, info, "softcap", &c.softcap, &present, &err, true))
       return gqa_error(err);
     c.Hq = v[0], c.Hkv = v[1], c.window = v[2];
     if (c.Hq < 1 || c.Hkv < 1 || c.Hq % c.Hkv != 0)
