@@ -325,20 +325,114 @@ class MicrosoftMultiHeadAttention(_CoreRule):
         node = y.producer()
         heads = node.attributes.get_int("num_heads")
         d, dv = query.shape[2] // heads, value.shape[2] // heads
-
-        def split(x, size):  # [B,S,H*size] -> [B,H,S,size]
-            return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, heads, size])), perm=[0, 2, 1, 3])
-
-        attrs = {"scale": float(node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(d)), "_domain": _canonical.DOMAIN}
-        if node.attributes.get_int("unidirectional", 0):
-            attrs["is_causal"] = 1
+        attrs = _ms_core_attrs(node, d)
         bias = node.inputs[5] if len(node.inputs) > 5 else None
-        core = op.Sdpa(split(query, d), split(key, d), split(value, dv), None, bias, **attrs)
-        return op.Reshape(op.Transpose(core, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, heads * dv]))
+        core = op.Sdpa(_split_heads(op, query, heads, d), _split_heads(op, key, heads, d),
+                       _split_heads(op, value, heads, dv), None, bias, **attrs)
+        return _merge_heads(op, core, heads * dv)
+
+
+class MicrosoftAttention(_CoreRule):
+    """com.microsoft.Attention, what ORT's transformers optimizer writes for BERT-like encoders: input [B,S,H],
+    packed QKV weights [H,3H'] and bias, an optional mask_index (1-D valid lengths, right padding, or a 2-D 0/1
+    mask [B,T]), no past, no attention_bias, no rotary. Q/K/V are sliced from the packed projection and split into
+    heads around the canonical core; the mask becomes the additive [B,1,1,T] form the lowering classifies (and the
+    probes prove or refuse)."""
+
+    def pattern(self, op, x, weights, bias):
+        return op.Attention(x, weights, bias, _domain="com.microsoft", _allow_other_inputs=True,
+                            _allow_other_attributes=True, _outputs=["y"])
+
+    def check(self, context, x, weights, bias, y, **_):
+        result = pattern.MatchResult()
+        node = y.producer()
+        inputs = list(node.inputs) + [None] * 8
+        for i, what in ((4, "past"), (5, "attention_bias"), (6, "past_sequence_length")):
+            if inputs[i] is not None:
+                return result.fail(f"Attention has a {what} input")
+        if any(o is not None and o.uses() for o in node.outputs[1:]):
+            return result.fail("Attention outputs present (past form)")
+        if node.attributes.get_int("do_rotary", 0) or node.attributes.get_int("past_present_share_buffer", 0):
+            return result.fail("do_rotary or past_present_share_buffer is set")
+        heads = node.attributes.get_int("num_heads", 0)
+        sizes = _ms_qkv_sizes(node, weights)
+        if sizes is None or heads <= 0 or any(s % heads for s in sizes) or sizes[0] != sizes[1]:
+            return result.fail(f"packed QKV sizes {sizes} do not split into num_heads {heads} with Q = K")
+        if x.shape is not None and x.shape.rank() != 3:  # unknown after ORT-only producers: the op requires 3-D
+            return result.fail("input is not 3-D [B,S,H]")
+        if inputs[3] is not None and _mask_index_rank(inputs[3]) not in (1, 2):
+            return result.fail("mask_index is not 1-D lengths or a 2-D [B,T] mask (other forms are not handled)")
+        return self._check_common(context, None, result)
+
+    def rewrite(self, op, x, weights, bias, y, **_):
+        node = y.producer()
+        heads = node.attributes.get_int("num_heads")
+        hq, hk, hv = _ms_qkv_sizes(node, weights)
+        qkv = op.Add(op.MatMul(x, weights), bias)
+        axis = op.Constant(value_ints=[2])
+        cut = lambda a, b: op.Slice(qkv, op.Constant(value_ints=[a]), op.Constant(value_ints=[b]), axis)  # noqa: E731
+        q, k, v = cut(0, hq), cut(hq, hq + hk), cut(hq + hk, hq + hk + hv)
+        mask_index = node.inputs[3] if len(node.inputs) > 3 else None
+        mask = None
+        if mask_index is not None:
+            if _mask_index_rank(mask_index) == 1:  # valid lengths: key j is real when j < length[b]
+                t = op.Gather(op.Shape(x), op.Constant(value_int=1), axis=0)
+                j = op.Range(op.Constant(value_int=0), t, op.Constant(value_int=1))
+                real = op.Less(op.Unsqueeze(j, op.Constant(value_ints=[0])),
+                               op.Unsqueeze(op.Cast(mask_index, to=ir.DataType.INT64), op.Constant(value_ints=[1])))
+            else:
+                real = op.Cast(mask_index, to=ir.DataType.BOOL)
+            mask = op.Unsqueeze(op.Where(real, op.Constant(value_float=0.0), op.Constant(value_float=float("-inf"))),
+                                op.Constant(value_ints=[1, 2]))
+        core = op.Sdpa(_split_heads(op, q, heads, hq // heads), _split_heads(op, k, heads, hk // heads),
+                       _split_heads(op, v, heads, hv // heads), None, mask, **_ms_core_attrs(node, hq // heads))
+        return _merge_heads(op, core, hv)
+
+
+def _mask_index_rank(v: ir.Value) -> int | None:
+    """Rank of a mask_index: from its shape, or 1 when it is EmbedLayerNormalization's mask_index output (valid
+    lengths; shape inference cannot see through that com.microsoft op)."""
+    if v.shape is not None:
+        return v.shape.rank()
+    node = v.producer()
+    if node is not None and node.domain == "com.microsoft" and node.op_type == "EmbedLayerNormalization" \
+            and v.index() == 1:
+        return 1
+    return None
+
+
+def _ms_qkv_sizes(node: ir.Node, weights: ir.Value) -> tuple[int, int, int] | None:
+    """Hidden sizes of Q, K, V in the packed projection: qkv_hidden_sizes, or three equal thirds of the weights."""
+    sizes = _ints_attr(node, "qkv_hidden_sizes")
+    if sizes is not None and len(sizes) == 3:
+        return tuple(sizes)
+    if weights.shape is None or weights.shape.rank() != 2 or not isinstance(weights.shape[1], int) or weights.shape[1] % 3:
+        return None
+    third = weights.shape[1] // 3
+    return third, third, third
+
+
+def _ms_core_attrs(node: ir.Node, d: int) -> dict:
+    """Canonical attributes of a com.microsoft attention node: scale (attribute or 1/sqrt(D)), unidirectional."""
+    attrs = {"scale": float(node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(d)), "_domain": _canonical.DOMAIN}
+    if node.attributes.get_int("unidirectional", 0):
+        attrs["is_causal"] = 1
+    return attrs
+
+
+def _split_heads(op, x, heads: int, size: int):
+    """[B,S,heads*size] -> [B,heads,S,size]."""
+    return op.Transpose(op.Reshape(x, op.Constant(value_ints=[0, 0, heads, size])), perm=[0, 2, 1, 3])
+
+
+def _merge_heads(op, core, hidden: int):
+    """[B,heads,S,size] -> [B,S,hidden]."""
+    return op.Reshape(op.Transpose(core, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, hidden]))
 
 
 def rules(allow_bias: bool = False, excluded: frozenset[int] = frozenset()) -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet(
         [cls.rule(allow_bias, excluded)
-         for cls in (DecomposedSdpa, OnnxAttention, OnnxAttentionWithPast, MicrosoftMultiHeadAttention)],
+         for cls in (DecomposedSdpa, OnnxAttention, OnnxAttentionWithPast, MicrosoftMultiHeadAttention,
+                     MicrosoftAttention)],
         commute=True)

@@ -602,3 +602,54 @@ def test_onnx_attention_with_past(tmp_path, causal, mask):
     for so in (iceformer.session_options(2), ort.SessionOptions()):
         for got, ref in zip(ort.InferenceSession(str(out), so).run(None, feeds), want):
             np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+
+
+def test_ort_optimizer_bert_attention(exported_optimum_runtime_scale, tmp_path):
+    """com.microsoft.Attention as ORT's transformers optimizer writes it for BERT (packed QKV weights, mask_index =
+    valid lengths from EmbedLayerNormalization): both cores rewritten, outputs equal with and without the library."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = tmp_path / "bert_opt.onnx"
+    optimize_model(str(exported_optimum_runtime_scale["bert17"]), model_type="bert", num_heads=4,
+                   hidden_size=64).save_model_to_file(str(optimized))
+    assert sum(n.op_type == "Attention" and n.domain == "com.microsoft" for n in onnx.load(optimized).graph.node) == 2
+    out = tmp_path / "o.onnx"
+    report = rewrite(optimized, out, RewriteOptions(attributes={"top_k": 0}))
+    assert report.replaced_by_form == {"MicrosoftAttention": 2}
+    rng = np.random.default_rng(8)
+    feeds = {"input_ids": rng.integers(0, 100, (2, 23)), "attention_mask": np.ones((2, 23), np.int64),
+             "token_type_ids": np.zeros((2, 23), np.int64)}
+    feeds["attention_mask"][1, 17:] = 0
+    want = ort.InferenceSession(str(optimized)).run(None, feeds)[0]
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("unidirectional", [0, 1])
+def test_microsoft_attention_with_a_2d_mask(tmp_path, unidirectional):
+    """A hand-built com.microsoft.Attention with a raw [B,T] mask_index (padding, proven and bypassed)."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(9)
+    node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", num_heads=4,
+                            unidirectional=unidirectional)
+    graph = helper.make_graph(
+        [node], "ms_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 32]),
+         helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 32])],
+        [onnx.numpy_helper.from_array(rng.standard_normal((32, 96)).astype(np.float32) * 0.3, "w"),
+         onnx.numpy_helper.from_array(rng.standard_normal(96).astype(np.float32) * 0.1, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 10
+    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    (core,) = report.replaced
+    assert (core.is_causal, core.bypassed) == (unidirectional, True), core.bypass_check
+    feeds = {"x": rng.standard_normal((2, 19, 32)).astype(np.float32), "mask": np.ones((2, 19), np.int32)}
+    feeds["mask"][1, 14:] = 0
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
+    np.testing.assert_allclose(got[0], want[0], atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(got[1, :14], want[1, :14], atol=2e-5, rtol=1e-4)  # real query rows
