@@ -101,6 +101,20 @@ def _export(name: str, path: Path, exporter: str, opset: int, output: str, conso
         np.save(path.parent / "lm_head.npy", hf_model.lm_head.weight.detach().numpy())
 
 
+def _fill_cache(cached: Path, build) -> None:
+    """build(tmp) writes into a fresh folder beside `cached`, which then replaces it: never a half-written cache."""
+    tmp = cached.with_name(cached.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        build(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(cached, ignore_errors=True)
+    tmp.rename(cached)
+
+
 def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", opset: int = 18,
            output: str = "hidden", console: Console | None = None) -> Path:
     """Exports (or finds in the cache) model `name`; copies the files to out_dir when given. Returns the .onnx path."""
@@ -119,16 +133,7 @@ def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", 
         cached = cache_dir("exports", f"{stem}-{exporter}-opset{opset}" if exporter != "dynamo" else f"{stem}-opset{opset}")
         src = cached / f"{name}.onnx"
         if not src.is_file():
-            tmp = cached.with_name(cached.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            try:
-                _export(name, tmp / src.name, exporter, opset, output, console)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            shutil.rmtree(cached, ignore_errors=True)
-            tmp.rename(cached)
+            _fill_cache(cached, lambda tmp: _export(name, tmp / src.name, exporter, opset, output, console))
     if out_dir is None:
         return src
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,16 +154,11 @@ def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16
     if not (cached / "genai_config.json").is_file():
         from . import genai_form, smollm2
 
-        tmp = cached.with_name(cached.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        def build(tmp: Path) -> None:
             with console.status(f"writing {name} in onnxruntime-genai's form"):
                 genai_form.write(smollm2.load("eager")[0], tmp, max_length=max_length)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
+
+        _fill_cache(cached, build)
     if out_dir is None:
         return cached
     shutil.copytree(cached, out_dir, dirs_exist_ok=True)

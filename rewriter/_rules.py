@@ -304,11 +304,8 @@ class MicrosoftMultiHeadAttention(_CoreRule):
         result = pattern.MatchResult()
         node = y.producer()
         inputs = list(node.inputs) + [None] * 8
-        for i, what in ((3, "a packed bias"), (4, "a key_padding_mask"), (6, "past_key"), (7, "past_value")):
-            if inputs[i] is not None:
-                return result.fail(f"MultiHeadAttention has {what} input")
-        if any(o is not None and o.uses() for o in node.outputs[1:]):
-            return result.fail("MultiHeadAttention outputs present_key/value (past-KV form)")
+        if why := _ms_refusal(node, {3: "a packed bias", 4: "a key_padding_mask", 6: "past_key", 7: "past_value"}):
+            return result.fail(why)
         heads = node.attributes.get_int("num_heads", 0)
         for name, v in (("query", query), ("key", key), ("value", value)):
             if v.shape is None or v.shape.rank() != 3 or not isinstance(v.shape[2], int):
@@ -347,11 +344,8 @@ class MicrosoftAttention(_CoreRule):
         result = pattern.MatchResult()
         node = y.producer()
         inputs = list(node.inputs) + [None] * 8
-        for i, what in ((4, "past"), (5, "attention_bias"), (6, "past_sequence_length")):
-            if inputs[i] is not None:
-                return result.fail(f"Attention has a {what} input")
-        if any(o is not None and o.uses() for o in node.outputs[1:]):
-            return result.fail("Attention outputs present (past form)")
+        if why := _ms_refusal(node, {4: "past", 5: "attention_bias", 6: "past_sequence_length"}):
+            return result.fail(why)
         if node.attributes.get_int("do_rotary", 0) or node.attributes.get_int("past_present_share_buffer", 0):
             return result.fail("do_rotary or past_present_share_buffer is set")
         heads = node.attributes.get_int("num_heads", 0)
@@ -387,6 +381,18 @@ class MicrosoftAttention(_CoreRule):
         core = op.Sdpa(_split_heads(op, q, heads, hq // heads), _split_heads(op, k, heads, hk // heads),
                        _split_heads(op, v, heads, hv // heads), None, mask, **_ms_core_attrs(node, hq // heads))
         return _merge_heads(op, core, hv)
+
+
+def _ms_refusal(node: ir.Node, unsupported: dict[int, str]) -> str:
+    """Why a com.microsoft attention node cannot become the canonical core for its inputs and outputs ("" if it
+    can): one of the `unsupported` inputs (index -> what) is given, or a present output is used (past form)."""
+    inputs = list(node.inputs) + [None] * (max(unsupported) + 1)
+    for i, what in unsupported.items():
+        if inputs[i] is not None:
+            return f"{node.op_type} has a {what} input"
+    if any(o is not None and o.uses() for o in node.outputs[1:]):
+        return f"{node.op_type} outputs present (past form)"
+    return ""
 
 
 def _mask_index_rank(v: ir.Value) -> int | None:
