@@ -153,6 +153,7 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   std::vector<int64_t> len, past;
   if (Status s = resolve_lengths(g, &len, &past); !s.ok()) return s;
   write_present(g, past, par);
+  if (g.B == 0 || g.S == 0) return Status();  // empty output; the presents are written
 
   HostBuffer<float> q(mem), y(mem);
   const size_t n = static_cast<size_t>(g.B * g.Hq * g.S * g.D);

@@ -206,3 +206,18 @@ def test_same_output_at_any_thread_count(S, P):
     for other in outs[1:]:
         for a, b in zip(outs[0], other):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("B,S,P", [(0, 5, 4), (1, 0, 3), (2, 1, 0)], ids=["batch 0", "no new tokens", "no past rows"])
+def test_empty_shapes(B, S, P):
+    """Empty batches and steps give empty outputs (and the presents), never a crash."""
+    model = make_gqa_model(num_heads=4, kv_num_heads=2, past=True)
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(2), providers=["CPUExecutionProvider"])
+    total = max(P + S, 1)
+    feeds = {"query": np.zeros((B, S, 128), np.float32), "key": np.zeros((B, S, 64), np.float32),
+             "value": np.zeros((B, S, 64), np.float32), "past_key": np.ones((B, 2, P, 32), np.float32),
+             "past_value": np.ones((B, 2, P, 32), np.float32), "seqlens_k": np.full(B, total - 1, np.int32),
+             "total_sequence_length": np.array([total], np.int32)}
+    out, pk, _ = sess.run(None, feeds)
+    assert out.shape == (B, S, 128) and pk.shape == (B, 2, max(total, P), 32)
+    assert np.all(pk[:, :, :P] == 1)
