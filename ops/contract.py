@@ -12,6 +12,9 @@ from dataclasses import dataclass
 DOMAIN = "iceformer"
 OP_TYPE = "KnnAttention"
 VERSION = 1
+# Float attn_mask values at or below this count as masked (exporters fill with the float minimum, not -inf); the
+# C++ side states the same as kMaskedBelow (masking.h).
+MASKED_AT_OR_BELOW = -1e30
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ import onnxruntime as ort
 from onnx import helper
 
 from ..ops import contract
+from . import _canonical
 
-MASKED_AT_OR_BELOW = -1e30  # the op's rule (contract): float mask values this low count as masked
 MIN_PROBE = 24  # new tokens of the shortest probe
 MAX_PROBE = 4608  # longest probe: [3,1,S,T] float masks of ~250 MB
 PAST = 3  # cached positions fed to models with past inputs
@@ -91,7 +91,7 @@ def _shape_stand_in(node: ir.Node, opset: int) -> list[onnx.NodeProto]:
 
 
 def _probe_model(mask: ir.Value, nodes, inputs, consts, opsets: dict[str, int]) -> onnx.ModelProto:
-    ours = ("iceformer.canonical", contract.DOMAIN)
+    ours = (_canonical.DOMAIN, contract.DOMAIN)
     protos: list[onnx.NodeProto] = []
     for n in nodes:
         protos += _shape_stand_in(n, opsets.get("", 18)) if n.domain in ours else [ir.serde.serialize_node(n)]
@@ -191,7 +191,7 @@ def _feeds(inputs: list[ir.Value], padding: ir.Value | None, B: int, S: int, P: 
 
 
 def _visible(m: np.ndarray) -> np.ndarray:
-    return m.astype(bool) if m.dtype == np.bool_ else m > MASKED_AT_OR_BELOW
+    return m.astype(bool) if m.dtype == np.bool_ else m > contract.MASKED_AT_OR_BELOW
 
 
 def _infer_window(vis: np.ndarray, off: int) -> int | str:
@@ -215,7 +215,7 @@ class MaskChecker:
 
     def __init__(self, model: ir.Model):
         self.opsets = dict(model.opset_imports)
-        self.opsets.pop("iceformer.canonical", None)
+        self.opsets.pop(_canonical.DOMAIN, None)
         self.opsets.pop(contract.DOMAIN, None)
         self._cache: dict[tuple, Verdict] = {}
 
@@ -259,7 +259,7 @@ class MaskChecker:
             m = np.asarray(sess.run(None, feeds)[0])
             if m.ndim > 4 or m.ndim < 2:
                 return Verdict(False, reason=f"the mask has rank {m.ndim}, expected 2-4")
-            if m.dtype != np.bool_ and np.any((m != 0) & (m > MASKED_AT_OR_BELOW)):
+            if m.dtype != np.bool_ and np.any((m != 0) & (m > contract.MASKED_AT_OR_BELOW)):
                 return Verdict(False, reason="the mask holds values other than 0 and 'masked' (a bias)")
             m4 = m.reshape((1,) * (4 - m.ndim) + m.shape)
             heads = _visible(m4)

@@ -13,6 +13,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
+from ..ops import contract
 from . import _canonical, _masks
 
 
@@ -174,7 +175,7 @@ class DecomposedSdpa(_CoreRule):
                 return result.fail(why)
         if b.get("has_cond"):
             fill = _constant_scalar(b.get("fill"))
-            if fill is None or fill > -1e30:
+            if fill is None or fill > contract.MASKED_AT_OR_BELOW:
                 return result.fail("Where on the scores does not fill with a very negative constant (not a mask)")
         return result
 

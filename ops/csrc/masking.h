@@ -28,6 +28,9 @@ inline int64_t row_first(const AttentionParams& p, int64_t b, int64_t i) {
   return first > 0 ? first : 0;
 }
 
+// Keys in [first, last]: how many positions a row spans (0 when its window ends before it starts).
+inline int64_t visible_span(int64_t first, int64_t last) { return last >= first ? last + 1 - first : 0; }
+
 // Logit soft-capping (Gemma 2, GroupQueryAttention's softcap): s -> cap * tanh(s / cap), before any mask.
 inline void apply_softcap(float* s, int64_t n, float cap) {
   for (int64_t c = 0; c < n; ++c) s[c] = cap * std::tanh(s[c] / cap);

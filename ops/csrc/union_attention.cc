@@ -75,7 +75,7 @@ bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int
   int64_t last_any = -1, first_min = p.shape.T;
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t last = row_last(p, b, hq, i), first = row_first(p, b, i);
-    exact_cost += static_cast<double>(std::max<int64_t>(0, last + 1 - first));
+    exact_cost += static_cast<double>(visible_span(first, last));
     last_any = std::max(last_any, last);
     first_min = std::min(first_min, first);
   }
@@ -130,7 +130,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r)
-      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, b, i0 + r));
+      keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
     return;
   }
 
@@ -192,7 +192,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     const float kept_share = st.sum > 0.f ? sc.s1[r] * std::exp(sc.m1[r] - st.max) / st.sum : 1.f;
     if (ks.tail_limit < 1.f && st.sum > sc.s1[r] * std::exp(sc.m1[r] - st.max) && 1.f - kept_share > ks.tail_limit) {
       sc.fallback.push_back(i0 + r);
-      keys_scored[r] = sent_to_exact(sc.last[r] + 1 - row_first(p, b, i0 + r));
+      keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
       continue;
     }
     st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
