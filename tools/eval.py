@@ -34,7 +34,7 @@ from ..models._cache import cache_dir
 from ..ops import contract, make_knn_attention_model, session_options
 from ..ops._library import knn_select
 from ..rewriter import RewriteOptions, rewrite
-from . import lm_eval
+from . import lm_eval, retrieval
 from .memory import peak_rss_mib
 
 
@@ -73,10 +73,10 @@ def eval_lines(sessions, lm_head, tok, sizes, questions, console) -> list[dict]:
     for n in sizes:
         res = {"dense": [], "knn": []}
         for seed in track(range(questions), description=f"line retrieval, {n} tokens", console=console):
-            p = lm_eval.line_prompt(tok, n, seed)
+            p = retrieval.line_prompt(tok, n, seed)
             for name in res:
                 h = sessions[name].run(None, lm_eval.feeds(p.ids))[0][0]
-                res[name].append((lm_eval.line_correct(h, lm_head, p), lm_eval.answer_token_accuracy(h, lm_head, p)))
+                res[name].append((retrieval.forced_correct(h, lm_head, p), retrieval.answer_token_accuracy(h, lm_head, p)))
         row = {"tokens": n, "questions": questions}
         for name, r in res.items():
             row[f"exact_{name}"] = float(np.mean([c for c, _ in r]))

@@ -1,0 +1,303 @@
+"""ice-bench-e2e: long prompts end to end on a real decoder, iceformer against the runtimes CPU users pick.
+
+Every runtime gets the same prompt ids (retrieval prompts over Brown Corpus text, tools/retrieval.py), fp32,
+the same threads, and runs in its own worker process (its peak memory is its own); the runtimes take turns
+prompt by prompt (interleaved). Per prompt length, one table:
+- time to first token (the prefill; for the ONNX exports one run over the prompt), median over the prompts, and
+  the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) in the same run;
+- peak resident memory of the runtime's process during the prompt (weights included), max over the prompts;
+- retrieval: answers that greedy generation gets right (teacher forcing for the ONNX exports, see retrieval.py);
+- against dense attention (`onnx-dense`, the export without iceformer, up to --dense-max tokens; above it our
+  exact path `ours-exact`): perplexity change over the prompt and next-token agreement where the runtime
+  exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's.
+
+Runtimes (--runtimes):
+  ours-exact, ours-defaults, ours-knn   the eager ONNX export rewritten by ice-rewrite: exact (top_k 0), the
+                                        op's defaults, k-NN forced from --knn-min-keys keys
+  onnx-dense                            the same export without iceformer (ONNX Runtime's own kernels)
+  genai, genai-ours, genai-ours-knn     onnxruntime-genai: the folder in the builder's form (GroupQueryAttention),
+                                        and that folder rewritten by ice-rewrite (defaults; k-NN forced)
+  ov-dense, ov-xattention               OpenVINO GenAI (PagedAttention), dense and XAttention sparse prefill:
+                                        needs --ov-python, a Python with openvino-genai and optimum-intel (their
+                                        own environment: they need transformers 5); the model is converted once
+                                        with its optimum-cli
+Writes --json and a PNG beside it.
+
+  ice-bench-e2e --model qwen2.5-coder-0.5b --tokens 4096 8192 16384 --ov-python /opt/ov/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+ONNX_RUNTIMES = {"ours-exact": {"top_k": 0}, "ours-defaults": {}, "ours-knn": None, "onnx-dense": None}
+GENAI_RUNTIMES = {"genai": None, "genai-ours": {}, "genai-ours-knn": None}
+OV_RUNTIMES = {"ov-dense": None, "ov-xattention": "xattention"}
+PEERS = ("genai", "ov-dense", "ov-xattention")
+GENAI_MAX_LENGTH = 32768  # rotary rows of the genai folder: prompt + generated tokens must fit
+
+
+@dataclass
+class Record:
+    tokens: int
+    runtime: str
+    prompt: str  # "passkey@0.50" / "lines@0.50"
+    ttft_s: float | None = None
+    peak_rss_mib: float | None = None
+    correct: bool | None = None
+    ppl_change: float | None = None  # against the dense reference, over the prompt
+    agreement: float | None = None  # greedy next-token agreement with the dense reference, over the prompt
+    first_same: bool | None = None  # first generated token equals the dense reference's
+    error: str | None = None
+
+
+class Worker:
+    """A runtime in its own process (tools/e2e_worker.py), one JSON request per prompt."""
+
+    def __init__(self, python: str, kind: str, spec: dict):
+        script = Path(__file__).with_name("e2e_worker.py")
+        self.proc = subprocess.Popen([python, str(script), kind, json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._read()  # {"ready": true}, or the worker died loading the model
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the worker exited with code {self.proc.wait()} (its stderr is above)")
+        return json.loads(line)
+
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None = None) -> dict:
+        self.proc.stdin.write(json.dumps({"ids": ids, "new_tokens": new_tokens, "out": out}) + "\n")
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dict]]:
+    """{runtime: (python, kind, spec)}: exports, rewrites and conversions (cached where they can be)."""
+    import sys
+
+    from ..models import export, export_genai
+    from ..ops import get_library_path
+    from ..rewriter import RewriteOptions, rewrite
+
+    knn = {"min_keys": args.knn_min_keys}
+    out: dict[str, tuple[str, str, dict]] = {}
+    base = {"threads": args.threads}
+    wanted = args.runtimes
+    if any(r in ONNX_RUNTIMES for r in wanted):
+        model = export(args.model, console=console)
+        for r in (r for r in wanted if r in ONNX_RUNTIMES):
+            if r == "onnx-dense":
+                out[r] = (sys.executable, "onnx", {**base, "model": str(model)})
+                continue
+            attrs = knn if r == "ours-knn" else ONNX_RUNTIMES[r]
+            dst = tmp / f"{r}.onnx"
+            with console.status(f"ice-rewrite -> {r}"):
+                rewrite(model, dst, RewriteOptions(attributes=attrs))
+            out[r] = (sys.executable, "onnx", {**base, "model": str(dst), "library": str(get_library_path())})
+    if any(r in GENAI_RUNTIMES for r in wanted):
+        folder = export_genai(args.model, max_length=GENAI_MAX_LENGTH, console=console)
+        for r in (r for r in wanted if r in GENAI_RUNTIMES):
+            if r == "genai":
+                out[r] = (sys.executable, "genai", {**base, "model": str(folder)})
+                continue
+            dst = tmp / r
+            with console.status(f"ice-rewrite -> {r}"):
+                rewrite(folder, dst, RewriteOptions(attributes=knn if r == "genai-ours-knn" else {}))
+            out[r] = (sys.executable, "genai", {**base, "model": str(dst)})
+    if any(r in OV_RUNTIMES for r in wanted):
+        if not args.ov_python:
+            raise SystemExit("ice-bench-e2e: the OpenVINO runtimes need --ov-python (an environment with "
+                             "openvino-genai and optimum-intel; see the README)")
+        folder = _openvino_model(args, console)
+        for r in (r for r in wanted if r in OV_RUNTIMES):
+            out[r] = (args.ov_python, "openvino", {**base, "model": str(folder), "sparse": OV_RUNTIMES[r]})
+    return out
+
+
+def _openvino_model(args, console: Console) -> Path:
+    """The model converted by optimum-intel (fp32 weights), cached."""
+    from ..models._cache import cache_dir
+    from ..models.export import _fill_cache, decoder
+
+    cached = cache_dir("exports", f"{args.model}-openvino-fp32")
+    if (cached / "openvino_model.xml").is_file():
+        return cached
+    hf = decoder(args.model).hf_dir()
+    cli = Path(args.ov_python).with_name("optimum-cli")
+
+    def build(tmp: Path) -> None:
+        with console.status("optimum-cli export openvino (fp32; a few minutes)"):
+            res = subprocess.run([str(cli), "export", "openvino", "--model", str(hf), "--task",
+                                  "text-generation-with-past", "--weight-format", "fp32", str(tmp)],
+                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if res.returncode != 0:
+            raise RuntimeError(f"optimum-cli export openvino failed: {res.stderr.strip()[-800:]}")
+
+    _fill_cache(cached, build)
+    return cached
+
+
+def _prompts(tok, n: int, args) -> list:
+    from . import retrieval
+
+    ps = [retrieval.passkey_prompt(tok, n, d, seed=i) for i, d in enumerate(args.passkey_depths)]
+    ps += [retrieval.line_prompt(tok, n, seed=100 + i, depth=d) for i, d in enumerate(args.line_depths)]
+    return ps
+
+
+def _score_hidden(rec: Record, hidden: np.ndarray, p, lm_head: np.ndarray, ref: dict | None) -> dict:
+    """Metrics from an ONNX export's hidden states of p.ids; returns this run's (nll, preds) for reference use."""
+    from . import retrieval
+    from .lm_eval import logits_stats
+
+    rec.correct = retrieval.forced_correct(hidden, lm_head, p)
+    total, count, preds = logits_stats(hidden[: len(p.prompt)], lm_head, p.prompt, 0)
+    mine = {"ppl": float(np.exp(total / count)), "preds": preds}
+    if ref is not None:
+        rec.ppl_change = mine["ppl"] / ref["ppl"] - 1
+        rec.agreement = float(np.mean(preds == ref["preds"]))
+        rec.first_same = bool(int(np.argmax(hidden[len(p.prompt) - 1] @ lm_head.T)) == ref["first"])
+    mine["first"] = int(np.argmax(hidden[len(p.prompt) - 1] @ lm_head.T))
+    return mine
+
+
+def _table(records: list[Record], n: int, args) -> Table:
+    rows = [r for r in records if r.tokens == n]
+    by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows)}
+    med = {rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None) for rt, rs in by.items()
+           if any(x.ttft_s is not None for x in rs)}
+    peers = {rt: t for rt, t in med.items() if rt in PEERS}
+    best = min(peers, key=peers.get) if peers else None
+    t = Table(title=f"{args.model}, {n}-token prompts, fp32, {args.threads} threads, medians over "
+                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts"
+                    + (f"; speedup against the fastest peer, {best}" if best else ""))
+    for col in ["runtime", "first token s", "speedup", "peak MiB", "retrieval", "perplexity", "agreement",
+                "first token = dense"]:
+        t.add_column(col, justify="right")
+    fmt = lambda xs, f: f(xs) if xs else "-"  # noqa: E731
+    for rt, rs in by.items():
+        ok = [r for r in rs if r.error is None]
+        t.add_row(
+            rt, f"{med[rt]:.2f}" if rt in med else "-",
+            f"{peers[best] / med[rt]:.2f}x" if best and rt in med else "-",
+            fmt([r.peak_rss_mib for r in ok], lambda v: f"{max(v):.0f}"),
+            f"{sum(bool(r.correct) for r in ok)}/{len(rs)}",
+            fmt([r.ppl_change for r in ok if r.ppl_change is not None], lambda v: f"{100 * statistics.mean(v):+.2f}%"),
+            fmt([r.agreement for r in ok if r.agreement is not None], lambda v: f"{100 * statistics.mean(v):.2f}%"),
+            fmt([r.first_same for r in ok if r.first_same is not None], lambda v: f"{sum(v)}/{len(v)}"))
+    return t
+
+
+def _plot(records: list[Record], path: Path, args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rt in dict.fromkeys(r.runtime for r in records):
+        pts = sorted({r.tokens for r in records if r.runtime == rt and r.ttft_s is not None})
+        ys = [statistics.median(r.ttft_s for r in records if r.runtime == rt and r.tokens == n and r.ttft_s)
+              for n in pts]
+        ax.plot(pts, ys, marker="o", label=rt, linestyle="-" if rt in PEERS else "--")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("prompt tokens")
+    ax.set_ylabel("time to first token, s")
+    ax.set_title(f"{args.model}, fp32, {args.threads} threads")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ice-bench-e2e", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    from ..models.export import DECODERS
+
+    all_runtimes = [*ONNX_RUNTIMES, *GENAI_RUNTIMES, *OV_RUNTIMES]
+    ap.add_argument("--model", choices=list(DECODERS), default="qwen2.5-coder-0.5b")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192, 16384])
+    ap.add_argument("--runtimes", nargs="+", choices=all_runtimes,
+                    default=["ours-exact", "ours-defaults", "ours-knn", "onnx-dense", "genai", "genai-ours"])
+    ap.add_argument("--passkey-depths", type=float, nargs="*", default=[0.1, 0.5, 0.9])
+    ap.add_argument("--line-depths", type=float, nargs="*", default=[0.5])
+    ap.add_argument("--knn-min-keys", type=int, default=1024, help="k-NN forced from this many keys (ours-knn)")
+    ap.add_argument("--dense-max", type=int, default=8192,
+                    help="onnx-dense only up to this length (its [Hq, S, S] scores: 15 GB at 16k on Qwen)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ov-python", help="python of an environment with openvino-genai and optimum-intel")
+    ap.add_argument("--json", type=Path, default=Path("bench_e2e.json"))
+    args = ap.parse_args(argv)
+    if max(args.tokens) + 16 > GENAI_MAX_LENGTH and any(r in GENAI_RUNTIMES for r in args.runtimes):
+        ap.error(f"genai folders hold {GENAI_MAX_LENGTH} positions: prompt lengths up to {GENAI_MAX_LENGTH - 16}")
+
+    from . import lm_eval
+
+    console = Console(width=170)
+    tmp = Path(tempfile.mkdtemp(prefix="ice-bench-e2e-"))
+    specs = _prepare(args, console, tmp)
+    tok = lm_eval.tokenizer(args.model)
+    from ..models import export
+
+    lm_head = np.load(export(args.model).parent / "lm_head.npy")
+    workers: dict[str, Worker] = {}
+    for rt, (python, kind, spec) in specs.items():
+        with console.status(f"starting {rt}"):
+            workers[rt] = Worker(python, kind, spec)
+            workers[rt](tok("Warm up the runtime with a short prompt.").input_ids * 8, 2)
+    records: list[Record] = []
+    try:
+        for n in args.tokens:
+            for p in _prompts(tok, n, args):
+                label = f"{p.kind}@{p.depth:.2f}"
+                ref = None
+                order = sorted(workers, key=lambda rt: (rt not in ("onnx-dense", "ours-exact"), rt != "onnx-dense"))
+                for rt in order:  # the dense reference first; then every runtime on this prompt
+                    if rt == "onnx-dense" and n > args.dense_max:
+                        continue
+                    rec = Record(n, rt, label)
+                    hidden_path = str(tmp / "hidden.npy")
+                    is_onnx = specs[rt][1] == "onnx"
+                    ans = workers[rt](p.ids if is_onnx else p.prompt, len(p.answer), hidden_path if is_onnx else None)
+                    rec.error = ans.get("error")
+                    rec.ttft_s, rec.peak_rss_mib = ans.get("ttft_s"), ans.get("peak_rss_mib")
+                    if rec.error is None and is_onnx:
+                        mine = _score_hidden(rec, np.load(hidden_path), p, lm_head, ref)
+                        if ref is None and rt in ("onnx-dense", "ours-exact"):
+                            ref = mine  # dense attention: the ONNX Runtime kernels, or above --dense-max our exact path
+                    elif rec.error is None:
+                        from .retrieval import generated_correct
+
+                        rec.correct = generated_correct(p, ans["tokens"])
+                        rec.first_same = ans["tokens"][:1] == [ref["first"]] if ref else None
+                    records.append(rec)
+                    console.log(f"{n} {label} {rt}: " + (rec.error or f"{rec.ttft_s:.2f} s, {rec.peak_rss_mib:.0f} MiB, "
+                                                          f"correct {rec.correct}"))
+            console.print(_table(records, n, args))
+            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                             "records": [asdict(r) for r in records]}, indent=1))
+    finally:
+        for w in workers.values():
+            w.close()
+    _plot(records, args.json.with_suffix(".png"), args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

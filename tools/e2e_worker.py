@@ -1,0 +1,126 @@
+"""One runtime of ice-bench-e2e in its own process, so that its peak memory is its own.
+
+Run by ice-bench-e2e as `PYTHON e2e_worker.py KIND SPEC_JSON`; reads one JSON request per line on stdin
+({"ids": [...], "new_tokens": k, "out": path}) and answers one JSON line on stdout. This file imports only numpy
+and the runtime it drives, so it also runs in a peer's own environment (OpenVINO GenAI needs transformers 5).
+
+Kinds:
+- onnx: an ONNX decoder with last_hidden_state output (our eager export, rewritten or not); the hidden states go
+  to request["out"] (.npy) for the caller's metrics; time = one session.run over the ids.
+- genai: an onnxruntime-genai folder; time to first token = append_tokens(prompt); then new_tokens greedy tokens.
+- openvino: an OpenVINO GenAI LLMPipeline (dense, or XAttention sparse prefill); time to first token from its
+  perf metrics; new_tokens greedy tokens.
+Each answer carries peak_rss_mib: the process's peak resident memory during that request (VmHWM after resetting
+it through /proc/self/clear_refs), weights included - what a user running only this runtime would see.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+
+
+def _peak_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class Onnx:
+    def __init__(self, spec: dict):
+        import onnxruntime as ort
+
+        if spec.get("library"):
+            so = ort.SessionOptions()
+            so.register_custom_ops_library(spec["library"])
+        else:
+            so = ort.SessionOptions()
+        so.intra_op_num_threads = spec["threads"]
+        self.sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
+
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
+        feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+        t0 = time.perf_counter()
+        hidden = self.sess.run(None, feeds)[0][0]
+        seconds = time.perf_counter() - t0
+        if out:
+            np.save(out, hidden)
+        return {"ttft_s": seconds}
+
+
+class Genai:
+    def __init__(self, spec: dict):
+        import onnxruntime_genai as og
+
+        config = og.Config(spec["model"])
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": spec["threads"]}}}}))
+        self.og, self.model = og, og.Model(config)
+
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + new_tokens, do_sample=False, top_k=1)
+        gen = self.og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(np.asarray(ids, np.int32))
+        ttft = time.perf_counter() - t0
+        while not gen.is_done():
+            gen.generate_next_token()
+        return {"ttft_s": ttft, "tokens": [int(t) for t in gen.get_sequence(0)[len(ids):]]}
+
+
+class OpenVino:
+    def __init__(self, spec: dict):
+        import openvino as ov
+        import openvino_genai as ov_genai
+
+        sc = ov_genai.SchedulerConfig()
+        sc.enable_prefix_caching = False  # else a repeated prompt is served from the cache
+        if spec.get("sparse") == "xattention":
+            sc.use_sparse_attention = True
+            sc.sparse_attention_config = ov_genai.SparseAttentionConfig(mode=ov_genai.SparseAttentionMode.XATTENTION)
+        props = {"ATTENTION_BACKEND": "PA", "INFERENCE_NUM_THREADS": spec["threads"], "NUM_STREAMS": 1,
+                 "PERFORMANCE_HINT": "LATENCY"}
+        if spec.get("precision", "f32") == "f32":  # on AVX512_BF16 CPUs OpenVINO would compute in bf16 / f16 KV
+            props |= {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+        self.ov, self.ov_genai = ov, ov_genai
+        self.pipe = ov_genai.LLMPipeline(spec["model"], "CPU", scheduler_config=sc, **props)
+
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
+        x = np.asarray([ids], np.int64)
+        inputs = self.ov_genai.TokenizedInputs(self.ov.Tensor(x), self.ov.Tensor(np.ones_like(x)))
+        cfg = self.ov_genai.GenerationConfig()
+        cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample = new_tokens, new_tokens, False
+        res = self.pipe.generate(inputs, cfg)
+        return {"ttft_s": res.perf_metrics.get_ttft().mean / 1000.0, "tokens": [int(t) for t in res.tokens[0]]}
+
+
+KINDS = {"onnx": Onnx, "genai": Genai, "openvino": OpenVino}
+
+
+def main() -> None:
+    kind, spec = sys.argv[1], json.loads(sys.argv[2])
+    runner = KINDS[kind](spec)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        _reset_peak()
+        try:
+            ans = runner(req["ids"], req["new_tokens"], req.get("out"))
+        except Exception as e:  # reported to the caller as this request's failure; the worker stays up
+            ans = {"error": f"{type(e).__name__}: {e}"}
+        ans["peak_rss_mib"] = _peak_mib()
+        print(json.dumps(ans), flush=True)
+
+
+if __name__ == "__main__":
+    main()
