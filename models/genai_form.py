@@ -138,3 +138,24 @@ def write(model, out_dir: Path, *, max_length: int, threads: int | None = None) 
     }
     (out_dir / "genai_config.json").write_text(json.dumps(config, indent=4))
     return out_dir
+
+
+def quantize_int4(src: Path, dst: Path, *, block_size: int = 32, accuracy_level: int = 4) -> Path:
+    """The genai folder `src` with every constant-weight MatMul as com.microsoft.MatMulNBits (int4, symmetric,
+    blocks of `block_size`; accuracy_level 4 = int8 activations on CPU), as the builder's `-p int4 -e cpu` does.
+    Attention stays fp32 (GroupQueryAttention is untouched)."""
+    import shutil
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src / "model.onnx"))
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True,
+                                     accuracy_level=accuracy_level)
+    quantizer.process()
+    dst.mkdir(parents=True, exist_ok=True)
+    onnx.save(quantizer.model.model, dst / "model.onnx", save_as_external_data=True, location="model.onnx.data",
+              size_threshold=1024)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith("model.onnx"):
+            shutil.copy2(f, dst / f.name)
+    return dst

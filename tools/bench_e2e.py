@@ -1,26 +1,27 @@
 """ice-bench-e2e: long prompts end to end on a real decoder, iceformer against the runtimes CPU users pick.
 
-Every runtime gets the same prompt ids (retrieval prompts over Brown Corpus text, tools/retrieval.py), fp32,
-the same threads, and runs in its own worker process (its peak memory is its own); the runtimes take turns
-prompt by prompt (interleaved). Per prompt length, one table:
+Every runtime gets the same prompt ids (retrieval prompts over Brown Corpus text, tools/retrieval.py), the same
+threads, and runs in its own worker process (its peak memory is its own); the runtimes take turns prompt by
+prompt (interleaved). Per prompt length, one table:
 - time to first token (the prefill; for the ONNX exports one run over the prompt), median over the prompts, and
-  the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) in the same run;
+  the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) with the same weight format;
 - peak resident memory of the runtime's process during the prompt (weights included), max over the prompts;
 - retrieval: answers that greedy generation gets right (teacher forcing for the ONNX exports, see retrieval.py);
 - against dense attention (`onnx-dense`, the export without iceformer, up to --dense-max tokens; above it our
   exact path `ours-exact`): perplexity change over the prompt and next-token agreement where the runtime
   exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's.
 
-Runtimes (--runtimes):
-  ours-exact, ours-defaults, ours-knn   the eager ONNX export rewritten by ice-rewrite: exact (top_k 0), the
-                                        op's defaults, k-NN forced from --knn-min-keys keys
+Runtimes (--runtimes); activations and attention are fp32 everywhere:
+  ours-exact, ours-defaults, ours-knn   the eager ONNX export (fp32) rewritten by ice-rewrite: exact (top_k 0),
+                                        the op's defaults, k-NN forced from --knn-min-keys keys
   onnx-dense                            the same export without iceformer (ONNX Runtime's own kernels)
   genai, genai-ours, genai-ours-knn     onnxruntime-genai: the folder in the builder's form (GroupQueryAttention),
                                         and that folder rewritten by ice-rewrite (defaults; k-NN forced)
-  ov-dense, ov-xattention               OpenVINO GenAI (PagedAttention), dense and XAttention sparse prefill:
-                                        needs --ov-python, a Python with openvino-genai and optimum-intel (their
-                                        own environment: they need transformers 5); the model is converted once
-                                        with its optimum-cli
+  genai-int4, genai-int4-ours, ...      the same with int4 weights (MatMulNBits, blocks of 32, as `-p int4`)
+  ov-dense, ov-xattention               OpenVINO GenAI (PagedAttention), dense and XAttention sparse prefill,
+  ov-int8-*, ov-int4-*                  fp32 / int8 / int4 weights (optimum-cli --weight-format), f32 inference
+                                        precision and KV cache: needs --ov-python, a Python with openvino-genai
+                                        and optimum-intel (their own environment: they need transformers 5)
 Writes --json and a PNG beside it.
 
   ice-bench-e2e --model qwen2.5-coder-0.5b --tokens 4096 8192 16384 --ov-python /opt/ov/bin/python
@@ -41,10 +42,15 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-ONNX_RUNTIMES = {"ours-exact": {"top_k": 0}, "ours-defaults": {}, "ours-knn": None, "onnx-dense": None}
-GENAI_RUNTIMES = {"genai": None, "genai-ours": {}, "genai-ours-knn": None}
-OV_RUNTIMES = {"ov-dense": None, "ov-xattention": "xattention"}
-PEERS = ("genai", "ov-dense", "ov-xattention")
+from .e2e_worker import Worker
+
+ONNX_RUNTIMES = {"ours-exact": {"top_k": 0}, "ours-defaults": {}, "ours-knn": "knn", "onnx-dense": None}
+# genai runtime -> (weight precision, None: the folder as written | attributes of the rewrite | "knn")
+GENAI_RUNTIMES = {f"genai{w}{v}": (p, a) for w, p in (("", "fp32"), ("-int4", "int4"))
+                  for v, a in (("", None), ("-ours", {}), ("-ours-knn", "knn"))}
+# OpenVINO runtime -> (weight format of optimum-cli, sparse prefill mode or None)
+OV_RUNTIMES = {f"ov{w}-{m}": (f, None if m == "dense" else m) for w, f in (("", "fp32"), ("-int8", "int8"), ("-int4", "int4"))
+               for m in ("dense", "xattention")}
 GENAI_MAX_LENGTH = 32768  # rotary rows of the genai folder: prompt + generated tokens must fit
 
 
@@ -62,28 +68,13 @@ class Record:
     error: str | None = None
 
 
-class Worker:
-    """A runtime in its own process (tools/e2e_worker.py), one JSON request per prompt."""
+def _is_peer(runtime: str) -> bool:
+    return runtime.startswith(("genai", "ov")) and "ours" not in runtime
 
-    def __init__(self, python: str, kind: str, spec: dict):
-        script = Path(__file__).with_name("e2e_worker.py")
-        self.proc = subprocess.Popen([python, str(script), kind, json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, bufsize=1)
-        self._read()  # {"ready": true}, or the worker died loading the model
 
-    def _read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the worker exited with code {self.proc.wait()} (its stderr is above)")
-        return json.loads(line)
-
-    def __call__(self, ids: list[int], new_tokens: int, out: str | None = None) -> dict:
-        self.proc.stdin.write(json.dumps({"ids": ids, "new_tokens": new_tokens, "out": out}) + "\n")
-        return self._read()
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
+def _weights(runtime: str) -> str:
+    """The weight format a runtime computes with (speedups compare runtimes of one format)."""
+    return "int4" if "int4" in runtime else "int8" if "int8" in runtime else "fp32"
 
 
 def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dict]]:
@@ -104,46 +95,44 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
             if r == "onnx-dense":
                 out[r] = (sys.executable, "onnx", {**base, "model": str(model)})
                 continue
-            attrs = knn if r == "ours-knn" else ONNX_RUNTIMES[r]
+            attrs = knn if ONNX_RUNTIMES[r] == "knn" else ONNX_RUNTIMES[r]
             dst = tmp / f"{r}.onnx"
             with console.status(f"ice-rewrite -> {r}"):
                 rewrite(model, dst, RewriteOptions(attributes=attrs))
             out[r] = (sys.executable, "onnx", {**base, "model": str(dst), "library": str(get_library_path())})
-    if any(r in GENAI_RUNTIMES for r in wanted):
-        folder = export_genai(args.model, max_length=GENAI_MAX_LENGTH, console=console)
-        for r in (r for r in wanted if r in GENAI_RUNTIMES):
-            if r == "genai":
-                out[r] = (sys.executable, "genai", {**base, "model": str(folder)})
-                continue
-            dst = tmp / r
+    for r in (r for r in wanted if r in GENAI_RUNTIMES):
+        precision, attrs = GENAI_RUNTIMES[r]
+        folder = export_genai(args.model, max_length=GENAI_MAX_LENGTH, precision=precision, console=console)
+        if attrs is not None:
+            dst, folder = folder, tmp / r
             with console.status(f"ice-rewrite -> {r}"):
-                rewrite(folder, dst, RewriteOptions(attributes=knn if r == "genai-ours-knn" else {}))
-            out[r] = (sys.executable, "genai", {**base, "model": str(dst)})
-    if any(r in OV_RUNTIMES for r in wanted):
+                rewrite(dst, folder, RewriteOptions(attributes=knn if attrs == "knn" else attrs))
+        out[r] = (sys.executable, "genai", {**base, "model": str(folder)})
+    for r in (r for r in wanted if r in OV_RUNTIMES):
         if not args.ov_python:
             raise SystemExit("ice-bench-e2e: the OpenVINO runtimes need --ov-python (an environment with "
                              "openvino-genai and optimum-intel; see the README)")
-        folder = _openvino_model(args, console)
-        for r in (r for r in wanted if r in OV_RUNTIMES):
-            out[r] = (args.ov_python, "openvino", {**base, "model": str(folder), "sparse": OV_RUNTIMES[r]})
+        fmt, sparse = OV_RUNTIMES[r]
+        out[r] = (args.ov_python, "openvino", {**base, "model": str(_openvino_model(args, fmt, console)),
+                                               "sparse": sparse})
     return out
 
 
-def _openvino_model(args, console: Console) -> Path:
-    """The model converted by optimum-intel (fp32 weights), cached."""
+def _openvino_model(args, weight_format: str, console: Console) -> Path:
+    """The model converted by optimum-intel's CLI with --weight-format (fp32, int8 or int4), cached."""
     from ..models._cache import cache_dir
     from ..models.export import _fill_cache, decoder
 
-    cached = cache_dir("exports", f"{args.model}-openvino-fp32")
+    cached = cache_dir("exports", f"{args.model}-openvino-{weight_format}")
     if (cached / "openvino_model.xml").is_file():
         return cached
     hf = decoder(args.model).hf_dir()
     cli = Path(args.ov_python).with_name("optimum-cli")
 
     def build(tmp: Path) -> None:
-        with console.status("optimum-cli export openvino (fp32; a few minutes)"):
+        with console.status(f"optimum-cli export openvino ({weight_format}; a few minutes)"):
             res = subprocess.run([str(cli), "export", "openvino", "--model", str(hf), "--task",
-                                  "text-generation-with-past", "--weight-format", "fp32", str(tmp)],
+                                  "text-generation-with-past", "--weight-format", weight_format, str(tmp)],
                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         if res.returncode != 0:
             raise RuntimeError(f"optimum-cli export openvino failed: {res.stderr.strip()[-800:]}")
@@ -181,11 +170,14 @@ def _table(records: list[Record], n: int, args) -> Table:
     by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows)}
     med = {rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None) for rt, rs in by.items()
            if any(x.ttft_s is not None for x in rs)}
-    peers = {rt: t for rt, t in med.items() if rt in PEERS}
-    best = min(peers, key=peers.get) if peers else None
-    t = Table(title=f"{args.model}, {n}-token prompts, fp32, {args.threads} threads, medians over "
-                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts"
-                    + (f"; speedup against the fastest peer, {best}" if best else ""))
+    best = {}  # weight format -> the fastest peer computing with it
+    for rt, sec in med.items():
+        w = _weights(rt)
+        if _is_peer(rt) and (w not in best or sec < med[best[w]]):
+            best[w] = rt
+    t = Table(title=f"{args.model}, {n}-token prompts, {args.threads} threads, medians over "
+                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts; speedup against the fastest peer "
+                    f"with the same weights ({', '.join(f'{w}: {rt}' for w, rt in best.items())})")
     for col in ["runtime", "first token s", "speedup", "peak MiB", "retrieval", "perplexity", "agreement",
                 "first token = dense"]:
         t.add_column(col, justify="right")
@@ -194,7 +186,7 @@ def _table(records: list[Record], n: int, args) -> Table:
         ok = [r for r in rs if r.error is None]
         t.add_row(
             rt, f"{med[rt]:.2f}" if rt in med else "-",
-            f"{peers[best] / med[rt]:.2f}x" if best and rt in med else "-",
+            f"{med[best[_weights(rt)]] / med[rt]:.2f}x" if _weights(rt) in best and rt in med else "-",
             fmt([r.peak_rss_mib for r in ok], lambda v: f"{max(v):.0f}"),
             f"{sum(bool(r.correct) for r in ok)}/{len(rs)}",
             fmt([r.ppl_change for r in ok if r.ppl_change is not None], lambda v: f"{100 * statistics.mean(v):+.2f}%"),
@@ -214,12 +206,12 @@ def _plot(records: list[Record], path: Path, args) -> None:
         pts = sorted({r.tokens for r in records if r.runtime == rt and r.ttft_s is not None})
         ys = [statistics.median(r.ttft_s for r in records if r.runtime == rt and r.tokens == n and r.ttft_s)
               for n in pts]
-        ax.plot(pts, ys, marker="o", label=rt, linestyle="-" if rt in PEERS else "--")
+        ax.plot(pts, ys, marker="o", label=rt, linestyle="-" if _is_peer(rt) else "--")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("prompt tokens")
     ax.set_ylabel("time to first token, s")
-    ax.set_title(f"{args.model}, fp32, {args.threads} threads")
+    ax.set_title(f"{args.model}, {args.threads} threads (solid: peers, dashed: iceformer)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

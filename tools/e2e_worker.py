@@ -1,6 +1,6 @@
-"""One runtime of ice-bench-e2e in its own process, so that its peak memory is its own.
+"""One runtime in its own process (ice-bench-e2e, ice-main), so that its peak memory is its own.
 
-Run by ice-bench-e2e as `PYTHON e2e_worker.py KIND SPEC_JSON`; reads one JSON request per line on stdin
+`Worker(python, kind, spec)` starts `PYTHON e2e_worker.py KIND SPEC_JSON`, which reads one JSON request per line on stdin
 ({"ids": [...], "new_tokens": k, "out": path}) and answers one JSON line on stdout. This file imports only numpy
 and the runtime it drives, so it also runs in a peer's own environment (OpenVINO GenAI needs transformers 5).
 
@@ -17,8 +17,10 @@ it through /proc/self/clear_refs), weights included - what a user running only t
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -102,6 +104,30 @@ class OpenVino:
         cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample = new_tokens, new_tokens, False
         res = self.pipe.generate(inputs, cfg)
         return {"ttft_s": res.perf_metrics.get_ttft().mean / 1000.0, "tokens": [int(t) for t in res.tokens[0]]}
+
+
+class Worker:
+    """The caller's side: a runtime in its own process, one request per prompt."""
+
+    def __init__(self, python: str, kind: str, spec: dict):
+        self.proc = subprocess.Popen([python, str(Path(__file__).resolve()), kind, json.dumps(spec)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._read()  # {"ready": true}, or the worker died loading the model
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the worker exited with code {self.proc.wait()} (its stderr is above)")
+        return json.loads(line)
+
+    def __call__(self, ids: list[int], new_tokens: int = 0, out: str | None = None) -> dict:
+        """{"ttft_s", "peak_rss_mib", and "tokens" for generating kinds} or {"error", ...}."""
+        self.proc.stdin.write(json.dumps({"ids": ids, "new_tokens": new_tokens, "out": out}) + "\n")
+        return self._read()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 KINDS = {"onnx": Onnx, "genai": Genai, "openvino": OpenVino}

@@ -1,12 +1,16 @@
 """The main job: a real pretrained model, exported, rewritten and run in onnxruntime.
 
-SmolLM2-135M-Instruct is exported to ONNX (cached), rewritten by ice-rewrite twice (the op's default attributes,
-which run exact attention below 8192 keys, and the k-NN path forced on from 1024 keys), and run on real text
-(the Brown Corpus) against the original model, same process, same threads:
-- plain text of N tokens: prefill time and speedup, perplexity, greedy next-token agreement with the original;
+The decoder (SmolLM2-135M-Instruct at 4096 tokens by default; Qwen2.5-Coder-0.5B-Instruct for prompts up to 32k)
+is exported to ONNX (cached), rewritten by ice-rewrite twice (the op's default attributes, which run exact
+attention below 8192 keys, and the k-NN path forced on from 1024 keys), and run on real text (the Brown Corpus)
+against the original model, same threads, each model in its own process (its peak memory is its own):
+- plain text of N tokens: prefill time and speedup, peak memory, perplexity, greedy next-token agreement with
+  the original;
 - the repeat test (N/2 tokens twice; perplexity on the second copy, which needs attention N/2 tokens back).
+When the original's attention scores ([Hq, S, S] fp32 per layer) would not fit in memory (Qwen at 16k: 15 GB),
+the reference is the same export rewritten with exact attention (top_k 0), and the table says so.
 
-  ice-main [--tokens 4096] [--threads 2] [--out DIR]
+  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR]
 """
 
 from __future__ import annotations
@@ -14,88 +18,109 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from ..models import corpus, export_smollm2, smollm2
+from ..models import export
 from ..models._cache import cache_dir
-from ..ops import session_options
+from ..models.export import DECODERS, decoder
+from ..ops import get_library_path
 from ..rewriter import RewriteOptions, rewrite
 from . import lm_eval
+from .e2e_worker import Worker
 from .lm_eval import perplexity
+
+KNN_FORCED = {"min_keys": 1024}
+
+
+def _dense_fits(model: str, n: int) -> bool:
+    """Whether the original's [Hq, S, S] fp32 scores (about three live at once) fit in half the available memory."""
+    cfg = json.loads((decoder(model).hf_dir() / "config.json").read_text())
+    need = 3 * cfg["num_attention_heads"] * n * n * 4
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return need < avail / 2
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ice-main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=list(DECODERS), default="smollm2")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="folder for the exported and rewritten models")
     args = ap.parse_args(argv)
     console = Console(width=170)
     out = args.out or cache_dir("main-job")
-    model_path = export_smollm2(args.out, console=console)
+    model_path = export(args.model, args.out, console=console)
     out.mkdir(parents=True, exist_ok=True)
-    variants = {"original (ONNX Runtime dense)": (model_path, None)}
-    for label, attrs in (("rewritten, default attributes", {}), ("rewritten, k-NN from 1024 keys", {"min_keys": 1024})):
-        dst = out / ("smollm2.knn.onnx" if not attrs else "smollm2.knn1024.onnx")
-        with console.status(f"ice-rewrite -> {dst.name}"):  # a few seconds; never a stale cached rewrite
+    n = args.tokens
+    dense = _dense_fits(args.model, n)
+    ref = "original (ONNX Runtime dense)" if dense else "rewritten, exact attention (reference)"
+    variants = {ref: (model_path, None if dense else {"top_k": 0})}
+    for label, attrs in (("rewritten, default attributes", {}), ("rewritten, k-NN from 1024 keys", KNN_FORCED)):
+        variants[label] = (None, attrs)
+    for label, (path, attrs) in variants.items():
+        if attrs is None:
+            continue
+        dst = out / f"{args.model}.{'exact' if attrs.get('top_k') == 0 else 'knn1024' if attrs else 'knn'}.onnx"
+        with console.status(f"ice-rewrite -> {dst.name}"):  # seconds; never a stale cached rewrite
             report = rewrite(model_path, dst, RewriteOptions(attributes=attrs))
         bypassed = sum(r.bypassed for r in report.replaced)
         console.print(f"{dst.name}: {len(report.replaced)} attention cores replaced {report.replaced_by_form}, "
                       f"{bypassed} masks bypassed (key_padding_mask + is_causal)")
         variants[label] = (dst, attrs)
+    if not dense:
+        console.print(f"the original's attention scores at {n} tokens would not fit in memory: the reference is "
+                      f"the rewritten model with exact attention (equal to ONNX Runtime's to ~1e-5)")
 
     with console.status("tokenising Brown Corpus text"):
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(smollm2.hf_dir())
-        tok.add_bos_token = False
-        n = args.tokens
-        text_ids = tok(corpus.brown_text(start=100, count=60)).input_ids[:n]
-        half = tok(corpus.brown_text(start=300, count=30)).input_ids[: n // 2]
+        tok = lm_eval.tokenizer(args.model)
+        text_ids = lm_eval.text_ids(tok, n)
+        repeat_ids = lm_eval.repeat_ids(tok, n)
     lm_head = np.load(model_path.parent / "lm_head.npy")
-    stats_path = os.path.join(tempfile.mkdtemp(prefix="ice-main-"), "stats.jsonl")
-    os.environ["ICEFORMER_STATS"] = stats_path
+    tmp = Path(tempfile.mkdtemp(prefix="ice-main-"))
+    stats_path = tmp / "stats.jsonl"
+    os.environ["ICEFORMER_STATS"] = str(stats_path)  # the workers inherit it; the op appends one line per call
 
-    sessions = {}
+    workers = {}
     for label, (path, attrs) in variants.items():
-        if attrs is None:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-        else:
-            so = session_options(args.threads)
-        sessions[label] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        with console.status(f"loading {label}"):
+            spec = {"threads": args.threads, "model": str(path)}
+            if attrs is not None:
+                spec["library"] = str(get_library_path())
+            workers[label] = Worker(sys.executable, "onnx", spec)
+            workers[label](text_ids[:256])  # warm-up (session init, arena) on a short prompt
 
-    table = Table(title=f"SmolLM2-135M prefill, {n} tokens of Brown Corpus text, {args.threads} threads")
-    for col in ["input", "model", "prefill s", "speedup", "perplexity", "vs original", "next-token agreement"]:
+    table = Table(title=f"{args.model} prefill, {n} tokens of Brown Corpus text, {args.threads} threads")
+    for col in ["input", "model", "prefill s", "speedup", "peak MiB", "perplexity", "vs reference",
+                "next-token agreement"]:
         table.add_column(col, justify="right")
     op_stats = {}
-    for which, ids in (("text", text_ids), ("repeat", half + half)):
-        feeds = lm_eval.feeds(ids)
-        outputs, times = {}, {}
-        for label, sess in sessions.items():
-            with console.status(f"{which}: {label}"):
-                open(stats_path, "w").close()
-                outputs[label] = sess.run(None, feeds)[0][0]  # first run: warms the session up
-                if label != "original (ONNX Runtime dense)":
-                    lines = [json.loads(x) for x in open(stats_path).read().splitlines()]
-                    op_stats[(which, label)] = lines
-                t0 = time.perf_counter()
-                sess.run(None, feeds)
-                times[label] = time.perf_counter() - t0
-        start = len(ids) // 2 if which == "repeat" else 0
-        base_ppl, base_pred = perplexity(outputs["original (ONNX Runtime dense)"], lm_head, ids, start)
-        base_t = times["original (ONNX Runtime dense)"]
-        for label in sessions:
-            ppl, pred = perplexity(outputs[label], lm_head, ids, start)
-            table.add_row(which, label, f"{times[label]:.2f}", f"{base_t / times[label]:.2f}x", f"{ppl:.3f}",
-                          f"{100 * (ppl / base_ppl - 1):+.2f}%", f"{100 * np.mean(pred == base_pred):.2f}%")
+    try:
+        for which, ids in (("text", text_ids), ("repeat", repeat_ids)):
+            results = {}
+            for label, worker in workers.items():
+                with console.status(f"{which}: {label}"):
+                    stats_path.write_text("")
+                    ans = worker(ids, 0, str(tmp / "hidden.npy"))
+                    if "error" in ans:
+                        raise RuntimeError(f"{label}: {ans['error']}")
+                    if variants[label][1] is not None:
+                        op_stats[(which, label)] = [json.loads(x) for x in stats_path.read_text().splitlines()]
+                    start = len(ids) // 2 if which == "repeat" else 0
+                    ppl, pred = perplexity(np.load(tmp / "hidden.npy"), lm_head, ids, start)
+                    results[label] = (ans["ttft_s"], ans["peak_rss_mib"], ppl, pred)
+            base_t, _, base_ppl, base_pred = results[ref]
+            for label, (t, peak, ppl, pred) in results.items():
+                table.add_row(which, label, f"{t:.2f}", f"{base_t / t:.2f}x", f"{peak:.0f}", f"{ppl:.3f}",
+                              f"{100 * (ppl / base_ppl - 1):+.2f}%", f"{100 * np.mean(pred == base_pred):.2f}%")
+    finally:
+        for w in workers.values():
+            w.close()
     console.print(table)
     for (which, label), lines in op_stats.items():
         knn = [x for x in lines if x["path"] == "knn"]
