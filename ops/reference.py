@@ -17,8 +17,8 @@ def visibility(
     B: int, Hq: int, S: int, T: int, *, is_causal: int, attn_mask=None, key_padding_mask=None,
     local_window_size: int = -1,
 ) -> np.ndarray:
-    """Bool [B,Hq,S,T]: which keys each query may see (causal bottom-right, hard window, padding, bool / -inf
-    masks)."""
+    """Bool [B,Hq,S,T]: which keys each query may see (causal bottom-right, hard window, padding, bool masks,
+    float masks at or below contract.MASKED_AT_OR_BELOW)."""
     vis = np.ones((B, Hq, S, T), dtype=bool)
     i = np.arange(S)[:, None]
     j = np.arange(T)[None, :]
@@ -31,7 +31,8 @@ def visibility(
     if attn_mask is not None:
         m = np.asarray(attn_mask)
         m = m.reshape((1,) * (4 - m.ndim) + m.shape)
-        vis &= np.broadcast_to(m if m.dtype == bool else m != -np.inf, (B, Hq, S, T))
+        with np.errstate(invalid="ignore"):  # float: at or below the contract's cutoff is masked; NaN is not
+            vis &= np.broadcast_to(m if m.dtype == bool else ~(m <= contract.MASKED_AT_OR_BELOW), (B, Hq, S, T))
     return vis
 
 
@@ -71,8 +72,9 @@ def knn_attention_reference(
     den = p.sum(axis=-1, keepdims=True)
     Vq = np.repeat(V, Hq // Hkv, axis=1)
     num = np.einsum("bhst,bhtd->bhsd", p, Vq)
+    # den == 0 only when no key is visible (zeros); a NaN or inf logit makes the row NaN, as IEEE arithmetic does
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        out = np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
     return out
 
 

@@ -42,7 +42,8 @@ def _dense_fits(model: str, n: int) -> bool:
     """Whether the original's [Hq, S, S] fp32 scores (about three live at once) fit in half the available memory."""
     cfg = json.loads((decoder(model).hf_dir() / "config.json").read_text())
     need = 3 * cfg["num_attention_heads"] * n * n * 4
-    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                 if line.startswith("MemAvailable:"))  # free + reclaimable page cache
     return need < avail / 2
 
 

@@ -124,10 +124,10 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
             if (j >= band.sinks && j <= last - band.window) sr[c] = kNegInf;
           }
         if (has_kpm)
-          for (int64_t c = 0; c < vis; ++c) sr[c] += sc.key_bias[c];
+          for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], sc.key_bias[c]);
         if (has_mask) {
           const MaskRow mr = mask_row(p.mask, b, hq, row_ids[r]);
-          for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(j0 + c);
+          for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], mr.value(j0 + c));
         }
         states[r].add_tile_row(sr, width, kern);
       }

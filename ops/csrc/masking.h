@@ -79,6 +79,10 @@ struct MaskRow {
   }
 };
 
+// A logit with a mask term added: a masked key (-inf) stays -inf even when the logit is +inf or NaN (inf keys),
+// so an invisible key never turns its row into NaN.
+inline float add_mask(float s, float m) { return m == -std::numeric_limits<float>::infinity() ? m : s + m; }
+
 inline MaskRow mask_row(const MaskView& m, int64_t b, int64_t h, int64_t i) {
   MaskRow r;
   r.kind = m.kind;

@@ -54,7 +54,7 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
       for (int64_t c = 0; c < lo; ++c) sr[c] = kNegInf;
       if (any_mask) {
         const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
-        for (int64_t c = 0; c < vis; ++c) sr[c] += mr.value(key[c]);
+        for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], mr.value(key[c]));
       }
       sc.seen[r] += vis - lo;
       sc.st[r].add_tile_row(sr, width, kern, w);
