@@ -1,8 +1,9 @@
 """ice-bench-e2e: long prompts end to end on a real decoder, iceformer against the runtimes CPU users pick.
 
 Every runtime gets the same prompt ids (retrieval prompts over Brown Corpus text, tools/retrieval.py), the same
-threads, and runs in its own worker process (its peak memory is its own); the runtimes take turns prompt by
-prompt (interleaved). Per prompt length, one table:
+threads, and runs in its own worker process, loaded for its turn (warmed up on a short prompt, outside the
+timing) and closed after it, so its peak memory is its own from a fresh start (--resident keeps all loaded); the
+runtimes take turns prompt by prompt (interleaved). Per prompt length, one table:
 - time to first token (the prefill; for the ONNX exports one run over the prompt), median over the prompts, and
   the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) with the same weight format;
 - peak resident memory of the runtime's process during the prompt (weights included), max over the prompts;
@@ -22,7 +23,7 @@ Runtimes (--runtimes); activations and attention are fp32 everywhere:
   ov-int8-*, ov-int4-*                  fp32 / int8 / int4 weights (optimum-cli --weight-format), f32 inference
                                         precision and KV cache: needs --ov-python, a Python with openvino-genai
                                         and optimum-intel (their own environment: they need transformers 5)
-Writes --json and a PNG beside it.
+Writes --json, and beside it the tables as markdown (.md) and time against length (.png).
 
   ice-bench-e2e --model qwen2.5-coder-0.5b --tokens 4096 8192 16384 --ov-python /opt/ov/bin/python
 """
@@ -165,34 +166,54 @@ def _score_hidden(rec: Record, hidden: np.ndarray, p, lm_head: np.ndarray, ref: 
     return mine
 
 
-def _table(records: list[Record], n: int, args) -> Table:
+COLUMNS = ["runtime", "first token s", "speedup", "peak MiB", "retrieval", "perplexity", "agreement",
+           "first token = dense"]
+
+
+def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, str]]:
+    """The rows (COLUMNS) of the table at prompt length n, and {weight format: its fastest peer}."""
     rows = [r for r in records if r.tokens == n]
     by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows)}
     med = {rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None) for rt, rs in by.items()
            if any(x.ttft_s is not None for x in rs)}
-    best = {}  # weight format -> the fastest peer computing with it
+    best: dict[str, str] = {}  # weight format -> the fastest peer computing with it
     for rt, sec in med.items():
         w = _weights(rt)
         if _is_peer(rt) and (w not in best or sec < med[best[w]]):
             best[w] = rt
-    t = Table(title=f"{args.model}, {n}-token prompts, {args.threads} threads, medians over "
-                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts; speedup against the fastest peer "
-                    f"with the same weights ({', '.join(f'{w}: {rt}' for w, rt in best.items())})")
-    for col in ["runtime", "first token s", "speedup", "peak MiB", "retrieval", "perplexity", "agreement",
-                "first token = dense"]:
-        t.add_column(col, justify="right")
     fmt = lambda xs, f: f(xs) if xs else "-"  # noqa: E731
+    out = []
     for rt, rs in by.items():
         ok = [r for r in rs if r.error is None]
-        t.add_row(
+        out.append([
             rt, f"{med[rt]:.2f}" if rt in med else "-",
             f"{med[best[_weights(rt)]] / med[rt]:.2f}x" if _weights(rt) in best and rt in med else "-",
             fmt([r.peak_rss_mib for r in ok], lambda v: f"{max(v):.0f}"),
             f"{sum(bool(r.correct) for r in ok)}/{len(rs)}",
             fmt([r.ppl_change for r in ok if r.ppl_change is not None], lambda v: f"{100 * statistics.mean(v):+.2f}%"),
             fmt([r.agreement for r in ok if r.agreement is not None], lambda v: f"{100 * statistics.mean(v):.2f}%"),
-            fmt([r.first_same for r in ok if r.first_same is not None], lambda v: f"{sum(v)}/{len(v)}"))
+            fmt([r.first_same for r in ok if r.first_same is not None], lambda v: f"{sum(v)}/{len(v)}")])
+    return out, best
+
+
+def _table(records: list[Record], n: int, args) -> Table:
+    rows, best = summary(records, n)
+    t = Table(title=f"{args.model}, {n}-token prompts, {args.threads} threads, medians over "
+                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts; speedup against the fastest peer "
+                    f"with the same weights ({', '.join(f'{w}: {rt}' for w, rt in best.items())})")
+    for col in COLUMNS:
+        t.add_column(col, justify="right")
+    for row in rows:
+        t.add_row(*row)
     return t
+
+
+def markdown(records: list[Record]) -> str:
+    """Every length's table as one markdown table (a tokens column first), for the README."""
+    lines = ["| tokens | " + " | ".join(COLUMNS) + " |", "|" + "---|" * (len(COLUMNS) + 1)]
+    for n in sorted({r.tokens for r in records}):
+        lines += [f"| {n} | " + " | ".join(row) + " |" for row in summary(records, n)[0]]
+    return "\n".join(lines) + "\n"
 
 
 def _plot(records: list[Record], path: Path, args) -> None:
@@ -234,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="onnx-dense only up to this length (its [Hq, S, S] scores: 15 GB at 16k on Qwen)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ov-python", help="python of an environment with openvino-genai and optimum-intel")
+    ap.add_argument("--resident", action="store_true",
+                    help="keep every runtime loaded for the whole run (faster; needs all their memory at once)")
     ap.add_argument("--json", type=Path, default=Path("bench_e2e.json"))
     args = ap.parse_args(argv)
     if max(args.tokens) + 16 > GENAI_MAX_LENGTH and any(r in GENAI_RUNTIMES for r in args.runtimes):
@@ -248,25 +271,41 @@ def main(argv: list[str] | None = None) -> int:
     from ..models import export
 
     lm_head = np.load(export(args.model).parent / "lm_head.npy")
-    workers: dict[str, Worker] = {}
-    for rt, (python, kind, spec) in specs.items():
-        with console.status(f"starting {rt}"):
-            workers[rt] = Worker(python, kind, spec)
-            workers[rt](tok("Warm up the runtime with a short prompt.").input_ids * 8, 2)
+    warm_ids = tok("Warm up the runtime with a short prompt.").input_ids * 8
+
+    def start(rt: str) -> Worker:
+        python, kind, spec = specs[rt]
+        with console.status(f"loading {rt}"):
+            w = Worker(python, kind, spec)
+            w(warm_ids, 2)  # session set-up and first-run costs stay out of the timings
+        return w
+
+    # Resident: every runtime loaded once (fast, but all their memory at once). Otherwise each runtime is loaded
+    # for its turn and closed after it: one runtime in memory at a time, and its peak is measured from a fresh start.
+    workers = {rt: start(rt) for rt in specs} if args.resident else {}
     records: list[Record] = []
+    order = sorted(specs, key=lambda rt: (rt not in ("onnx-dense", "ours-exact"), rt != "onnx-dense"))
     try:
         for n in args.tokens:
             for p in _prompts(tok, n, args):
                 label = f"{p.kind}@{p.depth:.2f}"
                 ref = None
-                order = sorted(workers, key=lambda rt: (rt not in ("onnx-dense", "ours-exact"), rt != "onnx-dense"))
                 for rt in order:  # the dense reference first; then every runtime on this prompt
                     if rt == "onnx-dense" and n > args.dense_max:
                         continue
                     rec = Record(n, rt, label)
                     hidden_path = str(tmp / "hidden.npy")
                     is_onnx = specs[rt][1] == "onnx"
-                    ans = workers[rt](p.ids if is_onnx else p.prompt, len(p.answer), hidden_path if is_onnx else None)
+                    worker = None
+                    try:
+                        worker = workers.get(rt) or start(rt)
+                        ans = worker(p.ids if is_onnx else p.prompt, len(p.answer), hidden_path if is_onnx else None)
+                    except RuntimeError as e:  # the worker died (e.g. killed for memory): a failed record
+                        ans, worker = {"error": str(e)}, None
+                        workers.pop(rt, None)
+                    finally:
+                        if worker is not None and not args.resident:
+                            worker.close()
                     rec.error = ans.get("error")
                     rec.ttft_s, rec.peak_rss_mib = ans.get("ttft_s"), ans.get("peak_rss_mib")
                     if rec.error is None and is_onnx:
@@ -284,9 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             console.print(_table(records, n, args))
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
                                              "records": [asdict(r) for r in records]}, indent=1))
+            args.json.with_suffix(".md").write_text(markdown(records))
     finally:
         for w in workers.values():
-            w.close()
+            if w is not None:
+                w.close()
     _plot(records, args.json.with_suffix(".png"), args)
     return 0
 

@@ -126,7 +126,10 @@ class Worker:
         return self._read()
 
     def close(self) -> None:
-        self.proc.stdin.close()
+        try:
+            self.proc.stdin.close()
+        except OSError:  # already gone
+            pass
         self.proc.wait()
 
 
