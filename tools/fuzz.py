@@ -284,7 +284,10 @@ def _check_gqa(case: Case, model, feeds: dict, out: list) -> str | None:
                             **{k: v for k, v in case.attrs.items() if k not in [a.name for a in contract.KNN_ATTRIBUTES]})
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
-    want = ort.InferenceSession(theirs.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    try:
+        want = ort.InferenceSession(theirs.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    except Exception:  # ORT's kernel refuses some valid calls (chunked prefill with batch > 1): nothing to compare
+        return None if all(np.isfinite(o).all() for o in out) else "a non-finite output (ORT refused the case)"
     exact = case.attrs.get("min_keys", 8192) > case.dims["P"] + case.dims["S"] or case.dims["S"] < 32
     lens = feeds["seqlens_k"] + 1
     for name, g, w in zip(("output", "present_key", "present_value"), out, want):

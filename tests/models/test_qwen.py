@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from iceformer import RewriteOptions, rewrite
+from iceformer import rewrite
 from iceformer.models import export, export_genai, qwen
 from iceformer.ops import session_options
 from iceformer.tools import lm_eval, retrieval
