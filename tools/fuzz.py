@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{op}: {args.calls} cases in {time.perf_counter() - t0:.0f} s, {len(failures)} failures")
         for index, why in failures.items():
             case = draw(op, args.seed, index)
-            small = shrink(case, lambda c: _fails_isolated(c, args.timeout))
+            small = shrink(case, lambda c, k=_kind(why): _kind(_failure_isolated(c, args.timeout)) == k)
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"{op}-{args.seed}-{index}.json"
             path.write_text(json.dumps({"failure": why, "case": asdict(small)}, indent=1))
@@ -420,16 +420,23 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if total else 0
 
 
-def _fails_isolated(case: Case, timeout: float) -> bool:
-    """Whether `case` fails, run in a child process (a crash counts)."""
+def _failure_isolated(case: Case, timeout: float) -> str | None:
+    """How `case` fails, run in a child process ("crash ..." / "hang ..." included), or None."""
     code = ("import json,sys; from iceformer.tools.fuzz import Case, run_case; "
-            "c = Case(**json.loads(sys.argv[1])); sys.exit(1 if run_case(c) else 0)")
+            "f = run_case(Case(**json.loads(sys.argv[1]))); print(json.dumps(f))")
     try:
         res = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case))], capture_output=True,
-                             timeout=timeout)
+                             timeout=timeout, text=True)
     except subprocess.TimeoutExpired:
-        return True
-    return res.returncode != 0
+        return f"hang: no answer within {timeout} s"
+    if res.returncode != 0:
+        return f"crash: the process died with code {res.returncode}"
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _kind(failure: str | None) -> str | None:
+    """What a failure is, without its numbers: shrinking keeps this fixed."""
+    return None if failure is None else failure.split(":")[0].split(" (")[0]
 
 
 if __name__ == "__main__":

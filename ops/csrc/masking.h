@@ -79,9 +79,13 @@ struct MaskRow {
   }
 };
 
-// A logit with a mask term added: a masked key (-inf) stays -inf even when the logit is +inf or NaN (inf keys),
-// so an invisible key never turns its row into NaN.
-inline float add_mask(float s, float m) { return m == -std::numeric_limits<float>::infinity() ? m : s + m; }
+// A logit with a mask term added. A key masked by either side (-inf) stays -inf, whatever the other side holds
+// (+inf or NaN logits from inf keys, NaN mask entries outside a window), so an invisible key never turns its row
+// into NaN. Equal to s + m for every other input.
+inline float add_mask(float s, float m) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  return (m == kNegInf || s == kNegInf) ? kNegInf : s + m;
+}
 
 inline MaskRow mask_row(const MaskView& m, int64_t b, int64_t h, int64_t i) {
   MaskRow r;
