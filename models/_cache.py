@@ -49,3 +49,12 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         f.replace(out / f.name)
     tmp.rmdir()
     return out
+
+
+def load_causal_lm(folder: Path, attn_implementation: str):
+    """The transformers causal LM in `folder`, fp32, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype="float32", attn_implementation=attn_implementation)
+    model.eval()
+    return model

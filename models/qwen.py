@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ._cache import cache_dir, convert_gguf, package_file
+from ._cache import cache_dir, convert_gguf, load_causal_lm, package_file
 
 NAME = "qwen2.5-coder-0.5b"
 PARTS = 6
@@ -71,10 +71,4 @@ def tokenizer():
 
 def load(attn_implementation: str = "eager"):
     """(model, tokenizer) in fp32."""
-    from transformers import AutoModelForCausalLM
-
-    d = hf_dir()
-    tok = tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(d, torch_dtype="float32", attn_implementation=attn_implementation)
-    model.eval()
-    return model, tok
+    return load_causal_lm(hf_dir(), attn_implementation), tokenizer()

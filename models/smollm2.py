@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._cache import cache_dir, convert_gguf, package_file
+from ._cache import cache_dir, convert_gguf, load_causal_lm, package_file
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -36,10 +36,4 @@ def tokenizer():
 
 def load(attn_implementation: str = "eager"):
     """(model, tokenizer) in fp32."""
-    from transformers import AutoModelForCausalLM
-
-    d = hf_dir()
-    tok = tokenizer()
-    model = AutoModelForCausalLM.from_pretrained(d, torch_dtype="float32", attn_implementation=attn_implementation)
-    model.eval()
-    return model, tok
+    return load_causal_lm(hf_dir(), attn_implementation), tokenizer()

@@ -198,9 +198,10 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
 
 def _table(records: list[Record], n: int, args) -> Table:
     rows, best = summary(records, n)
+    peers = ", ".join(f"{w}: {rt}" for w, rt in best.items())
     t = Table(title=f"{args.model}, {n}-token prompts, {args.threads} threads, medians over "
-                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts; speedup against the fastest peer "
-                    f"with the same weights ({', '.join(f'{w}: {rt}' for w, rt in best.items())})")
+                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts"
+                    + (f"; speedup against the fastest peer with the same weights ({peers})" if peers else ""))
     for col in COLUMNS:
         t.add_column(col, justify="right")
     for row in rows:
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     from . import lm_eval
 
     console = Console(width=170)
-    tmp = Path(tempfile.mkdtemp(prefix="ice-bench-e2e-"))
+    scratch = tempfile.TemporaryDirectory(prefix="ice-bench-e2e-")  # rewritten models etc.: removed when the run ends
+    tmp = Path(scratch.name)
     specs = _prepare(args, console, tmp)
     tok = lm_eval.tokenizer(args.model)
     from ..models import export

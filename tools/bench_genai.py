@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
 
     console = Console(width=160)
     variants = dict(v.split("=", 1) for v in args.variant) or {"defaults": "{}", "knn1024": '{"min_keys": 1024}'}
-    tmp = Path(tempfile.mkdtemp(prefix="ice-bench-genai-"))
+    scratch = tempfile.TemporaryDirectory(prefix="ice-bench-genai-")  # rewritten models etc.: removed when the run ends
+    tmp = Path(scratch.name)
     folders = {"genai original": args.model}
     for name, attrs in variants.items():
         folders[f"genai + iceformer {name}"] = tmp / name

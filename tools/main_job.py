@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         text_ids = lm_eval.text_ids(tok, n)
         repeat_ids = lm_eval.repeat_ids(tok, n)
     lm_head = np.load(model_path.parent / "lm_head.npy")
-    tmp = Path(tempfile.mkdtemp(prefix="ice-main-"))
+    scratch = tempfile.TemporaryDirectory(prefix="ice-main-")  # rewritten models etc.: removed when the run ends
+    tmp = Path(scratch.name)
     stats_path = tmp / "stats.jsonl"
     os.environ["ICEFORMER_STATS"] = str(stats_path)  # the workers inherit it; the op appends one line per call
 

@@ -8,12 +8,13 @@ passkey at 1024 tokens (depths 0.1/0.5/0.9): original and rewritten 3/3."""
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 
 from iceformer import rewrite
 from iceformer.models import export, export_genai, qwen
 from iceformer.ops import session_options
 from iceformer.tools import lm_eval, retrieval
+
+from genai_check import assert_last_logits_match
 
 pytestmark = pytest.mark.slow
 NAME = "qwen2.5-coder-0.5b"
@@ -68,13 +69,4 @@ def test_passkey_retrieval_dense_and_rewritten(setup):
 
 def test_genai_form_matches_transformers():
     """Qwen2 in genai's form (qkv bias, GQA 14/2, rope theta 1e6): last-position logits at 100 tokens."""
-    folder = export_genai(NAME, max_length=32768)
-    model, _ = qwen.load("eager")
-    ids = np.random.default_rng(0).integers(0, 100000, (1, 100))
-    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    feeds = {"input_ids": ids, "attention_mask": np.ones((1, 100), np.int64)}
-    feeds.update({i.name: np.zeros((1, 2, 0, 64), np.float32) for i in sess.get_inputs() if i.name.startswith("past")})
-    got = sess.run(["logits"], feeds)[0][0, -1]
-    with torch.no_grad():
-        want = model(torch.tensor(ids)).logits[0, -1].numpy()
-    np.testing.assert_allclose(got, want, atol=5e-4, rtol=1e-4)
+    assert_last_logits_match(export_genai(NAME, max_length=32768), qwen.load("eager")[0], vocab=100000, atol=5e-4)
