@@ -151,18 +151,19 @@ def _prompts(tok, n: int, args) -> list:
 
 
 def _score_hidden(rec: Record, hidden: np.ndarray, p, lm_head: np.ndarray, ref: dict | None) -> dict:
-    """Metrics from an ONNX export's hidden states of p.ids; returns this run's (nll, preds) for reference use."""
+    """Metrics from an ONNX export's hidden states of p.ids; returns this run's perplexity, predictions and first
+    token for use as the reference."""
     from . import retrieval
     from .lm_eval import logits_stats
 
-    rec.correct = retrieval.forced_correct(hidden, lm_head, p)
+    forced = retrieval.forced_predictions(hidden, lm_head, p)  # [0]: the greedy first token after the prompt
+    rec.correct = bool(np.array_equal(forced, np.asarray(p.answer)))
     total, count, preds = logits_stats(hidden[: len(p.prompt)], lm_head, p.prompt, 0)
-    mine = {"ppl": float(np.exp(total / count)), "preds": preds}
+    mine = {"ppl": float(np.exp(total / count)), "preds": preds, "first": int(forced[0])}
     if ref is not None:
         rec.ppl_change = mine["ppl"] / ref["ppl"] - 1
         rec.agreement = float(np.mean(preds == ref["preds"]))
-        rec.first_same = bool(int(np.argmax(hidden[len(p.prompt) - 1] @ lm_head.T)) == ref["first"])
-    mine["first"] = int(np.argmax(hidden[len(p.prompt) - 1] @ lm_head.T))
+        rec.first_same = mine["first"] == ref["first"]
     return mine
 
 

@@ -16,12 +16,13 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+
+from .e2e_worker import Genai
 
 
 @dataclass
@@ -32,33 +33,6 @@ class Result:
     decode_tok_s: list[float] = field(default_factory=list)
     first_same: list[bool] = field(default_factory=list)
     all_same: list[bool] = field(default_factory=list)
-
-
-def _model(folder: Path, threads: int):
-    import onnxruntime_genai as og
-
-    config = og.Config(str(folder))
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
-    return og.Model(config)
-
-
-def _run(model, ids: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
-    """(prefill seconds, decode tokens/s, the greedy tokens) for one prompt."""
-    import numpy as np
-    import onnxruntime_genai as og
-
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + new_tokens, do_sample=False, top_k=1)
-    gen = og.Generator(model, params)
-    t0 = time.perf_counter()
-    gen.append_tokens(np.asarray(ids, np.int32))
-    ttft = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    while not gen.is_done():
-        gen.generate_next_token()
-    dt = time.perf_counter() - t1
-    out = [int(t) for t in gen.get_sequence(0)[len(ids):]]
-    return ttft, len(out) / dt if dt > 0 else float("nan"), out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -86,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, attrs in variants.items():
         folders[f"genai + iceformer {name}"] = tmp / name
         rewrite(args.model, tmp / name, RewriteOptions(attributes=json.loads(attrs)))
-    models = {name: _model(folder, args.threads) for name, folder in folders.items()}
+    models = {name: Genai({"model": str(folder), "threads": args.threads}) for name, folder in folders.items()}
     tok = tokenizer()
     results: list[Result] = []
     for n in args.tokens:
@@ -95,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
             ids = text_ids(tok, n, start=100 + 37 * p)
             reference = None
             for name, model in models.items():  # interleaved: every variant on this prompt before the next prompt
-                ttft, tps, out = _run(model, ids, args.new_tokens)
+                ans = model(ids, args.new_tokens, None)
+                ttft, tps, out = ans["ttft_s"], ans["decode_tok_s"], ans["tokens"]
                 reference = out if reference is None else reference
                 r = rows[name]
                 r.ttft_s.append(ttft)

@@ -7,7 +7,8 @@ and the runtime it drives, so it also runs in a peer's own environment (OpenVINO
 Kinds:
 - onnx: an ONNX decoder with last_hidden_state output (our eager export, rewritten or not); the hidden states go
   to request["out"] (.npy) for the caller's metrics; time = one session.run over the ids.
-- genai: an onnxruntime-genai folder; time to first token = append_tokens(prompt); then new_tokens greedy tokens.
+- genai: an onnxruntime-genai folder; time to first token = append_tokens(prompt); then new_tokens greedy tokens
+  (and their decode speed). ice-bench-genai drives the same class in process.
 - openvino: an OpenVINO GenAI LLMPipeline (dense, or XAttention sparse prefill); time to first token from its
   perf metrics; new_tokens greedy tokens.
 Each answer carries peak_rss_mib: the process's peak resident memory during that request (VmHWM after resetting
@@ -30,7 +31,8 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
-def _peak_mib() -> float:
+def vm_hwm_mib() -> float:
+    """This process's peak resident memory (VmHWM), MiB."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmHWM:"):
@@ -42,11 +44,9 @@ class Onnx:
     def __init__(self, spec: dict):
         import onnxruntime as ort
 
+        so = ort.SessionOptions()
         if spec.get("library"):
-            so = ort.SessionOptions()
             so.register_custom_ops_library(spec["library"])
-        else:
-            so = ort.SessionOptions()
         so.intra_op_num_threads = spec["threads"]
         self.sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
 
@@ -75,9 +75,12 @@ class Genai:
         t0 = time.perf_counter()
         gen.append_tokens(np.asarray(ids, np.int32))
         ttft = time.perf_counter() - t0
+        t1 = time.perf_counter()
         while not gen.is_done():
             gen.generate_next_token()
-        return {"ttft_s": ttft, "tokens": [int(t) for t in gen.get_sequence(0)[len(ids):]]}
+        tokens = [int(t) for t in gen.get_sequence(0)[len(ids):]]
+        dt = time.perf_counter() - t1
+        return {"ttft_s": ttft, "tokens": tokens, "decode_tok_s": len(tokens) / dt if dt > 0 else float("nan")}
 
 
 class OpenVino:
@@ -147,7 +150,7 @@ def main() -> None:
             ans = runner(req["ids"], req["new_tokens"], req.get("out"))
         except Exception as e:  # reported to the caller as this request's failure; the worker stays up
             ans = {"error": f"{type(e).__name__}: {e}"}
-        ans["peak_rss_mib"] = _peak_mib()
+        ans["peak_rss_mib"] = vm_hwm_mib()
         print(json.dumps(ans), flush=True)
 
 

@@ -47,12 +47,13 @@ def tokenizer(model: str = "smollm2"):
     return decoder(model).tokenizer()
 
 
-def text_ids(tok, n: int, start: int = 100) -> list[int]:
-    """n tokens of Brown Corpus text (samples from `start` on)."""
+def text_ids(tok, n: int, start: int = 100, special_tokens: bool = True) -> list[int]:
+    """n tokens of Brown Corpus text (samples from `start` on); special_tokens=False: none of the tokenizer's own
+    (text pieces joined into a longer prompt)."""
     ids: list[int] = []
     count = 60
     while len(ids) < n:
-        ids = tok(corpus.brown_text(start=start, count=count)).input_ids
+        ids = tok(corpus.brown_text(start=start, count=count), add_special_tokens=special_tokens).input_ids
         count *= 2
     return ids[:n]
 

@@ -61,13 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     n = args.tokens
     dense = _dense_fits(args.model, n)
     ref = "original (ONNX Runtime dense)" if dense else "rewritten, exact attention (reference)"
-    variants = {ref: (model_path, None if dense else {"top_k": 0})}
-    for label, attrs in (("rewritten, default attributes", {}), ("rewritten, k-NN from 1024 keys", KNN_FORCED)):
-        variants[label] = (None, attrs)
-    for label, (path, attrs) in variants.items():
+    # label -> (file stem suffix, attributes; None: the original, not rewritten)
+    plan = {ref: (None, None) if dense else ("exact", {"top_k": 0}),
+            "rewritten, default attributes": ("knn", {}), "rewritten, k-NN from 1024 keys": ("knn1024", KNN_FORCED)}
+    variants = {}
+    for label, (suffix, attrs) in plan.items():
         if attrs is None:
+            variants[label] = (model_path, None)
             continue
-        dst = out / f"{args.model}.{'exact' if attrs.get('top_k') == 0 else 'knn1024' if attrs else 'knn'}.onnx"
+        dst = out / f"{args.model}.{suffix}.onnx"
         with console.status(f"ice-rewrite -> {dst.name}"):  # seconds; never a stale cached rewrite
             report = rewrite(model_path, dst, RewriteOptions(attributes=attrs))
         bypassed = sum(r.bypassed for r in report.replaced)

@@ -11,12 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _vm_hwm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0  # kB
-    raise RuntimeError("VmHWM not found in /proc/self/status (Linux only)")
+from .e2e_worker import vm_hwm_mib
 
 
 def peak_rss_mib(model: str, feeds: dict[str, np.ndarray], threads: int = 2, with_library: bool = True) -> float:
@@ -45,7 +40,7 @@ def _child(model: str, feeds_path: str, threads: int, with_library: bool) -> Non
     feeds = dict(np.load(feeds_path))
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     sess.run(None, feeds)
-    print(_vm_hwm_mib())
+    print(vm_hwm_mib())
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..models import corpus
+from .lm_eval import text_ids
 
 PASSKEY_HEAD = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it: "
                 "at the end I will ask you for the pass key.\n\n")
@@ -46,15 +46,6 @@ def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False).input_ids
 
 
-def _filler(tok, n: int, start: int) -> list[int]:
-    ids: list[int] = []
-    count = 40
-    while len(ids) < n:
-        ids = _ids(tok, corpus.brown_text(start=start, count=count))
-        count *= 2
-    return ids[:n]
-
-
 def passkey_prompt(tok, n: int, depth: float, seed: int) -> RetrievalPrompt:
     """A prompt of exactly n tokens (+ the answer) with the pass key sentence starting at `depth` of it."""
     if not 0.0 <= depth <= 1.0:
@@ -65,7 +56,7 @@ def passkey_prompt(tok, n: int, depth: float, seed: int) -> RetrievalPrompt:
     fill = n - len(head) - len(question) - len(needle)
     if fill < 0:
         raise ValueError(f"{n} tokens cannot hold the pass key prompt ({n - fill} tokens without filler)")
-    text = _filler(tok, fill, start=100 + 7 * (seed % 50))
+    text = text_ids(tok, fill, start=100 + 7 * (seed % 50), special_tokens=False)
     cut = round(depth * fill)
     prompt = head + text[:cut] + needle + text[cut:] + question
     return RetrievalPrompt("passkey", prompt, _ids(tok, str(value)), len(head) + cut, value, (len(head) + cut) / n)
