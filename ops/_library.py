@@ -5,16 +5,25 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import json
+import os
 from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
 
 _LIB_NAME = "libiceformer_ops.so"
+# Another build of the library (a sanitizer build, a debug build) used instead of the installed one.
+LIBRARY_ENV = "ICEFORMER_OPS_LIBRARY"
 
 
 def get_library_path() -> str:
-    """Absolute path of the compiled custom-op library installed inside the package."""
+    """Absolute path of the compiled custom-op library installed inside the package (or the file named by the
+    environment variable ICEFORMER_OPS_LIBRARY)."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        if not Path(override).is_file():
+            raise FileNotFoundError(f"{LIBRARY_ENV}={override} is not a file")
+        return str(Path(override).resolve())
     # Editable installs keep the library in site-packages and the sources in the checkout: search both.
     spec = importlib.util.find_spec(__package__)
     places = list(spec.submodule_search_locations or []) if spec else []
@@ -42,7 +51,15 @@ def session_options(
     if graph_optimization_level is not None:
         so.graph_optimization_level = graph_optimization_level
     so.register_custom_ops_library(get_library_path())
+    if sanitized():
+        # ORT's arena sub-allocates tensors from large blocks, hiding overruns from AddressSanitizer.
+        so.enable_cpu_mem_arena = False
     return so
+
+
+def sanitized() -> bool:
+    """Whether the loaded library is a sanitizer build (cmake -DICEFORMER_SANITIZE=ON; see README)."""
+    return bool(_cdll().IceformerSanitized())
 
 
 @cache
@@ -53,6 +70,7 @@ def _cdll() -> ctypes.CDLL:
     lib.IceformerSimdVariant.restype = ctypes.c_char_p
     lib.IceformerKnnSelect.restype = ctypes.c_int
     lib.IceformerKthLargestInt.restype = ctypes.c_int
+    lib.IceformerSanitized.restype = ctypes.c_int
     return lib
 
 

@@ -47,19 +47,19 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
   HostBuffer<float> packed(mem);
   const int64_t per_head = packed_keys_size(sh);
   if (!packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head)))
-    return Status::Error("KnnAttention: out of memory packing keys (" + std::to_string(sh.B * sh.Hkv * per_head * 4) +
-                         " bytes)");
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), [&](size_t t) {
+    return out_of_memory("KnnAttention", "the packed keys", static_cast<size_t>(sh.B * sh.Hkv * per_head) * 4, sh.text());
+  Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), "key packing", [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
     pack_keys(p, b, h, packed.data() + t * per_head);
   });
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
   const int64_t nblocks = (sh.S + kExactBlockQ - 1) / kExactBlockQ;
   const int64_t group = sh.group();
   // Heaviest first: under the causal flag the last query blocks see the most keys.
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), [&](size_t t) {
+  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the exact query blocks", [&](size_t t) {
     const int64_t qb = p.is_causal ? nblocks - 1 - static_cast<int64_t>(t) / (sh.B * sh.Hq)
                                    : static_cast<int64_t>(t) / (sh.B * sh.Hq);
     const int64_t bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
@@ -67,6 +67,7 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
     const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
     exact_rows(p, packed.data() + (b * sh.Hkv + hq / group) * per_head, b, hq, i0, i1);
   });
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
   stats->softmax_ms = ms_since(t1);
   stats->path = PathTaken::kExact;
   return Status();
@@ -113,6 +114,11 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   std::vector<int64_t> real_prefix;
   std::vector<int32_t> scored;
   const int64_t per_head = packed_keys_size(sh);
+  // Index bytes: DCI projections + ids, per-batch real-key prefix sums, per-row candidate counts, packed keys
+  // (the low-rank codes are counted by init_lowrank's own growth; they are r/4 bytes per key).
+  const size_t index_bytes = static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T) * 8 +
+                             static_cast<size_t>(sh.B * (sh.T + 1)) * 8 + static_cast<size_t>(sh.B * sh.Hq * sh.S) * 4 +
+                             static_cast<size_t>(sh.B * sh.Hkv * per_head) * 4;
   try {
     set.lists = lists;
     set.stride = sh.T;
@@ -125,14 +131,14 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     // Packed keys: for the sinks and window tiles, and rows that go exact (early causal, heavily padded).
     if (!packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head))) throw std::bad_alloc();
   } catch (const std::bad_alloc&) {
-    return Status::Error("KnnAttention: out of memory building the k-NN index");
+    return out_of_memory("KnnAttention", "the k-NN index", index_bytes, sh.text());
   }
   for (int64_t b = 0; b < sh.B; ++b) {
     int64_t* pre = real_prefix.data() + b * (sh.T + 1);
     pre[0] = 0;
     for (int64_t j = 0; j < sh.T; ++j) pre[j + 1] = pre[j] + (key_is_real(p.key_padding, sh.T, b, j) ? 1 : 0);
   }
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), [&](size_t t) {
+  Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), "the k-NN index build", [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
     if (dci)
       project_keys(p, dirs, b, h, &set);
@@ -140,14 +146,16 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
       build_lowrank(p, b, h, &lowrank);
     pack_keys(p, b, h, packed.data() + t * per_head);
   });
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), [&](size_t t) {
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), "the DCI list sort", [&](size_t t) {
     sort_list(&set, static_cast<int64_t>(t) / lists, static_cast<int64_t>(t) % lists);
   });
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
   const int64_t nblocks = (sh.S + kExactBlockQ - 1) / kExactBlockQ, group = sh.group();
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), [&](size_t t) {
+  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the k-NN query blocks", [&](size_t t) {
     const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
     const int64_t b = bh / sh.Hq, hq = bh % sh.Hq, bkv = b * sh.Hkv + hq / group;
     const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
@@ -164,6 +172,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
       }
     }
   });
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
   stats->search_ms = ms_since(t1);
   std::vector<int32_t> used;
   used.reserve(scored.size());
@@ -189,8 +198,9 @@ Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuff
   const AttentionShape& sh = p.shape;
   const int64_t heads = p.mask.stride[1] ? sh.Hq : 1;
   if (!out->allocate(static_cast<size_t>(sh.B * sh.Hq * sh.S)))
-    return Status::Error("KnnAttention: out of memory for the mask's row limits");
-  parallel_dynamic(par, static_cast<size_t>(sh.B * heads), [&](size_t t) {
+    return out_of_memory("KnnAttention", "the mask's row limits", static_cast<size_t>(sh.B * sh.Hq * sh.S) * 8,
+                         sh.text());
+  Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * heads), "the mask row limits", [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / heads, h = static_cast<int64_t>(t) % heads;
     for (int64_t i = 0; i < sh.S; ++i) {
       const MaskRow mr = mask_row(p.mask, b, h, i);
@@ -199,6 +209,7 @@ Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuff
       (*out)[static_cast<size_t>((b * sh.Hq + h) * sh.S + i)] = j;
     }
   });
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
   return Status();
 }
 

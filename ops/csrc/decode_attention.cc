@@ -90,19 +90,21 @@ Status run_decode(const AttentionParams& p, const Parallel& par, const HostAlloc
   HostBuffer<float> partials(mem);
   const size_t n = static_cast<size_t>(sh.B * sh.Hkv * nchunks * rows * row_floats);
   if (!partials.allocate(std::max<size_t>(n, 1)))
-    return Status::Error("KnnAttention: out of memory for the decode partials (" + std::to_string(n * 4) + " bytes)");
+    return out_of_memory("KnnAttention", "the decode partials", n * 4, sh.text());
   const int64_t per_head = nchunks * rows * row_floats;
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * nchunks), [&](size_t t) {
+  Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * nchunks), "the decode chunks", [&](size_t t) {
     const int64_t bh = static_cast<int64_t>(t) / nchunks, c = static_cast<int64_t>(t) % nchunks;
     const int64_t j0 = c * kDecodeChunk, j1 = std::min(sh.T, j0 + kDecodeChunk);
     decode_chunk(p, bh / sh.Hkv, bh % sh.Hkv, j0, j1, partials.data() + bh * per_head + c * rows * row_floats);
   });
-  parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * rows), [&](size_t t) {
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * rows), "the decode merge", [&](size_t t) {
     const int64_t bh = static_cast<int64_t>(t) / rows, r = static_cast<int64_t>(t) % rows;
     const int64_t b = bh / sh.Hkv, hq = (bh % sh.Hkv) * g + r / sh.S, i = r % sh.S;
     merge_row(partials.data() + bh * per_head + r * row_floats, nchunks, rows * row_floats, sh.Dv,
               p.y + ((b * sh.Hq + hq) * sh.S + i) * sh.Dv);
   });
+  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
   stats->path = PathTaken::kExact;
   stats->reason = "decode: flash decoding over the cache in place";
   return Status();

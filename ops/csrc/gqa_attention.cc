@@ -70,11 +70,19 @@ void rotate_or_copy(const GqaParams& g, const float* x, float* out, int64_t pos)
     std::copy_n(x, g.D, out);
 }
 
+std::string shape_text(const GqaParams& g) {
+  return "B=" + std::to_string(g.B) + " S=" + std::to_string(g.S) + " Hq=" + std::to_string(g.Hq) + " Hkv=" +
+         std::to_string(g.Hkv) + " D=" + std::to_string(g.D) + " present rows=" + std::to_string(g.present_rows);
+}
+
+// A task failure with the op name and the call's sizes.
+Status in_call(const Status& s, const GqaParams& g) { return s.wrapped("GroupQueryAttention: ", " (" + shape_text(g) + ")"); }
+
 // present = past's first past_b rows (unless they are the same buffer) and the S new rows at past_b.., zero elsewhere.
-void write_present(const GqaParams& g, const std::vector<int64_t>& past, const Parallel& par) {
+Status write_present(const GqaParams& g, const std::vector<int64_t>& past, const Parallel& par) {
   const bool shared = g.past_key != nullptr && g.past_key == g.present_key && g.past_value == g.present_value;
   const int64_t D = g.D, rows = g.present_rows;
-  parallel_dynamic(par, static_cast<size_t>(g.B * g.Hkv), [&](size_t t) {
+  Status ran = parallel_dynamic(par, static_cast<size_t>(g.B * g.Hkv), "the present key/value", [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / g.Hkv, h = static_cast<int64_t>(t) % g.Hkv, P = past[b];
     float* pk = g.present_key + static_cast<int64_t>(t) * rows * D;
     float* pv = g.present_value + static_cast<int64_t>(t) * rows * D;
@@ -91,6 +99,8 @@ void write_present(const GqaParams& g, const std::vector<int64_t>& past, const P
       std::copy_n(new_row(g, 2, b, s, h), D, pv + (P + s) * D);
     }
   });
+  if (!ran.ok()) return in_call(ran, g);
+  return Status();
 }
 
 std::string dims_str(const std::vector<int64_t>& d) {
@@ -152,18 +162,18 @@ Status resolve_gqa_shapes(const GqaInputDims& d, GqaParams* g) {
 Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   std::vector<int64_t> len, past;
   if (Status s = resolve_lengths(g, &len, &past); !s.ok()) return s;
-  write_present(g, past, par);
+  if (Status s = write_present(g, past, par); !s.ok()) return s;
   if (g.B == 0 || g.S == 0) return Status();  // empty output; the presents are written
 
   HostBuffer<float> q(mem), y(mem);
   const size_t n = static_cast<size_t>(g.B * g.Hq * g.S * g.D);
   if (!q.allocate(std::max<size_t>(n, 1)) || !y.allocate(std::max<size_t>(n, 1)))
-    return Status::Error("GroupQueryAttention: out of memory for the query and output scratch (" +
-                         std::to_string(2 * n * 4) + " bytes)");
-  parallel_dynamic(par, static_cast<size_t>(g.B * g.Hq), [&](size_t t) {  // rotated queries, [B,Hq,S,D]
+    return out_of_memory("GroupQueryAttention", "the query and output scratch", 2 * n * 4, shape_text(g));
+  Status ran = parallel_dynamic(par, static_cast<size_t>(g.B * g.Hq), "the rotated queries", [&](size_t t) {  // [B,Hq,S,D]
     const int64_t b = static_cast<int64_t>(t) / g.Hq, h = static_cast<int64_t>(t) % g.Hq;
     for (int64_t s = 0; s < g.S; ++s) rotate_or_copy(g, new_row(g, 0, b, s, h), q.data() + (t * g.S + s) * g.D, past[b] + s);
   });
+  if (!ran.ok()) return in_call(ran, g);
 
   AttentionParams p;
   p.shape = AttentionShape{g.B, g.Hq, g.Hkv, g.S, *std::max_element(len.begin(), len.end()), g.D, g.D};
@@ -182,11 +192,12 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   const Status st = g.S >= kMinPrefillRows ? run_attention(p, par, mem, stats) : run_decode(p, par, mem, stats);
   if (!st.ok()) return st;
   log_call_stats(p, *stats);
-  parallel_dynamic(par, static_cast<size_t>(g.B * g.S), [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]
+  ran = parallel_dynamic(par, static_cast<size_t>(g.B * g.S), "the output transpose", [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]
     const int64_t b = static_cast<int64_t>(t) / g.S, s = static_cast<int64_t>(t) % g.S;
     for (int64_t h = 0; h < g.Hq; ++h)
       std::copy_n(y.data() + ((b * g.Hq + h) * g.S + s) * g.D, g.D, g.output + (t * g.Hq + h) * g.D);
   });
+  if (!ran.ok()) return in_call(ran, g);
   return Status();
 }
 

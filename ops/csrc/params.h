@@ -3,12 +3,18 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 namespace iceformer {
 
 struct AttentionShape {
   int64_t B = 0, Hq = 0, Hkv = 0, S = 0, T = 0, D = 0, Dv = 0;
   int64_t group() const { return Hkv > 0 ? Hq / Hkv : 0; }  // query heads per KV head
+  // "B=1 Hq=14 Hkv=2 S=4096 T=4096 D=64 Dv=64", for error messages.
+  std::string text() const {
+    return "B=" + std::to_string(B) + " Hq=" + std::to_string(Hq) + " Hkv=" + std::to_string(Hkv) + " S=" +
+           std::to_string(S) + " T=" + std::to_string(T) + " D=" + std::to_string(D) + " Dv=" + std::to_string(Dv);
+  }
 };
 
 enum class MaskKind { kNone, kBool, kFloat };

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,12 @@ namespace {
 using iceformer::Status;
 
 OrtStatusPtr make_error(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
+
+// A kernel status as ORT's: bad input is INVALID_ARGUMENT, memory the call could not get is RUNTIME_EXCEPTION.
+OrtStatusPtr make_error(const Status& s) {
+  const OrtErrorCode code = s.kind() == Status::Kind::kOutOfMemory ? ORT_RUNTIME_EXCEPTION : ORT_INVALID_ARGUMENT;
+  return Ort::GetApi().CreateStatus(code, s.message().c_str());
+}
 
 // The contract entry of an attribute: GroupQueryAttention's own table first for that op (scale and
 // local_window_size are in both, with different defaults), then KnnAttention's (the shared k-NN entries).
@@ -136,7 +143,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
     if (!q || !k || !v) return make_error("KnnAttention: inputs Q, K and V are required");
     iceformer::AttentionParams p;
     if (Status s = iceformer::resolve_shape(dims_of(q), dims_of(k), dims_of(v), &p.shape); !s.ok())
-      return make_error(s.message());
+      return make_error(s);
     const auto& sh = p.shape;
 
     if (n_in > 3) {
@@ -152,7 +159,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
           return make_error("KnnAttention: attn_mask must be bool or float32, got element type " +
                             std::to_string(static_cast<int>(et)));
         }
-        if (Status s = iceformer::resolve_mask(info.GetShape(), sh, &p.mask); !s.ok()) return make_error(s.message());
+        if (Status s = iceformer::resolve_mask(info.GetShape(), sh, &p.mask); !s.ok()) return make_error(s);
         p.mask.data = m.GetTensorRawData();
         // A single 0.0 (what the rewriter passes for "no mask", so the reference function sees 4 inputs) is no mask.
         if (p.mask.kind == iceformer::MaskKind::kFloat && info.GetElementCount() == 1 &&
@@ -175,7 +182,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
           return make_error("KnnAttention: key_padding_mask must be bool, int32 or int64, got element type " +
                             std::to_string(static_cast<int>(et)));
         }
-        if (Status s = iceformer::check_key_padding(info.GetShape(), sh); !s.ok()) return make_error(s.message());
+        if (Status s = iceformer::check_key_padding(info.GetShape(), sh); !s.ok()) return make_error(s);
         p.key_padding.data = kp.GetTensorRawData();
       }
     }
@@ -194,11 +201,13 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
     SessionArena arena(context);
     iceformer::CallStats stats;
     Status s = iceformer::run_attention(p, par, arena.mem, &stats);
-    if (!s.ok()) return make_error(s.message());
+    if (!s.ok()) return make_error(s);
     iceformer::log_call_stats(p, stats);
     return nullptr;
   } catch (const Ort::Exception& e) {
     return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::bad_alloc&) {
+    return make_error(Status::OutOfMemory("KnnAttention: out of memory"));
   } catch (const std::exception& e) {
     return Ort::GetApi().CreateStatus(ORT_FAIL, (std::string("KnnAttention: ") + e.what()).c_str());
   }
@@ -313,7 +322,7 @@ OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
         return gqa_error(std::string("input ") + iceformer::kGqaInputs[i].name + " must be int32");
     if (Ort::ConstValue total = ctx.GetInput(6); total.GetTensorTypeAndShapeInfo().GetElementCount() == 1)
       g.total = *total.GetTensorData<int32_t>();
-    if (Status s = iceformer::resolve_gqa_shapes(d, &g); !s.ok()) return make_error(s.message());
+    if (Status s = iceformer::resolve_gqa_shapes(d, &g); !s.ok()) return make_error(s);
 
     g.query = ctx.GetInput(0).GetTensorData<float>();
     if (d.has_key) g.key = ctx.GetInput(1).GetTensorData<float>(), g.value = ctx.GetInput(2).GetTensorData<float>();
@@ -330,15 +339,21 @@ OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
       g.present_value = ctx.GetOutput(2, present_dims).GetTensorMutableData<float>();
     } else {
       const size_t n = static_cast<size_t>(g.B * g.Hkv * g.present_rows * g.D);
-      if (!own_k.allocate(n) || !own_v.allocate(n)) return gqa_error("out of memory for the present key/value");
+      if (!own_k.allocate(n) || !own_v.allocate(n))
+        return make_error(iceformer::out_of_memory("GroupQueryAttention", "the present key/value", 2 * n * 4,
+                                                   "present [B,Hkv,rows,D] = " + std::to_string(g.B) + "x" +
+                                                       std::to_string(g.Hkv) + "x" + std::to_string(g.present_rows) +
+                                                       "x" + std::to_string(g.D)));
       g.present_key = own_k.data(), g.present_value = own_v.data();
     }
     iceformer::Parallel par{&ctx, host_parallel_for};
     iceformer::CallStats stats;
-    if (Status s = iceformer::run_gqa(g, par, arena.mem, &stats); !s.ok()) return make_error(s.message());
+    if (Status s = iceformer::run_gqa(g, par, arena.mem, &stats); !s.ok()) return make_error(s);
     return nullptr;
   } catch (const Ort::Exception& e) {
     return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());
+  } catch (const std::bad_alloc&) {
+    return make_error(Status::OutOfMemory("GroupQueryAttention: out of memory"));
   } catch (const std::exception& e) {
     return gqa_error(e.what());
   }
@@ -347,8 +362,8 @@ OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
 // What the op does not support is refused when the session is created, by name.
 bool gqa_refuse(const OrtApi& api, const OrtKernelInfo* info, std::string* err) {
   size_t n_in = 0, n_out = 0;
-  api.KernelInfo_GetInputCount(info, &n_in);
-  api.KernelInfo_GetOutputCount(info, &n_out);
+  for (OrtStatus* st : {api.KernelInfo_GetInputCount(info, &n_in), api.KernelInfo_GetOutputCount(info, &n_out)})
+    if (st != nullptr) api.ReleaseStatus(st);  // counts stay 0: nothing is refused for want of a connection
   auto connected = [&](bool input, size_t i) {
     size_t len = 0;
     OrtStatus* st = input ? api.KernelInfo_GetInputName(info, i, nullptr, &len)
@@ -483,5 +498,15 @@ ICE_EXPORT const char* IceformerGqaContractJson() {
 }
 
 ICE_EXPORT const char* IceformerSimdVariant() { return iceformer::kernels().name; }
+
+// 1 when built with ICEFORMER_SANITIZE (AddressSanitizer): hosts then run without ORT's CPU arena, so each
+// tensor is its own malloc block with red zones around it.
+ICE_EXPORT int IceformerSanitized() {
+#if defined(__SANITIZE_ADDRESS__)
+  return 1;
+#else
+  return 0;
+#endif
+}
 
 }  // extern "C"
