@@ -31,13 +31,22 @@ def _reset_peak() -> None:
         f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
-def vm_hwm_mib() -> float:
-    """This process's peak resident memory (VmHWM), MiB."""
+def _status_mib(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
+
+
+def vm_hwm_mib() -> float:
+    """This process's peak resident memory (VmHWM), MiB."""
+    return _status_mib("VmHWM")
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (VmRSS), MiB."""
+    return _status_mib("VmRSS")
 
 
 class Onnx:
