@@ -119,7 +119,11 @@ struct SessionArena {
     mem.host = arena;
     mem.alloc = [](void* a, size_t bytes) -> void* {
       OrtAllocator* al = static_cast<OrtAllocator*>(a);
-      return al->Alloc(al, bytes);  // the arena returns nullptr or throws inside ORT: both end as nullptr here
+      try {  // ORT's arena throws when it cannot grow: the caller reports what it wanted, with sizes
+        return al->Alloc(al, bytes);
+      } catch (...) {
+        return nullptr;
+      }
     };
     mem.free = [](void* a, void* q) {
       OrtAllocator* al = static_cast<OrtAllocator*>(a);

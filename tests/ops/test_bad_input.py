@@ -1,10 +1,15 @@
 """Bad input gives an ONNX Runtime error naming the problem, or a defined result; never a crash."""
 
+import re
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
 from conftest import knn_session
-from iceformer.ops import knn_attention_reference
+from iceformer.ops import _library, knn_attention_reference
 from iceformer.tools.cases import AttentionCase
 
 
@@ -106,3 +111,38 @@ def test_nan_and_inf_propagate_only_where_visible():
     ok = ~expected
     ref = knn_attention_reference(**case.inputs(), **case.op_attrs())
     np.testing.assert_allclose(y[ok], ref[ok], atol=1e-4)
+
+
+# A child process whose address space is capped 256 MiB above what it holds after a warm-up call: a call that
+# needs more scratch than that must fail with an error naming what it wanted and the call's sizes.
+_OOM_CHILD = textwrap.dedent("""
+    import resource, sys
+    import numpy as np, onnxruntime as ort
+    from iceformer.ops import make_knn_attention_model, session_options
+    attrs, T, D = eval(sys.argv[1])
+    sess = ort.InferenceSession(make_knn_attention_model(**attrs).SerializeToString(), session_options(2))
+    f = lambda *s: np.random.default_rng(0).standard_normal(s, dtype=np.float32)
+    sess.run(None, {"Q": f(1, 1, 64, D), "K": f(1, 1, 128, D), "V": f(1, 1, 128, 1)})
+    feeds = {"Q": f(1, 1, 64, D), "K": f(1, 1, T, D), "V": f(1, 1, T, 1)}
+    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (256 << 20), resource.RLIM_INFINITY))
+    try:
+        sess.run(None, feeds)
+        print("ran")
+    except Exception as e:
+        print(type(e).__name__, e)
+""")
+
+
+@pytest.mark.skipif(_library.sanitized(), reason="AddressSanitizer reserves terabytes of address space")
+@pytest.mark.parametrize("attrs,T,D,message", [
+    ({"top_k": 0}, 2_000_000, 64,
+     r"out of memory for the packed keys \(512000000 bytes requested; B=1 Hq=1 Hkv=1 S=64 T=2000000 D=64 Dv=1\)"),
+    ({"top_k": 8, "search": 1, "L": 64, "m": 64, "min_keys": 0}, 100_000, 4,
+     r"out of memory for the k-NN index \(3279200264 bytes requested; B=1 Hq=1 Hkv=1 S=64 T=100000 D=4 Dv=1\)"),
+], ids=["exact path: 512 MB of packed keys", "DCI: 4096 lists over 100k keys"])
+def test_a_call_beyond_the_memory_limit_fails_naming_the_sizes(attrs, T, D, message):
+    res = subprocess.run([sys.executable, "-c", _OOM_CHILD, repr((attrs, T, D))], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]  # no abort: the error reached Python
+    assert res.stdout.startswith("RuntimeException"), res.stdout  # ORT's RUNTIME_EXCEPTION, not INVALID_ARGUMENT
+    assert re.search(message, res.stdout), res.stdout
