@@ -4,6 +4,7 @@
     report = rewrite("model.onnx", "model.knn.onnx", RewriteOptions(attributes={"top_k": 128}))
 """
 
-from ._rewrite import RewriteError, RewriteOptions, RewriteReport, Skip, rewrite, rewrite_model
+from ._errors import AlreadyRewritten, RewriteError
+from ._rewrite import RewriteOptions, RewriteReport, Skip, rewrite, rewrite_model
 
-__all__ = ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "Skip"]
+__all__ = ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip"]

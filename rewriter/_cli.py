@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..ops import contract
+from ._errors import AlreadyRewritten
 from ._rewrite import RewriteError, RewriteOptions, rewrite
 
 
@@ -27,7 +28,10 @@ def _attr(text: str) -> tuple[str, float | int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-rewrite", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="ice-rewrite", description=__doc__,
+        epilog="exit status: 0 rewritten; 2 error, nothing written (unreadable or incomplete model, no core found, "
+               "--strict); 3 the input is already rewritten, nothing written")
     ap.add_argument("input", help="exported ONNX model, or an onnxruntime-genai model folder (with genai_config.json)")
     ap.add_argument("output", nargs="?", help="rewritten model, or a new folder for a genai input (written atomically; "
                                              "never the input)")
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                                         strict=args.strict))
     except RewriteError as e:
         console.print(f"ice-rewrite: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        return 2
+        return 3 if isinstance(e, AlreadyRewritten) else 2
     table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
     for col in ["core", "node", "scale", "causal", "window", "GQA stripped", "mask", "mask made of", "bypassed"]:
         table.add_column(col)

@@ -19,6 +19,7 @@ import onnx
 
 from ..ops import get_library_path
 from . import _rewrite
+from ._load import load_model
 
 CONFIG = "genai_config.json"
 LIBRARY = "libiceformer_ops.so"
@@ -52,7 +53,7 @@ def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _r
         raise _rewrite.RewriteError(f"{src / CONFIG}: not a genai config with model.decoder.filename ({e})") from e
     if not options.dry_run and dst.exists() and (dst.resolve() == src.resolve() or not dst.is_dir() or any(dst.iterdir())):
         raise _rewrite.RewriteError(f"{dst}: exists (the output folder must be new or empty; never the input)")
-    model = _rewrite._load(src / filename)
+    model = load_model(src / filename)
     model, report = _rewrite.rewrite_model(model, options)
     report.input = str(src)
     _rewrite.check_outcome(src, report, options)

@@ -18,14 +18,12 @@ from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract, session_options
 from . import _canonical, _function, _genai, _gqa, _lower, _maskcheck, _rules, _shapes
+from ._errors import AlreadyRewritten, RewriteError
+from ._load import load_model
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
 _DERIVED = ("local_window_size", "is_causal", "scale")  # per core, from the export (--causal overrides causality)
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights always go to an external file
-
-
-class RewriteError(Exception):
-    """A model that cannot be read, rewritten or written; the message says why."""
 
 
 @dataclass
@@ -77,18 +75,10 @@ class RewriteReport:
     softmax_unmatched: int
     dry_run: bool
     notes: list[str] = field(default_factory=list)  # how the output was validated, what was tolerated
+    already_ours: dict[str, int] = field(default_factory=dict)  # our ops in the input, by op type
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _load(path: Path) -> ir.Model:
-    if not path.is_file():
-        raise RewriteError(f"{path}: no such file")
-    try:
-        return ir.load(path)
-    except Exception as e:  # protobuf decode errors come in several types
-        raise RewriteError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
 
 
 def _count_softmax(model: ir.Model) -> int:
@@ -150,10 +140,12 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     if options.causal not in ("auto", "on", "off"):
         raise RewriteError(f"causal must be auto, on or off, got {options.causal!r}")
     softmax_before = _count_softmax(model)
+    ours = dict(Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)
+                        if n.domain == contract.DOMAIN))
     gqa_cores, gqa_skips = _rewrite_gqa_nodes(model, options)
     if gqa_cores and softmax_before == 0:  # an onnxruntime-genai model: nothing else to find, nothing else touched
         report = RewriteReport("", None, {"GroupQueryAttention": len(gqa_cores)}, gqa_cores, gqa_skips, 0, 0,
-                               options.dry_run)
+                               options.dry_run, already_ours=ours)
         return model, report
     # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
     # the scale at run time from static shapes; folding makes both plain.
@@ -204,7 +196,7 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
         forms["GroupQueryAttention"] = len(gqa_cores)
     lowered, skipped = gqa_cores + lowered, gqa_skips + skipped
     report = RewriteReport("", None, dict(forms), lowered, skipped, softmax_before, _count_softmax(model),
-                           options.dry_run)
+                           options.dry_run, already_ours=ours)
     return model, report
 
 
@@ -266,6 +258,12 @@ def _save_atomic(model: ir.Model, out: Path, src: Path) -> str | None:
 
 def check_outcome(src: Path, report: RewriteReport, options: RewriteOptions) -> None:
     """Nothing rewritten, or --strict with something left: an error (nothing is written)."""
+    ours = ", ".join(f"{n} {contract.DOMAIN}.{op}" for op, n in sorted(report.already_ours.items()))
+    if not report.replaced and report.already_ours:
+        raise AlreadyRewritten(f"{src}: already rewritten ({ours}) and no attention core is left to rewrite; "
+                               "nothing written")
+    if report.already_ours:
+        report.notes.append(f"the input already held {ours}; only the cores left were rewritten")
     if not report.replaced:
         raise RewriteError(
             f"{src}: no attention core found to rewrite ({report.softmax_before} Softmax nodes; "
@@ -293,7 +291,7 @@ def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None
         raise RewriteError(f"{dst}: the output path is the input path; refusing to overwrite the input")
     if _genai.is_genai_folder(src):
         return _genai.rewrite_folder(src, dst if dst is not None else src, options)
-    model = _load(src)
+    model = load_model(src)
     model, report = rewrite_model(model, options)
     report.input = str(src)
     check_outcome(src, report, options)

@@ -40,5 +40,5 @@ def test_rewriter_api():
     import iceformer.rewriter
 
     assert sorted(iceformer.rewriter.__all__) == sorted(
-        ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "Skip"]
+        ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip"]
     )

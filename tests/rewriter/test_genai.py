@@ -56,6 +56,9 @@ def test_defaults_and_knn_attributes_reach_the_nodes(genai_models, tmp_path):
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[1].attribute}
     assert attrs["min_keys"] == 4096 and attrs["do_rotary"] == 1
     assert genai_tiny.generate(out, PROMPTS["65"], 6) == genai_tiny.generate(genai_models["plain"], PROMPTS["65"], 6)
+    # The rest of the folder; then nothing is left: exit 3, nothing written.
+    assert cli([str(out), str(tmp_path / "r2")]) == 0
+    assert cli([str(tmp_path / "r2"), str(tmp_path / "r3")]) == 3 and not (tmp_path / "r3").exists()
 
 
 def test_folder_refusals_leave_nothing_behind(genai_models, tmp_path):

@@ -1,6 +1,8 @@
 """ice-rewrite on real exporter output: counts, exactness with and without the library, the CLI's errors."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -9,7 +11,7 @@ import pytest
 
 import iceformer
 from iceformer.ops import contract
-from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
+from iceformer.rewriter import AlreadyRewritten, RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
 
 from conftest import MODELS, SLIDING
@@ -80,22 +82,71 @@ def test_cli_dry_run_writes_nothing(exported, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize(
-    "content,message",
-    [(None, "no such file"), (b"not a model", "not a readable ONNX model"), ("truncated", "not a readable ONNX model")],
-)
-def test_bad_inputs_are_reported_and_write_nothing(exported, tmp_path, content, message):
-    src = tmp_path / "in.onnx"
-    if content == "truncated":
-        data = exported["bert"][0].read_bytes()
-        src.write_bytes(data[: len(data) // 3])
-    elif content is not None:
-        src.write_bytes(content)
-    out = tmp_path / "out.onnx"
+def _bad_input(kind: str, src: Path, bert: Path) -> None:
+    """Writes the bad input `kind` at src (the weights, where there are any, external as exporters write them)."""
+    if kind == "empty":
+        src.write_bytes(b"")
+    elif kind == "random bytes":
+        src.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "truncated":
+        src.write_bytes(bert.read_bytes()[: len(bert.read_bytes()) // 3])
+    elif kind == "no graph":
+        onnx.save(onnx.ModelProto(ir_version=10), src)
+    else:
+        model = onnx.load(bert)
+        big = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+        if kind == "huge declared dims":  # a forged shape over the real bytes
+            small = min((t for t in model.graph.initializer if t.HasField("raw_data") and t.data_type == onnx.TensorProto.FLOAT),
+                        key=lambda t: len(t.raw_data))  # stays inline (under size_threshold)
+            del small.dims[:]
+            small.dims.extend([1 << 20, 1 << 20])
+        onnx.save(model, src, save_as_external_data=True, location=src.name + ".data", size_threshold=1024)
+        data = src.parent / (src.name + ".data")
+        if kind == "external data missing":
+            data.unlink()
+        elif kind == "external data truncated":
+            os.truncate(data, data.stat().st_size - big.ByteSize() // 2)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("missing", "no such file"),
+    ("empty", "empty file, not an ONNX model"),
+    ("random bytes", "not a readable ONNX model"),
+    ("truncated", "not a readable ONNX model"),
+    ("no graph", "the model has no graph nodes"),
+    ("huge declared dims", r"declares shape 1048576x1048576 \(4398046511104 bytes\) but stores \d+ bytes"),
+    ("external data missing", r"keeps its weights in in.onnx.data, which is missing \(expected at .*in.onnx.data\)"),
+    ("external data truncated", r"needs \d+ bytes of in.onnx.data from offset \d+, but the file holds \d+ there"),
+])
+def test_bad_inputs_are_reported_and_write_nothing(exported, tmp_path, kind, message):
+    src = tmp_path / "in" / "in.onnx"
+    src.parent.mkdir()
+    if kind != "missing":
+        _bad_input(kind, src, exported["bert"][0])
+    before = {p.name: p.read_bytes() for p in src.parent.iterdir()}
+    out_dir = tmp_path / "out"
     with pytest.raises(RewriteError, match=message):
-        rewrite(src, out)
-    assert not out.exists()
-    assert cli([str(src), str(out)]) == 2
+        rewrite(src, out_dir / "out.onnx")
+    assert cli([str(src), str(out_dir / "out.onnx")]) == 2
+    assert not out_dir.exists() or not any(out_dir.iterdir())  # no output, no scratch left behind
+    assert {p.name: p.read_bytes() for p in src.parent.iterdir()} == before
+
+
+def test_an_already_rewritten_model_is_reported_and_left_alone(exported, tmp_path, capsys):
+    once = tmp_path / "once.onnx"
+    rewrite(exported["bert"][0], once)
+    before = once.read_bytes()
+    with pytest.raises(AlreadyRewritten, match=r"already rewritten \(2 iceformer.KnnAttention\) and no attention core "
+                                               r"is left to rewrite; nothing written"):
+        rewrite(once, tmp_path / "twice.onnx")
+    assert cli([str(once), str(tmp_path / "twice.onnx")]) == 3
+    assert not (tmp_path / "twice.onnx").exists() and once.read_bytes() == before
+    # Part rewritten (--layers): the rest is rewritten, and the report says what was there already.
+    part = tmp_path / "part.onnx"
+    rewrite(exported["bert"][0], part, RewriteOptions(layers="0"))
+    report = rewrite(part, tmp_path / "rest.onnx")
+    assert len(report.replaced) == 1 and report.already_ours == {"KnnAttention": 1}
+    assert any("already held 1 iceformer.KnnAttention" in n for n in report.notes)
 
 
 def test_model_without_attention_is_reported(tmp_path):
