@@ -42,3 +42,12 @@ def test_rewriter_api():
     assert sorted(iceformer.rewriter.__all__) == sorted(
         ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip"]
     )
+
+
+def test_batch_api():
+    import iceformer.batch
+
+    assert sorted(iceformer.batch.__all__) == sorted(
+        ["BatchOptions", "BatchSummary", "BatchError", "DocumentError", "DocumentScorer", "ScoreOptions", "Tokenizer",
+         "build_spec", "inspect", "read_input", "run_batch"]
+    )

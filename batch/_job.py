@@ -1,0 +1,258 @@
+"""A batch job: documents in (JSONL or Parquet), per-document results out (Parquet shards with the document id),
+on Ray Data or serially in this process.
+
+Resume: results already in the output folder are read first and their ids skipped; a shard that does not read back
+(a job killed while writing it) is moved aside as `_incomplete.*` (pyarrow and Ray skip names starting with "_"
+or ".") and its documents are run again. Faults: a
+document that fails is an error row (see _scorer); an actor that dies is restarted by Ray and its batch retried
+(`max_restarts`, `max_task_retries`: Ray's own mechanisms, configured here, not re-implemented).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ._model import BatchError, ModelSpec, inspect
+from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions, result_schema
+from ._tokenizer import TokenizerSpec, build_spec
+
+ACTOR_RESTARTS = 3  # an actor that dies is replaced up to this many times, and its unfinished batch retried
+SAMPLE_DOCUMENTS = 16  # documents the ONNX tokenizer is checked on against the Hugging Face one
+SHARD_ROWS = 64  # result rows per Parquet shard
+
+
+@dataclass
+class BatchOptions:
+    input: str  # a .jsonl / .json (one object per line) or .parquet file, or a folder of Parquet files
+    output: str  # a folder of Parquet shards (created; results already there are skipped)
+    model: str  # an ONNX file or an onnxruntime-genai folder
+    tokenizer: str | None = None  # recipe name or Hugging Face tokenizer folder (default: the genai folder's own)
+    id_column: str = "id"
+    text_column: str = "text"
+    max_tokens: int | None = None  # default: the recipe's / genai config's context length
+    overflow: str = "error"  # documents over max_tokens: error row, truncate, or score in windows
+    actors: int = 1
+    cpus_per_actor: int = 1
+    batch_size: int = 4  # documents per task
+    address: str | None = None  # a Ray cluster ("auto" or host:port); None: a local Ray started here
+    serial: bool = False  # no Ray: the same scorer in this process (the reference, and for small jobs)
+    limit: int | None = None  # the first N input documents only
+
+
+@dataclass
+class BatchSummary:
+    documents: int  # scored in this run
+    skipped: int  # already in the output folder
+    errors: int  # error rows written in this run
+    tokens: int  # tokens of the documents scored in this run
+    seconds: float
+    shards: list[str] = field(default_factory=list)  # written in this run
+    tokenizer: str = ""  # which tokenizer the workers used, and why
+    set_aside: list[str] = field(default_factory=list)  # unreadable shards moved aside (re-run)
+
+    @property
+    def documents_per_second(self) -> float:
+        return self.documents / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+RECIPES = {"smollm2": 8192, "qwen2.5-coder-0.5b": 32768, "minilm": 512}  # name -> context length
+
+
+def _text_or_error(value) -> tuple[str | None, str | None]:
+    """(text, None) for a usable text, (None, why) otherwise."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"text is not valid UTF-8 ({e.reason} at byte {e.start})"
+    if value is None:
+        return None, "no text (null or missing)"
+    if not isinstance(value, str):
+        return None, f"text is {type(value).__name__}, not a string"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return None, f"text is not valid Unicode ({e.reason} at character {e.start})"
+    return value, None
+
+
+def _read_jsonl(p: Path, id_column: str, text_column: str) -> list[tuple]:
+    rows = []
+    with open(p, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:  # the line is this document's error row
+                rows.append((f"line-{n}", None, f"line {n} is not valid UTF-8 JSON ({e})"))
+                continue
+            if not isinstance(obj, dict) or id_column not in obj:
+                raise BatchError(f"{p}: line {n} has no {id_column!r} field; choose the id with --id-column")
+            rows.append((obj[id_column], *_text_or_error(obj.get(text_column))))
+    return rows
+
+
+def read_input(path: str, id_column: str, text_column: str, limit: int | None = None) -> pa.Table:
+    """[id (string), text (string or null), input_error (why the text is unusable, or null)], or a BatchError."""
+    p = Path(path)
+    if not p.exists():
+        raise BatchError(f"{p}: no such input")
+    if p.suffix in (".jsonl", ".json", ".ndjson"):
+        rows = _read_jsonl(p, id_column, text_column)
+    else:
+        try:
+            table = pq.read_table(p)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise BatchError(f"{p}: not readable as Parquet ({e})") from e
+        for col in (id_column, text_column):
+            if col not in table.column_names:
+                raise BatchError(f"{p}: no column {col!r} (columns: {', '.join(table.column_names)}); "
+                                 "choose with --id-column / --text-column")
+        rows = [(i, *_text_or_error(t)) for i, t in zip(table[id_column].to_pylist(), table[text_column].to_pylist())]
+    ids = [str(r[0]) for r in rows]
+    if len(set(ids)) != len(ids):
+        raise BatchError(f"{p}: the id column {id_column!r} has duplicates (ids name the results and the resume)")
+    table = pa.table({"id": pa.array(ids, pa.string()), "text": pa.array([r[1] for r in rows], pa.string()),
+                      "input_error": pa.array([r[2] for r in rows], pa.string())})
+    return table.slice(0, limit) if limit is not None else table
+
+
+def _tokenizer_spec(options: BatchOptions, model: ModelSpec, samples: list) -> TokenizerSpec:
+    name = options.tokenizer
+    if name is None:
+        folder = Path(options.model)
+        if folder.is_dir() and (folder / "tokenizer.json").is_file():
+            name = str(folder)
+        else:
+            raise BatchError("--tokenizer is needed: a recipe name (smollm2, qwen2.5-coder-0.5b, minilm) or a Hugging "
+                             "Face tokenizer folder")
+    if name == "minilm":
+        from transformers import AutoTokenizer
+
+        from ..models import minilm
+
+        return build_spec(AutoTokenizer.from_pretrained(minilm.model_dir()), minilm.model_dir(), samples)
+    if name in RECIPES:
+        from ..models.export import decoder
+
+        recipe = decoder(name)
+        return build_spec(recipe.tokenizer(), recipe.hf_dir(), samples)
+    if not (Path(name) / "tokenizer.json").is_file():
+        raise BatchError(f"--tokenizer {name}: neither a recipe ({', '.join(RECIPES)}) nor a folder with tokenizer.json")
+    from transformers import AutoTokenizer
+
+    return build_spec(AutoTokenizer.from_pretrained(name), name, samples,
+                      add_special_tokens=model.task == "embed")
+
+
+def _done_ids(out: Path) -> tuple[set[str], list[str]]:
+    """Ids already written, and the unreadable shards moved aside."""
+    done, aside = set(), []
+    for shard in sorted(out.glob("*.parquet")):
+        try:
+            done.update(pq.read_table(shard, columns=["id"])["id"].to_pylist())
+        except (pa.ArrowInvalid, OSError):
+            shard.rename(shard.with_name(f"_incomplete.{shard.name}"))  # "_": readers of the folder skip it
+            aside.append(shard.name)
+    return done, aside
+
+
+def run_batch(options: BatchOptions, scorer: type = DocumentScorer) -> BatchSummary:
+    """Runs the job; `scorer` is the per-worker class (DocumentScorer, or a subclass of it)."""
+    t0 = time.perf_counter()
+    if options.overflow not in OVERFLOW:
+        raise BatchError(f"--overflow must be one of {', '.join(OVERFLOW)}, got {options.overflow!r}")
+    if options.actors < 1 or options.cpus_per_actor < 1 or options.batch_size < 1:
+        raise BatchError("--actors, --cpus-per-actor and --batch-size must be >= 1")
+    model = inspect(options.model)
+    max_tokens = options.max_tokens or model.max_tokens or RECIPES.get(options.tokenizer or "")
+    if not max_tokens:
+        raise BatchError("--max-tokens is needed (the model's context length is not known here)")
+    table = read_input(options.input, options.id_column, options.text_column, options.limit)
+    out = Path(options.output)
+    out.mkdir(parents=True, exist_ok=True)
+    done, aside = _done_ids(out)
+    todo = table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(sorted(done), pa.string()))))
+    skipped = len(table) - len(todo)
+    samples = [t for t in table["text"].slice(0, SAMPLE_DOCUMENTS).to_pylist() if t is not None]
+    tok = _tokenizer_spec(options, model, samples)
+    score = ScoreOptions(max_tokens, options.overflow, options.cpus_per_actor if options.serial else None)
+    shards: list[str] = []
+    if len(todo):
+        shards = (_run_serial if options.serial else _run_ray)(options, todo, out, scorer, (model, tok, score))
+    written = pa.concat_tables([pq.read_table(out / s, schema=result_schema(model.task)) for s in shards]) \
+        if shards else result_schema(model.task).empty_table()
+    errors = int(pc.sum(pc.is_valid(written["error"])).as_py() or 0)
+    tokens = int(pc.sum(written["tokens"]).as_py() or 0)
+    return BatchSummary(len(written), skipped, errors, tokens, time.perf_counter() - t0, shards, tok.note, aside)
+
+
+class _ShardWriter:
+    """Result rows -> Parquet shards of about SHARD_ROWS rows, each written to a hidden temporary name and renamed,
+    so a killed job leaves whole shards (and at most one hidden .tmp file, never read)."""
+
+    def __init__(self, out: Path, prefix: str):
+        self.out, self.prefix, self.parts, self.rows, self.shards = out, prefix, [], 0, []
+
+    def add(self, table: pa.Table) -> None:
+        self.parts.append(table)
+        self.rows += len(table)
+        if self.rows >= SHARD_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        name = f"{self.prefix}-{uuid.uuid4().hex[:12]}.parquet"
+        tmp = self.out / f".{name}.tmp"  # hidden from readers of the folder until renamed
+        pq.write_table(pa.concat_tables(self.parts), tmp)
+        tmp.rename(self.out / name)
+        self.shards.append(name)
+        self.parts, self.rows = [], 0
+
+
+def _run_serial(options: BatchOptions, todo: pa.Table, out: Path, scorer: type, args: tuple) -> list[str]:
+    worker, writer = scorer(*args), _ShardWriter(out, "serial")
+    for start in range(0, len(todo), options.batch_size):
+        part = todo.slice(start, options.batch_size)
+        writer.add(worker({c: part[c].to_numpy(zero_copy_only=False) for c in part.column_names}))
+    writer.flush()
+    return writer.shards
+
+
+def _run_ray(options: BatchOptions, todo: pa.Table, out: Path, scorer: type, args: tuple) -> list[str]:
+    """One block per batch (no repartition task), a fixed pool of actors; the results stream back to this process,
+    which writes the shards (no write tasks competing with the actors for CPUs: on a 2-CPU machine with 2 actors
+    they would never be scheduled)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    blocks = [todo.slice(s, options.batch_size) for s in range(0, len(todo), options.batch_size)]
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for these actor options yet (the pinned version; its default is to
+        # restart without limit, which would loop on a document that kills its actor every time).
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        results = ray.data.from_arrow(blocks).map_batches(
+            scorer, fn_constructor_args=args, batch_size=options.batch_size, batch_format="numpy",
+            concurrency=options.actors, num_cpus=options.cpus_per_actor,
+            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+    writer = _ShardWriter(out, "ray")
+    for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
+        writer.add(table)
+    writer.flush()
+    return writer.shards

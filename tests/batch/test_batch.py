@@ -1,0 +1,183 @@
+"""ice-batch on a local Ray instance: a small corpus of Brown Corpus documents (and bad ones) through rewritten
+SmolLM2; results equal the serial run of the same scorer; bad documents become error rows; resume skips what is
+written; an actor that dies is replaced and its batch retried; the ONNX tokenizer's ids equal Hugging Face's."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from iceformer.batch import BatchError, BatchOptions, DocumentScorer, read_input, run_batch
+from iceformer.batch._cli import main as cli
+from iceformer.models import corpus, export_smollm2
+from iceformer.rewriter import rewrite
+
+ray = pytest.importorskip("ray")
+
+GOOD = 10
+BAD = {  # id -> (raw JSON line or document, the error row's reason)
+    "empty": ({"id": "empty", "text": ""}, "no tokens (empty document)"),
+    "null": ({"id": "null", "text": None}, "no text (null or missing)"),
+    "number": ({"id": "number", "text": 42}, "text is int, not a string"),
+    "surrogate": ('{"id": "surrogate", "text": "x\\ud800y"}', "text is not valid Unicode (surrogates not allowed"),
+    "line-15": (b'{"id": "bad-utf8", "text": "ab\xff"}', "line 15 is not valid UTF-8 JSON"),
+    "too-long": ({"id": "too-long", "text": " ".join(["word"] * 400)}, "400 tokens, more than --max-tokens 320"),
+}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("batch-model")
+    src = export_smollm2()
+    rewrite(src, out / "smollm2.knn.onnx")
+    os.symlink(src.parent / "lm_head.npy", out / "lm_head.npy")
+    return out / "smollm2.knn.onnx"
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("batch-docs") / "docs.jsonl"
+    with open(path, "wb") as f:
+        for i in range(GOOD):  # about 40-280 tokens
+            f.write(json.dumps({"id": f"doc{i}", "text": corpus.brown_text(start=3 * i, count=1)[: 200 + 120 * i]})
+                    .encode() + b"\n")
+        for line, _ in BAD.values():
+            f.write(line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode())
+            f.write(b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def options(docs, model, out, **kw) -> BatchOptions:
+    return BatchOptions(str(docs), str(out), str(model), "smollm2", **{"max_tokens": 320, "batch_size": 3, **kw})
+
+
+def results(out: Path):
+    table = pq.read_table(out).drop(["seconds"]).sort_by("id")
+    return {r["id"]: r for r in table.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def serial(docs, model, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("serial")
+    summary = run_batch(options(docs, model, out, serial=True, cpus_per_actor=2))
+    assert (summary.documents, summary.errors, summary.skipped) == (GOOD + len(BAD), len(BAD), 0)
+    assert summary.tokenizer.startswith("ONNX tokenizer (onnxruntime-extensions): ids equal Hugging Face's")
+    return results(out)
+
+
+def test_error_rows_say_why_and_good_rows_are_scored(serial):
+    for doc_id, (_, reason) in BAD.items():
+        assert serial[doc_id]["error"].startswith(reason), (doc_id, serial[doc_id]["error"])
+        assert serial[doc_id]["perplexity"] is None
+    good = [serial[f"doc{i}"] for i in range(GOOD)]
+    assert all(r["error"] is None and r["windows"] == 1 and r["scored"] == r["tokens"] - 1 for r in good)
+    assert all(5 < r["perplexity"] < 500 for r in good)  # Brown text under a 135M model
+
+
+def test_ray_with_two_actors_equals_the_serial_run(serial, docs, model, tmp_path, local_ray):
+    summary = run_batch(options(docs, model, tmp_path / "out", actors=2))
+    assert (summary.documents, summary.errors) == (GOOD + len(BAD), len(BAD))
+    assert summary.tokens == sum(r["tokens"] for r in serial.values())
+    assert results(tmp_path / "out") == serial  # same session settings per document: the same bits
+
+
+def test_resume_runs_only_what_is_missing(serial, docs, model, tmp_path, local_ray):
+    out = tmp_path / "out"
+    first = run_batch(options(docs, model, out, actors=2, limit=7))
+    assert first.documents == 7
+    (out / "killed-mid-write.parquet").write_bytes(b"PAR1 truncated")  # what a killed writer could leave
+    second = run_batch(options(docs, model, out, actors=2))
+    assert (second.skipped, second.documents) == (7, GOOD + len(BAD) - 7)
+    assert second.set_aside == ["killed-mid-write.parquet"] and (out / "_incomplete.killed-mid-write.parquet").exists()
+    assert results(out) == serial  # every document exactly once
+    third = run_batch(options(docs, model, out, actors=2))
+    assert (third.skipped, third.documents, third.shards) == (GOOD + len(BAD), 0, [])
+
+
+class CrashOnce(DocumentScorer):
+    """Kills its actor process the first time it meets doc4 (a marker file remembers): Ray must restart the actor
+    and retry the batch."""
+
+    marker: str = ""
+
+    def __call__(self, batch):
+        if "doc4" in list(batch["id"]) and not os.path.exists(self.marker):
+            Path(self.marker).write_text("crashed")
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_a_dead_actor_is_replaced_and_its_batch_retried(serial, docs, model, tmp_path, local_ray):
+    import sys
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
+    CrashOnce.marker = str(tmp_path / "crashed")
+    summary = run_batch(options(docs, model, tmp_path / "out", actors=2), scorer=CrashOnce)
+    assert Path(CrashOnce.marker).read_text() == "crashed"
+    assert summary.documents == GOOD + len(BAD)
+    assert results(tmp_path / "out") == serial
+
+
+def test_windows_and_truncation(docs, model, tmp_path):
+    win = run_batch(options(docs, model, tmp_path / "w", serial=True, overflow="window", max_tokens=64))
+    cut = run_batch(options(docs, model, tmp_path / "t", serial=True, overflow="truncate", max_tokens=64))
+    w, t = results(tmp_path / "w"), results(tmp_path / "t")
+    long = w["too-long"]
+    assert long["error"] is None and long["tokens"] == 400 and long["windows"] == 7  # ceil(400 / 64)
+    assert long["scored"] == 400 - 7  # each window predicts all but its first token
+    assert t["too-long"]["tokens"] == 400 and t["too-long"]["scored"] == 63 and t["too-long"]["windows"] == 1
+    short = next(k for k in w if k.startswith("doc") and w[k]["tokens"] <= 64)
+    assert w[short]["perplexity"] == t[short]["perplexity"]  # documents that fit are untouched by either
+    assert win.errors == cut.errors == len(BAD) - 1
+
+
+def test_cli_and_refusals(docs, model, tmp_path, capsys):
+    assert cli([str(docs), str(tmp_path / "o"), "--model", str(model), "--tokenizer", "smollm2", "--serial",
+                "--max-tokens", "320", "--limit", "3"]) == 0
+    assert len(pq.read_table(tmp_path / "o")) == 3
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n')
+    with pytest.raises(BatchError, match="has duplicates"):
+        read_input(str(dup), "id", "text")
+    assert cli([str(dup), str(tmp_path / "o2"), "--model", str(model), "--tokenizer", "smollm2", "--serial"]) == 2
+    assert cli([str(docs), str(tmp_path / "o3"), "--model", str(tmp_path), "--serial"]) == 2  # no genai_config
+    assert "ice-batch:" in capsys.readouterr().err
+
+
+def test_onnx_tokenizer_ids_equal_hugging_face_on_the_corpus(serial):
+    """build_spec checked the ONNX tokenizer on the first documents; here on 40 whole Brown samples."""
+    from iceformer.batch import Tokenizer, build_spec
+    from iceformer.models.export import decoder
+
+    hf = decoder("smollm2").tokenizer()
+    texts = [corpus.brown_text(start=10 * i, count=1) for i in range(40)]
+    spec = build_spec(hf, decoder("smollm2").hf_dir(), texts[:2])
+    ours = Tokenizer(spec)
+    assert spec.onnx_model is not None
+    assert [ours(t) for t in texts] == [hf(t).input_ids for t in texts]
+
+
+def test_serial_mode_matches_the_scorer_called_directly(serial, docs, model):
+    """The job's plumbing adds nothing: one document through DocumentScorer alone gives the same row."""
+    from iceformer.batch import ScoreOptions, inspect
+    from iceformer.batch._job import _tokenizer_spec
+
+    table = read_input(str(docs), "id", "text")
+    spec = inspect(model)
+    tok = _tokenizer_spec(BatchOptions(str(docs), "", str(model), "smollm2"), spec,
+                          [t for t in table["text"].to_pylist()[:16] if t is not None])
+    row = DocumentScorer(spec, tok, ScoreOptions(320, "error", 2)).score_text(table["text"][2].as_py())
+    assert row["perplexity"] == serial["doc2"]["perplexity"] and row["nll"] == serial["doc2"]["nll"]
+    assert np.isfinite(row["perplexity"])
