@@ -113,7 +113,8 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
     cap = T if search == 0 else top_k + local_window + num_sink
     out = np.full((rows.size, max(cap, 1)), -1, dtype=np.int32)
     counts = np.zeros(rows.size, dtype=np.int32)
-    ints = (ctypes.c_int64 * 10)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples)
+    ints = (ctypes.c_int64 * 11)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples,
+                                 a["min_keys"])
     err = ctypes.create_string_buffer(512)
     p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     rc = _cdll().IceformerKnnSelect(

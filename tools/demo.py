@@ -68,7 +68,7 @@ def accuracy(console: Console, threads: int, stats_path: str) -> None:
         y_knn = knn.run(None, feeds)[0]
         st = _stats(stats_path)
         err = (np.linalg.norm(y_knn - y_exact, axis=-1) / np.linalg.norm(y_exact, axis=-1))[0, :, first:]
-        rec = recall_at_k(Q[li, 0], K[li, 0], range(first, Q.shape[2], 7), is_causal=1)
+        rec = recall_at_k(Q[li, 0], K[li, 0], range(first, Q.shape[2], 7), is_causal=1, min_keys=0)
         table.add_row(str(layer), f"{np.abs(y_exact - y_dense).max():.1e}", f"{err.mean():.4f} / {np.quantile(err, 0.99):.4f}",
                       f"{rec:.3f}", f"{st.get('mean_candidates', 0):.0f}",
                       f"{st.get('fallback_rows', 0)} of {st.get('knn_rows', 0)}")

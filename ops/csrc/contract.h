@@ -1,8 +1,10 @@
 // The op contract as registered: domain, name, version, inputs and attributes with defaults. The Python
 // contract (iceformer.ops.contract) states the same; tests compare the two through contract_json().
 #pragma once
+#include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 namespace iceformer {
 
@@ -91,6 +93,21 @@ constexpr AttrSpec kGqaAttrs[] = {
 };
 constexpr int kGqaNumAttrs = sizeof(kGqaAttrs) / sizeof(kGqaAttrs[0]);
 constexpr int kFirstKnnAttr = 3;  // kAttrs[kFirstKnnAttr..]: top_k ... seed
+
+constexpr bool same_name(const char* a, const char* b) {
+  while (*a != 0 && *a == *b) ++a, ++b;
+  return *a == *b;
+}
+
+// Index of attribute `name` in a contract table. In a constant expression (CONTRACT_ATTR) a name the table does not
+// have reaches the throw, which does not compile: a misspelt attribute is a build error, not a silent default.
+template <size_t N>
+constexpr int attr_index(const AttrSpec (&table)[N], const char* name) {
+  for (size_t i = 0; i < N; ++i)
+    if (same_name(table[i].name, name)) return static_cast<int>(i);
+  throw "attribute not in the contract";
+}
+#define CONTRACT_ATTR(table, name) ((table)[std::integral_constant<int, ::iceformer::attr_index((table), (name))>::value])
 
 // JSON description of the registered contracts (domain, op, version, inputs, attributes, defaults).
 std::string contract_json();

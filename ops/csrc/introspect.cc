@@ -17,7 +17,7 @@
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 
-// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples}. rows: nrows
+// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples, min_keys}. rows: nrows
 // ascending query rows in [0, S) to report (only their query blocks are computed). out: [nrows][cap], counts:
 // [nrows]. Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
 extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int64_t S, int64_t T, int64_t D,
@@ -41,6 +41,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
   p.knn.search = ints[7];
   p.knn.rank = ints[8];
   p.knn.tail_samples = ints[9];
+  p.knn.min_keys = ints[10];
   p.knn.candidate_fraction = candidate_fraction;
   Status st = check_settings(p.knn);
   if (!st.ok()) {

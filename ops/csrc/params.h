@@ -36,20 +36,21 @@ struct KeyPaddingView {
   const void* data = nullptr;
 };
 
-// Settings of the k-NN path (Prioritized DCI); see knn_index.h.
+// Settings of the k-NN path (low-rank scoring or Prioritized DCI). The defaults are the contract's (contract.h
+// kAttrs; registration.cc checks them at compile time).
 struct KnnSettings {
-  int64_t top_k = 0;            // 0: exact attention
-  int64_t search = 0;           // candidate retrieval: 0 low-rank scoring, 1 Prioritized DCI
-  int64_t rank = 16;            // low-rank scoring: dimensions kept
-  int64_t num_composite = 2;    // L
-  int64_t num_simple = 4;       // m
-  int64_t max_candidates = 0;   // absolute cap on candidates scored per query (0: derived from fraction)
-  float candidate_fraction = 0; // cap as a fraction of the visible keys (0: unused)
-  int64_t min_keys = 0;         // fewer visible keys than this: exact
-  int64_t local_window = 0;     // most recent visible keys always attended
-  int64_t num_sink = 0;         // first keys always attended
-  int64_t tail_samples = 0;     // systematic samples of unretrieved keys estimating the dropped mass
-  float tail_limit = 1.f;       // rows whose estimated unretrieved share of the mass exceeds this go exact
+  int64_t top_k = 128;             // 0: exact attention
+  int64_t search = 0;              // candidate retrieval: 0 low-rank scoring, 1 Prioritized DCI
+  int64_t rank = 32;               // low-rank scoring: dimensions kept
+  int64_t num_composite = 4;       // L
+  int64_t num_simple = 2;          // m
+  int64_t max_candidates = 256;    // absolute cap on candidates scored per query (0: derived from fraction)
+  float candidate_fraction = 0.f;  // cap as a fraction of the visible keys (0: unused)
+  int64_t min_keys = 8192;         // fewer visible keys than this: exact
+  int64_t local_window = 64;       // most recent visible keys always attended
+  int64_t num_sink = 4;            // first keys always attended
+  int64_t tail_samples = 256;      // systematic samples of unretrieved keys estimating the dropped mass
+  float tail_limit = 0.3f;         // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
 };
 

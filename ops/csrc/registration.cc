@@ -30,54 +30,79 @@ OrtStatusPtr make_error(const Status& s) {
   return Ort::GetApi().CreateStatus(code, s.message().c_str());
 }
 
-// The contract entry of an attribute: GroupQueryAttention's own table first for that op (scale and
-// local_window_size are in both, with different defaults), then KnnAttention's (the shared k-NN entries).
-const iceformer::AttrSpec& attr_spec(const char* name, bool gqa) {
-  if (gqa)
-    for (const auto& a : iceformer::kGqaAttrs)
-      if (std::strcmp(a.name, name) == 0) return a;
-  for (const auto& a : iceformer::kAttrs)
-    if (std::strcmp(a.name, name) == 0) return a;
-  return iceformer::kAttrs[0];  // unreachable for names of the contracts
-}
-
-// Reads one attribute of the contract: its value, or the contract default when absent. Returns false and
-// sets *err when present with the wrong type.
+// Reads one attribute as its contract entry states it: its value, or the entry's default when absent. Returns
+// false and sets *err when present with the wrong type. Entries come from CONTRACT_ATTR or the k-NN binding loop:
+// a name the contract does not have does not compile.
 template <typename T>
-bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const char* name, T* out, bool* present,
-               std::string* err, bool gqa = false) {
+bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const iceformer::AttrSpec& spec, T* out, bool* present,
+               std::string* err) {
+  static_assert(std::is_same_v<T, int64_t> || std::is_same_v<T, float>);
+  if ((spec.type == 'i') != std::is_same_v<T, int64_t>) {
+    *err = std::string("KnnAttention: attribute ") + spec.name + " read as the wrong type (a bug in the library)";
+    return false;
+  }
   OrtStatus* st = nullptr;
   if constexpr (std::is_same_v<T, int64_t>) {
-    st = api.KernelInfoGetAttribute_int64(info, name, out);
+    st = api.KernelInfoGetAttribute_int64(info, spec.name, out);
   } else {
-    st = api.KernelInfoGetAttribute_float(info, name, out);
+    st = api.KernelInfoGetAttribute_float(info, spec.name, out);
   }
   *present = st == nullptr;
   if (st != nullptr) {
     const std::string msg = api.GetErrorMessage(st);
     api.ReleaseStatus(st);
     if (msg.find("No attribute") == std::string::npos) {
-      *err = std::string("KnnAttention: attribute ") + name + " has the wrong type, expected " +
+      *err = std::string("KnnAttention: attribute ") + spec.name + " has the wrong type, expected " +
              (std::is_same_v<T, int64_t> ? "int" : "float") + " (" + msg + ")";
       return false;
     }
-    *out = static_cast<T>(attr_spec(name, gqa).default_value);
+    *out = static_cast<T>(spec.default_value);
   }
   return true;
 }
 
-// The k-NN attributes both ops share (contract entries kAttrs[kFirstKnnAttr..]), checked.
+// The k-NN attributes both ops share, in contract order (kAttrs[kFirstKnnAttr..]): where each lands in
+// KnnSettings. Checked at compile time against the contract (names, types, and KnnSettings' own defaults).
+struct KnnField {
+  const char* name;
+  int64_t iceformer::KnnSettings::*i;
+  float iceformer::KnnSettings::*f;
+};
+using KS = iceformer::KnnSettings;
+constexpr KnnField kKnnFields[] = {
+    {"top_k", &KS::top_k, nullptr},          {"search", &KS::search, nullptr},
+    {"rank", &KS::rank, nullptr},            {"L", &KS::num_composite, nullptr},
+    {"m", &KS::num_simple, nullptr},         {"max_candidates", &KS::max_candidates, nullptr},
+    {"candidate_fraction", nullptr, &KS::candidate_fraction},
+    {"min_keys", &KS::min_keys, nullptr},    {"local_window", &KS::local_window, nullptr},
+    {"num_sink", &KS::num_sink, nullptr},    {"tail_samples", &KS::tail_samples, nullptr},
+    {"tail_limit", nullptr, &KS::tail_limit}, {"seed", &KS::seed, nullptr},
+};
+
+constexpr bool knn_fields_follow_contract() {
+  if (sizeof(kKnnFields) / sizeof(kKnnFields[0]) != iceformer::kNumAttrs - iceformer::kFirstKnnAttr) return false;
+  const KS defaults{};
+  for (int i = 0; i + iceformer::kFirstKnnAttr < iceformer::kNumAttrs; ++i) {
+    const iceformer::AttrSpec& a = iceformer::kAttrs[iceformer::kFirstKnnAttr + i];
+    const KnnField& f = kKnnFields[i];
+    if (!iceformer::same_name(a.name, f.name) || (a.type == 'i') != (f.i != nullptr)) return false;
+    if (f.i != nullptr ? static_cast<double>(defaults.*(f.i)) != a.default_value
+                       : defaults.*(f.f) != static_cast<float>(a.default_value))
+      return false;
+  }
+  return true;
+}
+static_assert(knn_fields_follow_contract(), "kKnnFields / KnnSettings defaults disagree with the contract (kAttrs)");
+
+// The k-NN attributes, read in one loop over the contract, then checked.
 bool read_knn_attrs(const OrtApi& api, const OrtKernelInfo* info, iceformer::KnnSettings* k, std::string* err) {
   bool present = false;
-  int64_t* ints[] = {&k->top_k, &k->search, &k->rank, &k->num_composite, &k->num_simple, &k->max_candidates,
-                     &k->min_keys, &k->local_window, &k->num_sink, &k->tail_samples, &k->seed};
-  const char* int_names[] = {"top_k", "search", "rank", "L", "m", "max_candidates", "min_keys", "local_window",
-                             "num_sink", "tail_samples", "seed"};
-  for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); ++i)
-    if (!read_attr(api, info, int_names[i], ints[i], &present, err)) return false;
-  if (!read_attr(api, info, "candidate_fraction", &k->candidate_fraction, &present, err) ||
-      !read_attr(api, info, "tail_limit", &k->tail_limit, &present, err))
-    return false;
+  for (int i = 0; i + iceformer::kFirstKnnAttr < iceformer::kNumAttrs; ++i) {
+    const iceformer::AttrSpec& spec = iceformer::kAttrs[iceformer::kFirstKnnAttr + i];
+    const bool ok = kKnnFields[i].i != nullptr ? read_attr(api, info, spec, &(k->*(kKnnFields[i].i)), &present, err)
+                                               : read_attr(api, info, spec, &(k->*(kKnnFields[i].f)), &present, err);
+    if (!ok) return false;
+  }
   if (Status s = iceformer::check_settings(*k); !s.ok()) {
     *err = s.message();
     return false;
@@ -224,15 +249,15 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     bool present = false;
     int64_t causal = 0;
     float fv = 0.f;
-    if (!read_attr(api, info, "is_causal", &causal, &present, &err)) return make_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "is_causal"), &causal, &present, &err)) return make_error(err);
     if (causal != 0 && causal != 1)
       return make_error("KnnAttention: attribute is_causal=" + std::to_string(causal) + " is invalid, expected 0 or 1");
     c.is_causal = causal == 1;
-    if (!read_attr(api, info, "local_window_size", &c.window, &present, &err)) return make_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "local_window_size"), &c.window, &present, &err)) return make_error(err);
     if (c.window < -1 || c.window == 0)
       return make_error("KnnAttention: attribute local_window_size=" + std::to_string(c.window) +
                         " is invalid, expected -1 (no window) or >= 1 (keys per query, its own included)");
-    if (!read_attr(api, info, "scale", &fv, &c.has_scale, &err)) return make_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "scale"), &fv, &c.has_scale, &err)) return make_error(err);
     if (c.has_scale && !std::isfinite(fv))
       return make_error("KnnAttention: attribute scale=" + std::to_string(fv) + " is invalid, expected a finite float");
     c.scale = fv;
@@ -396,17 +421,24 @@ struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
     GqaConfig c;
     std::string err;
     bool present = false;
-    int64_t v[8] = {0, 0, -1, 0, 0, 1, 0, 0};
-    const char* names[8] = {"num_heads", "kv_num_heads", "local_window_size", "do_rotary", "rotary_interleaved",
-                            "causal", "smooth_softmax", "qk_output"};
+    using iceformer::kGqaAttrs;
+    const iceformer::AttrSpec* ints[8] = {
+        &CONTRACT_ATTR(kGqaAttrs, "num_heads"),         &CONTRACT_ATTR(kGqaAttrs, "kv_num_heads"),
+        &CONTRACT_ATTR(kGqaAttrs, "local_window_size"), &CONTRACT_ATTR(kGqaAttrs, "do_rotary"),
+        &CONTRACT_ATTR(kGqaAttrs, "rotary_interleaved"), &CONTRACT_ATTR(kGqaAttrs, "causal"),
+        &CONTRACT_ATTR(kGqaAttrs, "smooth_softmax"),    &CONTRACT_ATTR(kGqaAttrs, "qk_output")};
+    int64_t v[8] = {};
+    const char* names[8] = {};
     for (int i = 0; i < 8; ++i) {
-      if (!read_attr(api, info, names[i], &v[i], &present, &err, true)) return gqa_error(err);
-      if (i < 2 && !present) return gqa_error(std::string("attribute ") + names[i] + " is required");
+      names[i] = ints[i]->name;
+      if (!read_attr(api, info, *ints[i], &v[i], &present, &err)) return gqa_error(err);
+      if (!ints[i]->has_default && !present) return gqa_error(std::string("attribute ") + names[i] + " is required");
     }
     int64_t sliding_cache = 0;
-    if (!read_attr(api, info, "sliding_window_cache", &sliding_cache, &present, &err, true)) return gqa_error(err);
-    if (!read_attr(api, info, "scale", &c.scale, &present, &err, true) ||
-        !read_attr(api, info, "softcap", &c.softcap, &present, &err, true))
+    if (!read_attr(api, info, CONTRACT_ATTR(kGqaAttrs, "sliding_window_cache"), &sliding_cache, &present, &err))
+      return gqa_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(kGqaAttrs, "scale"), &c.scale, &present, &err) ||
+        !read_attr(api, info, CONTRACT_ATTR(kGqaAttrs, "softcap"), &c.softcap, &present, &err))
       return gqa_error(err);
     c.Hq = v[0], c.Hkv = v[1], c.window = v[2];
     if (c.Hq < 1 || c.Hkv < 1 || c.Hq % c.Hkv != 0)

@@ -67,25 +67,7 @@ def test_key_padding_mask_of_wrong_shape_and_dtype():
         run({**base, "key_padding_mask": np.ones((2, 12), np.float32)}, key_padding_mask="float")
 
 
-@pytest.mark.parametrize(
-    "attrs,message",
-    [
-        ({"top_k": -1}, r"top_k=-1 is invalid, expected >= 0"),
-        ({"is_causal": 2}, r"is_causal=2 is invalid, expected 0 or 1"),
-        ({"scale": float("nan")}, r"scale=nan is invalid"),
-        ({"L": 0}, r"attribute L=0 is invalid"),
-        ({"m": -3}, r"attribute m=-3 is invalid"),
-        ({"candidate_fraction": 1.5}, r"candidate_fraction=1.5.* is invalid"),
-        ({"local_window": -1}, r"local_window=-1 is invalid"),
-        ({"local_window_size": 0}, r"local_window_size=0 is invalid, expected -1 \(no window\) or >= 1"),
-        ({"local_window_size": -2}, r"local_window_size=-2 is invalid"),
-        ({"max_candidates": 1 << 50}, r"max_candidates=.* is invalid"),
-        ({"tail_samples": -5}, r"tail_samples=-5 is invalid"),
-    ],
-)
-def test_bad_attributes_fail_at_session_creation(attrs, message):
-    with pytest.raises(Exception, match=message):
-        knn_session(**attrs)
+# Attributes out of range or of the wrong type: tests/ops/test_contract.py, one case per contract attribute.
 
 
 @pytest.mark.parametrize("S,T", [(0, 10), (10, 0), (0, 0)])

@@ -6,7 +6,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from iceformer.ops import contract, make_knn_attention_model, native_contract, session_options, simd_variant
+from iceformer.ops import contract, make_gqa_model, make_knn_attention_model, native_contract, session_options, simd_variant
 from iceformer.tools.docs import render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -50,11 +50,81 @@ def test_unknown_attribute_name_is_refused_by_the_builder():
         make_knn_attention_model(topk=3)
 
 
-def test_attribute_of_wrong_type_is_an_ort_error():
-    model = make_knn_attention_model()
-    model.graph.node[0].attribute.append(onnx.helper.make_attribute("top_k", 1.5))
-    with pytest.raises(Exception, match="attribute top_k has the wrong type"):
-        ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+# One out-of-range value per attribute of both contracts, and what the error says (None: no value is out of range).
+OUT_OF_RANGE = {
+    "knn": {
+        "is_causal": (2, r"is_causal=2 is invalid, expected 0 or 1"),
+        "local_window_size": (0, r"local_window_size=0 is invalid, expected -1 \(no window\) or >= 1"),
+        "scale": (float("nan"), r"scale=nan is invalid, expected a finite float"),
+        "top_k": (-1, r"top_k=-1 is invalid, expected >= 0"),
+        "search": (2, r"search=2 is invalid, expected 0 \(low-rank scoring\) or 1"),
+        "rank": (4097, r"rank=4097 is invalid, expected 1..4096"),
+        "L": (0, r"L=0 is invalid, expected 1..64"),
+        "m": (65, r"m=65 is invalid, expected 1..64"),
+        "max_candidates": (1 << 41, r"max_candidates=2199023255552 is invalid, expected <= 2\^40"),
+        "candidate_fraction": (1.5, r"candidate_fraction=1.5.* is invalid, expected 0..1"),
+        "min_keys": (-1, r"min_keys=-1 is invalid, expected >= 0"),
+        "local_window": (-1, r"local_window=-1 is invalid, expected >= 0"),
+        "num_sink": (-2, r"num_sink=-2 is invalid, expected >= 0"),
+        "tail_samples": (-5, r"tail_samples=-5 is invalid, expected >= 0"),
+        "tail_limit": (-0.5, r"tail_limit=-0.5.* is invalid, expected 0..1"),
+        "seed": None,
+    },
+    "gqa": {
+        "num_heads": (0, r"num_heads = 0 must be a positive multiple of kv_num_heads"),
+        "kv_num_heads": (3, r"num_heads = 4 must be a positive multiple of kv_num_heads = 3"),
+        "scale": (float("inf"), r"scale and softcap must be finite"),
+        "softcap": (-1.0, r"softcap >= 0"),
+        "local_window_size": (-2, r"local_window_size = -2 is invalid, expected -1 or >= 1"),
+        "do_rotary": (2, r"do_rotary = 2, expected 0 or 1"),
+        "rotary_interleaved": (2, r"rotary_interleaved = 2, expected 0 or 1"),
+        "causal": (3, r"causal = 3, expected 0 or 1"),
+        "smooth_softmax": (1, r"smooth_softmax = 1 is not supported"),
+        "qk_output": (1, r"qk_output is not supported"),
+        "sliding_window_cache": (1, r"sliding_window_cache = 1 .* is not supported"),
+    },
+}
+SHARED_KNN = [a.name for a in contract.ATTRIBUTES[3:]]  # GroupQueryAttention reads these with KnnAttention's code
+
+
+def _with_attribute(op: str, name: str, value):
+    """A one-node model of `op` whose attribute `name` is set to `value` as given (its Python type decides the
+    ONNX attribute type: the builders' coercion is bypassed)."""
+    model = make_knn_attention_model() if op == "knn" else make_gqa_model(num_heads=4, kv_num_heads=2)
+    node = model.graph.node[0]
+    kept = [a for a in node.attribute if a.name != name]
+    del node.attribute[:]
+    node.attribute.extend([*kept, onnx.helper.make_attribute(name, value)])
+    return model.SerializeToString()
+
+
+def _specs(op):
+    return contract.ATTRIBUTES if op == "knn" else contract.GQA_ATTRIBUTES
+
+
+def test_every_attribute_has_an_out_of_range_case():
+    for op in ("knn", "gqa"):
+        own = {a.name for a in _specs(op)} - (set(SHARED_KNN) if op == "gqa" else set())
+        assert set(OUT_OF_RANGE[op]) == own, op
+
+
+@pytest.mark.parametrize("op,name", [(op, a.name) for op in ("knn", "gqa") for a in _specs(op)])
+def test_each_attribute_of_the_wrong_type_is_an_ort_error(op, name):
+    spec = contract.attribute(name) if op == "knn" else contract.gqa_attribute(name)
+    wrong = 1.5 if spec.type == "int" else 1
+    with pytest.raises(Exception, match=f"attribute {name} has the wrong type, expected {spec.type}"):
+        ort.InferenceSession(_with_attribute(op, name, wrong), session_options(1), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("op,name", [(op, n) for op in ("knn", "gqa") for n in OUT_OF_RANGE[op]]
+                         + [("gqa", n) for n in SHARED_KNN])
+def test_each_attribute_out_of_range_is_an_ort_error(op, name):
+    case = OUT_OF_RANGE["knn" if name in SHARED_KNN else op][name]
+    if case is None:
+        pytest.skip(f"{name}: every value of its type is valid")
+    value, message = case
+    with pytest.raises(Exception, match=message):
+        ort.InferenceSession(_with_attribute(op, name, value), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def test_builder_stores_float_attributes_as_floats():

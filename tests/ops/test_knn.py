@@ -197,7 +197,7 @@ def test_synthetic_peaked_recall():
     centres = rng.standard_normal((48, d)).astype(np.float32) * 1.5
     k = (centres[rng.integers(0, 48, n)] + rng.standard_normal((n, d))).astype(np.float32)
     q = (centres[rng.integers(0, 48, 400)] + rng.standard_normal((400, d))).astype(np.float32)
-    recall = recall_at_k(q, k, range(400), is_causal=0, top_k=32, local_window=0, num_sink=0)
+    recall = recall_at_k(q, k, range(400), is_causal=0, top_k=32, local_window=0, num_sink=0, min_keys=0)
     assert recall >= 0.95, recall
 
 
