@@ -160,7 +160,9 @@ def _tokenizer_spec(options: BatchOptions, model: ModelSpec, samples: list) -> T
 
 
 def _done_ids(out: Path) -> tuple[set[str], list[str]]:
-    """Ids already written, and the unreadable shards moved aside."""
+    """Ids already written, and the unreadable shards moved aside (a killed job's hidden temporary file is removed)."""
+    for stale in out.glob(".*.parquet.tmp"):
+        stale.unlink()
     done, aside = set(), []
     for shard in sorted(out.glob("*.parquet")):
         try:

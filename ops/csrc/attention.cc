@@ -52,7 +52,7 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
     pack_keys(p, b, h, packed.data() + t * per_head);
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
@@ -67,7 +67,7 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
     const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
     exact_rows(p, packed.data() + (b * sh.Hkv + hq / group) * per_head, b, hq, i0, i1);
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   stats->softmax_ms = ms_since(t1);
   stats->path = PathTaken::kExact;
   return Status();
@@ -146,11 +146,11 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
       build_lowrank(p, b, h, &lowrank);
     pack_keys(p, b, h, packed.data() + t * per_head);
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), "the DCI list sort", [&](size_t t) {
     sort_list(&set, static_cast<int64_t>(t) / lists, static_cast<int64_t>(t) % lists);
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
@@ -172,7 +172,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
       }
     }
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   stats->search_ms = ms_since(t1);
   std::vector<int32_t> used;
   used.reserve(scored.size());
@@ -209,7 +209,7 @@ Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuff
       (*out)[static_cast<size_t>((b * sh.Hq + h) * sh.S + i)] = j;
     }
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   return Status();
 }
 

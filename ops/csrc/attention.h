@@ -41,6 +41,11 @@ int64_t knn_threshold(const KnnSettings& k);
 int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0,
                       int64_t i1);
 
+// A task failure (parallel_dynamic) as KnnAttention's error, with the call's sizes.
+inline Status in_call(const Status& s, const AttentionShape& sh) {
+  return s.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+}
+
 // Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status.
 Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats);
 

@@ -97,14 +97,14 @@ Status run_decode(const AttentionParams& p, const Parallel& par, const HostAlloc
     const int64_t j0 = c * kDecodeChunk, j1 = std::min(sh.T, j0 + kDecodeChunk);
     decode_chunk(p, bh / sh.Hkv, bh % sh.Hkv, j0, j1, partials.data() + bh * per_head + c * rows * row_floats);
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * rows), "the decode merge", [&](size_t t) {
     const int64_t bh = static_cast<int64_t>(t) / rows, r = static_cast<int64_t>(t) % rows;
     const int64_t b = bh / sh.Hkv, hq = (bh % sh.Hkv) * g + r / sh.S, i = r % sh.S;
     merge_row(partials.data() + bh * per_head + r * row_floats, nchunks, rows * row_floats, sh.Dv,
               p.y + ((b * sh.Hq + hq) * sh.S + i) * sh.Dv);
   });
-  if (!ran.ok()) return ran.wrapped("KnnAttention: ", " (" + sh.text() + ")");
+  if (!ran.ok()) return in_call(ran, sh);
   stats->path = PathTaken::kExact;
   stats->reason = "decode: flash decoding over the cache in place";
   return Status();

@@ -98,9 +98,11 @@ def test_resume_runs_only_what_is_missing(serial, docs, model, tmp_path, local_r
     first = run_batch(options(docs, model, out, actors=2, limit=7))
     assert first.documents == 7
     (out / "killed-mid-write.parquet").write_bytes(b"PAR1 truncated")  # what a killed writer could leave
+    (out / ".ray-0123.parquet.tmp").write_bytes(b"PAR1")  # and what ours could: a hidden temporary file
     second = run_batch(options(docs, model, out, actors=2))
     assert (second.skipped, second.documents) == (7, GOOD + len(BAD) - 7)
     assert second.set_aside == ["killed-mid-write.parquet"] and (out / "_incomplete.killed-mid-write.parquet").exists()
+    assert not (out / ".ray-0123.parquet.tmp").exists()
     assert results(out) == serial  # every document exactly once
     third = run_batch(options(docs, model, out, actors=2))
     assert (third.skipped, third.documents, third.shards) == (GOOD + len(BAD), 0, [])
