@@ -3,8 +3,9 @@
 Three kinds of input, told apart by what the file holds:
 - a decoder exported by `ice-export` (output last_hidden_state, `lm_head.npy` beside it; rewritten or not):
   per-document perplexity, the [S, V] logits formed in chunks and never held whole;
-- an onnxruntime-genai model folder (genai_config.json; rewritten or not): its decoder file run by onnxruntime
-  directly with an empty KV cache, logits [1, S, V] (S x V floats: keep --max-tokens modest for large vocabularies);
+- an onnxruntime-genai model folder (genai_config.json; rewritten or not) whose decoder returns every position's
+  logits (the builder's form): run by onnxruntime directly with an empty KV cache, logits [1, S, V] (S x V floats:
+  keep --max-tokens modest for large vocabularies); a decoder returning the last position only is refused;
 - an encoder (output last_hidden_state, no lm_head.npy; MiniLM): the mask-weighted mean of the last hidden state,
   L2-normalised.
 """
@@ -48,9 +49,12 @@ def inspect(model: str | Path) -> ModelSpec:
         config = path / "genai_config.json"
         if not config.is_file():
             raise BatchError(f"{path}: a folder without genai_config.json (pass an ONNX file or a genai model folder)")
-        cfg = json.loads(config.read_text())
-        path = path / cfg["model"]["decoder"]["filename"]
-        max_tokens = int(cfg["model"].get("context_length") or 0) or None
+        try:
+            cfg = json.loads(config.read_text())
+            path = path / cfg["model"]["decoder"]["filename"]
+            max_tokens = int(cfg["model"].get("context_length") or 0) or None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise BatchError(f"{config}: not a genai config with model.decoder.filename ({type(e).__name__}: {e})") from e
     if not path.is_file():
         raise BatchError(f"{path}: no such model file")
     try:
@@ -65,9 +69,17 @@ def inspect(model: str | Path) -> ModelSpec:
     for i in proto.graph.input:
         if i.name.startswith("past_key_values."):
             dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            if len(dims) != 4 or dims[1] < 1 or dims[3] < 1:
+                raise BatchError(f"{path}: past input {i.name} needs static [B, Hkv, P, D] dims with Hkv and D known")
             past.append((i.name, dims[1], dims[3]))
     lm_head = path.parent / "lm_head.npy"
     if "logits" in outputs:
+        logits = next(o for o in proto.graph.output if o.name == "logits")
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in logits.type.tensor_type.shape.dim]
+        if len(dims) == 3 and dims[1] == 1:
+            raise BatchError(f"{path}: its logits are [B, 1, V], the last position only (ice-export's genai form "
+                             "writes that for generation); per-document perplexity needs every position: use the "
+                             "ice-export decoder of the same model (hidden states + lm_head.npy), rewritten")
         return ModelSpec(str(path), "perplexity", "logits", inputs, None, tuple(past), max_tokens)
     if "last_hidden_state" not in outputs:
         raise BatchError(f"{path}: neither logits nor last_hidden_state among the outputs ({', '.join(outputs)})")

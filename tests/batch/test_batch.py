@@ -14,7 +14,7 @@ import pytest
 
 from iceformer.batch import BatchError, BatchOptions, DocumentScorer, read_input, run_batch
 from iceformer.batch._cli import main as cli
-from iceformer.models import corpus, export_smollm2
+from iceformer.models import corpus, export_genai, export_smollm2
 from iceformer.rewriter import rewrite
 
 ray = pytest.importorskip("ray")
@@ -155,6 +155,12 @@ def test_cli_and_refusals(docs, model, tmp_path, capsys):
         read_input(str(dup), "id", "text")
     assert cli([str(dup), str(tmp_path / "o2"), "--model", str(model), "--tokenizer", "smollm2", "--serial"]) == 2
     assert cli([str(docs), str(tmp_path / "o3"), "--model", str(tmp_path), "--serial"]) == 2  # no genai_config
+    genai = export_genai("smollm2", max_length=4096)  # ice-export's genai form: last-position logits only
+    with pytest.raises(BatchError, match=r"its logits are \[B, 1, V\], the last position only"):
+        run_batch(options(docs, genai, tmp_path / "o5", serial=True))
+    (tmp_path / "genai_config.json").write_text('{"model": {}}')
+    with pytest.raises(BatchError, match="not a genai config with model.decoder.filename"):
+        run_batch(options(docs, tmp_path, tmp_path / "o4", serial=True))
     assert "ice-batch:" in capsys.readouterr().err
 
 
