@@ -8,9 +8,9 @@ CLI: `ice-batch`. See the README section "Batch inference on Ray".
 """
 
 from ._job import BatchOptions, BatchSummary, read_input, run_batch
-from ._model import BatchError, DocumentError, ModelSpec, inspect
+from ._model import BatchError, DocumentError, inspect
 from ._scorer import DocumentScorer, ScoreOptions
-from ._tokenizer import Tokenizer, TokenizerSpec, build_spec
+from ._tokenizer import Tokenizer, build_spec
 
 __all__ = [
     "BatchOptions",

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._model import BatchError, ModelSpec, inspect
-from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions, result_schema
+from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions
 from ._tokenizer import TokenizerSpec, build_spec
 
 ACTOR_RESTARTS = 3  # an actor that dies is replaced up to this many times, and its unfinished batch retried
@@ -193,14 +193,11 @@ def run_batch(options: BatchOptions, scorer: type = DocumentScorer) -> BatchSumm
     samples = [t for t in table["text"].slice(0, SAMPLE_DOCUMENTS).to_pylist() if t is not None]
     tok = _tokenizer_spec(options, model, samples)
     score = ScoreOptions(max_tokens, options.overflow, options.cpus_per_actor if options.serial else None)
-    shards: list[str] = []
+    writer = _ShardWriter(out, "serial" if options.serial else "ray")
     if len(todo):
-        shards = (_run_serial if options.serial else _run_ray)(options, todo, out, scorer, (model, tok, score))
-    written = pa.concat_tables([pq.read_table(out / s, schema=result_schema(model.task)) for s in shards]) \
-        if shards else result_schema(model.task).empty_table()
-    errors = int(pc.sum(pc.is_valid(written["error"])).as_py() or 0)
-    tokens = int(pc.sum(written["tokens"]).as_py() or 0)
-    return BatchSummary(len(written), skipped, errors, tokens, time.perf_counter() - t0, shards, tok.note, aside)
+        (_run_serial if options.serial else _run_ray)(options, todo, writer, scorer, (model, tok, score))
+    return BatchSummary(writer.documents, skipped, writer.errors, writer.tokens, time.perf_counter() - t0,
+                        writer.shards, tok.note, aside)
 
 
 class _ShardWriter:
@@ -209,10 +206,14 @@ class _ShardWriter:
 
     def __init__(self, out: Path, prefix: str):
         self.out, self.prefix, self.parts, self.rows, self.shards = out, prefix, [], 0, []
+        self.documents = self.errors = self.tokens = 0  # totals of what this writer was given (the summary)
 
     def add(self, table: pa.Table) -> None:
         self.parts.append(table)
         self.rows += len(table)
+        self.documents += len(table)
+        self.errors += len(table) - table["error"].null_count
+        self.tokens += int(pc.sum(table["tokens"]).as_py() or 0)
         if self.rows >= SHARD_ROWS:
             self.flush()
 
@@ -227,16 +228,15 @@ class _ShardWriter:
         self.parts, self.rows = [], 0
 
 
-def _run_serial(options: BatchOptions, todo: pa.Table, out: Path, scorer: type, args: tuple) -> list[str]:
-    worker, writer = scorer(*args), _ShardWriter(out, "serial")
+def _run_serial(options: BatchOptions, todo: pa.Table, writer: _ShardWriter, scorer: type, args: tuple) -> None:
+    worker = scorer(*args)
     for start in range(0, len(todo), options.batch_size):
         part = todo.slice(start, options.batch_size)
         writer.add(worker({c: part[c].to_numpy(zero_copy_only=False) for c in part.column_names}))
     writer.flush()
-    return writer.shards
 
 
-def _run_ray(options: BatchOptions, todo: pa.Table, out: Path, scorer: type, args: tuple) -> list[str]:
+def _run_ray(options: BatchOptions, todo: pa.Table, writer: _ShardWriter, scorer: type, args: tuple) -> None:
     """One block per batch (no repartition task), a fixed pool of actors; the results stream back to this process,
     which writes the shards (no write tasks competing with the actors for CPUs: on a 2-CPU machine with 2 actors
     they would never be scheduled)."""
@@ -253,8 +253,6 @@ def _run_ray(options: BatchOptions, todo: pa.Table, out: Path, scorer: type, arg
             scorer, fn_constructor_args=args, batch_size=options.batch_size, batch_format="numpy",
             concurrency=options.actors, num_cpus=options.cpus_per_actor,
             max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
-    writer = _ShardWriter(out, "ray")
     for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
         writer.add(table)
     writer.flush()
-    return writer.shards

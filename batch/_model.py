@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..tools.lm_eval import logits_stats
+from ..tools.lm_eval import logits_stats, nll_sum
 
 
 class BatchError(Exception):
@@ -121,10 +121,6 @@ class ModelRunner:
         if self.spec.task == "embed":
             return {"embedding": out[0].astype(np.float64).mean(0), "scored": len(ids)}
         if self.spec.output == "logits":
-            logits = out[0, :-1].astype(np.float64)
-            m = logits.max(-1, keepdims=True)
-            lse = m[:, 0] + np.log(np.exp(logits - m).sum(-1))
-            nll = float((lse - logits[np.arange(len(ids) - 1), ids[1:]]).sum())
-            return {"nll": nll, "scored": len(ids) - 1}
+            return {"nll": nll_sum(out[0, :-1].astype(np.float64), ids[1:]), "scored": len(ids) - 1}
         nll, count, _ = logits_stats(out[0], self.lm_head, ids, 0)
         return {"nll": nll, "scored": count}

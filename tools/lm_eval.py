@@ -19,16 +19,20 @@ def feeds(ids: list[int]) -> dict[str, np.ndarray]:
     return {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
 
 
+def nll_sum(logits: np.ndarray, target) -> float:
+    """Sum over rows of -log softmax(logits[r])[target[r]] (logits [R, V])."""
+    m = logits.max(-1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(-1))
+    return float((lse - logits[np.arange(len(logits)), np.asarray(target)]).sum())
+
+
 def logits_stats(hidden: np.ndarray, lm_head: np.ndarray, ids: list[int], start: int, chunk: int = 512):
     """(sum of NLL of ids[t+1] for t in [start, len-1), count, greedy predictions at those t)."""
     total, count, preds = 0.0, 0, []
     for s in range(start, len(ids) - 1, chunk):
         e = min(len(ids) - 1, s + chunk)
         logits = hidden[s:e] @ lm_head.T
-        m = logits.max(-1, keepdims=True)
-        lse = m[:, 0] + np.log(np.exp(logits - m).sum(-1))
-        target = np.asarray(ids[s + 1 : e + 1])
-        total += float((lse - logits[np.arange(e - s), target]).sum())
+        total += nll_sum(logits, ids[s + 1 : e + 1])
         count += e - s
         preds.append(logits.argmax(-1))
     return total, count, (np.concatenate(preds) if preds else np.zeros(0, np.int64))
