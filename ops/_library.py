@@ -71,6 +71,7 @@ def _cdll() -> ctypes.CDLL:
     lib.IceformerKnnSelect.restype = ctypes.c_int
     lib.IceformerKthLargestInt.restype = ctypes.c_int
     lib.IceformerSanitized.restype = ctypes.c_int
+    lib.IceformerPvTileBf16.restype = ctypes.c_int
     return lib
 
 
@@ -138,3 +139,19 @@ def _kth_largest_int(values, k: int) -> float:
                                       ctypes.c_int64(k), ctypes.byref(out)) != 0:
         raise ValueError(f"k must be in [1, {v.size}] and the values integers in (-2^24, 2^24); got k={k}")
     return out.value
+
+
+def _pv_tile_bf16(p, v, o=None):
+    """The dispatched bfloat16 P V kernel of the k-NN path: o + P V with P [rows, cols] and V [cols, dv] rounded to
+    bfloat16, accumulated in float32 (for tests of the kernel against a float64 reference)."""
+    import numpy as np
+
+    p = np.ascontiguousarray(p, dtype=np.float32)
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if p.ndim != 2 or v.ndim != 2 or p.shape[1] != v.shape[0]:
+        raise ValueError(f"P must be [rows, cols] and V [cols, dv]; got {p.shape} and {v.shape}")
+    out = np.zeros((p.shape[0], v.shape[1]), np.float32) if o is None else np.array(o, dtype=np.float32)
+    f = ctypes.POINTER(ctypes.c_float)
+    _cdll().IceformerPvTileBf16(p.ctypes.data_as(f), ctypes.c_int64(p.shape[0]), ctypes.c_int64(p.shape[1]),
+                                v.ctypes.data_as(f), ctypes.c_int64(v.shape[1]), out.ctypes.data_as(f))
+    return out

@@ -28,3 +28,18 @@ def tmp_stats(tmp_path, monkeypatch):
     path = tmp_path / "stats.jsonl"
     monkeypatch.setenv("ICEFORMER_STATS", str(path))
     return path
+
+
+# The k-NN path's shared key sets multiply P V in bfloat16 (weights and values rounded to 8 significant bits,
+# relative error <= 2^-8 each; ops/csrc/simd.h): an output is then within 2^-7 of the weighted mean of |v| (the
+# softmax of the same logits applied to |V|) of the float64 answer.
+BF16_PV_REL = 2.0**-7
+
+
+def assert_close_bf16_pv(got, ref, ref_abs_v, atol=2e-5):
+    """got within BF16_PV_REL * ref_abs_v + atol of ref, elementwise (ref_abs_v: the reference applied to |V|)."""
+    got, ref, ref_abs_v = (np.asarray(a, np.float64) for a in (got, ref, ref_abs_v))
+    excess = np.abs(got - ref) - (BF16_PV_REL * ref_abs_v + atol)
+    assert not (excess > 0).any(), (
+        f"{int((excess > 0).sum())} of {excess.size} outputs beyond the bfloat16 P V bound (worst by {excess.max():.3g})"
+    )

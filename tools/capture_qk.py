@@ -1,6 +1,7 @@
-"""Capture real post-RoPE Q, K and V of SmolLM2-135M on Brown-corpus text (for tests and tuning).
+"""Capture real post-RoPE Q, K and V of a pretrained decoder on Brown-corpus text (for tests and tuning).
 
   ice-capture-qk out.npz --tokens 2048 --layers 0 13 24 --kv-heads 0
+  ice-capture-qk qwen32k.npz --model qwen2.5-coder-0.5b --tokens 32768 --layers 2 12 22 --float32
 
 Saves float16 arrays Q [layers, Hq_sel, T, D], K and V [layers, Hkv_sel, T, D] (query heads of the selected
 KV heads only), plus `layers`, `kv_heads`, `group`. tools/data/smollm2_qkv_2048.npz (shipped for tests and the demo) was made with the line above.
@@ -9,27 +10,49 @@ KV heads only), plus `layers`, `kv_heads`, `group`. tools/data/smollm2_qkv_2048.
 from __future__ import annotations
 
 import argparse
+import sys
 from contextlib import contextmanager
 
 import numpy as np
 
+MODELS = ("smollm2", "qwen2.5-coder-0.5b")
+
+
+class _Done(Exception):
+    """Raised after the last selected layer: the rest of the forward pass is not needed."""
+
 
 @contextmanager
-def _recording(model):
-    """Records (q, k) after RoPE and v of every decoder layer, in call order."""
-    import transformers.models.llama.modeling_llama as ml
-
-    qk, vs, hooks = [], [], []
+def _recording(model, layers: list[int]):
+    """Records (q, k) after RoPE and v of the selected decoder layers (by layer index), and stops the forward
+    pass after the last of them. The hook sits in the modelling module's apply_rotary_pos_emb, which every
+    attention implementation of Llama-like models (SmolLM2, Qwen2) calls."""
+    ml = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    wanted, last = set(layers), max(layers)
+    qk, vs, hooks = {}, {}, []
+    calls = [0]
     original = ml.apply_rotary_pos_emb
 
     def rope(q, k, cos, sin, *a, **kw):
         q2, k2 = original(q, k, cos, sin, *a, **kw)
-        qk.append((q2.detach(), k2.detach()))
+        layer = calls[0]
+        calls[0] += 1
+        if layer in wanted:
+            qk[layer] = (q2.detach(), k2.detach())
         return q2, k2
 
-    for layer in model.model.layers:
-        attn = layer.self_attn
-        hooks.append(attn.v_proj.register_forward_hook(lambda m, i, o: vs.append(o.detach())))
+    def on_v(index):
+        def hook(module, inputs, output):
+            if index in wanted:
+                vs[index] = output.detach()
+        return hook
+
+    def stop(module, inputs, output):
+        raise _Done
+
+    for index, layer in enumerate(model.model.layers):
+        hooks.append(layer.self_attn.v_proj.register_forward_hook(on_v(index)))
+    hooks.append(model.model.layers[last].register_forward_hook(stop))
     ml.apply_rotary_pos_emb = rope
     try:
         yield qk, vs
@@ -39,13 +62,16 @@ def _recording(model):
             h.remove()
 
 
-def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, text_start: int = 0):
+def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, text_start: int = 0,
+            model_name: str = "smollm2"):
     import torch
 
-    from ..models import corpus, smollm2
+    from ..models import corpus, qwen, smollm2
 
-    model, tok = smollm2.load("sdpa")  # the recording hook sits in RoPE, which every implementation calls
-    ids = tok(corpus.brown_text(start=text_start, count=40)).input_ids[:tokens]
+    module = {"smollm2": smollm2, "qwen2.5-coder-0.5b": qwen}[model_name]
+    model, tok = module.load("sdpa")  # the recording hook sits in RoPE, which every implementation calls
+    count = 40 * max(1, -(-tokens // 65536))  # 40 Brown samples hold ~90k tokens
+    ids = tok(corpus.brown_text(start=text_start, count=count)).input_ids[:tokens]
     if len(ids) < tokens:
         raise RuntimeError(f"only {len(ids)} tokens of text available")
     cfg = model.config
@@ -54,8 +80,11 @@ def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, t
     layers = list(range(cfg.num_hidden_layers)) if layers is None else layers
     kv_heads = list(range(hkv)) if kv_heads is None else kv_heads
     qsel = [h * group + g for h in kv_heads for g in range(group)]
-    with torch.no_grad(), _recording(model) as (qk, vs):
-        model(torch.tensor([ids]))
+    with torch.no_grad(), _recording(model, layers) as (qk, vs):
+        try:
+            model.model(torch.tensor([ids]))  # hidden states only: never [T, vocab] logits
+        except _Done:
+            pass
     Q = np.stack([qk[l][0][0, qsel].numpy() for l in layers])
     K = np.stack([qk[l][1][0, kv_heads].numpy() for l in layers])
     V = np.stack([vs[l][0].reshape(tokens, hkv, d).permute(1, 0, 2)[kv_heads].numpy() for l in layers])
@@ -65,12 +94,13 @@ def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, t
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="ice-capture-qk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out")
+    ap.add_argument("--model", choices=MODELS, default="smollm2")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--layers", type=int, nargs="*", default=None, help="default: all")
     ap.add_argument("--kv-heads", type=int, nargs="*", default=None, help="default: all")
     ap.add_argument("--float32", action="store_true", help="keep float32 (default float16, for small fixtures)")
     args = ap.parse_args(argv)
-    arrays = capture(args.tokens, args.layers, args.kv_heads)
+    arrays = capture(args.tokens, args.layers, args.kv_heads, model_name=args.model)
     if not args.float32:
         for k in ("Q", "K", "V"):
             arrays[k] = arrays[k].astype(np.float16)

@@ -154,11 +154,11 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
-  const int64_t nblocks = (sh.S + kExactBlockQ - 1) / kExactBlockQ, group = sh.group();
+  const int64_t nblocks = (sh.S + kKnnBlockQ - 1) / kKnnBlockQ, group = sh.group();
   ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the k-NN query blocks", [&](size_t t) {
     const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
     const int64_t b = bh / sh.Hq, hq = bh % sh.Hq, bkv = b * sh.Hkv + hq / group;
-    const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
+    const int64_t i0 = qb * kKnnBlockQ, i1 = std::min(sh.S, i0 + kKnnBlockQ);
     const int64_t* pre = real_prefix.data() + b * (sh.T + 1);
     // Rows whose visible keys are too few for the index to pay go exact: a prefix of the block (causal).
     const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);

@@ -70,7 +70,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
     }
     for (int64_t t = 0; t < nrows;) {
       // The query block of rows[t], and the requested rows [t, t_end) inside it.
-      const int64_t i0 = rows[t] / kExactBlockQ * kExactBlockQ, i1 = std::min<int64_t>(S, i0 + kExactBlockQ);
+      const int64_t i0 = rows[t] / kKnnBlockQ * kKnnBlockQ, i1 = std::min<int64_t>(S, i0 + kKnnBlockQ);
       int64_t t_end = t;
       while (t_end < nrows && rows[t_end] < i1) ++t_end;
       if (dci) {
@@ -112,5 +112,21 @@ extern "C" ICE_EXPORT int IceformerKthLargestInt(float* v, int64_t n, int64_t k,
   for (int64_t i = 0; i < n; ++i)
     if (!(v[i] > -16777216.f && v[i] < 16777216.f) || v[i] != static_cast<float>(static_cast<int32_t>(v[i]))) return -1;
   *out = iceformer::kernels().kth_largest_int(v, n, k);
+  return 0;
+}
+
+// The dispatched bfloat16 P V kernel (simd.h) on plain arrays, for tests: o[rows x dv] += p[rows x cols] v[cols x dv],
+// P and V rounded to bfloat16 (an odd cols is padded with a zero column).
+extern "C" ICE_EXPORT int IceformerPvTileBf16(const float* p, int64_t rows, int64_t cols, const float* v, int64_t dv,
+                                              float* o) {
+  if (rows < 0 || cols < 0 || dv < 0) return -1;
+  const int64_t even = cols + cols % 2;
+  std::vector<float> pp(static_cast<size_t>(rows * even), 0.f), zero(static_cast<size_t>(dv), 0.f);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(p + r * cols, cols, pp.data() + r * even);
+  std::vector<uint32_t> vw(static_cast<size_t>(even / 2 * dv));
+  const iceformer::Kernels& kern = iceformer::kernels();
+  for (int64_t c = 0; c < even; c += 2)
+    kern.to_pairs(v + c * dv, c + 1 < cols ? v + (c + 1) * dv : zero.data(), dv, vw.data() + c / 2 * dv);
+  kern.pv_tile_bf16(pp.data(), even, rows, even, vw.data(), dv, o, dv);
   return 0;
 }

@@ -16,6 +16,11 @@ constexpr int64_t kPanel = 16;
 // score sum_d q8[d] k8[d] is exact in int32 and in float (|score| < 2^24); for a row it is a positive multiple of the
 // rank-r product plus a constant (128 sum_d q8[d]), so rankings and per-row thresholds are unchanged by the offset.
 // VNNI does 64 of these multiply-adds per instruction (bfloat16 dot products do 32).
+//
+// The k-NN path's P V tiles run in bfloat16 (bf16.h) on pair words, pair(a, b) = bf16(a) | bf16(b) << 16: values as
+// pairs of keys, vw[(c/2)*dv + e] = pair(v(c)[e], v(c+1)[e]), weights as pair(p[c], p[c+1]). A pair product adds the
+// high then the low product to the fp32 accumulator (each product of two bfloat16 is exact in fp32), which is what
+// AVX512-BF16's dot product computes (32 multiply-adds per instruction against fp32's 16).
 struct Kernels {
   const char* name;
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
@@ -53,11 +58,18 @@ struct Kernels {
                       float* acc);
   // One panel (layout above) from m <= 16 rows of D floats: panel[d*16 + c] = rows[c][d], 0 for c >= m.
   void (*pack_panel)(const float* const* rows, int64_t m, int64_t D, float* panel);
+  // out[i] = pair(a[i], b[i]) for i < n (b = nullptr: zeros).
+  void (*to_pairs)(const float* a, const float* b, int64_t n, uint32_t* out);
+  // pv_tile with P rounded to bfloat16 and V as key-pair words (cols even): o[r*ldo + e] += sum_c p[r*ldp + c] v(c)[e].
+  void (*pv_tile_bf16)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv,
+                       float* o, int64_t ldo);
 };
 
 const Kernels& scalar_kernels();
 const Kernels* avx512_kernels();       // nullptr when not compiled in
 const Kernels* avx512_vnni_kernels();  // the same with the AVX512-VNNI dot product; nullptr when not compiled in
+// The VNNI kernels with AVX512-BF16's dot product for the bfloat16 P V tiles; nullptr when not compiled in.
+const Kernels* avx512_bf16_kernels();
 const Kernels& kernels();              // the dispatch point
 
 }  // namespace iceformer

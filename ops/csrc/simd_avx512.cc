@@ -5,6 +5,8 @@
 #if defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
+#include "simd_avx512_common.h"
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -13,7 +15,8 @@
 namespace iceformer {
 namespace {
 
-inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+using avx512::by_row_groups;
+using avx512::tail_mask;
 
 // exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by a degree-6 Taylor polynomial (rel. error ~1e-7),
 // 2^n applied with scalef. Inputs below -87.3 give exactly 0 (so -inf -> 0); NaN propagates.
@@ -102,19 +105,7 @@ void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t np
 template <typename Sink>
 void qk_rows_any(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
                  const Sink& sink) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) qk_rows<8>(q + r * ldq, ldq, kp, D, npanels, r, sink);
-  const float* qr = q + r * ldq;
-  switch (rows - r) {
-    case 7: qk_rows<7>(qr, ldq, kp, D, npanels, r, sink); break;
-    case 6: qk_rows<6>(qr, ldq, kp, D, npanels, r, sink); break;
-    case 5: qk_rows<5>(qr, ldq, kp, D, npanels, r, sink); break;
-    case 4: qk_rows<4>(qr, ldq, kp, D, npanels, r, sink); break;
-    case 3: qk_rows<3>(qr, ldq, kp, D, npanels, r, sink); break;
-    case 2: qk_rows<2>(qr, ldq, kp, D, npanels, r, sink); break;
-    case 1: qk_rows<1>(qr, ldq, kp, D, npanels, r, sink); break;
-    default: break;
-  }
+  by_row_groups(rows, [&](auto R, int64_t r) { qk_rows<decltype(R)::value>(q + r * ldq, ldq, kp, D, npanels, r, sink); });
 }
 
 void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
@@ -222,23 +213,6 @@ inline __attribute__((always_inline)) void qki_union_rows(const uint32_t* q, int
   }
 }
 
-// Calls f(std::integral_constant<int, R>, row0) over rows in groups of R = 8 (then one group of the remainder).
-template <typename F>
-inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& f) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) f(std::integral_constant<int, 8>{}, r);
-  switch (rows - r) {
-    case 7: f(std::integral_constant<int, 7>{}, r); break;
-    case 6: f(std::integral_constant<int, 6>{}, r); break;
-    case 5: f(std::integral_constant<int, 5>{}, r); break;
-    case 4: f(std::integral_constant<int, 4>{}, r); break;
-    case 3: f(std::integral_constant<int, 3>{}, r); break;
-    case 2: f(std::integral_constant<int, 2>{}, r); break;
-    case 1: f(std::integral_constant<int, 1>{}, r); break;
-    default: break;
-  }
-}
-
 template <bool kVnni>
 inline __attribute__((always_inline)) void qki_above(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb,
                                                      int64_t R4, int64_t npanels, const FilterSink& sink) {
@@ -309,18 +283,9 @@ void pv_rows(const float* p, int64_t ldp, int64_t cols, const float* v, int64_t 
 
 void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
              float* o, int64_t ldo) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) pv_rows<8>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo);
-  switch (rows - r) {
-    case 7: pv_rows<7>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    case 6: pv_rows<6>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    case 5: pv_rows<5>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    case 4: pv_rows<4>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    case 3: pv_rows<3>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    case 2: pv_rows<2>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    case 1: pv_rows<1>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo); break;
-    default: break;
-  }
+  by_row_groups(rows, [&](auto R, int64_t r) {
+    pv_rows<decltype(R)::value>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo);
+  });
 }
 
 float vmax(const float* x, int64_t n) {
@@ -524,7 +489,8 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 
 const Kernels* avx512_kernels() {
   static const Kernels k{"avx512", qk_tile, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
-                         kth_largest_int, gather_dot, gather_axpy, pack_panel};
+                         kth_largest_int, gather_dot, gather_axpy, pack_panel, avx512::to_pairs,
+                         avx512::pv_tile_bf16};
   return &k;
 }
 
@@ -539,6 +505,16 @@ const Kernels* avx512_vnni_kernels() {
   return &k;
 }
 
+const Kernels* avx512_bf16_kernels() {
+  static const Kernels k = [] {
+    Kernels b = *avx512_vnni_kernels();
+    b.name = "avx512-vnni-bf16";
+    b.pv_tile_bf16 = avx512::pv_tile_bf16_hw;
+    return b;
+  }();
+  return &k;
+}
+
 }  // namespace iceformer
 
 #else
@@ -546,6 +522,7 @@ const Kernels* avx512_vnni_kernels() {
 namespace iceformer {
 const Kernels* avx512_kernels() { return nullptr; }
 const Kernels* avx512_vnni_kernels() { return nullptr; }
+const Kernels* avx512_bf16_kernels() { return nullptr; }
 }  // namespace iceformer
 
 #endif

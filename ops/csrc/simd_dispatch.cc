@@ -1,5 +1,6 @@
 // The one dispatch point: the best compiled-in variant the CPU supports. ICEFORMER_SIMD=scalar forces the reference,
-// ICEFORMER_SIMD=avx512 the AVX-512 kernels without the VNNI extension (to test that variant on a VNNI CPU).
+// ICEFORMER_SIMD=avx512 the AVX-512 kernels without the VNNI and BF16 extensions (to test that variant on a CPU
+// that has them).
 #include <cstdlib>
 #include <cstring>
 
@@ -16,8 +17,10 @@ const Kernels& kernels() {
                                              __builtin_cpu_supports("avx512dq") &&
                                              __builtin_cpu_supports("avx512bw")) {
       const bool plain = force != nullptr && std::strcmp(force, "avx512") == 0;
-      if (const Kernels* kv = avx512_vnni_kernels(); kv != nullptr && !plain && __builtin_cpu_supports("avx512vnni"))
+      if (const Kernels* kv = avx512_vnni_kernels(); kv != nullptr && !plain && __builtin_cpu_supports("avx512vnni")) {
+        if (const Kernels* kb = avx512_bf16_kernels(); kb != nullptr && __builtin_cpu_supports("avx512bf16")) return kb;
         return kv;
+      }
       return k;
     }
 #endif

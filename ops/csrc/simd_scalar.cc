@@ -4,6 +4,7 @@
 #include <functional>
 #include <limits>
 
+#include "bf16.h"
 #include "simd.h"
 
 namespace iceformer {
@@ -116,11 +117,31 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
     for (int64_t c = 0; c < kPanel; ++c) panel[d * kPanel + c] = c < m ? rows[c][d] : 0.f;
 }
 
+void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_pair(a[i], b != nullptr ? b[i] : 0.f);
+}
+
+// acc + hi(x) hi(y) + lo(x) lo(y), each step one fp32 rounding (the products are exact).
+float pair_step(float acc, uint32_t x, uint32_t y) {
+  acc += from_bf16(x >> 16) * from_bf16(y >> 16);
+  return acc + from_bf16(x) * from_bf16(y);
+}
+
+void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
+                  int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; c += 2) {
+      const uint32_t w = bf16_pair(p[r * ldp + c], p[r * ldp + c + 1]);
+      for (int64_t e = 0; e < dv; ++e) o[r * ldo + e] = pair_step(o[r * ldo + e], w, vw[(c / 2) * dv + e]);
+    }
+}
+
 }  // namespace
 
 const Kernels& scalar_kernels() {
   static const Kernels k{"scalar", qk_tile,  qk_above_i8,     qk_union_i8, pv_tile,     vmax,      exp_sum,
-                         dot,      scal,     count_ge,        kth_largest_int, gather_dot, gather_axpy, pack_panel};
+                         dot,      scal,     count_ge,        kth_largest_int, gather_dot, gather_axpy, pack_panel,
+                         to_pairs, pv_tile_bf16};
   return k;
 }
 

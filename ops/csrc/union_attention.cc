@@ -21,7 +21,8 @@ constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel paddi
 struct UnionScratch {
   KeyMarks in;
   std::vector<int32_t> keys;  // the gathered columns: U, padding, sample, padding
-  std::vector<float> kp, v, q, s, o, m1, s1;
+  std::vector<float> kp, q, s, o, m1, s1, zero;
+  std::vector<uint32_t> vw;  // V as bfloat16 key-pair words (simd.h)
   std::vector<OnlineSoftmax> st;
   std::vector<int64_t> last, seen, fallback;
 };
@@ -59,7 +60,7 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
       sc.seen[r] += vis - lo;
       sc.st[r].add_tile_row(sr, width, kern, w);
     }
-    kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.v.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
+    kern.pv_tile_bf16(sc.s.data(), kExactBlockK, rows, cols, sc.vw.data() + (t0 / 2) * Dv, Dv, sc.o.data(), ldo);
   }
 }
 
@@ -155,19 +156,17 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   }
   const int64_t n = static_cast<int64_t>(sc.keys.size());
 
-  // Gather: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), V rows contiguous;
-  // padding columns are zero.
+  // Gather: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), fp32 for exact scores;
+  // V as bfloat16 pairs of keys (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of
+  // SmolLM2's layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md).
+  // Padding columns are zero.
   sc.kp.resize(n * D);
-  sc.v.resize(n * Dv);
   pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
   pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
-  for (int64_t c = 0; c < n; ++c) {
-    float* vrow = sc.v.data() + c * Dv;
-    if (sc.keys[c] == kPadKey)
-      std::fill(vrow, vrow + Dv, 0.f);
-    else
-      std::copy_n(V + static_cast<int64_t>(sc.keys[c]) * Dv, Dv, vrow);
-  }
+  sc.zero.assign(Dv, 0.f);
+  sc.vw.resize(n / 2 * Dv);
+  auto vrow = [&](int64_t c) { return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv; };
+  for (int64_t c = 0; c < n; c += 2) kernels().to_pairs(vrow(c), vrow(c + 1), Dv, sc.vw.data() + c / 2 * Dv);
   sc.q.resize(rows * D);
   for (int64_t r = 0; r < rows; ++r) {
     const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + r) * D;

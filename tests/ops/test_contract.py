@@ -32,7 +32,7 @@ def test_readme_carries_the_contract_table():
 
 
 def test_simd_variant_is_known():
-    assert simd_variant() in {"avx512-vnni", "avx512", "scalar"}
+    assert simd_variant() in {"avx512-vnni-bf16", "avx512-vnni", "avx512", "scalar"}
 
 
 def test_shape_inference_types_the_output():

@@ -194,6 +194,44 @@ def test_threshold_selection_kernel_matches_sorting_in_every_variant(tmp_path):
         assert json.loads(res.stdout) == [365, 0], variant
 
 
+def test_bfloat16_pv_kernel_matches_a_float64_reference_in_every_variant(tmp_path):
+    """pv_tile_bf16 (the k-NN path's P V): P and V rounded to bfloat16 (nearest, ties to even: the values at the
+    rounding ties below are checked exactly), products summed in float32. Against float64 of the rounded inputs:
+    within 4 float32 roundings per column sum; rows 1..19 (row groups of 8 and remainders), odd and even cols,
+    dv across the 16-lane tail, an accumulating output, and inf / NaN carried like the float32 kernel."""
+    code = (
+        "import json, numpy as np\n"
+        "from iceformer.ops._library import _pv_tile_bf16\n"
+        "def bf16(x):\n"
+        "    b = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)\n"
+        "    r = ((b + 0x7fff + ((b >> 16) & 1)) >> 16) << 16\n"
+        "    return r.astype(np.uint32).view(np.float32)\n"
+        "rng = np.random.default_rng(3)\n"
+        "worst = 0.0\n"
+        "for rows, cols, dv in ((1, 2, 1), (3, 5, 17), (8, 256, 64), (9, 300, 48), (19, 33, 80), (7, 513, 16)):\n"
+        "    p = rng.random((rows, cols)).astype(np.float32)\n"
+        "    v = rng.standard_normal((cols, dv)).astype(np.float32)\n"
+        "    o0 = rng.standard_normal((rows, dv)).astype(np.float32)\n"
+        "    ref = o0.astype(np.float64) + bf16(p).astype(np.float64) @ bf16(v).astype(np.float64)\n"
+        "    got = _pv_tile_bf16(p, v, o0)\n"
+        "    scale = np.abs(bf16(p)).astype(np.float64) @ np.abs(bf16(v)).astype(np.float64) + np.abs(o0)\n"
+        "    worst = max(worst, float(np.max(np.abs(got - ref) / (scale * 2.0**-24 * 4 * (cols + 1)))))\n"
+        "# ties: 1 + 2^-8 lies halfway between two bfloat16 values and rounds to the even one (1.0); 1 + 3 * 2^-8 up\n"
+        "tie = _pv_tile_bf16(np.array([[1.0, 0.0]], np.float32), np.array([[1 + 2.0**-8], [0.0]], np.float32))[0, 0]\n"
+        "up = _pv_tile_bf16(np.array([[1.0, 0.0]], np.float32), np.array([[1 + 3 * 2.0**-8], [0.0]], np.float32))[0, 0]\n"
+        "special = _pv_tile_bf16(np.array([[1.0, 1.0]], np.float32), np.array([[np.inf, np.nan], [1.0, 1.0]], np.float32))[0]\n"
+        "print(json.dumps([worst, float(tie), float(up), [str(x) for x in special]]))\n"
+    )
+    for variant in ("scalar", "avx512", "auto"):
+        res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant),
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        worst, tie, up, special = json.loads(res.stdout)
+        assert worst <= 1.0, (variant, worst)
+        assert tie == 1.0 and up == 1 + 2.0**-6, (variant, tie, up)
+        assert special == ["inf", "nan"], variant
+
+
 def test_threshold_selection_kernel_refuses_values_outside_its_contract():
     with pytest.raises(ValueError, match="k must be in"):
         _kth_largest_int([1.0, 2.0], 0)  # k = 0

@@ -1,0 +1,54 @@
+// Helpers shared by the AVX-512 kernel files (included only by files compiled with the AVX-512 flags).
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+#include <type_traits>
+
+// GCC 12 reports the intrinsics' internal undefined operands (avx512fintrin.h "__Y") as maybe-uninitialized once
+// bf16_bits is inlined: a false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+namespace iceformer {
+namespace avx512 {
+
+// The first n (<= 16) lanes.
+inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
+
+// bfloat16 bits of each lane, in its low half: round to nearest even, NaN kept quiet (as bf16.h).
+inline __m512i bf16_bits(__m512 x) {
+  const __m512i b = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(b, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+  return _mm512_mask_blend_epi32(nan, r, _mm512_srli_epi32(_mm512_or_si512(b, _mm512_set1_epi32(0x400000)), 16));
+}
+
+// Calls f(std::integral_constant<int, R>, row0) over rows in groups of R = 8 (then one group of the remainder):
+// the register-blocked kernels keep R rows' accumulators in registers.
+template <typename F>
+inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& f) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) f(std::integral_constant<int, 8>{}, r);
+  switch (rows - r) {
+    case 7: f(std::integral_constant<int, 7>{}, r); break;
+    case 6: f(std::integral_constant<int, 6>{}, r); break;
+    case 5: f(std::integral_constant<int, 5>{}, r); break;
+    case 4: f(std::integral_constant<int, 4>{}, r); break;
+    case 3: f(std::integral_constant<int, 3>{}, r); break;
+    case 2: f(std::integral_constant<int, 2>{}, r); break;
+    case 1: f(std::integral_constant<int, 1>{}, r); break;
+    default: break;
+  }
+}
+
+// The bfloat16 P V kernels (simd_avx512_bf16.cc): emulated with fp32 FMAs, and the AVX512-BF16 build (_hw).
+void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out);
+void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
+                  int64_t ldo);
+void pv_tile_bf16_hw(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv,
+                     float* o, int64_t ldo);
+
+}  // namespace avx512
+}  // namespace iceformer
