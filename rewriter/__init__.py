@@ -6,5 +6,7 @@
 
 from ._errors import AlreadyRewritten, RewriteError
 from ._rewrite import RewriteOptions, RewriteReport, Skip, rewrite, rewrite_model
+from ._settings import apply_settings, knn_cores
 
-__all__ = ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip"]
+__all__ = ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip",
+           "apply_settings", "knn_cores"]

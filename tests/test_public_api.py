@@ -40,7 +40,8 @@ def test_rewriter_api():
     import iceformer.rewriter
 
     assert sorted(iceformer.rewriter.__all__) == sorted(
-        ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip"]
+        ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip",
+         "apply_settings", "knn_cores"]
     )
 
 

@@ -3,7 +3,9 @@
 Variants per (n, causal, head layout), run interleaved (one run of each in turn, `--reps` rounds), same
 thread count, medians reported with ratios (time of ORT's kernel / time of ours: > 1 means we are faster):
   ours-exact   KnnAttention, top_k = 0
-  ours-knn     KnnAttention with the k-NN attributes given by --knn (omitted when --knn is not given)
+  ours-knn     KnnAttention with the k-NN attributes given by --knn (omitted when --knn is not given); a second and
+               further --knn give ours-knn-2, ... The k-NN rows also report the output's mean relative error
+               against ours-exact over the rows that may take the k-NN path (error %, worst head %).
   ort-gqa      com.microsoft.GroupQueryAttention, causal rows only (what onnxruntime-genai runs: ORT's strongest
                CPU attention, flash-style causal prefill); the headline for causal rows
   ort-mha      com.microsoft.MultiHeadAttention (causal = unidirectional=1; GQA: K/V repeated to Hq heads first)
@@ -30,9 +32,15 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from ..ops import make_attention_model, make_gqa_model, make_knn_attention_model, session_options
-from .recall import recall_at_k
+from ..ops import (
+    make_attention_model,
+    make_gqa_model,
+    make_knn_attention_model,
+    session_options,
+)
+from .calibrate import eligible_rows, relative_error
 from .cases import AttentionCase
+from .recall import recall_at_k
 
 
 @dataclass
@@ -46,6 +54,12 @@ class Row:
     times_ms: dict[str, float] = field(default_factory=dict)
     knn_stats: dict | None = None
     recall: float | None = None  # recall@top_k of the k-NN settings on sampled rows of the first head
+    # per k-NN variant: [mean relative output error vs ours-exact over k-NN-eligible rows, worst head's mean]
+    errors: dict[str, list[float]] = field(default_factory=dict)
+
+
+def knn_names(knn: list[dict] | None) -> list[str]:
+    return ["ours-knn" if i == 0 else f"ours-knn-{i + 1}" for i in range(len(knn or []))]
 
 
 def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
@@ -57,13 +71,14 @@ def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _variants(case: AttentionCase, threads: int, knn: dict | None, ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")):
+def _variants(case: AttentionCase, threads: int, knn: list[dict] | None,
+              ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")):
     x = case.inputs()
     q, k, v = x["Q"], x["K"], x["V"]
     ours = {"Q": q, "K": k, "V": v}
     out = {"ours-exact": (_session(make_knn_attention_model(is_causal=case.is_causal, top_k=0), threads, True), ours)}
-    if knn:
-        out["ours-knn"] = (_session(make_knn_attention_model(is_causal=case.is_causal, **knn), threads, True), ours)
+    for name, attrs in zip(knn_names(knn), knn or []):
+        out[name] = (_session(make_knn_attention_model(is_causal=case.is_causal, **attrs), threads, True), ours)
     # MultiHeadAttention has no KV groups: for GQA its K/V are repeated to Hq heads beforehand (outside the timing),
     # which gives ORT the cheaper layout, not us.
     to3 = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1, 3).reshape(a.shape[0], a.shape[2], -1))  # noqa: E731
@@ -82,11 +97,16 @@ def _variants(case: AttentionCase, threads: int, knn: dict | None, ort_kernels: 
     return out
 
 
-def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stats_path: str,
+def run_row(case: AttentionCase, threads: int, reps: int, knn: list[dict] | None, stats_path: str,
             ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")) -> Row:
     variants = _variants(case, threads, knn, ort_kernels)
-    for sess, feeds in variants.values():  # warm-up
-        sess.run(None, feeds)
+    outputs, stats_line = {}, None
+    for name, (sess, feeds) in variants.items():  # warm-up; the outputs give the k-NN errors
+        outputs[name] = sess.run(None, feeds)[0]
+        if name == "ours-knn" and os.path.exists(stats_path):
+            with open(stats_path) as f:
+                last = json.loads(f.read().splitlines()[-1])
+            stats_line = last if last["path"] == "knn" else None
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
         for name, (sess, feeds) in variants.items():
@@ -95,14 +115,15 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: dict | None, stat
             times[name].append((time.perf_counter() - t0) * 1e3)
     data = "synthetic" if case.capture is None else f"layer {case.capture_layer}"
     row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, data, {k: statistics.median(v) for k, v in times.items()})
+    for name, attrs in zip(knn_names(knn), knn or []):
+        eligible = eligible_rows(case.S, case.T, bool(case.is_causal), attrs)
+        row.errors[name] = list(relative_error(outputs[name], outputs["ours-exact"], eligible))
     if knn:
         x = case.inputs()
         rows = np.linspace(case.S // 2, case.S - 1, 64).astype(int)
-        row.recall = recall_at_k(x["Q"][0, 0], x["K"][0, 0], rows, is_causal=case.is_causal, **knn)
-    if knn and os.path.exists(stats_path):
-        lines = [json.loads(s) for s in open(stats_path) if '"path":"knn"' in s]
-        if lines:
-            row.knn_stats = lines[-1]
+        row.recall = recall_at_k(x["Q"][0, 0], x["K"][0, 0], rows, is_causal=case.is_causal, **knn[0])
+        row.knn_stats = stats_line
+    if os.path.exists(stats_path):
         os.remove(stats_path)
     return row
 
@@ -156,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--knn", type=json.loads, default=None,
-                    help='k-NN attributes as JSON on top of the defaults, e.g. \'{"min_keys": 0}\' (omit: no k-NN column)')
+    ap.add_argument("--knn", type=json.loads, action="append", default=None,
+                    help='k-NN attributes as JSON on top of the defaults, e.g. \'{"min_keys": 0}\' (omit: no k-NN column; '
+                         'repeat for more k-NN columns)')
     ap.add_argument("--clusters", type=int, default=64,
                     help="draw Q and K around this many shared centres (peaked attention, like real models); "
                          "0: i.i.d. normal data, the diffuse worst case")
@@ -192,22 +214,24 @@ def main(argv: list[str] | None = None) -> None:
         console.log(f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
                     + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
 
+    names = knn_names(args.knn)
     table = Table(title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
-                        "(ratio = ORT time / our time)")
-    for col in ["data", "layout", "causal", "n", "ours-exact ms", "ours-knn ms", "ort-gqa ms", "ort-mha ms",
-                "ort-attn23 ms", "best-ort/exact", "best-ort/knn", "knn scored mean/p99", "scored/n", "recall@k",
-                "fallback %", "build %"]:
+                        "(ratio = best ORT kernel's time / our time; error = mean relative output error against "
+                        "ours-exact, worst head in brackets)")
+    for col in ["data", "layout", "causal", "n", "ours-exact ms", "ort-gqa ms", "ort-mha ms", "ort-attn23 ms",
+                "best-ort/exact"] + [c for nm in names for c in (f"{nm} ms", f"best-ort/{nm}", f"{nm} error %")] + [
+                "knn scored mean/p99", "scored/n", "recall@k", "fallback %", "build %"]:
         table.add_column(col, justify="right")
     for r in rows:
         t = r.times_ms
         best = min([v for k, v in t.items() if k.startswith("ort-")], default=float("nan"))
         fmt = lambda key: f"{t[key]:.1f}" if key in t else "-"  # noqa: E731
-        ratio = lambda a, b: f"{t[a] / t[b]:.2f}" if a in t and b in t else "-"  # noqa: E731
         ks = r.knn_stats or {}
+        knn_cells = [c for nm in names for c in (
+            fmt(nm), f"{best / t[nm]:.2f}", f"{100 * r.errors[nm][0]:.2f} ({100 * r.errors[nm][1]:.2f})")]
         table.add_row(
-            r.data, "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}", str(r.causal), str(r.n), fmt("ours-exact"), fmt("ours-knn"),
-            fmt("ort-gqa"), fmt("ort-mha"), fmt("ort-attn23"), f"{best / t['ours-exact']:.2f}",
-            f"{best / t['ours-knn']:.2f}" if "ours-knn" in t else "-",
+            r.data, "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}", str(r.causal), str(r.n), fmt("ours-exact"),
+            fmt("ort-gqa"), fmt("ort-mha"), fmt("ort-attn23"), f"{best / t['ours-exact']:.2f}", *knn_cells,
             f"{ks['mean_candidates']:.0f}/{ks['p99_candidates']:.0f}" if ks else "-",
             f"{ks['mean_candidates'] / r.n:.3f}" if ks else "-",
             f"{r.recall:.3f}" if r.recall is not None else "-",

@@ -10,7 +10,10 @@ against the original model, same threads, each model in its own process (its pea
 When the original's attention scores ([Hq, S, S] fp32 per layer) would not fit in memory (Qwen at 16k: 15 GB),
 the reference is the same export rewritten with exact attention (top_k 0), and the table says so.
 
-  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR]
+With --calibrate, a fourth variant: the default rewrite calibrated per layer by ice-calibrate at the same length
+on other text of the corpus (budget 2% relative output error per layer).
+
+  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR] [--calibrate]
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ from ..models.export import DECODERS, decoder
 from ..ops import get_library_path
 from ..rewriter import RewriteOptions, rewrite
 from . import lm_eval
+from .calibrate import TEXT_START as calibrate_text
+from .calibrate import calibrate
 from .e2e_worker import Worker
 from .lm_eval import perplexity
 
 KNN_FORCED = {"min_keys": 1024}
+CALIBRATION_BUDGET = 0.02
 
 
 def _dense_fits(model: str, n: int) -> bool:
@@ -53,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="folder for the exported and rewritten models")
+    ap.add_argument("--calibrate", action="store_true", help="add the default rewrite calibrated by ice-calibrate")
+    ap.add_argument("--inputs", nargs="+", choices=["text", "repeat"], default=["text", "repeat"])
     args = ap.parse_args(argv)
     console = Console(width=170)
     out = args.out or cache_dir("main-job")
@@ -76,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{dst.name}: {len(report.replaced)} attention cores replaced {report.replaced_by_form}, "
                       f"{bypassed} masks bypassed (key_padding_mask + is_causal)")
         variants[label] = (dst, attrs)
+    if args.calibrate:
+        dst = out / f"{args.model}.calibrated.onnx"
+        tok = lm_eval.tokenizer(args.model)
+        report = calibrate(variants["rewritten, default attributes"][0], dst,
+                           lm_eval.text_ids(tok, n, start=calibrate_text), CALIBRATION_BUDGET, args.threads,
+                           console=console)
+        changed = sum(r.chosen != {} for r in report.cores)
+        console.print(f"{dst.name}: {changed} of {len(report.cores)} cores changed from the defaults: "
+                      + ", ".join(f"{r.core}:{json.dumps(r.chosen)}" for r in report.cores if r.chosen))
+        variants["rewritten, calibrated"] = (dst, report.cores[0].chosen)
     if not dense:
         console.print(f"the original's attention scores at {n} tokens would not fit in memory: the reference is "
                       f"the rewritten model with exact attention (equal to ONNX Runtime's to ~1e-5)")
@@ -105,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(col, justify="right")
     op_stats = {}
     try:
-        for which, ids in (("text", text_ids), ("repeat", repeat_ids)):
+        for which, ids in [x for x in (("text", text_ids), ("repeat", repeat_ids)) if x[0] in args.inputs]:
             results = {}
             for label, worker in workers.items():
                 with console.status(f"{which}: {label}"):

@@ -16,11 +16,13 @@ def test_bench_op_writes_rows_and_plot(tmp_path):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
     bench_op.main(["--n", "256", "--reps", "1", "--heads", "2", "--causal", "yes", "--layouts", "mha",
                    "--knn", '{"min_keys": 0, "top_k": 16, "max_candidates": 32, "tail_samples": 0}',
-                   "--decode", "700", "--json", str(out), "--plot", str(png)])
+                   "--knn", '{"top_k": 0}', "--decode", "700", "--json", str(out), "--plot", str(png)])
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert len(rows) == 1 and rows[0]["n"] == 256 and rows[0]["causal"] == 1
-    assert set(rows[0]["times_ms"]) == {"ours-exact", "ours-knn", "ort-gqa", "ort-mha", "ort-attn23"}
+    assert set(rows[0]["times_ms"]) == {"ours-exact", "ours-knn", "ours-knn-2", "ort-gqa", "ort-mha", "ort-attn23"}
+    assert rows[0]["errors"]["ours-knn-2"] == [0.0, 0.0]  # top_k 0 is the exact path: bit-identical
+    assert 0.0 < rows[0]["errors"]["ours-knn"][0] <= rows[0]["errors"]["ours-knn"][1] < 0.5
     assert [(d["past"], set(d["times_ms"])) for d in result["decode"]] == [(700, {"ours-gqa", "ort-gqa"})]
     assert rows[0]["knn_stats"]["path"] == "knn" and 0.0 <= rows[0]["recall"] <= 1.0
     assert png.stat().st_size > 10_000

@@ -1,0 +1,50 @@
+"""Per-core attribute settings on an already rewritten model (what ice-calibrate chose): the KnnAttention cores
+are numbered in graph order, as ice-rewrite's --layers numbers them; the output is written atomically, never over
+the input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx_ir as ir
+
+from ..ops import contract
+from ._errors import RewriteError
+from ._load import load_model
+from ._rewrite import _save_atomic
+
+
+def knn_cores(model: ir.Model) -> list[ir.Node]:
+    """The iceformer.KnnAttention nodes of the main graph, in graph order."""
+    return [n for n in model.graph if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
+
+
+def _attr(name: str, value: float) -> ir.Attr:
+    spec = contract.attribute(name)  # KeyError names the unknown attribute
+    if spec.type == "int":
+        return ir.AttrInt64(name, int(value))
+    return ir.AttrFloat32(name, float(value))
+
+
+def apply_settings(input_path: str | os.PathLike, output_path: str | os.PathLike,
+                   per_core: dict[int, dict[str, int | float]]) -> int:
+    """Writes `input_path` with per_core[i]'s attributes set on KnnAttention core i; returns the cores changed."""
+    src, dst = Path(input_path), Path(output_path)
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise RewriteError(f"{dst}: the output path is the input path; refusing to overwrite the input")
+    model = load_model(src)
+    cores = knn_cores(model)
+    if not cores:
+        raise RewriteError(f"{src}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)")
+    bad = sorted(i for i in per_core if not 0 <= i < len(cores))
+    if bad:
+        raise RewriteError(f"{src}: cores {bad} do not exist (the model has {len(cores)})")
+    for i, attrs in per_core.items():
+        for name, value in attrs.items():
+            try:
+                cores[i].attributes[name] = _attr(name, value)
+            except KeyError as e:
+                raise RewriteError(f"core {i}: {e}") from e
+    _save_atomic(model, dst, src)
+    return len(per_core)

@@ -1,0 +1,234 @@
+"""ice-calibrate: per-layer k-NN settings for a rewritten decoder, chosen on its own activations.
+
+Runs the rewritten model once on N tokens of Brown Corpus text, keeps each KnnAttention core's inputs, and times
+candidate settings of that core against its exact path (top_k = 0) on them. Each core gets the fastest candidate
+whose mean relative output error (rows that may take the k-NN path, all heads) is within --budget and which is
+faster than exact; a core where none is gets top_k = 0 (exact). Attention that is diffuse in some layers and peaked
+in others (Qwen2.5-Coder at 16k: the 256 tail samples of the defaults leave 3-10% error in the late layers, <2% in
+the early ones) then gets dense, more samples or the defaults where each suffices.
+
+  ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02
+
+The output is the input with the chosen attributes on each core (written atomically, never over the input); the
+report (--json) lists every candidate tried per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from ..ops import contract, session_options
+from ..rewriter import RewriteError, apply_settings
+from .lm_eval import feeds, text_ids, tokenizer
+
+# Candidate settings, cheapest first, on top of the core's own attributes. More tail samples lower the variance of
+# the estimate of the unretrieved keys' mass (error ~ 1/sqrt(samples) on SmolLM2 and Qwen); a lower tail_limit sends
+# rows whose estimate says much mass lies outside the retrieved set to the exact path.
+CANDIDATES: tuple[dict, ...] = (
+    {},
+    {"tail_samples": 512},
+    {"tail_samples": 1024},
+    {"tail_samples": 2048, "tail_limit": 0.15},
+)
+DECODERS = ("smollm2", "qwen2.5-coder-0.5b")
+TEXT_START = 200  # calibration text: Brown samples from 200 on (ice-main and ice-eval evaluate on samples from 100)
+
+
+@dataclass
+class Trial:
+    attrs: dict
+    ms: float
+    error: float  # mean relative output error over k-NN-eligible rows
+    worst_head: float
+
+
+@dataclass
+class CoreResult:
+    core: int
+    node: str
+    exact_ms: float
+    chosen: dict  # attributes written to the core
+    ms: float
+    error: float
+    trials: list[Trial] = field(default_factory=list)
+
+
+@dataclass
+class CalibrationReport:
+    input: str
+    output: str
+    tokens: int
+    budget: float
+    cores: list[CoreResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
+
+
+def capture_core_inputs(path: Path, inputs: dict[str, np.ndarray], threads: int):
+    """(core nodes, per core a dict of its input tensors) from one run of the model at `path` on `inputs`."""
+    model = onnx.load(str(path), load_external_data=False)
+    cores = [n for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
+    if not cores:
+        raise RewriteError(f"{path}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)")
+    types = _elem_types(model)
+    have = {o.name for o in model.graph.output} | set(inputs)
+    for node in cores:
+        for name in node.input:
+            if name and name not in have:
+                model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None))
+                have.add(name)
+    # Beside the input: its external weights are referenced relative to the model's folder.
+    tmp = path.parent / f".ice-calibrate-{os.getpid()}.onnx"
+    try:
+        onnx.save(model, str(tmp))
+        sess = ort.InferenceSession(str(tmp), session_options(threads), providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        values = dict(zip(names, sess.run(names, inputs)))
+    finally:
+        tmp.unlink(missing_ok=True)
+    values.update(inputs)
+    return cores, [{name: values[name] for name in node.input if name} for node in cores]
+
+
+def _core_session(node: onnx.NodeProto, tensors: dict[str, np.ndarray], attrs: dict, threads: int):
+    """The core alone (same inputs and attributes, `attrs` on top) as a one-node model."""
+    base = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    base.update(attrs)
+    ins = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(tensors[n].dtype), tensors[n].shape)
+           for n in node.input if n]
+    core = onnx.helper.make_node(node.op_type, list(node.input), ["Y"], domain=node.domain, **base)
+    graph = onnx.helper.make_graph([core], "core", ins, [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
+    m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
+                                                     onnx.helper.make_opsetid(contract.DOMAIN, contract.VERSION)])
+    return ort.InferenceSession(m.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def _timed(sess, tensors, reps: int) -> tuple[np.ndarray, float]:
+    y = sess.run(None, tensors)[0]  # warm-up
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sess.run(None, tensors)
+        ts.append((time.perf_counter() - t0) * 1e3)
+    return y, statistics.median(ts)
+
+
+def eligible_rows(S: int, T: int, causal: bool, attrs: dict) -> slice:
+    """Query rows that may take the k-NN path: under causality, those seeing at least the k-NN threshold of keys."""
+    if not causal:
+        return slice(0, S)
+    a = {**contract.attribute_defaults(), **attrs}
+    threshold = max(a["min_keys"], a["top_k"] + a["local_window"] + a["num_sink"] + 1)
+    return slice(min(S, max(0, threshold - 1 - (T - S))), S)
+
+
+def relative_error(y: np.ndarray, ref: np.ndarray, rows: slice) -> tuple[float, float]:
+    """(mean over heads and rows, worst head's mean) of |y - ref| / |ref| per output row ([B, H, S, Dv])."""
+    num = np.linalg.norm((y - ref)[:, :, rows].astype(np.float64), axis=-1)
+    den = np.maximum(np.linalg.norm(ref[:, :, rows].astype(np.float64), axis=-1), 1e-30)
+    e = num / den
+    if e.size == 0:
+        return 0.0, 0.0
+    return float(e.mean()), float(e.mean(axis=(0, 2)).max())
+
+
+def calibrate_core(index: int, node: onnx.NodeProto, tensors: dict, budget: float, threads: int, reps: int,
+                   candidates=CANDIDATES, overrides: dict | None = None) -> CoreResult:
+    overrides = overrides or {}
+    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    ref, exact_ms = _timed(_core_session(node, tensors, {"top_k": 0}, threads), tensors, reps)
+    Q, K = tensors[node.input[0]], tensors[node.input[1]]
+    causal = bool(own.get("is_causal", 0))
+    result = CoreResult(index, node.name, exact_ms, {"top_k": 0}, exact_ms, 0.0)
+    for cand in candidates:
+        attrs = {**overrides, **cand}
+        rows = eligible_rows(Q.shape[2], K.shape[2], causal, {**own, **attrs})
+        y, ms = _timed(_core_session(node, tensors, attrs, threads), tensors, reps)
+        err, worst = relative_error(y, ref, rows)
+        result.trials.append(Trial(attrs, ms, err, worst))
+    fits = [t for t in result.trials if t.error <= budget and t.ms < exact_ms]
+    if fits:
+        best = min(fits, key=lambda t: t.ms)
+        result.chosen, result.ms, result.error = dict(best.attrs), best.ms, best.error
+    return result
+
+
+def calibrate(input_path: Path, output_path: Path, ids: list[int], budget: float, threads: int = 2, reps: int = 1,
+              overrides: dict | None = None, console: Console | None = None) -> CalibrationReport:
+    console = console or Console(stderr=True)
+    if output_path.exists() and output_path.resolve() == input_path.resolve():
+        raise RewriteError(f"{output_path}: the output path is the input path; refusing to overwrite the input")
+    console.print(f"running {input_path.name} on {len(ids)} tokens to capture the cores' inputs")
+    cores, tensors = capture_core_inputs(input_path, feeds(ids), threads)
+    report = CalibrationReport(str(input_path), str(output_path), len(ids), budget)
+    for i, (node, t) in enumerate(zip(cores, tensors)):
+        r = calibrate_core(i, node, t, budget, threads, reps, overrides=overrides)
+        report.cores.append(r)
+        console.print(f"core {i}: exact {r.exact_ms:.0f} ms; " + ", ".join(
+            f"{json.dumps(x.attrs)} {x.ms:.0f} ms {100 * x.error:.2f}%" for x in r.trials) + f" -> {json.dumps(r.chosen)}")
+    apply_settings(input_path, output_path, {r.core: r.chosen for r in report.cores})
+    return report
+
+
+def _print(report: CalibrationReport, console: Console) -> None:
+    t = Table(title=f"ice-calibrate: {report.tokens} tokens, budget {100 * report.budget:.1f}% relative output error")
+    for col in ("core", "chosen", "ms", "exact ms", "speedup", "error %"):
+        t.add_column(col)
+    for r in report.cores:
+        t.add_row(str(r.core), json.dumps(r.chosen), f"{r.ms:.0f}", f"{r.exact_ms:.0f}", f"{r.exact_ms / r.ms:.2f}x",
+                  f"{100 * r.error:.2f}")
+    console.print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ice-calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input", type=Path, help="a model rewritten by ice-rewrite (KnnAttention cores)")
+    ap.add_argument("output", type=Path, help="the calibrated model (written atomically; never the input)")
+    ap.add_argument("--model", choices=DECODERS, required=True, help="whose tokenizer makes the calibration text")
+    ap.add_argument("--tokens", type=int, default=8192, help="calibration length: the prompt length you deploy")
+    ap.add_argument("--budget", type=float, default=0.02, help="largest mean relative output error per core")
+    ap.add_argument("--min-keys", type=int, help="min_keys for every core (default: each core's own)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=1, help="timed runs per candidate (after one warm-up)")
+    ap.add_argument("--json", type=Path, help="write the report here")
+    args = ap.parse_args(argv)
+    console = Console(stderr=True)
+    if not 0 < args.budget < 1:
+        ap.error("--budget must be in (0, 1)")
+    overrides = {} if args.min_keys is None else {"min_keys": args.min_keys}
+    try:
+        ids = text_ids(tokenizer(args.model), args.tokens, start=TEXT_START)
+        report = calibrate(args.input, args.output, ids, args.budget, args.threads, args.reps, overrides, console)
+    except RewriteError as e:
+        console.print(f"[red]ice-calibrate: {e}[/red]")
+        return 2
+    _print(report, console)
+    if args.json:
+        args.json.write_text(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
