@@ -1,0 +1,48 @@
+"""ice-calibrate's choice per core (tools/calibrate.py) on a core whose k-NN sets really err: 2048 keys of
+clustered data, sets of 8 keys."""
+
+import numpy as np
+import onnx
+import pytest
+from iceformer.tools import calibrate as cal
+from iceformer.tools.cases import AttentionCase
+
+ATTRS = dict(is_causal=0, top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, tail_samples=32,
+             tail_limit=1.0)
+CANDIDATES = ({}, {"tail_samples": 64})
+
+
+@pytest.fixture(scope="module")
+def core():
+    x = AttentionCase(Hq=2, Hkv=1, S=128, T=2048, D=32, seed=5, clusters=16).inputs()
+    node = onnx.helper.make_node("KnnAttention", ["q", "k", "v"], ["y"], domain="iceformer", name="core0", **ATTRS)
+    return node, {"q": x["Q"], "k": x["K"], "v": x["V"]}
+
+
+def test_no_candidate_within_budget_keeps_the_core_exact(core):
+    node, tensors = core
+    r = cal.calibrate_core(0, node, tensors, budget=1e-9, threads=1, reps=1, candidates=CANDIDATES)
+    assert [t.attrs for t in r.trials] == list(CANDIDATES)
+    assert all(1e-9 < t.error <= t.worst_head for t in r.trials)  # the sparse sets err (measured 0.85 / 0.72)
+    assert r.chosen == {"top_k": 0} and r.ms == r.exact_ms and r.error == 0.0
+
+
+def test_more_tail_samples_err_less_and_the_choice_is_the_fastest_within_budget(core):
+    node, tensors = core
+    r = cal.calibrate_core(0, node, tensors, budget=0.5, threads=1, reps=1, candidates=CANDIDATES)
+    assert r.trials[1].error < r.trials[0].error  # 64 samples estimate the unretrieved mass better than 32
+    fits = [t for t in r.trials if t.ms < r.exact_ms]
+    assert r.chosen == (min(fits, key=lambda t: t.ms).attrs if fits else {"top_k": 0})
+
+
+def test_eligible_rows_and_relative_error():
+    sparse = dict(top_k=4, local_window=4, num_sink=1, min_keys=0)
+    # causal, S = T = 100, threshold max(min_keys 0, 4 + 4 + 1 + 1) = 10 keys: row i sees i + 1 keys -> rows 9..99
+    assert cal.eligible_rows(100, 100, True, sparse) == slice(9, 100)
+    assert cal.eligible_rows(40, 100, True, {**sparse, "min_keys": 80}) == slice(19, 40)  # row i sees 61 + i keys
+    assert cal.eligible_rows(50, 70, False, sparse) == slice(0, 50)
+    ref = np.ones((1, 2, 3, 4), np.float32)
+    y = ref.copy()
+    y[0, 1, 2] = 1.5  # head 1, row 2: |dy| / |y| = 0.5
+    mean, worst = cal.relative_error(y, ref, slice(0, 3))
+    assert mean == pytest.approx(0.5 / 6) and worst == pytest.approx(0.5 / 3)
