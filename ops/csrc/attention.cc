@@ -13,8 +13,8 @@
 
 #include "exact_attention.h"
 #include "host_buffer.h"
-#include "knn_attention.h"
-#include "knn_index.h"
+#include "dci_attention.h"
+#include "dci_index.h"
 #include "lowrank.h"
 #include "masking.h"
 #include "parallel.h"
@@ -108,7 +108,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   const bool dci = ks.search == 1;
   const int64_t lists = dci ? ks.num_composite * ks.num_simple : 0;
   const std::vector<float> dirs = make_directions(ks.seed, lists, sh.D);
-  KnnIndexSet set;
+  DciIndexSet set;
   LowRankSet lowrank;
   HostBuffer<float> packed(mem);
   std::vector<int64_t> real_prefix;
@@ -166,7 +166,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     if (split < i1) {
       int32_t* row_scored = scored.data() + (b * sh.Hq + hq) * sh.S + split;
       if (dci) {
-        knn_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, pre, b, hq, split, i1, row_scored);
+        dci_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, pre, b, hq, split, i1, row_scored);
       } else {
         union_rows(p, packed.data() + bkv * per_head, lowrank, pre, b, hq, split, i1, row_scored);
       }
@@ -205,7 +205,7 @@ Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuff
     for (int64_t i = 0; i < sh.S; ++i) {
       const MaskRow mr = mask_row(p.mask, b, h, i);
       int64_t j = causal_last_key(p, b, i);
-      while (j >= 0 && mr.value(j) == -std::numeric_limits<float>::infinity()) --j;
+      while (j >= 0 && mr.value(j) == kNegInf) --j;
       (*out)[static_cast<size_t>((b * sh.Hq + h) * sh.S + i)] = j;
     }
   });

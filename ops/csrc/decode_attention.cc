@@ -13,7 +13,6 @@
 namespace iceformer {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Per-thread scratch: the scaled query rows of a head group and one chunk's scores.
 struct DecodeScratch {
@@ -40,10 +39,8 @@ void decode_chunk(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, 
   DecodeScratch& sc = t_decode;
   sc.q.resize(rows * D);
   sc.s.resize(rows * cols);
-  for (int64_t r = 0; r < rows; ++r) {  // row r = (query head hkv * g + r / S, query r % S)
-    const float* q = p.q + ((b * sh.Hq + hkv * g + r / sh.S) * sh.S + r % sh.S) * D;
-    for (int64_t d = 0; d < D; ++d) sc.q[r * D + d] = q[d] * p.scale;
-  }
+  for (int64_t r = 0; r < rows; ++r)  // row r = (query head hkv * g + r / S, query r % S)
+    p.scaled_query(b, hkv * g + r / sh.S, r % sh.S, sc.q.data() + r * D);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = r % sh.S;
     const int64_t first = std::max(row_first(p, b, i), j0), last = std::min(row_last(p, b, 0, i), j1 - 1);

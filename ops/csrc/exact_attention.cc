@@ -20,7 +20,6 @@ struct ExactScratch {
 };
 thread_local ExactScratch t_scratch;
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 }  // namespace
 
@@ -55,11 +54,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
   if (sc.s.size() < static_cast<size_t>(rows * kExactBlockK)) sc.s.resize(rows * kExactBlockK);
   if (sc.key_bias.size() < static_cast<size_t>(kExactBlockK)) sc.key_bias.resize(kExactBlockK);
 
-  // Q rows scaled once: (scale q) . k = scale (q . k).
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* q = p.q + ((b * sh.Hq + hq) * sh.S + row_ids[r]) * D;
-    for (int64_t d = 0; d < D; ++d) sc.q[r * D + d] = q[d] * p.scale;
-  }
+  for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, row_ids[r], sc.q.data() + r * D);
   for (int64_t r = 0; r < rows; ++r) {
     std::fill(o + r * ldo, o + r * ldo + Dv, 0.f);
     states[r] = OnlineSoftmax{kNegInf, 0.f, o + r * ldo, Dv};

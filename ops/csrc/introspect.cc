@@ -8,8 +8,8 @@
 
 #include "attention.h"
 #include "exact_attention.h"
-#include "knn_attention.h"
-#include "knn_index.h"
+#include "dci_attention.h"
+#include "dci_index.h"
 #include "lowrank.h"
 #include "masking.h"
 #include "simd.h"
@@ -52,7 +52,7 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
     const bool dci = p.knn.search == 1;
     const int64_t lists = dci ? p.knn.num_composite * p.knn.num_simple : 0;
     const std::vector<float> dirs = make_directions(p.knn.seed, lists, D);
-    KnnIndexSet set;
+    DciIndexSet set;
     set.lists = lists;
     set.stride = T;
     set.proj.resize(lists * T);

@@ -158,7 +158,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
   auto visible = [&](const MaskRow& mr, int64_t t, int64_t j) {
     return j <= sc.last[t] && j >= sc.first[t] && key_is_real(p.key_padding, T, b, j) &&
-           !(any_mask && mr.value(j) == -std::numeric_limits<float>::infinity());
+           !(any_mask && mr.value(j) == kNegInf);
   };
   // Queries: qf = q P, q8 = round(127 (q P)_d s_d / max_d |(q P)_d s_d|), so that
   // sum_d q8[d] k8[d] is proportional to (q P).(K P) up to rounding and a per-row offset (simd.h). A non-finite
@@ -196,7 +196,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
   sc.hit_val.resize(sc.hit_id.size());
   sc.vis.resize(rows);
   sc.count.assign(rows, 0);
-  sc.thr.assign(rows, -std::numeric_limits<float>::infinity());
+  sc.thr.assign(rows, kNegInf);
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t last = sc.last[t];
     // Sample panel s2 starts at key s2 * stride * 16: its columns c < 16 map to keys j0 + c.
@@ -227,7 +227,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
         1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(nv) / visible_est)));
     if (nv > want) {
       const float kth = kern.kth_largest_int(vals, nv, want);
-      sc.thr[t] = std::nextafter(kth, -std::numeric_limits<float>::infinity());
+      sc.thr[t] = std::nextafter(kth, kNegInf);
     }
   }
 

@@ -38,6 +38,8 @@ inline void apply_softcap(float* s, int64_t n, float cap) {
 
 // Values at or below this count as masked: exporters fill with the float minimum rather than -inf.
 constexpr float kMaskedBelow = -1e30f;
+// The logit of a key a query may not see (exp gives exactly 0; every path's home for it).
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Last key query row i of (b, h) may see: the causal limit, tightened by the mask's last visible key.
 inline int64_t row_last(const AttentionParams& p, int64_t b, int64_t h, int64_t i) {
@@ -69,10 +71,10 @@ struct MaskRow {
   float value(int64_t j) const {
     switch (kind) {
       case MaskKind::kNone: return 0.f;
-      case MaskKind::kBool: return b8[j * stride] ? 0.f : -std::numeric_limits<float>::infinity();
+      case MaskKind::kBool: return b8[j * stride] ? 0.f : kNegInf;
       case MaskKind::kFloat: {
         const float v = f32[j * stride];
-        return v <= kMaskedBelow ? -std::numeric_limits<float>::infinity() : v;
+        return v <= kMaskedBelow ? kNegInf : v;
       }
     }
     return 0.f;
@@ -83,7 +85,6 @@ struct MaskRow {
 // (+inf or NaN logits from inf keys, NaN mask entries outside a window), so an invisible key never turns its row
 // into NaN. Equal to s + m for every other input.
 inline float add_mask(float s, float m) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   return (m == kNegInf || s == kNegInf) ? kNegInf : s + m;
 }
 

@@ -98,6 +98,11 @@ struct AttentionParams {
   // The key / value rows of (b, hkv): row j at + j * D (+ j * Dv).
   const float* key_rows(int64_t b, int64_t hkv) const { return k + (b * shape.Hkv + hkv) * kv_stride() * shape.D; }
   const float* value_rows(int64_t b, int64_t hkv) const { return v + (b * shape.Hkv + hkv) * kv_stride() * shape.Dv; }
+  // Query row i of (b, hq) times the scale, into dst[0, D): every tile scores (scale q) . k = scale (q . k).
+  void scaled_query(int64_t b, int64_t hq, int64_t i, float* dst) const {
+    const float* row = q + ((b * shape.Hq + hq) * shape.S + i) * shape.D;
+    for (int64_t d = 0; d < shape.D; ++d) dst[d] = row[d] * scale;
+  }
 };
 
 }  // namespace iceformer

@@ -6,7 +6,7 @@
 
 #include "exact_attention.h"
 #include "key_marks.h"
-#include "knn_attention.h"
+#include "dci_attention.h"
 #include "masking.h"
 #include "online_softmax.h"
 #include "rng.h"
@@ -15,7 +15,6 @@
 namespace iceformer {
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel padding: beyond every row's last key
 
 struct UnionScratch {
@@ -168,10 +167,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   auto vrow = [&](int64_t c) { return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv; };
   for (int64_t c = 0; c < n; c += 2) kernels().to_pairs(vrow(c), vrow(c + 1), Dv, sc.vw.data() + c / 2 * Dv);
   sc.q.resize(rows * D);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* q = p.q + ((b * sh.Hq + hq) * sh.S + i0 + r) * D;
-    for (int64_t d = 0; d < D; ++d) sc.q[r * D + d] = q[d] * p.scale;
-  }
+  for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, i0 + r, sc.q.data() + r * D);
   sc.s.resize(rows * kExactBlockK);
   sc.o.assign(rows * ldo, 0.f);
   sc.st.resize(rows);

@@ -7,7 +7,7 @@
 // costs a row what a key of the exact path costs, not a gather. Neighbouring queries retrieve largely the same
 // keys (SmolLM2-135M at 8192 tokens: the union of 64 rows' exact top-128 holds 800-1250 of ~6000 visible keys).
 // The visible keys outside U are estimated from one systematic sample per block, each sampled key weighted by
-// the sampling step (unbiased for every row of the block; see knn_rows for the per-row variant).
+// the sampling step (unbiased for every row of the block; see dci_rows for the per-row variant).
 #pragma once
 #include <cstdint>
 #include <vector>

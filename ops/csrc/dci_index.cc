@@ -1,4 +1,4 @@
-#include "knn_index.h"
+#include "dci_index.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,7 +27,7 @@ std::vector<float> make_directions(int64_t seed, int64_t lists, int64_t D) {
 }
 
 void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int64_t b, int64_t hkv,
-                  KnnIndexSet* set) {
+                  DciIndexSet* set) {
   const Kernels& kern = kernels();
   const int64_t T = p.shape.T, D = p.shape.D, lists = set->lists;
   const int64_t bh = b * p.shape.Hkv + hkv;
@@ -82,7 +82,7 @@ thread_local SortScratch t_sort;
 
 }  // namespace
 
-void sort_list(KnnIndexSet* set, int64_t bh, int64_t list) {
+void sort_list(DciIndexSet* set, int64_t bh, int64_t list) {
   const int64_t n = set->count[bh];
   float* proj = set->proj.data() + (bh * set->lists + list) * set->stride;
   int32_t* ids = set->ids.data() + (bh * set->lists + list) * set->stride;

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "epoch_set.h"
-#include "knn_index.h"
+#include "dci_index.h"
 
 namespace iceformer {
 
@@ -24,7 +24,7 @@ struct SearchScratch {
 // over; keys in `exclude` (already attended) are not returned. Stops at `budget` candidates or `max_steps`
 // visits. Results in sc.found.
 template <typename Visible>
-void dci_search(const KnnIndexView& idx, int64_t L, int64_t m, int64_t T, int64_t budget, int64_t max_steps,
+void dci_search(const DciIndexView& idx, int64_t L, int64_t m, int64_t T, int64_t budget, int64_t max_steps,
                 const Visible& visible, const EpochSet& exclude, SearchScratch& sc) {
   sc.found.clear();
   const int64_t n = idx.n, lists = L * m;

@@ -1,4 +1,4 @@
-#include "knn_attention.h"
+#include "dci_attention.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,7 +7,7 @@
 
 #include "epoch_set.h"
 #include "exact_attention.h"
-#include "knn_search.h"
+#include "dci_search.h"
 #include "masking.h"
 #include "online_softmax.h"
 #include "rng.h"
@@ -16,18 +16,8 @@
 
 namespace iceformer {
 
-int64_t candidate_budget(const KnnSettings& s, int64_t visible) {
-  int64_t cap = std::numeric_limits<int64_t>::max();
-  if (s.max_candidates > 0) cap = s.max_candidates;
-  if (s.candidate_fraction > 0.f)
-    cap = std::min<int64_t>(cap, static_cast<int64_t>(std::ceil(s.candidate_fraction * static_cast<double>(visible))));
-  if (cap == std::numeric_limits<int64_t>::max()) cap = 4 * s.top_k;  // neither cap given
-  return std::min<int64_t>(std::max<int64_t>(s.top_k, cap), std::max<int64_t>(visible, 0));
-}
-
 namespace {
 
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 struct RowScratch {
   SearchScratch search;
@@ -51,7 +41,7 @@ inline bool is_forced(const KnnSettings& ks, int64_t last, int64_t j) {
 // Retrieves the row's candidates by the DCI walk, scores them exactly and keeps the top_k in sc.top / sc.chosen.
 // Returns the number of candidates scored.
 template <typename Visible, typename Score>
-int64_t retrieve(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs, const float* q,
+int64_t retrieve(const AttentionParams& p, const DciIndexView& idx, const std::vector<float>& dirs, const float* q,
                  int64_t last, int64_t n_vis, const Visible& visible, const Score& score, RowScratch& sc) {
   const KnnSettings& ks = p.knn;
   const int64_t T = p.shape.T;
@@ -80,7 +70,7 @@ int64_t retrieve(const AttentionParams& p, const KnnIndexView& idx, const std::v
 
 }  // namespace
 
-void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx, const std::vector<float>& dirs,
+void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx, const std::vector<float>& dirs,
               const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
@@ -182,7 +172,7 @@ void knn_rows(const AttentionParams& p, const float* kp, const KnnIndexView& idx
   if (!sc.fallback.empty()) exact_rows(p, kp, b, hq, sc.fallback.data(), static_cast<int64_t>(sc.fallback.size()));
 }
 
-int64_t select_for_inspection(const AttentionParams& p, const KnnIndexView& idx, const std::vector<float>& dirs,
+int64_t select_for_inspection(const AttentionParams& p, const DciIndexView& idx, const std::vector<float>& dirs,
                               int64_t i, int32_t* out, int64_t cap) {
   const Kernels& kern = kernels();
   const int64_t D = p.shape.D;

@@ -15,7 +15,7 @@ namespace iceformer {
 // The L*m random unit directions in R^(D+1), row-major [L*m][D+1]; a function of (seed, D) only.
 std::vector<float> make_directions(int64_t seed, int64_t lists, int64_t D);
 
-struct KnnIndexView {
+struct DciIndexView {
   int64_t n = 0;            // keys indexed (real keys of this batch row)
   int64_t lists = 0;        // L*m
   int64_t stride = 0;       // distance between lists (>= n)
@@ -24,19 +24,19 @@ struct KnnIndexView {
 };
 
 // Storage for all (batch, KV head) indices of one call.
-struct KnnIndexSet {
+struct DciIndexSet {
   int64_t lists = 0, stride = 0;  // stride = T: room per list
   std::vector<float> proj;
   std::vector<int32_t> ids;
   std::vector<int64_t> count;  // keys indexed per (b, hkv)
-  KnnIndexView view(int64_t bh) const {
+  DciIndexView view(int64_t bh) const {
     return {count[bh], lists, stride, proj.data() + bh * lists * stride, ids.data() + bh * lists * stride};
   }
 };
 
 // Step 1 for (b, hkv): projections of all real keys on all directions (unsorted), ids in T order.
-void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int64_t b, int64_t hkv, KnnIndexSet* set);
+void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int64_t b, int64_t hkv, DciIndexSet* set);
 // Step 2 for one list of (b, hkv): sort it (radix sort on the order-preserving integer image of floats).
-void sort_list(KnnIndexSet* set, int64_t bh, int64_t list);
+void sort_list(DciIndexSet* set, int64_t bh, int64_t list);
 
 }  // namespace iceformer
