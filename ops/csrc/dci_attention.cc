@@ -134,21 +134,14 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
     for (const auto& [s, j] : sc.top.items()) sc.ids.push_back(j), sc.logits.push_back(s);
     os.add(sc.logits.data(), sc.ids.data(), kept, V, kern);
 
-    // Tail estimate of the sum over the unretrieved visible keys U: a systematic sample of the positions
-    // [0, last] (random start, step h = (last + 1) / tail_samples) includes each position with probability
-    // 1 / h, so h * (sum over sampled positions in U) is unbiased; systematic sampling spreads the sample
-    // over the sequence, which lowers the variance on attention's positional structure.
+    // Tail estimate of the sum over the unretrieved visible keys: the tail sample (knn_common.h) of [0, last].
     const int64_t n_rest = n_vis - n_forced - kept;
     if (ks.tail_samples > 0 && n_rest > 0) {
       Rng rng(row_seed(ks.seed, b, hq, i));
       sc.samples.clear();
-      const int64_t s = std::min(ks.tail_samples, last + 1);
-      const double h = static_cast<double>(last + 1) / static_cast<double>(s);
-      const double start = rng.uniform() * h;
-      for (int64_t t = 0; t < s; ++t) {
-        const int64_t j = std::min<int64_t>(last, static_cast<int64_t>(start + static_cast<double>(t) * h));
+      const double h = systematic_sample(rng, ks.tail_samples, 0, last, [&](int64_t j) {
         if (visible(j) && !is_forced(ks, last, j) && !sc.chosen.contains(j)) sc.samples.push_back(static_cast<int32_t>(j));
-      }
+      });
       if (!sc.samples.empty()) {
         const float w = static_cast<float>(h);
         sc.logits.resize(sc.samples.size());
@@ -156,9 +149,7 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
         const float m1 = os.max, s1 = os.sum;  // the retrieved part, before the tail
         os.add(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
         scored += static_cast<int64_t>(sc.samples.size());
-        // Share of the (estimated) mass outside the retrieved keys: too large, the sparse answer is unreliable.
-        const float kept_share = os.sum > 0.f ? s1 * std::exp(m1 - os.max) / os.sum : 1.f;
-        if (ks.tail_limit < 1.f && 1.f - kept_share > ks.tail_limit) {
+        if (tail_too_heavy(ks.tail_limit, m1, s1, os.max, os.sum)) {
           sc.fallback.push_back(i);
           keys_scored[i - i0] = sent_to_exact(n_vis);
           continue;

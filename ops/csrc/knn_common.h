@@ -1,5 +1,6 @@
 // What both k-NN paths (the low-rank block sets, union_attention.h, and the Prioritized-DCI rows,
-// dci_attention.h) share: the candidate budget of the contract and the statistics code of a row sent to exact.
+// dci_attention.h) share: the candidate budget of the contract, the tail estimate's sample and its tail_limit test,
+// and the statistics code of a row sent to exact.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -7,6 +8,7 @@
 #include <limits>
 
 #include "params.h"
+#include "rng.h"
 
 namespace iceformer {
 
@@ -24,6 +26,31 @@ inline int64_t candidate_budget(const KnnSettings& s, int64_t visible) {
     cap = std::min<int64_t>(cap, static_cast<int64_t>(std::ceil(s.candidate_fraction * static_cast<double>(visible))));
   if (cap == std::numeric_limits<int64_t>::max()) cap = 4 * s.top_k;  // neither cap given
   return std::min<int64_t>(std::max<int64_t>(s.top_k, cap), std::max<int64_t>(visible, 0));
+}
+
+// The tail estimate's sample: a systematic sample of the positions [lo, hi], n = min(samples, hi + 1 - lo) of them,
+// a random start in the first step h = (hi + 1 - lo) / n, then every h-th position. Each position is drawn with
+// probability 1 / h, so h times a sum over the drawn positions (outside the retrieved keys) estimates the sum over
+// all of them without bias; spreading the sample over the sequence lowers the variance on attention's positional
+// structure. Calls take(j) for each drawn position; returns h.
+template <typename Take>
+double systematic_sample(Rng& rng, int64_t samples, int64_t lo, int64_t hi, Take&& take) {
+  const int64_t n = std::min(samples, hi + 1 - lo);
+  if (n <= 0) return 1.0;
+  const double h = static_cast<double>(hi + 1 - lo) / static_cast<double>(n);
+  const double start = static_cast<double>(lo) + rng.uniform() * h;
+  for (int64_t t = 0; t < n; ++t) take(std::min<int64_t>(hi, static_cast<int64_t>(start + static_cast<double>(t) * h)));
+  return h;
+}
+
+// The tail_limit test: whether the estimated share of a row's softmax mass outside its retrieved keys exceeds
+// tail_limit (then the sparse answer is unreliable and the row goes exact). (m1, s1): the row's online-softmax max
+// and sum before the tail sample was added; (max, sum) after.
+inline bool tail_too_heavy(float tail_limit, float m1, float s1, float max, float sum) {
+  if (!(tail_limit < 1.f)) return false;
+  const float kept = s1 * std::exp(m1 - max);
+  if (!(sum > kept)) return false;  // the sample added no mass (or NaN)
+  return 1.f - kept / sum > tail_limit;
 }
 
 }  // namespace iceformer

@@ -134,22 +134,18 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     return;
   }
 
-  // Columns: U, then a systematic sample of the positions [first_min, last_any] outside U (random start, step
-  // h = (last_any + 1 - first_min) / n_s): every position is sampled with probability 1 / h, so for each row h times the sum
-  // over its visible sampled keys is an unbiased estimate of the sum over its visible keys outside U.
+  // Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
+  // h times the sum over its visible sampled keys estimates the sum over its visible keys outside U.
   sc.keys.assign(u.begin(), u.end());
   pad_to_panel(sc.keys);
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   double h = 1.0;
   int64_t n_samp = 0;  // sampled keys outside U
-  if (const int64_t n_s = block_samples(ks, first_min, last_any); n_s > 0) {
+  if (block_samples(ks, first_min, last_any) > 0) {
     Rng rng(row_seed(ks.seed, b, hq, i0));
-    h = static_cast<double>(last_any + 1 - first_min) / static_cast<double>(n_s);
-    const double start = static_cast<double>(first_min) + rng.uniform() * h;
-    for (int64_t t = 0; t < n_s; ++t) {
-      const int64_t j = std::min<int64_t>(last_any, static_cast<int64_t>(start + static_cast<double>(t) * h));
+    h = systematic_sample(rng, ks.tail_samples, first_min, last_any, [&](int64_t j) {
       if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
-    }
+    });
     n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
     pad_to_panel(sc.keys);
   }
@@ -183,9 +179,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   sc.fallback.clear();
   for (int64_t r = 0; r < rows; ++r) {
     const OnlineSoftmax& st = sc.st[r];
-    // Share of the (estimated) mass outside U: too large, the sparse answer is unreliable.
-    const float kept_share = st.sum > 0.f ? sc.s1[r] * std::exp(sc.m1[r] - st.max) / st.sum : 1.f;
-    if (ks.tail_limit < 1.f && st.sum > sc.s1[r] * std::exp(sc.m1[r] - st.max) && 1.f - kept_share > ks.tail_limit) {
+    if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], st.max, st.sum)) {
       sc.fallback.push_back(i0 + r);
       keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
       continue;
