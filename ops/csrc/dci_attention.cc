@@ -76,7 +76,7 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
   const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, hkv = hq / sh.group(), rows = i1 - i0;
-  const int64_t ldo = (Dv + 15) / 16 * 16;
+  const int64_t ldo = padded_dv(Dv);
   const float* K = p.key_rows(b, hkv);
   const float* V = p.value_rows(b, hkv);
   const bool any_mask = p.mask.kind != MaskKind::kNone;  // pure 0/-inf masks only: biases run exact
@@ -94,7 +94,7 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
   } else {
     for (int64_t r = 0; r < rows; ++r) {
       std::fill(sc.band_o.begin() + r * ldo, sc.band_o.begin() + r * ldo + Dv, 0.f);
-      sc.band[r] = OnlineSoftmax{kNegInf, 0.f, sc.band_o.data() + r * ldo, Dv};
+      sc.band[r] = OnlineSoftmax::empty(sc.band_o.data() + r * ldo, Dv);
     }
   }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "float_order.h"
 #include "masking.h"
 #include "rng.h"
 #include "simd.h"
@@ -61,18 +62,9 @@ void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int6
 
 namespace {
 
-// Order-preserving map float -> uint32 (NaN was replaced by +inf before).
-inline uint32_t float_key(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-inline float key_float(uint32_t u) {
-  u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+// The sort keys: float_order.h's map (NaN was replaced by +inf before).
+inline uint32_t float_key(float f) { return ordered_key(f); }
+inline float key_float(uint32_t u) { return ordered_float(u); }
 
 struct SortScratch {
   std::vector<uint32_t> k0, k1;

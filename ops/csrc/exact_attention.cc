@@ -57,7 +57,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
   for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, row_ids[r], sc.q.data() + r * D);
   for (int64_t r = 0; r < rows; ++r) {
     std::fill(o + r * ldo, o + r * ldo + Dv, 0.f);
-    states[r] = OnlineSoftmax{kNegInf, 0.f, o + r * ldo, Dv};
+    states[r] = OnlineSoftmax::empty(o + r * ldo, Dv);
   }
 
   // The block's widest view [first_min, last_any] and the keys every row may see (first_max <= j <= last_all).
@@ -132,7 +132,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
 
 void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids, int64_t rows) {
   const AttentionShape& sh = p.shape;
-  const int64_t ldo = (sh.Dv + 15) / 16 * 16;
+  const int64_t ldo = padded_dv(sh.Dv);
   ExactScratch& sc = t_scratch;
   if (sc.o.size() < static_cast<size_t>(rows * ldo)) sc.o.resize(rows * ldo);
   if (sc.rows.size() < static_cast<size_t>(rows)) sc.rows.resize(rows);

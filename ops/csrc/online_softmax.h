@@ -11,11 +11,17 @@
 
 namespace iceformer {
 
+// Floats per accumulator row: Dv padded to whole 16-float vectors (the P V kernels load and store 16 at a time).
+inline int64_t padded_dv(int64_t dv) { return (dv + 15) / 16 * 16; }
+
 struct OnlineSoftmax {
   float max = -std::numeric_limits<float>::infinity();
   float sum = 0.f;
   float* acc = nullptr;  // Dv floats owned by the caller, zeroed before use
   int64_t dv = 0;
+
+  // The state before any key: no max yet, nothing summed; acc (dv floats) must be zeroed by the caller.
+  static OnlineSoftmax empty(float* acc, int64_t dv) { return OnlineSoftmax{-std::numeric_limits<float>::infinity(), 0.f, acc, dv}; }
 
   // Raises the running max to m (when larger) and rescales sum and acc; returns the factor applied.
   float rebase(float m, const Kernels& kern) {

@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "float_order.h"
 #include "simd.h"
 
 namespace iceformer {
@@ -39,17 +40,8 @@ class TopK {
   // The k-th largest of v[0, n) (0 < k <= n, no NaN): a bisection over the order-preserving integer image
   // of floats, each step one vectorised count (32 steps at most, no data-dependent branches per element).
   static float kth_largest(const float* v, int64_t n, int64_t k, const Kernels& kern) {
-    auto key = [](float f) {
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-    };
-    auto val = [](uint32_t u) {
-      u = (u & 0x80000000u) ? (u & 0x7FFFFFFFu) : ~u;
-      float f;
-      std::memcpy(&f, &u, 4);
-      return f;
-    };
+    const auto key = ordered_key;
+    const auto val = ordered_float;
     // Largest K with count(v >= val(K)) >= k: lo always satisfies it, hi + 1 never does.
     uint32_t lo = key(-std::numeric_limits<float>::infinity()), hi = key(kern.max(v, n));
     while (lo < hi) {

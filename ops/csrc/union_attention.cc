@@ -36,7 +36,7 @@ void pad_to_panel(std::vector<int32_t>& keys) {
 void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t hq, int64_t i0, int64_t rows,
                  int64_t c0, int64_t c1, float w) {
   const Kernels& kern = kernels();
-  const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = (Dv + 15) / 16 * 16;
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = padded_dv(Dv);
   const bool any_mask = p.mask.kind != MaskKind::kNone;
   for (int64_t t0 = c0; t0 < c1; t0 += kExactBlockK) {
     const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
@@ -113,7 +113,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
-  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0, ldo = (Dv + 15) / 16 * 16;
+  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0, ldo = padded_dv(Dv);
   const int64_t hkv = hq / sh.group();
   const float* K = p.key_rows(b, hkv);
   const float* V = p.value_rows(b, hkv);
@@ -170,7 +170,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   sc.seen.assign(rows, 0);
   sc.m1.resize(rows);
   sc.s1.resize(rows);
-  for (int64_t r = 0; r < rows; ++r) sc.st[r] = OnlineSoftmax{kNegInf, 0.f, sc.o.data() + r * ldo, Dv};
+  for (int64_t r = 0; r < rows; ++r) sc.st[r] = OnlineSoftmax::empty(sc.o.data() + r * ldo, Dv);
 
   add_columns(p, sc, b, hq, i0, rows, 0, c_s, 1.f);
   for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
