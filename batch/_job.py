@@ -120,14 +120,21 @@ def read_input(path: str, id_column: str, text_column: str, limit: int | None = 
             raise BatchError(f"{p}: not readable as Parquet ({e})") from e
         for col in (id_column, text_column):
             if col not in table.column_names:
-                raise BatchError(f"{p}: no column {col!r} (columns: {', '.join(table.column_names)}); "
-                                 "choose with --id-column / --text-column")
+                raise BatchError(
+                    f"{p}: no column {col!r} (columns: {', '.join(table.column_names)}); "
+                    "choose with --id-column / --text-column"
+                )
         rows = [(i, *_text_or_error(t)) for i, t in zip(table[id_column].to_pylist(), table[text_column].to_pylist())]
     ids = [str(r[0]) for r in rows]
     if len(set(ids)) != len(ids):
         raise BatchError(f"{p}: the id column {id_column!r} has duplicates (ids name the results and the resume)")
-    table = pa.table({"id": pa.array(ids, pa.string()), "text": pa.array([r[1] for r in rows], pa.string()),
-                      "input_error": pa.array([r[2] for r in rows], pa.string())})
+    table = pa.table(
+        {
+            "id": pa.array(ids, pa.string()),
+            "text": pa.array([r[1] for r in rows], pa.string()),
+            "input_error": pa.array([r[2] for r in rows], pa.string()),
+        }
+    )
     return table.slice(0, limit) if limit is not None else table
 
 
@@ -138,8 +145,10 @@ def _tokenizer_spec(options: BatchOptions, model: ModelSpec, samples: list) -> T
         if folder.is_dir() and (folder / "tokenizer.json").is_file():
             name = str(folder)
         else:
-            raise BatchError("--tokenizer is needed: a recipe name (smollm2, qwen2.5-coder-0.5b, minilm) or a Hugging "
-                             "Face tokenizer folder")
+            raise BatchError(
+                "--tokenizer is needed: a recipe name (smollm2, qwen2.5-coder-0.5b, minilm) or a Hugging "
+                "Face tokenizer folder"
+            )
     if name == "minilm":
         from transformers import AutoTokenizer
 
@@ -152,11 +161,12 @@ def _tokenizer_spec(options: BatchOptions, model: ModelSpec, samples: list) -> T
         recipe = decoder(name)
         return build_spec(recipe.tokenizer(), recipe.hf_dir(), samples)
     if not (Path(name) / "tokenizer.json").is_file():
-        raise BatchError(f"--tokenizer {name}: neither a recipe ({', '.join(RECIPES)}) nor a folder with tokenizer.json")
+        raise BatchError(
+            f"--tokenizer {name}: neither a recipe ({', '.join(RECIPES)}) nor a folder with tokenizer.json"
+        )
     from transformers import AutoTokenizer
 
-    return build_spec(AutoTokenizer.from_pretrained(name), name, samples,
-                      add_special_tokens=model.task == "embed")
+    return build_spec(AutoTokenizer.from_pretrained(name), name, samples, add_special_tokens=model.task == "embed")
 
 
 def _done_ids(out: Path) -> tuple[set[str], list[str]]:
@@ -196,8 +206,16 @@ def run_batch(options: BatchOptions, scorer: type = DocumentScorer) -> BatchSumm
     writer = _ShardWriter(out, "serial" if options.serial else "ray")
     if len(todo):
         (_run_serial if options.serial else _run_ray)(options, todo, writer, scorer, (model, tok, score))
-    return BatchSummary(writer.documents, skipped, writer.errors, writer.tokens, time.perf_counter() - t0,
-                        writer.shards, tok.note, aside)
+    return BatchSummary(
+        writer.documents,
+        skipped,
+        writer.errors,
+        writer.tokens,
+        time.perf_counter() - t0,
+        writer.shards,
+        tok.note,
+        aside,
+    )
 
 
 class _ShardWriter:
@@ -250,9 +268,15 @@ def _run_ray(options: BatchOptions, todo: pa.Table, writer: _ShardWriter, scorer
         # restart without limit, which would loop on a document that kills its actor every time).
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         results = ray.data.from_arrow(blocks).map_batches(
-            scorer, fn_constructor_args=args, batch_size=options.batch_size, batch_format="numpy",
-            concurrency=options.actors, num_cpus=options.cpus_per_actor,
-            max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+            scorer,
+            fn_constructor_args=args,
+            batch_size=options.batch_size,
+            batch_format="numpy",
+            concurrency=options.actors,
+            num_cpus=options.cpus_per_actor,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS,
+        )
     for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
         writer.add(table)
     writer.flush()

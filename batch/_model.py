@@ -54,7 +54,9 @@ def inspect(model: str | Path) -> ModelSpec:
             path = path / cfg["model"]["decoder"]["filename"]
             max_tokens = int(cfg["model"].get("context_length") or 0) or None
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise BatchError(f"{config}: not a genai config with model.decoder.filename ({type(e).__name__}: {e})") from e
+            raise BatchError(
+                f"{config}: not a genai config with model.decoder.filename ({type(e).__name__}: {e})"
+            ) from e
     if not path.is_file():
         raise BatchError(f"{path}: no such model file")
     try:
@@ -77,9 +79,11 @@ def inspect(model: str | Path) -> ModelSpec:
         logits = next(o for o in proto.graph.output if o.name == "logits")
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in logits.type.tensor_type.shape.dim]
         if len(dims) == 3 and dims[1] == 1:
-            raise BatchError(f"{path}: its logits are [B, 1, V], the last position only (ice-export's genai form "
-                             "writes that for generation); per-document perplexity needs every position: use the "
-                             "ice-export decoder of the same model (hidden states + lm_head.npy), rewritten")
+            raise BatchError(
+                f"{path}: its logits are [B, 1, V], the last position only (ice-export's genai form "
+                "writes that for generation); per-document perplexity needs every position: use the "
+                "ice-export decoder of the same model (hidden states + lm_head.npy), rewritten"
+            )
         return ModelSpec(str(path), "perplexity", "logits", inputs, None, tuple(past), max_tokens)
     if "last_hidden_state" not in outputs:
         raise BatchError(f"{path}: neither logits nor last_hidden_state among the outputs ({', '.join(outputs)})")

@@ -100,8 +100,19 @@ class DocumentScorer:
 
 
 def result_schema(task: str) -> pa.Schema:
-    value = ([pa.field("embedding", pa.list_(pa.float32()))] if task == "embed"
-             else [pa.field("perplexity", pa.float64()), pa.field("nll", pa.float64())])
-    return pa.schema([pa.field("id", pa.string()), pa.field("tokens", pa.int64()), pa.field("scored", pa.int64()),
-                      pa.field("windows", pa.int64()), *value, pa.field("error", pa.string()),
-                      pa.field("seconds", pa.float64())])
+    value = (
+        [pa.field("embedding", pa.list_(pa.float32()))]
+        if task == "embed"
+        else [pa.field("perplexity", pa.float64()), pa.field("nll", pa.float64())]
+    )
+    return pa.schema(
+        [
+            pa.field("id", pa.string()),
+            pa.field("tokens", pa.int64()),
+            pa.field("scored", pa.int64()),
+            pa.field("windows", pa.int64()),
+            *value,
+            pa.field("error", pa.string()),
+            pa.field("seconds", pa.float64()),
+        ]
+    )

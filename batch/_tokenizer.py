@@ -83,10 +83,16 @@ def build_spec(hf_tokenizer, hf_dir: str | Path, samples: list[str], add_special
             return fallback(f"the ONNX tokenizer fails on sample text {i} ({type(e).__name__}: {e})")
         if got != want:
             at = next((j for j, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-            return fallback(f"the ONNX tokenizer's ids differ from Hugging Face's on sample text {i} at token {at} "
-                            f"({len(got)} vs {len(want)} tokens)")
-    return TokenizerSpec(onnx_model, None, add_special_tokens,
-                         f"ONNX tokenizer (onnxruntime-extensions): ids equal Hugging Face's on {len(texts)} texts")
+            return fallback(
+                f"the ONNX tokenizer's ids differ from Hugging Face's on sample text {i} at token {at} "
+                f"({len(got)} vs {len(want)} tokens)"
+            )
+    return TokenizerSpec(
+        onnx_model,
+        None,
+        add_special_tokens,
+        f"ONNX tokenizer (onnxruntime-extensions): ids equal Hugging Face's on {len(texts)} texts",
+    )
 
 
 class Tokenizer:

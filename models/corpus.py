@@ -47,7 +47,10 @@ def brown_text(samples: list[str] | None = None, start: int = 0, count: int = 20
     """Untagged text of Brown Corpus samples (by name, or `count` samples in file order from `start`),
     paragraphs separated by blank lines."""
     d = brown_dir()
-    names = samples or sorted(p.name for p in d.iterdir() if len(p.name) == 4 and p.name[:2].isalpha())[start : start + count]
+    names = (
+        samples
+        or sorted(p.name for p in d.iterdir() if len(p.name) == 4 and p.name[:2].isalpha())[start : start + count]
+    )
     paras = []
     for name in names:
         for line in (d / name).read_text(encoding="latin-1").splitlines():

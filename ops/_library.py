@@ -114,15 +114,28 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
     cap = T if search == 0 else top_k + local_window + num_sink
     out = np.full((rows.size, max(cap, 1)), -1, dtype=np.int32)
     counts = np.zeros(rows.size, dtype=np.int32)
-    ints = (ctypes.c_int64 * 11)(top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples,
-                                 a["min_keys"])
+    ints = (ctypes.c_int64 * 11)(
+        top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples, a["min_keys"]
+    )
     err = ctypes.create_string_buffer(512)
     p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     rc = _cdll().IceformerKnnSelect(
-        p(q, ctypes.c_float), p(k, ctypes.c_float), ctypes.c_int64(S), ctypes.c_int64(T), ctypes.c_int64(D),
-        ctypes.c_int64(is_causal), ints, ctypes.c_float(candidate_fraction), p(rows, ctypes.c_int64),
-        ctypes.c_int64(rows.size), p(out, ctypes.c_int32), ctypes.c_int64(max(cap, 1)), p(counts, ctypes.c_int32),
-        err, ctypes.c_int64(512))
+        p(q, ctypes.c_float),
+        p(k, ctypes.c_float),
+        ctypes.c_int64(S),
+        ctypes.c_int64(T),
+        ctypes.c_int64(D),
+        ctypes.c_int64(is_causal),
+        ints,
+        ctypes.c_float(candidate_fraction),
+        p(rows, ctypes.c_int64),
+        ctypes.c_int64(rows.size),
+        p(out, ctypes.c_int32),
+        ctypes.c_int64(max(cap, 1)),
+        p(counts, ctypes.c_int32),
+        err,
+        ctypes.c_int64(512),
+    )
     if rc != 0:
         raise ValueError(err.value.decode() or "IceformerKnnSelect failed")
     return out, counts
@@ -135,8 +148,15 @@ def _kth_largest_int(values, k: int) -> float:
 
     v = np.array(values, dtype=np.float32).ravel()  # a copy: the kernel overwrites it
     out = ctypes.c_float()
-    if _cdll().IceformerKthLargestInt(v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), ctypes.c_int64(v.size),
-                                      ctypes.c_int64(k), ctypes.byref(out)) != 0:
+    if (
+        _cdll().IceformerKthLargestInt(
+            v.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+            ctypes.c_int64(v.size),
+            ctypes.c_int64(k),
+            ctypes.byref(out),
+        )
+        != 0
+    ):
         raise ValueError(f"k must be in [1, {v.size}] and the values integers in (-2^24, 2^24); got k={k}")
     return out.value
 
@@ -152,6 +172,12 @@ def _pv_tile_bf16(p, v, o=None):
         raise ValueError(f"P must be [rows, cols] and V [cols, dv]; got {p.shape} and {v.shape}")
     out = np.zeros((p.shape[0], v.shape[1]), np.float32) if o is None else np.array(o, dtype=np.float32)
     f = ctypes.POINTER(ctypes.c_float)
-    _cdll().IceformerPvTileBf16(p.ctypes.data_as(f), ctypes.c_int64(p.shape[0]), ctypes.c_int64(p.shape[1]),
-                                v.ctypes.data_as(f), ctypes.c_int64(v.shape[1]), out.ctypes.data_as(f))
+    _cdll().IceformerPvTileBf16(
+        p.ctypes.data_as(f),
+        ctypes.c_int64(p.shape[0]),
+        ctypes.c_int64(p.shape[1]),
+        v.ctypes.data_as(f),
+        ctypes.c_int64(v.shape[1]),
+        out.ctypes.data_as(f),
+    )
     return out

@@ -55,7 +55,9 @@ INPUTS: tuple[TensorSpec, ...] = (
 )
 
 OUTPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("Y", ("B", "Hq", "S", "Dv"), ("float",), False, "attention output; a query with no visible key gives zeros"),
+    TensorSpec(
+        "Y", ("B", "Hq", "S", "Dv"), ("float",), False, "attention output; a query with no visible key gives zeros"
+    ),
 )
 
 ATTRIBUTES: tuple[AttrSpec, ...] = (
@@ -69,7 +71,12 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         "honours it",
     ),
     AttrSpec("scale", "float", None, "logit scale; absent: 1/sqrt(D)"),
-    AttrSpec("top_k", "int", 128, "keys retrieved per query by k-NN search (the floor of the candidate budget); 0 or >= visible keys: exact attention"),
+    AttrSpec(
+        "top_k",
+        "int",
+        128,
+        "keys retrieved per query by k-NN search (the floor of the candidate budget); 0 or >= visible keys: exact attention",
+    ),
     AttrSpec(
         "search",
         "int",
@@ -80,7 +87,12 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("rank", "int", 32, "low-rank scoring: dimensions of the key subspace (top eigenvectors of K^T K)"),
     AttrSpec("L", "int", 4, "composite indices of Prioritized DCI"),
     AttrSpec("m", "int", 2, "simple indices (random directions) per composite index"),
-    AttrSpec("max_candidates", "int", 256, "candidate budget per query: low-rank retrieves about max(top_k, this) keys; DCI scores this many and keeps top_k (0: no absolute cap)"),
+    AttrSpec(
+        "max_candidates",
+        "int",
+        256,
+        "candidate budget per query: low-rank retrieves about max(top_k, this) keys; DCI scores this many and keeps top_k (0: no absolute cap)",
+    ),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
     AttrSpec("min_keys", "int", 8192, "queries seeing fewer keys than this run exact attention"),
     AttrSpec(
@@ -91,7 +103,10 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     ),
     AttrSpec("num_sink", "int", 4, "keys j < num_sink, always attended (if visible)"),
     AttrSpec(
-        "tail_samples", "int", 256, "systematic sample of positions (one per query block for low-rank search) estimating the softmax mass of unretrieved keys"
+        "tail_samples",
+        "int",
+        256,
+        "systematic sample of positions (one per query block for low-rank search) estimating the softmax mass of unretrieved keys",
     ),
     AttrSpec(
         "tail_limit",
@@ -110,34 +125,68 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
 GQA_OP_TYPE = "GroupQueryAttention"
 
 GQA_INPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("query", ("B", "S", "Hq*D"), ("float",), False,
-               "queries; packed QKV [B,S,(Hq+2*Hkv)*D] when key and value are absent"),
+    TensorSpec(
+        "query",
+        ("B", "S", "Hq*D"),
+        ("float",),
+        False,
+        "queries; packed QKV [B,S,(Hq+2*Hkv)*D] when key and value are absent",
+    ),
     TensorSpec("key", ("B", "S", "Hkv*D"), ("float",), True, "new keys (before rotary)"),
     TensorSpec("value", ("B", "S", "Hkv*D"), ("float",), True, "new values"),
-    TensorSpec("past_key", ("B", "Hkv", "P", "D"), ("float",), True,
-               "KV cache; the same buffer as present_key when past and present are shared (only new rows are written)"),
+    TensorSpec(
+        "past_key",
+        ("B", "Hkv", "P", "D"),
+        ("float",),
+        True,
+        "KV cache; the same buffer as present_key when past and present are shared (only new rows are written)",
+    ),
     TensorSpec("past_value", ("B", "Hkv", "P", "D"), ("float",), True, "as past_key"),
     TensorSpec("seqlens_k", ("B",), ("int32",), False, "L_b - 1: valid keys per batch row after this call, minus one"),
-    TensorSpec("total_sequence_length", ("1",), ("int32",), False,
-               "max_b L_b; S = total on a call with S > 1 marks the first prompt (right padding, no past)"),
+    TensorSpec(
+        "total_sequence_length",
+        ("1",),
+        ("int32",),
+        False,
+        "max_b L_b; S = total on a call with S > 1 marks the first prompt (right padding, no past)",
+    ),
     TensorSpec("cos_cache", ("R", "r/2"), ("float",), True, "rotary cosines by position (do_rotary = 1)"),
     TensorSpec("sin_cache", ("R", "r/2"), ("float",), True, "rotary sines by position (do_rotary = 1)"),
 )
 GQA_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("output", ("B", "S", "Hq*D"), ("float",), False, "attention output"),
-    TensorSpec("present_key", ("B", "Hkv", "T'", "D"), ("float",), True, "cache after this call (rows >= L_b: zeros or untouched)"),
+    TensorSpec(
+        "present_key",
+        ("B", "Hkv", "T'", "D"),
+        ("float",),
+        True,
+        "cache after this call (rows >= L_b: zeros or untouched)",
+    ),
     TensorSpec("present_value", ("B", "Hkv", "T'", "D"), ("float",), True, "as present_key"),
 )
 # Inputs ORT's GroupQueryAttention has after these and output output_qk: refused at session creation, by name.
-GQA_REFUSED_INPUTS = ("position_ids", "attention_bias", "head_sink", "k_scale", "v_scale", "q_norm_weight",
-                      "k_norm_weight", "query_seqlens")
+GQA_REFUSED_INPUTS = (
+    "position_ids",
+    "attention_bias",
+    "head_sink",
+    "k_scale",
+    "v_scale",
+    "q_norm_weight",
+    "k_norm_weight",
+    "query_seqlens",
+)
 KNN_ATTRIBUTES = tuple(a for a in ATTRIBUTES if a.name not in ("is_causal", "scale", "local_window_size"))
 GQA_ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("num_heads", "int", None, "Hq (required)"),
     AttrSpec("kv_num_heads", "int", None, "Hkv (required; Hq a multiple of it)"),
     AttrSpec("scale", "float", 0.0, "logit scale; 0: 1/sqrt(D)"),
     AttrSpec("softcap", "float", 0.0, "> 0: logits s -> softcap * tanh(s / softcap) (such calls run exact)"),
-    AttrSpec("local_window_size", "int", -1, "as KnnAttention's: each query sees the local_window_size positions ending at its own; -1: none"),
+    AttrSpec(
+        "local_window_size",
+        "int",
+        -1,
+        "as KnnAttention's: each query sees the local_window_size positions ending at its own; -1: none",
+    ),
     AttrSpec("do_rotary", "int", 0, "1: rotary embedding of the new queries and keys at their positions"),
     AttrSpec("rotary_interleaved", "int", 0, "1: rotate pairs (2i, 2i+1); 0: pairs (i, i + r/2)"),
     AttrSpec("causal", "int", 1, "1: query s of batch row b (position P_b + s) sees keys j <= P_b + s"),
@@ -210,7 +259,12 @@ def markdown(gqa: bool = False) -> str:
         d = ("required" if gqa else "derived") if a.default is None else repr(a.default)
         lines.append(f"| `{a.name}` | {a.type} | {d} | {a.doc} |")
     if gqa:
-        lines += ["", "k-NN attributes, with KnnAttention's meaning and defaults: "
-                  + ", ".join(f"`{a.name}`" for a in KNN_ATTRIBUTES) + ". Refused inputs: "
-                  + ", ".join(f"`{n}`" for n in GQA_REFUSED_INPUTS) + "; refused output: `output_qk`."]
+        lines += [
+            "",
+            "k-NN attributes, with KnnAttention's meaning and defaults: "
+            + ", ".join(f"`{a.name}`" for a in KNN_ATTRIBUTES)
+            + ". Refused inputs: "
+            + ", ".join(f"`{n}`" for n in GQA_REFUSED_INPUTS)
+            + "; refused output: `output_qk`.",
+        ]
     return "\n".join(lines) + "\n"

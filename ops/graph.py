@@ -59,7 +59,12 @@ def make_knn_attention_model(
 
 
 def make_attention_model(
-    kind: str, *, num_heads: int, kv_num_heads: int | None = None, causal: bool = False, scale: float | None = None,
+    kind: str,
+    *,
+    num_heads: int,
+    kv_num_heads: int | None = None,
+    causal: bool = False,
+    scale: float | None = None,
     with_mask: str | None = None,
 ) -> onnx.ModelProto:
     """ONNX Runtime's dense attention as one node.
@@ -108,8 +113,15 @@ def make_attention_model(
 
 
 def make_gqa_model(
-    *, num_heads: int, kv_num_heads: int, domain: str = contract.DOMAIN, packed: bool = False, past: bool = True,
-    rotary: bool = False, opset: int = 18, **attributes,
+    *,
+    num_heads: int,
+    kv_num_heads: int,
+    domain: str = contract.DOMAIN,
+    packed: bool = False,
+    past: bool = True,
+    rotary: bool = False,
+    opset: int = 18,
+    **attributes,
 ) -> onnx.ModelProto:
     """One GroupQueryAttention node: ours (domain "iceformer") or ORT's ("com.microsoft"), same inputs and attributes.
 
@@ -117,21 +129,41 @@ def make_gqa_model(
     past_value when `past`, seqlens_k, total_sequence_length, cos_cache / sin_cache when `rotary`; outputs output,
     present_key, present_value. k-NN attributes are only for our domain.
     """
-    names = ["query", "" if packed else "key", "" if packed else "value", "past_key" if past else "",
-             "past_value" if past else "", "seqlens_k", "total_sequence_length", "cos_cache" if rotary else "",
-             "sin_cache" if rotary else ""]
+    names = [
+        "query",
+        "" if packed else "key",
+        "" if packed else "value",
+        "past_key" if past else "",
+        "past_value" if past else "",
+        "seqlens_k",
+        "total_sequence_length",
+        "cos_cache" if rotary else "",
+        "sin_cache" if rotary else "",
+    ]
     while names[-1] == "":
         names.pop()
     if domain == contract.DOMAIN:  # float attributes as floats (the contract's types)
         attributes = {k: float(v) if contract.gqa_attribute(k).type == "float" else v for k, v in attributes.items()}
-    node = helper.make_node("GroupQueryAttention", names, ["output", "present_key", "present_value"], domain=domain,
-                            name="gqa", num_heads=num_heads, kv_num_heads=kv_num_heads, do_rotary=int(rotary),
-                            **attributes)
+    node = helper.make_node(
+        "GroupQueryAttention",
+        names,
+        ["output", "present_key", "present_value"],
+        domain=domain,
+        name="gqa",
+        num_heads=num_heads,
+        kv_num_heads=kv_num_heads,
+        do_rotary=int(rotary),
+        **attributes,
+    )
     ints = ("seqlens_k", "total_sequence_length")
-    inputs = [helper.make_tensor_value_info(n, TensorProto.INT32 if n in ints else TensorProto.FLOAT, None)
-              for n in names if n]
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-               for n in ("output", "present_key", "present_value")]
+    inputs = [
+        helper.make_tensor_value_info(n, TensorProto.INT32 if n in ints else TensorProto.FLOAT, None)
+        for n in names
+        if n
+    ]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("output", "present_key", "present_value")
+    ]
     graph = helper.make_graph([node], "gqa", inputs, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(domain, 1)])
     model.ir_version = 10

@@ -14,7 +14,14 @@ from . import contract
 
 
 def visibility(
-    B: int, Hq: int, S: int, T: int, *, is_causal: int, attn_mask=None, key_padding_mask=None,
+    B: int,
+    Hq: int,
+    S: int,
+    T: int,
+    *,
+    is_causal: int,
+    attn_mask=None,
+    key_padding_mask=None,
     local_window_size: int = -1,
 ) -> np.ndarray:
     """Bool [B,Hq,S,T]: which keys each query may see (causal bottom-right, hard window, padding, bool masks,
@@ -54,16 +61,32 @@ def logits(Q, K, *, scale: float | None = None, attn_mask=None) -> np.ndarray:
 
 
 def knn_attention_reference(
-    Q, K, V, attn_mask=None, key_padding_mask=None, *, is_causal: int = 0, scale: float | None = None,
-    local_window_size: int = -1, **_knn
+    Q,
+    K,
+    V,
+    attn_mask=None,
+    key_padding_mask=None,
+    *,
+    is_causal: int = 0,
+    scale: float | None = None,
+    local_window_size: int = -1,
+    **_knn,
 ) -> np.ndarray:
     """Exact attention per the contract, in float64. Rows with no visible key are zeros."""
     Q = np.asarray(Q, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
-    Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
-    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                     local_window_size=local_window_size)
+    Hkv, T = V.shape[1], V.shape[2]
+    vis = visibility(
+        B,
+        Hq,
+        S,
+        T,
+        is_causal=is_causal,
+        attn_mask=attn_mask,
+        key_padding_mask=key_padding_mask,
+        local_window_size=local_window_size,
+    )
     z = np.where(vis, logits(Q, K, scale=scale, attn_mask=attn_mask), -np.inf)
     mx = z.max(axis=-1, keepdims=True) if T else np.zeros((B, Hq, S, 1))
     safe = np.where(np.isfinite(mx), mx, 0.0)
@@ -76,7 +99,6 @@ def knn_attention_reference(
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
     return out
-
 
 
 def topk_attention_reference(
@@ -100,9 +122,17 @@ def topk_attention_reference(
     Q = np.asarray(Q, dtype=np.float64)
     V = np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
-    Hkv, T, Dv = V.shape[1], V.shape[2], V.shape[3]
-    vis = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                     local_window_size=local_window_size)
+    Hkv, T = V.shape[1], V.shape[2]
+    vis = visibility(
+        B,
+        Hq,
+        S,
+        T,
+        is_causal=is_causal,
+        attn_mask=attn_mask,
+        key_padding_mask=key_padding_mask,
+        local_window_size=local_window_size,
+    )
     z = logits(Q, K, scale=scale, attn_mask=attn_mask)
     # last(i): the last key allowed by the causal limit and attn_mask (not key_padding_mask)
     vis_cm = visibility(B, Hq, S, T, is_causal=is_causal, attn_mask=attn_mask)

@@ -1,12 +1,21 @@
 """Rewriting the attention cores of exported ONNX models into iceformer.KnnAttention.
 
-    from iceformer.rewriter import rewrite, RewriteOptions
-    report = rewrite("model.onnx", "model.knn.onnx", RewriteOptions(attributes={"top_k": 128}))
+from iceformer.rewriter import rewrite, RewriteOptions
+report = rewrite("model.onnx", "model.knn.onnx", RewriteOptions(attributes={"top_k": 128}))
 """
 
 from ._errors import AlreadyRewritten, RewriteError
 from ._rewrite import RewriteOptions, RewriteReport, Skip, rewrite, rewrite_model
 from ._settings import apply_settings, knn_cores
 
-__all__ = ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip",
-           "apply_settings", "knn_cores"]
+__all__ = [
+    "rewrite",
+    "rewrite_model",
+    "RewriteOptions",
+    "RewriteReport",
+    "RewriteError",
+    "AlreadyRewritten",
+    "Skip",
+    "apply_settings",
+    "knn_cores",
+]

@@ -17,7 +17,9 @@ from ..ops import contract
 def reference_function(opset: int) -> onnx.FunctionProto:
     """softmax(scale * Q repeat(K)^T + attn_mask) repeat(V), for a model whose ai.onnx opset is `opset` (>= 13)."""
     n = helper.make_node
-    c = lambda name, value: n("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(value)], value))  # noqa: E731
+
+    def c(name, value):
+        return n("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(value)], value))
 
     def dims(shape: str, start: int, end: int, out: str) -> list:
         # Shape(x)[start:end] by Slice: Shape's start/end attributes need opset 15, Slice's inputs only opset 10.
@@ -52,7 +54,9 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         n("Add", ["logits", "attn_mask"], ["masked0"]),
         # key_padding_mask [B,T] (nonzero = real key) -> 0 / -inf on [B,1,1,T]
         helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])),
-        helper.make_node("Constant", [], ["ninf"], value=helper.make_tensor("ninf", TensorProto.FLOAT, [], [float("-inf")])),
+        helper.make_node(
+            "Constant", [], ["ninf"], value=helper.make_tensor("ninf", TensorProto.FLOAT, [], [float("-inf")])
+        ),
         n("Cast", ["key_padding_mask"], ["kpm_b"], to=TensorProto.BOOL),
         n("Where", ["kpm_b", "zero", "ninf"], ["kpm_f"]),
         c("ax12", [1, 2]),
@@ -94,9 +98,11 @@ def reference_function(opset: int) -> onnx.FunctionProto:
         n("MatMul", ["p", "v4"], ["Y"]),
     ]
     # Constant(value_float = @scale) and Constant(value_int = @is_causal): the node's attributes, by reference.
-    for out_name, attr, kind in (("scale_c", "scale", onnx.AttributeProto.FLOAT),
-                                 ("causal_i", "is_causal", onnx.AttributeProto.INT),
-                                 ("window_i", "local_window_size", onnx.AttributeProto.INT)):
+    for out_name, attr, kind in (
+        ("scale_c", "scale", onnx.AttributeProto.FLOAT),
+        ("causal_i", "is_causal", onnx.AttributeProto.INT),
+        ("window_i", "local_window_size", onnx.AttributeProto.INT),
+    ):
         node = next(x for x in nodes if x.op_type == "Constant" and list(x.output) == [out_name])
         ref = onnx.AttributeProto()
         ref.name = "value_float" if kind == onnx.AttributeProto.FLOAT else "value_int"

@@ -51,7 +51,11 @@ def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _r
         filename = decoder["filename"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise _rewrite.RewriteError(f"{src / CONFIG}: not a genai config with model.decoder.filename ({e})") from e
-    if not options.dry_run and dst.exists() and (dst.resolve() == src.resolve() or not dst.is_dir() or any(dst.iterdir())):
+    if (
+        not options.dry_run
+        and dst.exists()
+        and (dst.resolve() == src.resolve() or not dst.is_dir() or any(dst.iterdir()))
+    ):
         raise _rewrite.RewriteError(f"{dst}: exists (the output folder must be new or empty; never the input)")
     model = load_model(src / filename)
     model, report = _rewrite.rewrite_model(model, options)
@@ -80,6 +84,7 @@ def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _r
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     report.output = str(dst)
-    report.notes.append(f"genai folder: {LIBRARY} copied in and named in {CONFIG} "
-                        "(model.decoder.session_options.custom_ops_library)")
+    report.notes.append(
+        f"genai folder: {LIBRARY} copied in and named in {CONFIG} (model.decoder.session_options.custom_ops_library)"
+    )
     return report

@@ -25,8 +25,11 @@ class GqaNode:
 
 
 def _why_not(node: ir.Node) -> str:
-    extra = [contract.GQA_REFUSED_INPUTS[i - len(contract.GQA_INPUTS)]
-             for i, v in enumerate(node.inputs) if i >= len(contract.GQA_INPUTS) and v is not None]
+    extra = [
+        contract.GQA_REFUSED_INPUTS[i - len(contract.GQA_INPUTS)]
+        for i, v in enumerate(node.inputs)
+        if i >= len(contract.GQA_INPUTS) and v is not None
+    ]
     if extra:
         return f"input {extra[0]} is not supported"
     if len(node.outputs) > 3 and node.outputs[3] is not None and node.outputs[3].uses():
@@ -38,8 +41,14 @@ def _why_not(node: ir.Node) -> str:
         if node.attributes.get_string(name, "NONE") not in ("NONE", ""):
             return f"{name} is set (quantized KV cache)"
     for name in [a for a in node.attributes if a not in {s.name for s in contract.GQA_ATTRIBUTES}]:
-        if name not in ("kv_cache_bit_width", "k_quant_type", "v_quant_type", "qk_norm_epsilon", "q_norm_epsilon",
-                        "k_norm_epsilon"):
+        if name not in (
+            "kv_cache_bit_width",
+            "k_quant_type",
+            "v_quant_type",
+            "qk_norm_epsilon",
+            "q_norm_epsilon",
+            "k_norm_epsilon",
+        ):
             return f"attribute {name} is not known"
     return ""
 
@@ -47,8 +56,11 @@ def _why_not(node: ir.Node) -> str:
 def find(model: ir.Model) -> list[GqaNode]:
     """Every com.microsoft.GroupQueryAttention node, in graph order (subgraphs included), with why it cannot be
     rewritten ("" when it can)."""
-    return [GqaNode(n, _why_not(n)) for n in ir.traversal.RecursiveGraphIterator(model.graph)
-            if n.domain == MS_DOMAIN and n.op_type == "GroupQueryAttention"]
+    return [
+        GqaNode(n, _why_not(n))
+        for n in ir.traversal.RecursiveGraphIterator(model.graph)
+        if n.domain == MS_DOMAIN and n.op_type == "GroupQueryAttention"
+    ]
 
 
 class GqaToIceformerPass(InPlacePass):
@@ -62,13 +74,20 @@ class GqaToIceformerPass(InPlacePass):
     def call(self, model: ir.Model) -> PassResult:
         for node in self.nodes:
             node.domain = contract.DOMAIN
-            for name in ("kv_cache_bit_width", "k_quant_type", "v_quant_type", "qk_norm_epsilon", "q_norm_epsilon",
-                         "k_norm_epsilon"):
+            for name in (
+                "kv_cache_bit_width",
+                "k_quant_type",
+                "v_quant_type",
+                "qk_norm_epsilon",
+                "q_norm_epsilon",
+                "k_norm_epsilon",
+            ):
                 node.attributes.pop(name, None)  # ORT-only, at their "off" values (checked by find)
             for name, value in self.attributes.items():
                 spec = contract.gqa_attribute(name)
-                node.attributes[name] = (ir.AttrInt64(name, int(value)) if spec.type == "int"
-                                         else ir.AttrFloat32(name, float(value)))
+                node.attributes[name] = (
+                    ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
+                )
         if self.nodes:
             model.opset_imports[contract.DOMAIN] = contract.VERSION
         return PassResult(model, bool(self.nodes))

@@ -15,10 +15,18 @@ from ._errors import RewriteError
 
 # TensorProto fields holding one entry per element (sub-byte types pack several per entry: not checked here).
 _ONE_PER_ENTRY = {
-    onnx.TensorProto.FLOAT: "float_data", onnx.TensorProto.DOUBLE: "double_data", onnx.TensorProto.INT64: "int64_data",
-    onnx.TensorProto.UINT64: "uint64_data", onnx.TensorProto.INT32: "int32_data", onnx.TensorProto.INT16: "int32_data",
-    onnx.TensorProto.INT8: "int32_data", onnx.TensorProto.UINT16: "int32_data", onnx.TensorProto.UINT8: "int32_data",
-    onnx.TensorProto.BOOL: "int32_data", onnx.TensorProto.FLOAT16: "int32_data", onnx.TensorProto.BFLOAT16: "int32_data",
+    onnx.TensorProto.FLOAT: "float_data",
+    onnx.TensorProto.DOUBLE: "double_data",
+    onnx.TensorProto.INT64: "int64_data",
+    onnx.TensorProto.UINT64: "uint64_data",
+    onnx.TensorProto.INT32: "int32_data",
+    onnx.TensorProto.INT16: "int32_data",
+    onnx.TensorProto.INT8: "int32_data",
+    onnx.TensorProto.UINT16: "int32_data",
+    onnx.TensorProto.UINT8: "int32_data",
+    onnx.TensorProto.BOOL: "int32_data",
+    onnx.TensorProto.FLOAT16: "int32_data",
+    onnx.TensorProto.BFLOAT16: "int32_data",
     onnx.TensorProto.STRING: "string_data",
 }
 
@@ -67,8 +75,10 @@ def _tensor_problem(tensor: ir.TensorProtocol, model_dir: Path) -> str | None:
         have = file.stat().st_size - (tensor.offset or 0)
         want = tensor.length if tensor.length is not None else declared
         if want is not None and have < want:
-            return (f"needs {want} bytes of {tensor.location} from offset {tensor.offset or 0}, but the file holds "
-                    f"{max(have, 0)} there (truncated or a different weights file)")
+            return (
+                f"needs {want} bytes of {tensor.location} from offset {tensor.offset or 0}, but the file holds "
+                f"{max(have, 0)} there (truncated or a different weights file)"
+            )
         if declared is not None and tensor.length is not None and tensor.length != declared:
             return f"declares shape {shape} ({declared} bytes) but {tensor.length} bytes of external data"
         return None

@@ -10,7 +10,7 @@ is a bias (let through by allow_bias) top_k = 0, an exact-only op. Always passes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
@@ -48,8 +48,13 @@ def _skip_full_slices(v: ir.Value) -> ir.Value:
     while (node := v.producer()) is not None and node.op_type == "Slice" and len(node.inputs) >= 3:
         starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
         steps = _const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
-        if starts is None or ends is None or any(x != 0 for x in starts) or any(e < 2**62 for e in ends) \
-                or (steps is not None and any(x != 1 for x in steps)):
+        if (
+            starts is None
+            or ends is None
+            or any(x != 0 for x in starts)
+            or any(e < 2**62 for e in ends)
+            or (steps is not None and any(x != 1 for x in steps))
+        ):
             break
         v = node.inputs[0]
     return v
@@ -74,8 +79,9 @@ def strip_head_repeat(v: ir.Value) -> ir.Value | None:
 
 
 def _constant(graph: ir.Graph, before: ir.Node, name: str, array: np.ndarray) -> ir.Value:
-    node = ir.Node("", "Constant", [], {"value": ir.AttrTensor("value", ir.tensor(array, name=name))}, name=name,
-                   num_outputs=1)
+    node = ir.Node(
+        "", "Constant", [], {"value": ir.AttrTensor("value", ir.tensor(array, name=name))}, name=name, num_outputs=1
+    )
     node.outputs[0].name = name
     graph.insert_before(before, node)
     return node.outputs[0]
@@ -87,19 +93,31 @@ def _ones_like_keys(graph: ir.Graph, before: ir.Node, k: ir.Value, base: str) ->
     # attributes need opset 15).
     shape = ir.Node("", "Shape", [k], num_outputs=1, name=f"{base}_kpm_kshape")
     bt = _constant(graph, before, f"{base}_kpm_axes", np.array([0, 2], np.int64))
-    gather = ir.Node("", "Gather", [shape.outputs[0], bt], {"axis": ir.AttrInt64("axis", 0)}, num_outputs=1,
-                     name=f"{base}_kpm_shape")
-    ones = ir.Node("", "ConstantOfShape", [gather.outputs[0]],
-                   {"value": ir.AttrTensor("value", ir.tensor(np.ones([1], np.int64)))}, num_outputs=1,
-                   name=f"{base}_kpm_ones")
+    gather = ir.Node(
+        "", "Gather", [shape.outputs[0], bt], {"axis": ir.AttrInt64("axis", 0)}, num_outputs=1, name=f"{base}_kpm_shape"
+    )
+    ones = ir.Node(
+        "",
+        "ConstantOfShape",
+        [gather.outputs[0]],
+        {"value": ir.AttrTensor("value", ir.tensor(np.ones([1], np.int64)))},
+        num_outputs=1,
+        name=f"{base}_kpm_ones",
+    )
     for node in (shape, gather, ones):
         node.outputs[0].name = node.name
         graph.insert_before(before, node)
     return ones.outputs[0]
 
 
-def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], checker: _maskcheck.MaskChecker,
-                mask_bypass: bool = True, causal: str = "auto") -> list[LoweredCore]:
+def lower_graph(
+    graph: ir.Graph,
+    attrs: dict,
+    counter: list[int],
+    checker: _maskcheck.MaskChecker,
+    mask_bypass: bool = True,
+    causal: str = "auto",
+) -> list[LoweredCore]:
     """Lowers the canonical nodes of `graph` and of its subgraphs in place, in graph order; returns what it did.
 
     causal: "auto" reads causality from the mask's construction; "on" sets is_causal on every core; "off"
@@ -118,8 +136,15 @@ def lower_graph(graph: ir.Graph, attrs: dict, counter: list[int], checker: _mask
     return done
 
 
-def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int], checker: _maskcheck.MaskChecker,
-                mask_bypass: bool, causal: str) -> LoweredCore:
+def _lower_node(
+    graph: ir.Graph,
+    node: ir.Node,
+    attrs: dict,
+    counter: list[int],
+    checker: _maskcheck.MaskChecker,
+    mask_bypass: bool,
+    causal: str,
+) -> LoweredCore:
     q, k, v, cond, mask = (list(node.inputs) + [None] * 5)[:5]
     k_src, v_src = strip_head_repeat(k), strip_head_repeat(v)
     stripped = k_src is not None and v_src is not None
@@ -144,8 +169,9 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
     if bypass and mk.padding_input is not None:
         kpm = mk.padding_input
         if kpm.dtype != ir.DataType.INT64:
-            cast = ir.Node("", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1,
-                           name=f"{base}_kpm_i64")
+            cast = ir.Node(
+                "", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1, name=f"{base}_kpm_i64"
+            )
             graph.insert_before(node, cast)
             kpm = cast.outputs[0]
             kpm.name = f"{base}_kpm_i64"
@@ -173,8 +199,9 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
     if mask is None:
         mask = _constant(graph, node, f"{base}_no_mask", np.zeros([1], np.float32))
     elif mask.dtype is not None and mask.dtype != ir.DataType.FLOAT:
-        cast = ir.Node("", "Cast", [mask], {"to": ir.AttrInt64("to", ir.DataType.FLOAT)}, name=f"{base}_mask_f32",
-                       num_outputs=1)
+        cast = ir.Node(
+            "", "Cast", [mask], {"to": ir.AttrInt64("to", ir.DataType.FLOAT)}, name=f"{base}_mask_f32", num_outputs=1
+        )
         graph.insert_before(node, cast)
         mask = cast.outputs[0]
         mask.name = f"{base}_mask_f32"
@@ -182,13 +209,17 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
         kpm = _ones_like_keys(graph, node, k, base)
     scale = node.attributes.get_float("scale")
     # scale, is_causal and local_window_size always set: the reference function reads them.
-    op_attrs = {"scale": ir.AttrFloat32("scale", scale), "is_causal": ir.AttrInt64("is_causal", is_causal),
-                "local_window_size": ir.AttrInt64("local_window_size", window)}
+    op_attrs = {
+        "scale": ir.AttrFloat32("scale", scale),
+        "is_causal": ir.AttrInt64("is_causal", is_causal),
+        "local_window_size": ir.AttrInt64("local_window_size", window),
+    }
     for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
         spec = contract.attribute(name)
         op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
-    new = ir.Node(contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention",
-                  num_outputs=1)
+    new = ir.Node(
+        contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention", num_outputs=1
+    )
     graph.insert_before(node, new)
     y = new.outputs[0]
     y.name = f"{base}_knn"
@@ -206,5 +237,15 @@ def _lower_node(graph: ir.Graph, node: ir.Node, attrs: dict, counter: list[int],
         outputs[outputs.index(out)] = y
     out.replace_all_uses_with(y)
     graph.remove(node, safe=True)
-    return LoweredCore(new.name, scale, is_causal, stripped, kind, mk.kind if mk else "none", bypass,
-                       exact_only=exact_only, window=window, bypass_check=check)
+    return LoweredCore(
+        new.name,
+        scale,
+        is_causal,
+        stripped,
+        kind,
+        mk.kind if mk else "none",
+        bypass,
+        exact_only=exact_only,
+        window=window,
+        bypass_check=check,
+    )

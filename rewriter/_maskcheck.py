@@ -79,14 +79,22 @@ def _shape_stand_in(node: ir.Node, opset: int) -> list[onnx.NodeProto]:
     q, v, y = node.inputs[0].name, node.inputs[2].name, node.outputs[0].name
     tag = f"{y}__probe"
     if opset >= 18:
-        axes = [helper.make_node("Constant", [], [f"{tag}_a3"], value=helper.make_tensor(f"{tag}_a3", 7, [1], [3])),
-                helper.make_node("Constant", [], [f"{tag}_a012"], value=helper.make_tensor(f"{tag}_a012", 7, [3], [0, 1, 2]))]
-        red = [helper.make_node("ReduceSum", [q, f"{tag}_a3"], [f"{tag}_q"], keepdims=1),
-               helper.make_node("ReduceSum", [v, f"{tag}_a012"], [f"{tag}_v"], keepdims=1)]
+        axes = [
+            helper.make_node("Constant", [], [f"{tag}_a3"], value=helper.make_tensor(f"{tag}_a3", 7, [1], [3])),
+            helper.make_node(
+                "Constant", [], [f"{tag}_a012"], value=helper.make_tensor(f"{tag}_a012", 7, [3], [0, 1, 2])
+            ),
+        ]
+        red = [
+            helper.make_node("ReduceSum", [q, f"{tag}_a3"], [f"{tag}_q"], keepdims=1),
+            helper.make_node("ReduceSum", [v, f"{tag}_a012"], [f"{tag}_v"], keepdims=1),
+        ]
     else:
         axes = []
-        red = [helper.make_node("ReduceMean", [q], [f"{tag}_q"], axes=[3], keepdims=1),
-               helper.make_node("ReduceMean", [v], [f"{tag}_v"], axes=[0, 1, 2], keepdims=1)]
+        red = [
+            helper.make_node("ReduceMean", [q], [f"{tag}_q"], axes=[3], keepdims=1),
+            helper.make_node("ReduceMean", [v], [f"{tag}_v"], axes=[0, 1, 2], keepdims=1),
+        ]
     return axes + red + [helper.make_node("Mul", [f"{tag}_q", f"{tag}_v"], [y])]
 
 
@@ -127,8 +135,13 @@ def _window_candidates(nodes: list[ir.Node], consts: list[ir.Value]) -> int:
 
 
 def _dtype(v: ir.Value):
-    return {ir.DataType.INT64: np.int64, ir.DataType.INT32: np.int32, ir.DataType.BOOL: np.bool_,
-            ir.DataType.FLOAT: np.float32, ir.DataType.FLOAT16: np.float16}.get(v.dtype)
+    return {
+        ir.DataType.INT64: np.int64,
+        ir.DataType.INT32: np.int32,
+        ir.DataType.BOOL: np.bool_,
+        ir.DataType.FLOAT: np.float32,
+        ir.DataType.FLOAT16: np.float16,
+    }.get(v.dtype)
 
 
 def _sym(v: ir.Value, axis: int):
@@ -143,8 +156,13 @@ def _has_past(inputs: list[ir.Value], padding: ir.Value | None) -> bool:
     """A float rank-4 input whose axis 2 is neither the padding input's key axis nor a token input's axis: a cache."""
     seq = {_sym(padding, 1)} if padding is not None else set()
     seq |= {_sym(v, 1) for v in inputs if v is not padding and v.shape is not None and v.shape.rank() == 2}
-    return any(v.shape is not None and v.shape.rank() == 4 and v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16)
-               and (_sym(v, 2) is None or _sym(v, 2) not in seq) for v in inputs)
+    return any(
+        v.shape is not None
+        and v.shape.rank() == 4
+        and v.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16)
+        and (_sym(v, 2) is None or _sym(v, 2) not in seq)
+        for v in inputs
+    )
 
 
 def _feeds(inputs: list[ir.Value], padding: ir.Value | None, B: int, S: int, P: int) -> dict | str:
@@ -166,7 +184,7 @@ def _feeds(inputs: list[ir.Value], padding: ir.Value | None, B: int, S: int, P: 
         if dt is None or rank is None:
             return f"graph input {v.name!r} has no known dtype or rank"
 
-        def dim(axis: int, role: int) -> int:
+        def dim(axis: int, role: int, v=v) -> int:
             d = _sym(v, axis)
             return d if isinstance(d, int) else size.get(d, role)
 
@@ -174,7 +192,7 @@ def _feeds(inputs: list[ir.Value], padding: ir.Value | None, B: int, S: int, P: 
         if v is padding:
             real = np.ones((dim(0, B), dim(1, T)), bool)
             real[1:2, :2] = False  # left padding (when the batch axis is not fixed at 1)
-            real[2:3, real.shape[1] - 2:] = False  # right padding
+            real[2:3, real.shape[1] - 2 :] = False  # right padding
             feeds[v.name] = real.astype(dt)
         elif rank == 4 and dt in (np.float32, np.float16):  # past keys / values [B, H, P, D], or Q/K/V themselves
             feeds[v.name] = np.zeros((dim(0, B), dim(1, 1), dim(2, P), dim(3, 8)), dt)
@@ -246,8 +264,11 @@ class MaskChecker:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         window_hint = _window_candidates(nodes, consts)
         if window_hint + 8 > MAX_PROBE:
-            return Verdict(False, reason=f"the mask's construction holds the constant {window_hint}: a window that long "
-                           f"would not show in probes of up to {MAX_PROBE} tokens, so the bypass cannot be proven")
+            return Verdict(
+                False,
+                reason=f"the mask's construction holds the constant {window_hint}: a window that long "
+                f"would not show in probes of up to {MAX_PROBE} tokens, so the bypass cannot be proven",
+            )
         probes = sorted({MIN_PROBE, max(MIN_PROBE, window_hint + 8)})
         P = PAST if _has_past(inputs, padding) else 0
         window: int | None = None
@@ -300,7 +321,14 @@ class MaskChecker:
             bad = (vis != expect) & rows[..., None]
             if bad.any() or np.any(expect.any(-1) & ~rows):
                 b, r, k = np.argwhere(bad)[0] if bad.any() else (*np.argwhere(expect.any(-1) & ~rows)[0], -1)
-                return Verdict(False, reason=f"the mask is not padding{' + causal' if c else ''}"
-                               f"{f' + window {w}' if w >= 0 else ''}: probe S={S}, batch row {b}, query {r}, key {k}")
-        return Verdict(True, causal or 0, window if window is not None else -1,
-                       f"proven on probes of {probes} new tokens" + (f" after {P} cached" if P else ""))
+                return Verdict(
+                    False,
+                    reason=f"the mask is not padding{' + causal' if c else ''}"
+                    f"{f' + window {w}' if w >= 0 else ''}: probe S={S}, batch row {b}, query {r}, key {k}",
+                )
+        return Verdict(
+            True,
+            causal or 0,
+            window if window is not None else -1,
+            f"proven on probes of {probes} new tokens" + (f" after {P} cached" if P else ""),
+        )

@@ -51,7 +51,10 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
             continue
         if v.const_value is not None:
             arr = v.const_value
-            if arr.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16) and np.prod(arr.shape.numpy()) > 1:
+            if (
+                arr.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+                and np.prod(arr.shape.numpy()) > 1
+            ):
                 return MaskKind("bias")
             continue
         node = v.producer()
@@ -69,8 +72,13 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
                 t = attr.value
                 if t.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) and np.prod(t.shape.numpy()) > 1:
                     return MaskKind("bias")
-    padding = [v for v in reached if v.shape is not None and v.shape.rank() == 2
-               and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL)]
+    padding = [
+        v
+        for v in reached
+        if v.shape is not None
+        and v.shape.rank() == 2
+        and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL)
+    ]
     if len(padding) == 1 and len(reached) == 1:
         return MaskKind("padding+causal" if causal else "padding", padding[0])
     if causal and not reached:  # built from positions alone (a decoder without its own attention_mask input)

@@ -12,8 +12,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
 import onnxscript.optimizer
+from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract, session_options
@@ -87,8 +87,12 @@ def _count_softmax(model: ir.Model) -> int:
 
 def _matched_roots(tracer: MatchingTracer, model: ir.Model) -> list[ir.Node]:
     """Root nodes of the successful matches of a traced pass, in graph order."""
-    ok = {id(m.root_node) for matches in tracer.best_matches_map.values() for m in matches
-          if m.status == MatchStatus.SUCCESS}
+    ok = {
+        id(m.root_node)
+        for matches in tracer.best_matches_map.values()
+        for m in matches
+        if m.status == MatchStatus.SUCCESS
+    }
     return [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if id(n) in ok]
 
 
@@ -118,15 +122,31 @@ def _rewrite_gqa_nodes(model: ir.Model, options: RewriteOptions) -> tuple[list[_
     for i, g in enumerate(found):
         name = g.node.name or g.node.op_type
         if i not in selected:
-            skips.append(Skip("selection", name, f"core {i} not selected (layers={options.layers!r}, "
-                                                 f"skip_first={options.skip_first})"))
+            skips.append(
+                Skip(
+                    "selection",
+                    name,
+                    f"core {i} not selected (layers={options.layers!r}, skip_first={options.skip_first})",
+                )
+            )
         elif g.reason:
             skips.append(Skip("GroupQueryAttention", name, g.reason))
         else:
             nodes.append(g.node)
             a = g.node.attributes
-            cores.append(_lower.LoweredCore(name, a.get_float("scale", 0.0), a.get_int("causal", 1), False, "none",
-                                            "none", False, layer=i, window=a.get_int("local_window_size", -1)))
+            cores.append(
+                _lower.LoweredCore(
+                    name,
+                    a.get_float("scale", 0.0),
+                    a.get_int("causal", 1),
+                    False,
+                    "none",
+                    "none",
+                    False,
+                    layer=i,
+                    window=a.get_int("local_window_size", -1),
+                )
+            )
     _gqa.GqaToIceformerPass(nodes, options.attributes)(model)
     return cores, skips
 
@@ -140,12 +160,22 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     if options.causal not in ("auto", "on", "off"):
         raise RewriteError(f"causal must be auto, on or off, got {options.causal!r}")
     softmax_before = _count_softmax(model)
-    ours = dict(Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph)
-                        if n.domain == contract.DOMAIN))
+    ours = dict(
+        Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == contract.DOMAIN)
+    )
     gqa_cores, gqa_skips = _rewrite_gqa_nodes(model, options)
     if gqa_cores and softmax_before == 0:  # an onnxruntime-genai model: nothing else to find, nothing else touched
-        report = RewriteReport("", None, {"GroupQueryAttention": len(gqa_cores)}, gqa_cores, gqa_skips, 0, 0,
-                               options.dry_run, already_ours=ours)
+        report = RewriteReport(
+            "",
+            None,
+            {"GroupQueryAttention": len(gqa_cores)},
+            gqa_cores,
+            gqa_skips,
+            0,
+            0,
+            options.dry_run,
+            already_ours=ours,
+        )
         return model, report
     # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
     # the scale at run time from static shapes; folding makes both plain.
@@ -170,12 +200,19 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     excluded = frozenset(id(n) for i, n in enumerate(found) if i not in chosen)
     accepted = {id(n) for n in _matched_roots(tracer, model)}
     skipped = _skips(tracer, model, accepted) + [
-        Skip("selection", n.name or n.op_type, f"core {i} not selected (layers={options.layers!r}, "
-             f"skip_first={options.skip_first})") for i, n in enumerate(found) if id(n) in excluded]
+        Skip(
+            "selection",
+            n.name or n.op_type,
+            f"core {i} not selected (layers={options.layers!r}, skip_first={options.skip_first})",
+        )
+        for i, n in enumerate(found)
+        if id(n) in excluded
+    ]
     _rules.rules(options.allow_bias, excluded).apply_to_model(model)
     forms = Counter(
         n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip()
-        for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain == _canonical.DOMAIN
+        for n in ir.traversal.RecursiveGraphIterator(model.graph)
+        if n.domain == _canonical.DOMAIN
     )
     checker = _maskcheck.MaskChecker(model)
     lowered = _lower.lower_graph(model.graph, options.attributes, [0], checker, options.mask_bypass, options.causal)
@@ -195,8 +232,17 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     if gqa_cores:
         forms["GroupQueryAttention"] = len(gqa_cores)
     lowered, skipped = gqa_cores + lowered, gqa_skips + skipped
-    report = RewriteReport("", None, dict(forms), lowered, skipped, softmax_before, _count_softmax(model),
-                           options.dry_run, already_ours=ours)
+    report = RewriteReport(
+        "",
+        None,
+        dict(forms),
+        lowered,
+        skipped,
+        softmax_before,
+        _count_softmax(model),
+        options.dry_run,
+        already_ours=ours,
+    )
     return model, report
 
 
@@ -222,8 +268,10 @@ def _validate(tmp: Path, src: Path) -> str | None:
         ort.InferenceSession(str(tmp), session_options(1), providers=["CPUExecutionProvider"])
     except Exception as e:
         raise RewriteError(f"the rewritten model fails onnx.checker ({err}) and onnxruntime cannot load it: {e}") from e
-    return (f"onnx.checker rejects the input model already ({before}); the output was validated by loading it in "
-            "onnxruntime instead")
+    return (
+        f"onnx.checker rejects the input model already ({before}); the output was validated by loading it in "
+        "onnxruntime instead"
+    )
 
 
 def _save_atomic(model: ir.Model, out: Path, src: Path) -> str | None:
@@ -260,8 +308,9 @@ def check_outcome(src: Path, report: RewriteReport, options: RewriteOptions) -> 
     """Nothing rewritten, or --strict with something left: an error (nothing is written)."""
     ours = ", ".join(f"{n} {contract.DOMAIN}.{op}" for op, n in sorted(report.already_ours.items()))
     if not report.replaced and report.already_ours:
-        raise AlreadyRewritten(f"{src}: already rewritten ({ours}) and no attention core is left to rewrite; "
-                               "nothing written")
+        raise AlreadyRewritten(
+            f"{src}: already rewritten ({ours}) and no attention core is left to rewrite; nothing written"
+        )
     if report.already_ours:
         report.notes.append(f"the input already held {ours}; only the cores left were rewritten")
     if not report.replaced:
@@ -272,13 +321,16 @@ def check_outcome(src: Path, report: RewriteReport, options: RewriteOptions) -> 
         )
     refused = [s for s in report.skipped if s.rule != "selection"]
     if options.strict and (refused or report.softmax_unmatched):
-        raise RewriteError(f"{src}: --strict, and {len(refused)} core(s) cannot be rewritten and "
-                           f"{report.softmax_unmatched} Softmax node(s) are left unmatched"
-                           + "".join(f"; {s.rule} at {s.node}: {s.reason}" for s in refused))
+        raise RewriteError(
+            f"{src}: --strict, and {len(refused)} core(s) cannot be rewritten and "
+            f"{report.softmax_unmatched} Softmax node(s) are left unmatched"
+            + "".join(f"; {s.rule} at {s.node}: {s.reason}" for s in refused)
+        )
 
 
-def rewrite(input_path: str | os.PathLike, output_path: str | os.PathLike | None = None,
-            options: RewriteOptions | None = None) -> RewriteReport:
+def rewrite(
+    input_path: str | os.PathLike, output_path: str | os.PathLike | None = None, options: RewriteOptions | None = None
+) -> RewriteReport:
     """Rewrites the attention cores of the ONNX file `input_path` into our ops and writes `output_path` (atomically;
     never over the input). An onnxruntime-genai model folder (holding genai_config.json) is rewritten into a new
     folder that loads our library. Raises RewriteError when nothing can be rewritten."""

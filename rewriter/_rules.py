@@ -67,7 +67,7 @@ def _shape_entries(v: ir.Value | None, key: ir.Value, depth: int = 10) -> list |
         return None
     if node.op_type == "Shape" and node.inputs[0] is key and key.shape is not None:
         dims = [("dim", i) for i in range(key.shape.rank())]
-        return dims[node.attributes.get_int("start", 0):node.attributes.get_int("end", len(dims))]
+        return dims[node.attributes.get_int("start", 0) : node.attributes.get_int("end", len(dims))]
     sub = [_shape_entries(i, key, depth - 1) for i in node.inputs] if node.op_type != "Shape" else []
     if node.op_type == "Concat" and all(x is not None for x in sub):
         return [e for x in sub for e in x]
@@ -125,8 +125,10 @@ class _CoreRule(pattern.RewriteRuleClassBase):
         if mask is not None and not self._allow_bias and mask.dtype != ir.DataType.BOOL:
             graph = context.graph_or_function
             if isinstance(graph, ir.Graph) and _masks.classify(mask, graph).kind == "bias":
-                return result.fail("the mask is a bias (relative positions / ALiBi): top-k cannot honour it; "
-                                   "left unchanged (allow_bias maps it to an exact-only op)")
+                return result.fail(
+                    "the mask is a bias (relative positions / ALiBi): top-k cannot honour it; "
+                    "left unchanged (allow_bias maps it to an exact-only op)"
+                )
         return result
 
 
@@ -138,9 +140,15 @@ class DecomposedSdpa(_CoreRule):
 
     def pattern(self, op, query, key, value, q_scale, k_scale, qk_scale, cond, fill, mask, flat_shape, kt_shape, like):
         kt = pattern.OrValue(
-            [op.Transpose(key, perm=[0, 1, 3, 2]), op.Transpose(key, perm=[0, 2, 3, 1]),
-             op.Reshape(op.Transpose(op.Reshape(key, flat_shape, _allow_other_attributes=True), perm=[0, 2, 1]),
-                        kt_shape, _allow_other_attributes=True)],
+            [
+                op.Transpose(key, perm=[0, 1, 3, 2]),
+                op.Transpose(key, perm=[0, 2, 3, 1]),
+                op.Reshape(
+                    op.Transpose(op.Reshape(key, flat_shape, _allow_other_attributes=True), perm=[0, 2, 1]),
+                    kt_shape,
+                    _allow_other_attributes=True,
+                ),
+            ],
             tag_var="key_layout",
             tag_values=["BHTD", "BTHD", "flat"],
         )
@@ -149,12 +157,16 @@ class DecomposedSdpa(_CoreRule):
         scores = pattern.OrValue([op.Where(cond, scores, fill), scores], tag_var="has_cond", tag_values=[True, False])
         scores = pattern.OrValue([op.Add(scores, mask), scores], tag_var="has_mask", tag_values=[True, False])
         probs = op.Softmax(scores, axis=-1)
-        probs = pattern.OrValue([op.Where(op.IsNaN(probs), pattern.ANY_VALUE, probs), probs], tag_var="nan_guard",
-                                tag_values=[True, False])
+        probs = pattern.OrValue(
+            [op.Where(op.IsNaN(probs), pattern.ANY_VALUE, probs), probs], tag_var="nan_guard", tag_values=[True, False]
+        )
         # No-op Casts to float32 (dynamo without optimisation emits them around softmax).
         # T5's `.type_as(scores)` is CastLike (a no-op in a float32 core; checked).
-        probs = pattern.OrValue([op.Cast(op.Cast(probs, to=1), to=1), op.Cast(probs, to=1), op.CastLike(probs, like),
-                                 probs], tag_var="casts", tag_values=[2, 1, "like", 0])
+        probs = pattern.OrValue(
+            [op.Cast(op.Cast(probs, to=1), to=1), op.Cast(probs, to=1), op.CastLike(probs, like), probs],
+            tag_var="casts",
+            tag_values=[2, 1, "like", 0],
+        )
         return op.MatMul(probs, value)
 
     def check(self, context, query, key, value, **b):
@@ -184,8 +196,9 @@ class DecomposedSdpa(_CoreRule):
         if b["key_layout"] == "BTHD":
             key = op.Transpose(key, perm=[0, 2, 1, 3])
         mask = mask if b.get("has_mask") else None
-        return op.Sdpa(query, key, value, cond if b.get("has_cond") else None, mask, scale=float(scale),
-                       _domain=_canonical.DOMAIN)
+        return op.Sdpa(
+            query, key, value, cond if b.get("has_cond") else None, mask, scale=float(scale), _domain=_canonical.DOMAIN
+        )
 
 
 def _onnx_attention_refusal(node: ir.Node, tensors: dict[str, ir.Value], attn_mask: ir.Value | None) -> str:
@@ -210,8 +223,9 @@ class OnnxAttention(_CoreRule):
     """The standard ONNX Attention (opset 23/24) with 4-D inputs, no past key/value and no softcap."""
 
     def pattern(self, op, query, key, value, attn_mask):
-        return op.Attention(query, key, value, attn_mask, _allow_other_inputs=True, _allow_other_attributes=True,
-                            _outputs=["y"])
+        return op.Attention(
+            query, key, value, attn_mask, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["y"]
+        )
 
     def check(self, context, query, key, value, attn_mask, y, **_):
         result = pattern.MatchResult()
@@ -224,7 +238,9 @@ class OnnxAttention(_CoreRule):
         if why := _onnx_attention_refusal(node, tensors, attn_mask):
             return result.fail(why)
         if node.attributes.get_int("is_causal", 0) and query.shape[2] != key.shape[2]:
-            return result.fail("is_causal with S != T: ONNX aligns it top-left without past inputs, the op bottom-right")
+            return result.fail(
+                "is_causal with S != T: ONNX aligns it top-left without past inputs, the op bottom-right"
+            )
         return self._check_common(context, attn_mask, result)
 
     def rewrite(self, op, query, key, value, attn_mask, y, **_):
@@ -254,8 +270,14 @@ class OnnxAttentionWithPast(_CoreRule):
 
     def pattern(self, op, query, key, value):
         # attn_mask (input 3) is optional: read it and the pasts from the node rather than binding them.
-        return op.Attention(query, key, value, _allow_other_inputs=True, _allow_other_attributes=True,
-                            _outputs=["y", "present_key", "present_value"])
+        return op.Attention(
+            query,
+            key,
+            value,
+            _allow_other_inputs=True,
+            _allow_other_attributes=True,
+            _outputs=["y", "present_key", "present_value"],
+        )
 
     @staticmethod
     def _optional(node: ir.Node) -> tuple[ir.Value | None, ir.Value | None, ir.Value | None]:
@@ -281,8 +303,10 @@ class OnnxAttentionWithPast(_CoreRule):
         node = y.producer()
         attn_mask, past_key, past_value = self._optional(node)
         scale = node.attributes.get_float("scale", None)
-        attrs = {"_domain": _canonical.DOMAIN, "scale": float(scale if scale is not None else
-                                                               1.0 / math.sqrt(query.shape[3]))}
+        attrs = {
+            "_domain": _canonical.DOMAIN,
+            "scale": float(scale if scale is not None else 1.0 / math.sqrt(query.shape[3])),
+        }
         if node.attributes.get_int("is_causal", 0):
             attrs["is_causal"] = 1
         present_key = op.Concat(past_key, key, axis=2)
@@ -298,8 +322,15 @@ class MicrosoftMultiHeadAttention(_CoreRule):
     around the canonical core (static head sizes needed)."""
 
     def pattern(self, op, query, key, value):
-        return op.MultiHeadAttention(query, key, value, _domain="com.microsoft", _allow_other_inputs=True,
-                                     _allow_other_attributes=True, _outputs=["y"])
+        return op.MultiHeadAttention(
+            query,
+            key,
+            value,
+            _domain="com.microsoft",
+            _allow_other_inputs=True,
+            _allow_other_attributes=True,
+            _outputs=["y"],
+        )
 
     def check(self, context, query, key, value, y, **_):
         result = pattern.MatchResult()
@@ -325,8 +356,14 @@ class MicrosoftMultiHeadAttention(_CoreRule):
         d, dv = query.shape[2] // heads, value.shape[2] // heads
         attrs = _ms_core_attrs(node, d)
         bias = node.inputs[5] if len(node.inputs) > 5 else None
-        core = op.Sdpa(_split_heads(op, query, heads, d), _split_heads(op, key, heads, d),
-                       _split_heads(op, value, heads, dv), None, bias, **attrs)
+        core = op.Sdpa(
+            _split_heads(op, query, heads, d),
+            _split_heads(op, key, heads, d),
+            _split_heads(op, value, heads, dv),
+            None,
+            bias,
+            **attrs,
+        )
         return _merge_heads(op, core, heads * dv)
 
 
@@ -338,8 +375,15 @@ class MicrosoftAttention(_CoreRule):
     probes prove or refuse)."""
 
     def pattern(self, op, x, weights, bias):
-        return op.Attention(x, weights, bias, _domain="com.microsoft", _allow_other_inputs=True,
-                            _allow_other_attributes=True, _outputs=["y"])
+        return op.Attention(
+            x,
+            weights,
+            bias,
+            _domain="com.microsoft",
+            _allow_other_inputs=True,
+            _allow_other_attributes=True,
+            _outputs=["y"],
+        )
 
     def check(self, context, x, weights, bias, y, **_):
         result = pattern.MatchResult()
@@ -373,14 +417,24 @@ class MicrosoftAttention(_CoreRule):
             if _mask_index_rank(mask_index) == 1:  # valid lengths: key j is real when j < length[b]
                 t = op.Gather(op.Shape(x), op.Constant(value_int=1), axis=0)
                 j = op.Range(op.Constant(value_int=0), t, op.Constant(value_int=1))
-                real = op.Less(op.Unsqueeze(j, op.Constant(value_ints=[0])),
-                               op.Unsqueeze(op.Cast(mask_index, to=ir.DataType.INT64), op.Constant(value_ints=[1])))
+                real = op.Less(
+                    op.Unsqueeze(j, op.Constant(value_ints=[0])),
+                    op.Unsqueeze(op.Cast(mask_index, to=ir.DataType.INT64), op.Constant(value_ints=[1])),
+                )
             else:
                 real = op.Cast(mask_index, to=ir.DataType.BOOL)
-            mask = op.Unsqueeze(op.Where(real, op.Constant(value_float=0.0), op.Constant(value_float=float("-inf"))),
-                                op.Constant(value_ints=[1, 2]))
-        core = op.Sdpa(_split_heads(op, q, heads, hq // heads), _split_heads(op, k, heads, hk // heads),
-                       _split_heads(op, v, heads, hv // heads), None, mask, **_ms_core_attrs(node, hq // heads))
+            mask = op.Unsqueeze(
+                op.Where(real, op.Constant(value_float=0.0), op.Constant(value_float=float("-inf"))),
+                op.Constant(value_ints=[1, 2]),
+            )
+        core = op.Sdpa(
+            _split_heads(op, q, heads, hq // heads),
+            _split_heads(op, k, heads, hk // heads),
+            _split_heads(op, v, heads, hv // heads),
+            None,
+            mask,
+            **_ms_core_attrs(node, hq // heads),
+        )
         return _merge_heads(op, core, hv)
 
 
@@ -402,8 +456,12 @@ def _mask_index_rank(v: ir.Value) -> int | None:
     if v.shape is not None:
         return v.shape.rank()
     node = v.producer()
-    if node is not None and node.domain == "com.microsoft" and node.op_type == "EmbedLayerNormalization" \
-            and v.index() == 1:
+    if (
+        node is not None
+        and node.domain == "com.microsoft"
+        and node.op_type == "EmbedLayerNormalization"
+        and v.index() == 1
+    ):
         return 1
     return None
 
@@ -413,7 +471,12 @@ def _ms_qkv_sizes(node: ir.Node, weights: ir.Value) -> tuple[int, int, int] | No
     sizes = _ints_attr(node, "qkv_hidden_sizes")
     if sizes is not None and len(sizes) == 3:
         return tuple(sizes)
-    if weights.shape is None or weights.shape.rank() != 2 or not isinstance(weights.shape[1], int) or weights.shape[1] % 3:
+    if (
+        weights.shape is None
+        or weights.shape.rank() != 2
+        or not isinstance(weights.shape[1], int)
+        or weights.shape[1] % 3
+    ):
         return None
     third = weights.shape[1] // 3
     return third, third, third
@@ -421,7 +484,10 @@ def _ms_qkv_sizes(node: ir.Node, weights: ir.Value) -> tuple[int, int, int] | No
 
 def _ms_core_attrs(node: ir.Node, d: int) -> dict:
     """Canonical attributes of a com.microsoft attention node: scale (attribute or 1/sqrt(D)), unidirectional."""
-    attrs = {"scale": float(node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(d)), "_domain": _canonical.DOMAIN}
+    attrs = {
+        "scale": float(node.attributes.get_float("scale", 0.0) or 1.0 / math.sqrt(d)),
+        "_domain": _canonical.DOMAIN,
+    }
     if node.attributes.get_int("unidirectional", 0):
         attrs["is_causal"] = 1
     return attrs
@@ -439,7 +505,15 @@ def _merge_heads(op, core, hidden: int):
 
 def rules(allow_bias: bool = False, excluded: frozenset[int] = frozenset()) -> pattern.RewriteRuleSet:
     return pattern.RewriteRuleSet(
-        [cls.rule(allow_bias, excluded)
-         for cls in (DecomposedSdpa, OnnxAttention, OnnxAttentionWithPast, MicrosoftMultiHeadAttention,
-                     MicrosoftAttention)],
-        commute=True)
+        [
+            cls.rule(allow_bias, excluded)
+            for cls in (
+                DecomposedSdpa,
+                OnnxAttention,
+                OnnxAttentionWithPast,
+                MicrosoftMultiHeadAttention,
+                MicrosoftAttention,
+            )
+        ],
+        commute=True,
+    )

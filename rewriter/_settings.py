@@ -27,8 +27,9 @@ def _attr(name: str, value: float) -> ir.Attr:
     return ir.AttrFloat32(name, float(value))
 
 
-def apply_settings(input_path: str | os.PathLike, output_path: str | os.PathLike,
-                   per_core: dict[int, dict[str, int | float]]) -> int:
+def apply_settings(
+    input_path: str | os.PathLike, output_path: str | os.PathLike, per_core: dict[int, dict[str, int | float]]
+) -> int:
     """Writes `input_path` with per_core[i]'s attributes set on KnnAttention core i; returns the cores changed."""
     src, dst = Path(input_path), Path(output_path)
     if dst.exists() and dst.resolve() == src.resolve():
@@ -36,7 +37,9 @@ def apply_settings(input_path: str | os.PathLike, output_path: str | os.PathLike
     model = load_model(src)
     cores = knn_cores(model)
     if not cores:
-        raise RewriteError(f"{src}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)")
+        raise RewriteError(
+            f"{src}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)"
+        )
     bad = sorted(i for i in per_core if not 0 <= i < len(cores))
     if bad:
         raise RewriteError(f"{src}: cores {bad} do not exist (the model has {len(cores)})")

@@ -48,8 +48,14 @@ def _selected(node: ir.Node, dims: list[int | None]) -> list[int | None] | None:
 
 def _replace_with_constant(graph: ir.Graph, node: ir.Node, values: list[int], scalar: bool) -> None:
     array = np.array(values[0] if scalar else values, dtype=np.int64)
-    const = ir.Node("", "Constant", [], {"value": ir.AttrTensor("value", ir.tensor(array))}, num_outputs=1,
-                    name=f"{node.name or node.op_type}_static")
+    const = ir.Node(
+        "",
+        "Constant",
+        [],
+        {"value": ir.AttrTensor("value", ir.tensor(array))},
+        num_outputs=1,
+        name=f"{node.name or node.op_type}_static",
+    )
     out = node.outputs[0]
     const.outputs[0].name = f"{out.name}_static"
     const.outputs[0].shape, const.outputs[0].type = ir.Shape(list(array.shape)), ir.TensorType(ir.DataType.INT64)

@@ -1,7 +1,6 @@
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from iceformer.ops import make_knn_attention_model, session_options
 
 
@@ -14,7 +13,12 @@ def mask_dtype(case):
 def knn_session(case=None, threads: int = 2, **model_kw):
     """A session over one KnnAttention node built for `case` (or from model_kw alone)."""
     if case is not None:
-        model_kw = {"attn_mask": mask_dtype(case), "key_padding_mask": case.key_padding_mask, **case.op_attrs(), **model_kw}
+        model_kw = {
+            "attn_mask": mask_dtype(case),
+            "key_padding_mask": case.key_padding_mask,
+            **case.op_attrs(),
+            **model_kw,
+        }
     model = make_knn_attention_model(**model_kw)
     return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 

@@ -1,13 +1,21 @@
 """Pins the public API of the package."""
 
-import iceformer
 import iceformer.ops
+
+import iceformer
 
 
 def test_top_level_api():
     assert sorted(iceformer.__all__) == sorted(
-        ["__version__", "contract", "get_library_path", "knn_attention_reference", "session_options", "rewrite",
-         "RewriteOptions"]
+        [
+            "__version__",
+            "contract",
+            "get_library_path",
+            "knn_attention_reference",
+            "session_options",
+            "rewrite",
+            "RewriteOptions",
+        ]
     )
     for name in iceformer.__all__:
         assert hasattr(iceformer, name), name
@@ -40,8 +48,17 @@ def test_rewriter_api():
     import iceformer.rewriter
 
     assert sorted(iceformer.rewriter.__all__) == sorted(
-        ["rewrite", "rewrite_model", "RewriteOptions", "RewriteReport", "RewriteError", "AlreadyRewritten", "Skip",
-         "apply_settings", "knn_cores"]
+        [
+            "rewrite",
+            "rewrite_model",
+            "RewriteOptions",
+            "RewriteReport",
+            "RewriteError",
+            "AlreadyRewritten",
+            "Skip",
+            "apply_settings",
+            "knn_cores",
+        ]
     )
 
 
@@ -49,6 +66,17 @@ def test_batch_api():
     import iceformer.batch
 
     assert sorted(iceformer.batch.__all__) == sorted(
-        ["BatchOptions", "BatchSummary", "BatchError", "DocumentError", "DocumentScorer", "ScoreOptions", "Tokenizer",
-         "build_spec", "inspect", "read_input", "run_batch"]
+        [
+            "BatchOptions",
+            "BatchSummary",
+            "BatchError",
+            "DocumentError",
+            "DocumentScorer",
+            "ScoreOptions",
+            "Tokenizer",
+            "build_spec",
+            "inspect",
+            "read_input",
+            "run_batch",
+        ]
     )

@@ -38,16 +38,20 @@ def _corpus(path: Path, tok, docs: int, tokens: int) -> None:
 
 def _run(docs: Path, model: str, tokenizer: str, max_tokens: int, **kw) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="ice-bench-batch-") as out:
-        s = run_batch(BatchOptions(str(docs), out, model, tokenizer, max_tokens=max_tokens, overflow="truncate",
-                                   batch_size=1, **kw))
+        s = run_batch(
+            BatchOptions(
+                str(docs), out, model, tokenizer, max_tokens=max_tokens, overflow="truncate", batch_size=1, **kw
+            )
+        )
     if s.errors:
         raise RuntimeError(f"{s.errors} documents failed in a benchmark run")
     return s.documents_per_second, s.tokens_per_second
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-bench-batch", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-bench-batch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--tokenizer", required=True, help="recipe name (smollm2, qwen2.5-coder-0.5b)")
     ap.add_argument("--docs", type=int, default=24)
@@ -65,9 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     cpus = os.cpu_count() or 1
     console = Console(stderr=True)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    configs = {"serial, one session": dict(serial=True, cpus_per_actor=cpus),
-               f"Ray, 1 actor x {cpus} CPUs": dict(actors=1, cpus_per_actor=cpus),
-               f"Ray, {cpus} actors x 1 CPU": dict(actors=cpus, cpus_per_actor=1)}
+    configs = {
+        "serial, one session": dict(serial=True, cpus_per_actor=cpus),
+        f"Ray, 1 actor x {cpus} CPUs": dict(actors=1, cpus_per_actor=cpus),
+        f"Ray, {cpus} actors x 1 CPU": dict(actors=cpus, cpus_per_actor=1),
+    }
     result: dict = {"cpus": cpus, "docs": args.docs, "tokens": args.tokens, "scale_out": {}, "cost_model": {}}
     with tempfile.TemporaryDirectory(prefix="ice-bench-batch-") as tmp:
         docs = Path(tmp) / "docs.jsonl"

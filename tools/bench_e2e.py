@@ -47,11 +47,17 @@ from .e2e_worker import Worker
 
 ONNX_RUNTIMES = {"ours-exact": {"top_k": 0}, "ours-defaults": {}, "ours-knn": "knn", "onnx-dense": None}
 # genai runtime -> (weight precision, None: the folder as written | attributes of the rewrite | "knn")
-GENAI_RUNTIMES = {f"genai{w}{v}": (p, a) for w, p in (("", "fp32"), ("-int4", "int4"))
-                  for v, a in (("", None), ("-ours", {}), ("-ours-knn", "knn"))}
+GENAI_RUNTIMES = {
+    f"genai{w}{v}": (p, a)
+    for w, p in (("", "fp32"), ("-int4", "int4"))
+    for v, a in (("", None), ("-ours", {}), ("-ours-knn", "knn"))
+}
 # OpenVINO runtime -> (weight format of optimum-cli, sparse prefill mode or None)
-OV_RUNTIMES = {f"ov{w}-{m}": (f, None if m == "dense" else m) for w, f in (("", "fp32"), ("-int8", "int8"), ("-int4", "int4"))
-               for m in ("dense", "xattention")}
+OV_RUNTIMES = {
+    f"ov{w}-{m}": (f, None if m == "dense" else m)
+    for w, f in (("", "fp32"), ("-int8", "int8"), ("-int4", "int4"))
+    for m in ("dense", "xattention")
+}
 GENAI_MAX_LENGTH = 32768  # rotary rows of the genai folder: prompt + generated tokens must fit
 
 
@@ -111,11 +117,16 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
         out[r] = (sys.executable, "genai", {**base, "model": str(folder)})
     for r in (r for r in wanted if r in OV_RUNTIMES):
         if not args.ov_python:
-            raise SystemExit("ice-bench-e2e: the OpenVINO runtimes need --ov-python (an environment with "
-                             "openvino-genai and optimum-intel; see the README)")
+            raise SystemExit(
+                "ice-bench-e2e: the OpenVINO runtimes need --ov-python (an environment with "
+                "openvino-genai and optimum-intel; see the README)"
+            )
         fmt, sparse = OV_RUNTIMES[r]
-        out[r] = (args.ov_python, "openvino", {**base, "model": str(_openvino_model(args, fmt, console)),
-                                               "sparse": sparse})
+        out[r] = (
+            args.ov_python,
+            "openvino",
+            {**base, "model": str(_openvino_model(args, fmt, console)), "sparse": sparse},
+        )
     return out
 
 
@@ -132,9 +143,23 @@ def _openvino_model(args, weight_format: str, console: Console) -> Path:
 
     def build(tmp: Path) -> None:
         with console.status(f"optimum-cli export openvino ({weight_format}; a few minutes)"):
-            res = subprocess.run([str(cli), "export", "openvino", "--model", str(hf), "--task",
-                                  "text-generation-with-past", "--weight-format", weight_format, str(tmp)],
-                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            res = subprocess.run(
+                [
+                    str(cli),
+                    "export",
+                    "openvino",
+                    "--model",
+                    str(hf),
+                    "--task",
+                    "text-generation-with-past",
+                    "--weight-format",
+                    weight_format,
+                    str(tmp),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
         if res.returncode != 0:
             raise RuntimeError(f"optimum-cli export openvino failed: {res.stderr.strip()[-800:]}")
 
@@ -167,16 +192,27 @@ def _score_hidden(rec: Record, hidden: np.ndarray, p, lm_head: np.ndarray, ref: 
     return mine
 
 
-COLUMNS = ["runtime", "first token s", "speedup", "peak MiB", "retrieval", "perplexity", "agreement",
-           "first token = dense"]
+COLUMNS = [
+    "runtime",
+    "first token s",
+    "speedup",
+    "peak MiB",
+    "retrieval",
+    "perplexity",
+    "agreement",
+    "first token = dense",
+]
 
 
 def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, str]]:
     """The rows (COLUMNS) of the table at prompt length n, and {weight format: its fastest peer}."""
     rows = [r for r in records if r.tokens == n]
     by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows)}
-    med = {rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None) for rt, rs in by.items()
-           if any(x.ttft_s is not None for x in rs)}
+    med = {
+        rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None)
+        for rt, rs in by.items()
+        if any(x.ttft_s is not None for x in rs)
+    }
     best: dict[str, str] = {}  # weight format -> the fastest peer computing with it
     for rt, sec in med.items():
         w = _weights(rt)
@@ -186,23 +222,32 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
     out = []
     for rt, rs in by.items():
         ok = [r for r in rs if r.error is None]
-        out.append([
-            rt, f"{med[rt]:.2f}" if rt in med else "-",
-            f"{med[best[_weights(rt)]] / med[rt]:.2f}x" if _weights(rt) in best and rt in med else "-",
-            fmt([r.peak_rss_mib for r in ok], lambda v: f"{max(v):.0f}"),
-            f"{sum(bool(r.correct) for r in ok)}/{len(rs)}",
-            fmt([r.ppl_change for r in ok if r.ppl_change is not None], lambda v: f"{100 * statistics.mean(v):+.2f}%"),
-            fmt([r.agreement for r in ok if r.agreement is not None], lambda v: f"{100 * statistics.mean(v):.2f}%"),
-            fmt([r.first_same for r in ok if r.first_same is not None], lambda v: f"{sum(v)}/{len(v)}")])
+        out.append(
+            [
+                rt,
+                f"{med[rt]:.2f}" if rt in med else "-",
+                f"{med[best[_weights(rt)]] / med[rt]:.2f}x" if _weights(rt) in best and rt in med else "-",
+                fmt([r.peak_rss_mib for r in ok], lambda v: f"{max(v):.0f}"),
+                f"{sum(bool(r.correct) for r in ok)}/{len(rs)}",
+                fmt(
+                    [r.ppl_change for r in ok if r.ppl_change is not None],
+                    lambda v: f"{100 * statistics.mean(v):+.2f}%",
+                ),
+                fmt([r.agreement for r in ok if r.agreement is not None], lambda v: f"{100 * statistics.mean(v):.2f}%"),
+                fmt([r.first_same for r in ok if r.first_same is not None], lambda v: f"{sum(v)}/{len(v)}"),
+            ]
+        )
     return out, best
 
 
 def _table(records: list[Record], n: int, args) -> Table:
     rows, best = summary(records, n)
     peers = ", ".join(f"{w}: {rt}" for w, rt in best.items())
-    t = Table(title=f"{args.model}, {n}-token prompts, {args.threads} threads, medians over "
-                    f"{len(args.passkey_depths) + len(args.line_depths)} prompts"
-                    + (f"; speedup against the fastest peer with the same weights ({peers})" if peers else ""))
+    t = Table(
+        title=f"{args.model}, {n}-token prompts, {args.threads} threads, medians over "
+        f"{len(args.passkey_depths) + len(args.line_depths)} prompts"
+        + (f"; speedup against the fastest peer with the same weights ({peers})" if peers else "")
+    )
     for col in COLUMNS:
         t.add_column(col, justify="right")
     for row in rows:
@@ -227,8 +272,9 @@ def _plot(records: list[Record], path: Path, args) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for rt in dict.fromkeys(r.runtime for r in records):
         pts = sorted({r.tokens for r in records if r.runtime == rt and r.ttft_s is not None})
-        ys = [statistics.median(r.ttft_s for r in records if r.runtime == rt and r.tokens == n and r.ttft_s)
-              for n in pts]
+        ys = [
+            statistics.median(r.ttft_s for r in records if r.runtime == rt and r.tokens == n and r.ttft_s) for n in pts
+        ]
         ax.plot(pts, ys, marker="o", label=rt, linestyle="-" if _is_peer(rt) else "--")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -241,24 +287,36 @@ def _plot(records: list[Record], path: Path, args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-bench-e2e", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-bench-e2e", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     from ..models.export import DECODERS
 
     all_runtimes = [*ONNX_RUNTIMES, *GENAI_RUNTIMES, *OV_RUNTIMES]
     ap.add_argument("--model", choices=list(DECODERS), default="qwen2.5-coder-0.5b")
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192, 16384])
-    ap.add_argument("--runtimes", nargs="+", choices=all_runtimes,
-                    default=["ours-exact", "ours-defaults", "ours-knn", "onnx-dense", "genai", "genai-ours"])
+    ap.add_argument(
+        "--runtimes",
+        nargs="+",
+        choices=all_runtimes,
+        default=["ours-exact", "ours-defaults", "ours-knn", "onnx-dense", "genai", "genai-ours"],
+    )
     ap.add_argument("--passkey-depths", type=float, nargs="*", default=[0.1, 0.5, 0.9])
     ap.add_argument("--line-depths", type=float, nargs="*", default=[0.5])
     ap.add_argument("--knn-min-keys", type=int, default=1024, help="k-NN forced from this many keys (ours-knn)")
-    ap.add_argument("--dense-max", type=int, default=8192,
-                    help="onnx-dense only up to this length (its [Hq, S, S] scores: 15 GB at 16k on Qwen)")
+    ap.add_argument(
+        "--dense-max",
+        type=int,
+        default=8192,
+        help="onnx-dense only up to this length (its [Hq, S, S] scores: 15 GB at 16k on Qwen)",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ov-python", help="python of an environment with openvino-genai and optimum-intel")
-    ap.add_argument("--resident", action="store_true",
-                    help="keep every runtime loaded for the whole run (faster; needs all their memory at once)")
+    ap.add_argument(
+        "--resident",
+        action="store_true",
+        help="keep every runtime loaded for the whole run (faster; needs all their memory at once)",
+    )
     ap.add_argument("--json", type=Path, default=Path("bench_e2e.json"))
     args = ap.parse_args(argv)
     if max(args.tokens) + 16 > GENAI_MAX_LENGTH and any(r in GENAI_RUNTIMES for r in args.runtimes):
@@ -321,11 +379,17 @@ def main(argv: list[str] | None = None) -> int:
                         rec.correct = generated_correct(p, ans["tokens"])
                         rec.first_same = ans["tokens"][:1] == [ref["first"]] if ref else None
                     records.append(rec)
-                    console.log(f"{n} {label} {rt}: " + (rec.error or f"{rec.ttft_s:.2f} s, {rec.peak_rss_mib:.0f} MiB, "
-                                                          f"correct {rec.correct}"))
+                    console.log(
+                        f"{n} {label} {rt}: "
+                        + (rec.error or f"{rec.ttft_s:.2f} s, {rec.peak_rss_mib:.0f} MiB, correct {rec.correct}")
+                    )
             console.print(_table(records, n, args))
-            args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                             "records": [asdict(r) for r in records]}, indent=1))
+            args.json.write_text(
+                json.dumps(
+                    {"args": {k: str(v) for k, v in vars(args).items()}, "records": [asdict(r) for r in records]},
+                    indent=1,
+                )
+            )
             args.json.with_suffix(".md").write_text(markdown(records))
     finally:
         for w in workers.values():

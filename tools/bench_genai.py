@@ -36,12 +36,18 @@ class Result:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="ice-bench-genai", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-bench-genai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("model", type=Path, help="an onnxruntime-genai model folder (SmolLM2 tokenizer vocabulary)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
-                    help="a rewritten variant: ice-rewrite with these k-NN attributes (repeatable; default: "
-                         "defaults='{}' and knn1024='{\"min_keys\": 1024}')")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a rewritten variant: ice-rewrite with these k-NN attributes (repeatable; default: "
+        "defaults='{}' and knn1024='{\"min_keys\": 1024}')",
+    )
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192])
     ap.add_argument("--prompts", type=int, default=2, help="prompts per length (Brown samples from different starts)")
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -80,20 +86,39 @@ def main(argv: list[str] | None = None) -> None:
                 console.log(f"{n} tokens, prompt {p}, {name}: first token {ttft:.2f} s, decode {tps:.1f} tok/s")
         results += rows.values()
 
-    table = Table(title=f"onnxruntime-genai end to end, {args.threads} threads, fp32, medians over {args.prompts} "
-                        f"prompts (speedup = original / variant)")
-    for col in ["tokens", "variant", "time to first token s", "speedup", "decode tok/s", "first token same",
-                f"{args.new_tokens} tokens same"]:
+    table = Table(
+        title=f"onnxruntime-genai end to end, {args.threads} threads, fp32, medians over {args.prompts} "
+        f"prompts (speedup = original / variant)"
+    )
+    for col in [
+        "tokens",
+        "variant",
+        "time to first token s",
+        "speedup",
+        "decode tok/s",
+        "first token same",
+        f"{args.new_tokens} tokens same",
+    ]:
         table.add_column(col, justify="right")
     for r in results:
         base = next(x for x in results if x.tokens == r.tokens and x.variant == "genai original")
         ttft, b = statistics.median(r.ttft_s), statistics.median(base.ttft_s)
-        table.add_row(str(r.tokens), r.variant, f"{ttft:.2f}", f"{b / ttft:.2f}x", f"{statistics.median(r.decode_tok_s):.1f}",
-                      f"{sum(r.first_same)}/{len(r.first_same)}", f"{sum(r.all_same)}/{len(r.all_same)}")
+        table.add_row(
+            str(r.tokens),
+            r.variant,
+            f"{ttft:.2f}",
+            f"{b / ttft:.2f}x",
+            f"{statistics.median(r.decode_tok_s):.1f}",
+            f"{sum(r.first_same)}/{len(r.first_same)}",
+            f"{sum(r.all_same)}/{len(r.all_same)}",
+        )
     console.print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                               "results": [asdict(r) for r in results]}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "results": [asdict(r) for r in results]}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _variants(case: AttentionCase, threads: int, knn: list[dict] | None,
-              ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")):
+def _variants(
+    case: AttentionCase, threads: int, knn: list[dict] | None, ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")
+):
     x = case.inputs()
     q, k, v = x["Q"], x["K"], x["V"]
     ours = {"Q": q, "K": k, "V": v}
@@ -89,16 +90,26 @@ def _variants(case: AttentionCase, threads: int, knn: list[dict] | None,
     if "attn23" in ort_kernels:
         attn = make_attention_model("onnx", num_heads=case.Hq, kv_num_heads=case.Hkv, causal=bool(case.is_causal))
         out["ort-attn23"] = (_session(attn, threads, False), {"q": q, "k": k, "v": v})
-    if "gqa" in ort_kernels and case.is_causal and case.S == case.T:  # GroupQueryAttention is causal only: a first prompt of n tokens
+    if (
+        "gqa" in ort_kernels and case.is_causal and case.S == case.T
+    ):  # GroupQueryAttention is causal only: a first prompt of n tokens
         gqa = make_gqa_model(domain="com.microsoft", num_heads=case.Hq, kv_num_heads=case.Hkv, past=False)
         n = np.array([case.T], np.int32)
-        out["ort-gqa"] = (_session(gqa, threads, False), {"query": to3(q), "key": to3(k), "value": to3(v),
-                                                          "seqlens_k": n - 1, "total_sequence_length": n})
+        out["ort-gqa"] = (
+            _session(gqa, threads, False),
+            {"query": to3(q), "key": to3(k), "value": to3(v), "seqlens_k": n - 1, "total_sequence_length": n},
+        )
     return out
 
 
-def run_row(case: AttentionCase, threads: int, reps: int, knn: list[dict] | None, stats_path: str,
-            ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23")) -> Row:
+def run_row(
+    case: AttentionCase,
+    threads: int,
+    reps: int,
+    knn: list[dict] | None,
+    stats_path: str,
+    ort_kernels: tuple[str, ...] = ("gqa", "mha", "attn23"),
+) -> Row:
     variants = _variants(case, threads, knn, ort_kernels)
     outputs, stats_line = {}, None
     for name, (sess, feeds) in variants.items():  # warm-up; the outputs give the k-NN errors
@@ -114,7 +125,9 @@ def run_row(case: AttentionCase, threads: int, reps: int, knn: list[dict] | None
             sess.run(None, feeds)
             times[name].append((time.perf_counter() - t0) * 1e3)
     data = "synthetic" if case.capture is None else f"layer {case.capture_layer}"
-    row = Row(case.T, case.is_causal, case.Hq, case.Hkv, case.D, data, {k: statistics.median(v) for k, v in times.items()})
+    row = Row(
+        case.T, case.is_causal, case.Hq, case.Hkv, case.D, data, {k: statistics.median(v) for k, v in times.items()}
+    )
     for name, attrs in zip(knn_names(knn), knn or []):
         eligible = eligible_rows(case.S, case.T, bool(case.is_causal), attrs)
         row.errors[name] = list(relative_error(outputs[name], outputs["ours-exact"], eligible))
@@ -140,15 +153,19 @@ class DecodeRow:
 def run_decode_row(past: int, Hq: int, Hkv: int, D: int, threads: int, reps: int) -> DecodeRow:
     """One new token over `past` cached keys: ours vs ORT's GroupQueryAttention, each on its own shared KV buffer."""
     rng = np.random.default_rng(past)
-    feeds = {"query": rng.standard_normal((1, 1, Hq * D)).astype(np.float32),
-             "key": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
-             "value": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
-             "seqlens_k": np.array([past], np.int32), "total_sequence_length": np.array([past + 1], np.int32)}
+    feeds = {
+        "query": rng.standard_normal((1, 1, Hq * D)).astype(np.float32),
+        "key": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
+        "value": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
+        "seqlens_k": np.array([past], np.int32),
+        "total_sequence_length": np.array([past + 1], np.int32),
+    }
     cache = rng.standard_normal((1, Hkv, past + 1, D)).astype(np.float32)
     runs = {}
     for name, domain in (("ours-gqa", "iceformer"), ("ort-gqa", "com.microsoft")):
-        sess = _session(make_gqa_model(domain=domain, num_heads=Hq, kv_num_heads=Hkv, past=True), threads,
-                        domain == "iceformer")
+        sess = _session(
+            make_gqa_model(domain=domain, num_heads=Hq, kv_num_heads=Hkv, past=True), threads, domain == "iceformer"
+        )
         io = sess.io_binding()
         for k, v in feeds.items():
             io.bind_cpu_input(k, v)
@@ -168,29 +185,62 @@ def run_decode_row(past: int, Hq: int, Hkv: int, D: int, threads: int, reps: int
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="ice-bench-op", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384], help="sequence lengths (S = T)")
+    ap = argparse.ArgumentParser(
+        prog="ice-bench-op", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--n", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384], help="sequence lengths (S = T)"
+    )
     ap.add_argument("--causal", choices=["no", "yes", "both"], default="both")
-    ap.add_argument("--layouts", nargs="+", default=["mha", "gqa"], choices=["mha", "gqa"],
-                    help="mha: Hq = Hkv = --heads; gqa: Hq = --heads, Hkv = --heads / 2")
+    ap.add_argument(
+        "--layouts",
+        nargs="+",
+        default=["mha", "gqa"],
+        choices=["mha", "gqa"],
+        help="mha: Hq = Hkv = --heads; gqa: Hq = --heads, Hkv = --heads / 2",
+    )
     ap.add_argument("--heads", type=int, default=2)
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--knn", type=json.loads, action="append", default=None,
-                    help='k-NN attributes as JSON on top of the defaults, e.g. \'{"min_keys": 0}\' (omit: no k-NN column; '
-                         'repeat for more k-NN columns)')
-    ap.add_argument("--clusters", type=int, default=64,
-                    help="draw Q and K around this many shared centres (peaked attention, like real models); "
-                         "0: i.i.d. normal data, the diffuse worst case")
-    ap.add_argument("--data", help="an ice-capture-qk file: real Q/K/V (its first n tokens, its own heads) instead of "
-                                   "synthetic data; --layouts, --heads, --head-dim and --clusters are then unused")
-    ap.add_argument("--data-layers", type=int, nargs="+", default=[0], help="capture layer indices to run (with --data)")
-    ap.add_argument("--ort-kernels", nargs="+", default=["gqa", "mha", "attn23"], choices=["gqa", "mha", "attn23"],
-                    help="which ORT kernels to time (GroupQueryAttention only applies to causal rows)")
-    ap.add_argument("--decode", type=int, nargs="*", default=[],
-                    help="also time one-token decode steps over these numbers of cached keys (GroupQueryAttention, "
-                         "ours vs ORT's; heads and head dim of the first case)")
+    ap.add_argument(
+        "--knn",
+        type=json.loads,
+        action="append",
+        default=None,
+        help="k-NN attributes as JSON on top of the defaults, e.g. '{\"min_keys\": 0}' (omit: no k-NN column; "
+        "repeat for more k-NN columns)",
+    )
+    ap.add_argument(
+        "--clusters",
+        type=int,
+        default=64,
+        help="draw Q and K around this many shared centres (peaked attention, like real models); "
+        "0: i.i.d. normal data, the diffuse worst case",
+    )
+    ap.add_argument(
+        "--data",
+        help="an ice-capture-qk file: real Q/K/V (its first n tokens, its own heads) instead of "
+        "synthetic data; --layouts, --heads, --head-dim and --clusters are then unused",
+    )
+    ap.add_argument(
+        "--data-layers", type=int, nargs="+", default=[0], help="capture layer indices to run (with --data)"
+    )
+    ap.add_argument(
+        "--ort-kernels",
+        nargs="+",
+        default=["gqa", "mha", "attn23"],
+        choices=["gqa", "mha", "attn23"],
+        help="which ORT kernels to time (GroupQueryAttention only applies to causal rows)",
+    )
+    ap.add_argument(
+        "--decode",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time one-token decode steps over these numbers of cached keys (GroupQueryAttention, "
+        "ours vs ORT's; heads and head dim of the first case)",
+    )
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
     args = ap.parse_args(argv)
@@ -202,36 +252,72 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(width=200)
     cases = []
     if args.data:
-        cases = [AttentionCase.from_capture(args.data, li, n, is_causal=c)
-                 for li in args.data_layers for c in causal_list for n in args.n]
+        cases = [
+            AttentionCase.from_capture(args.data, li, n, is_causal=c)
+            for li in args.data_layers
+            for c in causal_list
+            for n in args.n
+        ]
     else:
         for layout in args.layouts:
             hkv = args.heads if layout == "mha" else max(1, args.heads // 2)
-            cases += [AttentionCase(Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=c, seed=n,
-                                    clusters=args.clusters) for c in causal_list for n in args.n]
+            cases += [
+                AttentionCase(
+                    Hq=args.heads, Hkv=hkv, S=n, T=n, D=args.head_dim, is_causal=c, seed=n, clusters=args.clusters
+                )
+                for c in causal_list
+                for n in args.n
+            ]
     for case in cases:
         rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path, tuple(args.ort_kernels)))
-        console.log(f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
-                    + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items()))
+        console.log(
+            f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items())
+        )
 
     names = knn_names(args.knn)
-    table = Table(title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
-                        "(ratio = best ORT kernel's time / our time; error = mean relative output error against "
-                        "ours-exact, worst head in brackets)")
-    for col in ["data", "layout", "causal", "n", "ours-exact ms", "ort-gqa ms", "ort-mha ms", "ort-attn23 ms",
-                "best-ort/exact"] + [c for nm in names for c in (f"{nm} ms", f"best-ort/{nm}", f"{nm} error %")] + [
-                "knn scored mean/p99", "scored/n", "recall@k", "fallback %", "build %"]:
+    table = Table(
+        title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
+        "(ratio = best ORT kernel's time / our time; error = mean relative output error against "
+        "ours-exact, worst head in brackets)"
+    )
+    for col in (
+        [
+            "data",
+            "layout",
+            "causal",
+            "n",
+            "ours-exact ms",
+            "ort-gqa ms",
+            "ort-mha ms",
+            "ort-attn23 ms",
+            "best-ort/exact",
+        ]
+        + [c for nm in names for c in (f"{nm} ms", f"best-ort/{nm}", f"{nm} error %")]
+        + ["knn scored mean/p99", "scored/n", "recall@k", "fallback %", "build %"]
+    ):
         table.add_column(col, justify="right")
     for r in rows:
         t = r.times_ms
         best = min([v for k, v in t.items() if k.startswith("ort-")], default=float("nan"))
-        fmt = lambda key: f"{t[key]:.1f}" if key in t else "-"  # noqa: E731
+        fmt = lambda key, t=t: f"{t[key]:.1f}" if key in t else "-"  # noqa: E731
         ks = r.knn_stats or {}
-        knn_cells = [c for nm in names for c in (
-            fmt(nm), f"{best / t[nm]:.2f}", f"{100 * r.errors[nm][0]:.2f} ({100 * r.errors[nm][1]:.2f})")]
+        knn_cells = [
+            c
+            for nm in names
+            for c in (fmt(nm), f"{best / t[nm]:.2f}", f"{100 * r.errors[nm][0]:.2f} ({100 * r.errors[nm][1]:.2f})")
+        ]
         table.add_row(
-            r.data, "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}", str(r.causal), str(r.n), fmt("ours-exact"),
-            fmt("ort-gqa"), fmt("ort-mha"), fmt("ort-attn23"), f"{best / t['ours-exact']:.2f}", *knn_cells,
+            r.data,
+            "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}",
+            str(r.causal),
+            str(r.n),
+            fmt("ours-exact"),
+            fmt("ort-gqa"),
+            fmt("ort-mha"),
+            fmt("ort-attn23"),
+            f"{best / t['ours-exact']:.2f}",
+            *knn_cells,
             f"{ks['mean_candidates']:.0f}/{ks['p99_candidates']:.0f}" if ks else "-",
             f"{ks['mean_candidates'] / r.n:.3f}" if ks else "-",
             f"{r.recall:.3f}" if r.recall is not None else "-",
@@ -239,23 +325,38 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * ks['build_ms'] / ks['total_ms']:.1f}" if ks and ks.get("total_ms") else "-",
         )
     console.print(table)
-    decode = [run_decode_row(p, cases[0].Hq, cases[0].Hkv, cases[0].D, args.threads, max(args.reps, 9))
-              for p in args.decode]
+    decode = [
+        run_decode_row(p, cases[0].Hq, cases[0].Hkv, cases[0].D, args.threads, max(args.reps, 9)) for p in args.decode
+    ]
     if decode:
-        dt = Table(title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
-                         "(ratio = ORT time / our time)")
+        dt = Table(
+            title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
+            "(ratio = ORT time / our time)"
+        )
         for col in ["cached keys", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
             dt.add_column(col, justify="right")
         for d in decode:
-            dt.add_row(str(d.past), f"{d.Hq}:{d.Hkv}", f"{d.times_ms['ours-gqa']:.3f}", f"{d.times_ms['ort-gqa']:.3f}",
-                       f"{d.times_ms['ort-gqa'] / d.times_ms['ours-gqa']:.2f}")
+            dt.add_row(
+                str(d.past),
+                f"{d.Hq}:{d.Hkv}",
+                f"{d.times_ms['ours-gqa']:.3f}",
+                f"{d.times_ms['ort-gqa']:.3f}",
+                f"{d.times_ms['ort-gqa'] / d.times_ms['ours-gqa']:.2f}",
+            )
         console.print(dt)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "rows": [asdict(r) for r in rows], "decode": [asdict(d) for d in decode]},
-                      f, indent=1)
+            json.dump(
+                {"args": vars(args), "rows": [asdict(r) for r in rows], "decode": [asdict(d) for d in decode]},
+                f,
+                indent=1,
+            )
     if args.plot:
-        plot(rows, args.plot, f"{args.threads} threads, D={cases[0].D}" + (f", {os.path.basename(args.data)}" if args.data else ""))
+        plot(
+            rows,
+            args.plot,
+            f"{args.threads} threads, D={cases[0].D}" + (f", {os.path.basename(args.data)}" if args.data else ""),
+        )
 
 
 def plot(rows: list[Row], path: str, subtitle: str) -> None:

@@ -91,13 +91,17 @@ def capture_core_inputs(path: Path, inputs: dict[str, np.ndarray], threads: int)
     model = onnx.load(str(path), load_external_data=False)
     cores = [n for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
     if not cores:
-        raise RewriteError(f"{path}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)")
+        raise RewriteError(
+            f"{path}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)"
+        )
     types = _elem_types(model)
     have = {o.name for o in model.graph.output} | set(inputs)
     for node in cores:
         for name in node.input:
             if name and name not in have:
-                model.graph.output.append(onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None))
+                model.graph.output.append(
+                    onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
+                )
                 have.add(name)
     # Beside the input: its external weights are referenced relative to the model's folder.
     tmp = path.parent / f".ice-calibrate-{os.getpid()}.onnx"
@@ -116,12 +120,19 @@ def _core_session(node: onnx.NodeProto, tensors: dict[str, np.ndarray], attrs: d
     """The core alone (same inputs and attributes, `attrs` on top) as a one-node model."""
     base = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     base.update(attrs)
-    ins = [onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(tensors[n].dtype), tensors[n].shape)
-           for n in node.input if n]
+    ins = [
+        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(tensors[n].dtype), tensors[n].shape)
+        for n in node.input
+        if n
+    ]
     core = onnx.helper.make_node(node.op_type, list(node.input), ["Y"], domain=node.domain, **base)
-    graph = onnx.helper.make_graph([core], "core", ins, [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)])
-    m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18),
-                                                     onnx.helper.make_opsetid(contract.DOMAIN, contract.VERSION)])
+    graph = onnx.helper.make_graph(
+        [core], "core", ins, [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)]
+    )
+    m = onnx.helper.make_model(
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid(contract.DOMAIN, contract.VERSION)],
+    )
     return ort.InferenceSession(m.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
@@ -154,8 +165,16 @@ def relative_error(y: np.ndarray, ref: np.ndarray, rows: slice) -> tuple[float, 
     return float(e.mean()), float(e.mean(axis=(0, 2)).max())
 
 
-def calibrate_core(index: int, node: onnx.NodeProto, tensors: dict, budget: float, threads: int, reps: int,
-                   candidates=CANDIDATES, overrides: dict | None = None) -> CoreResult:
+def calibrate_core(
+    index: int,
+    node: onnx.NodeProto,
+    tensors: dict,
+    budget: float,
+    threads: int,
+    reps: int,
+    candidates=CANDIDATES,
+    overrides: dict | None = None,
+) -> CoreResult:
     overrides = overrides or {}
     own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     ref, exact_ms = _timed(_core_session(node, tensors, {"top_k": 0}, threads), tensors, reps)
@@ -175,8 +194,16 @@ def calibrate_core(index: int, node: onnx.NodeProto, tensors: dict, budget: floa
     return result
 
 
-def calibrate(input_path: Path, output_path: Path, ids: list[int], budget: float, threads: int = 2, reps: int = 1,
-              overrides: dict | None = None, console: Console | None = None) -> CalibrationReport:
+def calibrate(
+    input_path: Path,
+    output_path: Path,
+    ids: list[int],
+    budget: float,
+    threads: int = 2,
+    reps: int = 1,
+    overrides: dict | None = None,
+    console: Console | None = None,
+) -> CalibrationReport:
     console = console or Console(stderr=True)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
         raise RewriteError(f"{output_path}: the output path is the input path; refusing to overwrite the input")
@@ -186,8 +213,11 @@ def calibrate(input_path: Path, output_path: Path, ids: list[int], budget: float
     for i, (node, t) in enumerate(zip(cores, tensors)):
         r = calibrate_core(i, node, t, budget, threads, reps, overrides=overrides)
         report.cores.append(r)
-        console.print(f"core {i}: exact {r.exact_ms:.0f} ms; " + ", ".join(
-            f"{json.dumps(x.attrs)} {x.ms:.0f} ms {100 * x.error:.2f}%" for x in r.trials) + f" -> {json.dumps(r.chosen)}")
+        console.print(
+            f"core {i}: exact {r.exact_ms:.0f} ms; "
+            + ", ".join(f"{json.dumps(x.attrs)} {x.ms:.0f} ms {100 * x.error:.2f}%" for x in r.trials)
+            + f" -> {json.dumps(r.chosen)}"
+        )
     apply_settings(input_path, output_path, {r.core: r.chosen for r in report.cores})
     return report
 
@@ -197,13 +227,21 @@ def _print(report: CalibrationReport, console: Console) -> None:
     for col in ("core", "chosen", "ms", "exact ms", "speedup", "error %"):
         t.add_column(col)
     for r in report.cores:
-        t.add_row(str(r.core), json.dumps(r.chosen), f"{r.ms:.0f}", f"{r.exact_ms:.0f}", f"{r.exact_ms / r.ms:.2f}x",
-                  f"{100 * r.error:.2f}")
+        t.add_row(
+            str(r.core),
+            json.dumps(r.chosen),
+            f"{r.ms:.0f}",
+            f"{r.exact_ms:.0f}",
+            f"{r.exact_ms / r.ms:.2f}x",
+            f"{100 * r.error:.2f}",
+        )
     console.print(t)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("input", type=Path, help="a model rewritten by ice-rewrite (KnnAttention cores)")
     ap.add_argument("output", type=Path, help="the calibrated model (written atomically; never the input)")
     ap.add_argument("--model", choices=DECODERS, required=True, help="whose tokenizer makes the calibration text")

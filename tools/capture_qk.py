@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import numpy as np
 
@@ -45,6 +45,7 @@ def _recording(model, layers: list[int]):
         def hook(module, inputs, output):
             if index in wanted:
                 vs[index] = output.detach()
+
         return hook
 
     def stop(module, inputs, output):
@@ -62,8 +63,9 @@ def _recording(model, layers: list[int]):
             h.remove()
 
 
-def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, text_start: int = 0,
-            model_name: str = "smollm2"):
+def capture(
+    tokens: int, layers: list[int] | None, kv_heads: list[int] | None, text_start: int = 0, model_name: str = "smollm2"
+):
     import torch
 
     from ..models import corpus, qwen, smollm2
@@ -80,19 +82,25 @@ def capture(tokens: int, layers: list[int] | None, kv_heads: list[int] | None, t
     layers = list(range(cfg.num_hidden_layers)) if layers is None else layers
     kv_heads = list(range(hkv)) if kv_heads is None else kv_heads
     qsel = [h * group + g for h in kv_heads for g in range(group)]
-    with torch.no_grad(), _recording(model, layers) as (qk, vs):
-        try:
-            model.model(torch.tensor([ids]))  # hidden states only: never [T, vocab] logits
-        except _Done:
-            pass
-    Q = np.stack([qk[l][0][0, qsel].numpy() for l in layers])
-    K = np.stack([qk[l][1][0, kv_heads].numpy() for l in layers])
-    V = np.stack([vs[l][0].reshape(tokens, hkv, d).permute(1, 0, 2)[kv_heads].numpy() for l in layers])
-    return {"Q": Q, "K": K, "V": V, "layers": np.array(layers), "kv_heads": np.array(kv_heads), "group": np.array(group)}
+    with torch.no_grad(), _recording(model, layers) as (qk, vs), suppress(_Done):
+        model.model(torch.tensor([ids]))  # hidden states only: never [T, vocab] logits
+    Q = np.stack([qk[i][0][0, qsel].numpy() for i in layers])
+    K = np.stack([qk[i][1][0, kv_heads].numpy() for i in layers])
+    V = np.stack([vs[i][0].reshape(tokens, hkv, d).permute(1, 0, 2)[kv_heads].numpy() for i in layers])
+    return {
+        "Q": Q,
+        "K": K,
+        "V": V,
+        "layers": np.array(layers),
+        "kv_heads": np.array(kv_heads),
+        "group": np.array(group),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="ice-capture-qk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-capture-qk", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("out")
     ap.add_argument("--model", choices=MODELS, default="smollm2")
     ap.add_argument("--tokens", type=int, default=2048)

@@ -36,7 +36,7 @@ class AttentionCase:
     attrs: dict = field(default_factory=dict)
 
     @classmethod
-    def from_capture(cls, path: str, layer: int, n: int, **kw) -> "AttentionCase":
+    def from_capture(cls, path: str, layer: int, n: int, **kw) -> AttentionCase:
         """Real activations: the first n tokens of capture layer index `layer` (all its query and KV heads)."""
         d = _capture(path)
         _, hq, t, dim = d["Q"].shape
@@ -55,7 +55,7 @@ class AttentionCase:
         """The model layer number of `layer` in the capture."""
         return int(_capture(self.capture)["layers"][self.layer])
 
-    def with_(self, **kw) -> "AttentionCase":
+    def with_(self, **kw) -> AttentionCase:
         return replace(self, **kw)
 
     def label(self) -> str:
@@ -80,8 +80,10 @@ class AttentionCase:
         f = np.float32
         if self.capture is not None:
             d = _capture(self.capture)
-            return {n: np.ascontiguousarray(d[n][self.layer][None, :, : (self.S if n == "Q" else self.T)], dtype=f)
-                    for n in ("Q", "K", "V")}
+            return {
+                n: np.ascontiguousarray(d[n][self.layer][None, :, : (self.S if n == "Q" else self.T)], dtype=f)
+                for n in ("Q", "K", "V")
+            }
         q = rng.standard_normal((self.B, self.Hq, self.S, self.D)).astype(f) * f(self.peak)
         k = rng.standard_normal((self.B, self.Hkv, self.T, self.D)).astype(f)
         if self.clusters:
@@ -92,8 +94,7 @@ class AttentionCase:
         out = {"Q": q, "K": k, "V": v}
         if self.attn_mask:
             shape = tuple(
-                {"B": self.B, "H": self.Hq, "S": self.S, "T": self.T}[c] if c != "1" else 1
-                for c in self.mask_shape
+                {"B": self.B, "H": self.Hq, "S": self.S, "T": self.T}[c] if c != "1" else 1 for c in self.mask_shape
             )
             keep = rng.random(shape) > 0.25
             if self.attn_mask == "bool":

@@ -29,8 +29,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
-from .recall import recall_at_k
 from .cases import AttentionCase
+from .recall import recall_at_k
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv_2048.npz"
 
@@ -42,7 +42,7 @@ def _sess(model, threads: int, ours: bool) -> ort.InferenceSession:
 
 
 def _stats(path: str) -> dict:
-    lines = open(path).read().splitlines() if os.path.exists(path) else []
+    lines = Path(path).read_text().splitlines() if os.path.exists(path) else []
     return json.loads(lines[-1]) if lines else {}
 
 
@@ -55,10 +55,17 @@ def accuracy(console: Console, threads: int, stats_path: str) -> None:
     knn = _sess(make_knn_attention_model(is_causal=1, min_keys=0), threads, True)
     defaults = {a: v for a, v in contract.attribute_defaults().items() if a not in ("scale", "is_causal")}
     first = defaults["top_k"] + defaults["local_window"] + defaults["num_sink"]
-    table = Table(title="real SmolLM2-135M activations, 2048 tokens, causal (k-NN rows: queries past the first "
-                        f"{first})")
-    for col in ["layer", "exact vs ORT: max |diff|", "k-NN rel. error (mean / p99)", "recall@128", "keys scored / query",
-                "rows sent back to exact"]:
+    table = Table(
+        title=f"real SmolLM2-135M activations, 2048 tokens, causal (k-NN rows: queries past the first {first})"
+    )
+    for col in [
+        "layer",
+        "exact vs ORT: max |diff|",
+        "k-NN rel. error (mean / p99)",
+        "recall@128",
+        "keys scored / query",
+        "rows sent back to exact",
+    ]:
         table.add_column(col, justify="right")
     for li, layer in enumerate(d["layers"]):
         feeds = {"Q": Q[li][None], "K": K[li][None], "V": V[li][None]}
@@ -69,25 +76,42 @@ def accuracy(console: Console, threads: int, stats_path: str) -> None:
         st = _stats(stats_path)
         err = (np.linalg.norm(y_knn - y_exact, axis=-1) / np.linalg.norm(y_exact, axis=-1))[0, :, first:]
         rec = recall_at_k(Q[li, 0], K[li, 0], range(first, Q.shape[2], 7), is_causal=1, min_keys=0)
-        table.add_row(str(layer), f"{np.abs(y_exact - y_dense).max():.1e}", f"{err.mean():.4f} / {np.quantile(err, 0.99):.4f}",
-                      f"{rec:.3f}", f"{st.get('mean_candidates', 0):.0f}",
-                      f"{st.get('fallback_rows', 0)} of {st.get('knn_rows', 0)}")
+        table.add_row(
+            str(layer),
+            f"{np.abs(y_exact - y_dense).max():.1e}",
+            f"{err.mean():.4f} / {np.quantile(err, 0.99):.4f}",
+            f"{rec:.3f}",
+            f"{st.get('mean_candidates', 0):.0f}",
+            f"{st.get('fallback_rows', 0)} of {st.get('knn_rows', 0)}",
+        )
     console.print(table)
 
 
 def speed(console: Console, n: int, threads: int, reps: int, stats_path: str) -> None:
-    table = Table(title=f"one attention call, n = {n}, Hq=3 / Hkv=1, D=64, clustered random data, {threads} "
-                        f"threads (median of {reps}, interleaved)")
-    for col in ["mask", "ORT Attention ms", "KnnAttention exact ms", "KnnAttention default ms", "exact speedup",
-                "default speedup", "path of default", "keys scored / query"]:
+    table = Table(
+        title=f"one attention call, n = {n}, Hq=3 / Hkv=1, D=64, clustered random data, {threads} "
+        f"threads (median of {reps}, interleaved)"
+    )
+    for col in [
+        "mask",
+        "ORT Attention ms",
+        "KnnAttention exact ms",
+        "KnnAttention default ms",
+        "exact speedup",
+        "default speedup",
+        "path of default",
+        "keys scored / query",
+    ]:
         table.add_column(col, justify="right")
     for causal in (0, 1):
         case = AttentionCase(Hq=3, Hkv=1, S=n, T=n, D=64, is_causal=causal, seed=1, clusters=64)
         x = case.inputs()
         feeds = {"Q": x["Q"], "K": x["K"], "V": x["V"]}
         variants = {
-            "dense": (_sess(make_attention_model("onnx", num_heads=3, kv_num_heads=1, causal=bool(causal)), threads, False),
-                      {"q": x["Q"], "k": x["K"], "v": x["V"]}),
+            "dense": (
+                _sess(make_attention_model("onnx", num_heads=3, kv_num_heads=1, causal=bool(causal)), threads, False),
+                {"q": x["Q"], "k": x["K"], "v": x["V"]},
+            ),
             "exact": (_sess(make_knn_attention_model(is_causal=causal, top_k=0), threads, True), feeds),
             "default": (_sess(make_knn_attention_model(is_causal=causal), threads, True), feeds),
         }
@@ -103,14 +127,23 @@ def speed(console: Console, n: int, threads: int, reps: int, stats_path: str) ->
                 if name == "default":
                     st = _stats(stats_path)
         med = {k: statistics.median(v) for k, v in times.items()}
-        table.add_row("causal" if causal else "none", f"{med['dense']:.0f}", f"{med['exact']:.0f}", f"{med['default']:.0f}",
-                      f"{med['dense'] / med['exact']:.2f}x", f"{med['dense'] / med['default']:.2f}x",
-                      f"{st.get('path', '?')} ({st.get('knn_rows', 0)} rows k-NN)", f"{st.get('mean_candidates', 0):.0f}")
+        table.add_row(
+            "causal" if causal else "none",
+            f"{med['dense']:.0f}",
+            f"{med['exact']:.0f}",
+            f"{med['default']:.0f}",
+            f"{med['dense'] / med['exact']:.2f}x",
+            f"{med['dense'] / med['default']:.2f}x",
+            f"{st.get('path', '?')} ({st.get('knn_rows', 0)} rows k-NN)",
+            f"{st.get('mean_candidates', 0):.0f}",
+        )
     console.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="ice-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=16384)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)

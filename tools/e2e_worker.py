@@ -17,6 +17,7 @@ it through /proc/self/clear_refs), weights included - what a user running only t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -74,7 +75,9 @@ class Genai:
         import onnxruntime_genai as og
 
         config = og.Config(spec["model"])
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": spec["threads"]}}}}))
+        config.overlay(
+            json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": spec["threads"]}}}})
+        )
         self.og, self.model = og, og.Model(config)
 
     def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
@@ -87,7 +90,7 @@ class Genai:
         t1 = time.perf_counter()
         while not gen.is_done():
             gen.generate_next_token()
-        tokens = [int(t) for t in gen.get_sequence(0)[len(ids):]]
+        tokens = [int(t) for t in gen.get_sequence(0)[len(ids) :]]
         dt = time.perf_counter() - t1
         return {"ttft_s": ttft, "tokens": tokens, "decode_tok_s": len(tokens) / dt if dt > 0 else float("nan")}
 
@@ -102,8 +105,12 @@ class OpenVino:
         if spec.get("sparse") == "xattention":
             sc.use_sparse_attention = True
             sc.sparse_attention_config = ov_genai.SparseAttentionConfig(mode=ov_genai.SparseAttentionMode.XATTENTION)
-        props = {"ATTENTION_BACKEND": "PA", "INFERENCE_NUM_THREADS": spec["threads"], "NUM_STREAMS": 1,
-                 "PERFORMANCE_HINT": "LATENCY"}
+        props = {
+            "ATTENTION_BACKEND": "PA",
+            "INFERENCE_NUM_THREADS": spec["threads"],
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if spec.get("precision", "f32") == "f32":  # on AVX512_BF16 CPUs OpenVINO would compute in bf16 / f16 KV
             props |= {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
         self.ov, self.ov_genai = ov, ov_genai
@@ -122,8 +129,13 @@ class Worker:
     """The caller's side: a runtime in its own process, one request per prompt."""
 
     def __init__(self, python: str, kind: str, spec: dict):
-        self.proc = subprocess.Popen([python, str(Path(__file__).resolve()), kind, json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        self.proc = subprocess.Popen(
+            [python, str(Path(__file__).resolve()), kind, json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         self._read()  # {"ready": true}, or the worker died loading the model
 
     def _read(self) -> dict:
@@ -138,10 +150,8 @@ class Worker:
         return self._read()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # already gone
             self.proc.stdin.close()
-        except OSError:  # already gone
-            pass
         self.proc.wait()
 
 

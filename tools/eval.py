@@ -61,10 +61,22 @@ def eval_lm(sessions, lm_head, tok, sizes, console) -> list[dict]:
                 hk, tk = _timed_hidden(sessions["knn"], ids)
             pd, pred_d = lm_eval.perplexity(hd, lm_head, ids, start)
             pk, pred_k = lm_eval.perplexity(hk, lm_head, ids, start)
-            rows.append({"tokens": len(ids), "input": which, "ppl_dense": pd, "ppl_knn": pk, "ppl_change": pk / pd - 1,
-                         "agreement": float(np.mean(pred_d == pred_k)), "dense_s": td, "knn_s": tk})
-            console.log(f"{which} {n}: ppl {pd:.3f} -> {pk:.3f} ({100 * (pk / pd - 1):+.2f}%), agreement "
-                        f"{100 * rows[-1]['agreement']:.2f}%, {td:.1f}s -> {tk:.1f}s")
+            rows.append(
+                {
+                    "tokens": len(ids),
+                    "input": which,
+                    "ppl_dense": pd,
+                    "ppl_knn": pk,
+                    "ppl_change": pk / pd - 1,
+                    "agreement": float(np.mean(pred_d == pred_k)),
+                    "dense_s": td,
+                    "knn_s": tk,
+                }
+            )
+            console.log(
+                f"{which} {n}: ppl {pd:.3f} -> {pk:.3f} ({100 * (pk / pd - 1):+.2f}%), agreement "
+                f"{100 * rows[-1]['agreement']:.2f}%, {td:.1f}s -> {tk:.1f}s"
+            )
     return rows
 
 
@@ -76,14 +88,18 @@ def eval_lines(sessions, lm_head, tok, sizes, questions, console) -> list[dict]:
             p = retrieval.line_prompt(tok, n, seed)
             for name in res:
                 h = sessions[name].run(None, lm_eval.feeds(p.ids))[0][0]
-                res[name].append((retrieval.forced_correct(h, lm_head, p), retrieval.answer_token_accuracy(h, lm_head, p)))
+                res[name].append(
+                    (retrieval.forced_correct(h, lm_head, p), retrieval.answer_token_accuracy(h, lm_head, p))
+                )
         row = {"tokens": n, "questions": questions}
         for name, r in res.items():
             row[f"exact_{name}"] = float(np.mean([c for c, _ in r]))
             row[f"token_acc_{name}"] = float(np.mean([a for _, a in r]))
         rows.append(row)
-        console.log(f"lines {n}: exact match dense {row['exact_dense']:.2f} / rewritten {row['exact_knn']:.2f}; "
-                    f"answer tokens dense {row['token_acc_dense']:.3f} / rewritten {row['token_acc_knn']:.3f}")
+        console.log(
+            f"lines {n}: exact match dense {row['exact_dense']:.2f} / rewritten {row['exact_knn']:.2f}; "
+            f"answer tokens dense {row['token_acc_dense']:.3f} / rewritten {row['token_acc_knn']:.3f}"
+        )
     return rows
 
 
@@ -95,10 +111,16 @@ def eval_layers(tokens: int, attrs: dict, threads: int, console, rows_per_head: 
     Q, K, V, group = data["Q"], data["K"], data["V"], int(data["group"])
     settings = {**contract.attribute_defaults(), **attrs}
     select = {a: v for a, v in settings.items() if a not in ("scale", "is_causal")}
-    exact = ort.InferenceSession(make_knn_attention_model(is_causal=1, min_keys=1 << 30).SerializeToString(),
-                                 session_options(threads), providers=["CPUExecutionProvider"])
-    knn = ort.InferenceSession(make_knn_attention_model(is_causal=1, **attrs).SerializeToString(),
-                               session_options(threads), providers=["CPUExecutionProvider"])
+    exact = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1, min_keys=1 << 30).SerializeToString(),
+        session_options(threads),
+        providers=["CPUExecutionProvider"],
+    )
+    knn = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1, **attrs).SerializeToString(),
+        session_options(threads),
+        providers=["CPUExecutionProvider"],
+    )
     first = max(settings["min_keys"], settings["top_k"] + settings["local_window"] + settings["num_sink"] + 1) - 1
     first = min(max(first, 0), tokens - 1)
     rng = np.random.default_rng(0)
@@ -113,7 +135,8 @@ def eval_layers(tokens: int, attrs: dict, threads: int, console, rows_per_head: 
         for h in range(Q.shape[1]):
             kv = h // group
             err = np.linalg.norm(y[h, first:] - ref[h, first:], axis=-1) / np.maximum(
-                np.linalg.norm(ref[h, first:], axis=-1), 1e-30)
+                np.linalg.norm(ref[h, first:], axis=-1), 1e-30
+            )
             ids, _ = knn_select(Q[li, h], K[li, kv], is_causal=1, rows=sample, **select)
             rec, mass = [], []
             for t, i in enumerate(sample):
@@ -124,9 +147,17 @@ def eval_layers(tokens: int, attrs: dict, threads: int, console, rows_per_head: 
                 mass.append(float(p[chosen].sum()) if chosen.size else 0.0)
                 top = np.argpartition(-z, top_k)[:top_k] if i + 1 > top_k else np.arange(i + 1)
                 rec.append(len(np.intersect1d(top, chosen)) / len(top))
-            out.append({"layer": li, "head": h, "kv_head": kv, "rel_err": float(err.mean()),
-                        "rel_err_p99": float(np.quantile(err, 0.99)), "recall": float(np.mean(rec)),
-                        "mass": float(np.mean(mass))})
+            out.append(
+                {
+                    "layer": li,
+                    "head": h,
+                    "kv_head": kv,
+                    "rel_err": float(err.mean()),
+                    "rel_err_p99": float(np.quantile(err, 0.99)),
+                    "recall": float(np.mean(rec)),
+                    "mass": float(np.mean(mass)),
+                }
+            )
     return out
 
 
@@ -136,14 +167,24 @@ def eval_minilm(attrs: dict, threads: int, out_dir: Path, console) -> list[dict]
     texts = [corpus.brown_text(start=10 + 7 * i, count=3) for i in range(8)]
     feeds = minilm.encode(texts, 512)
     rows = []
-    for label, src in (("fp32 (dynamo export)", export("minilm", console=console)), ("int8 (third-party file)", minilm.int8_path())):
+    for label, src in (
+        ("fp32 (dynamo export)", export("minilm", console=console)),
+        ("int8 (third-party file)", minilm.int8_path()),
+    ):
         dst = out_dir / f"minilm-{'int8' if 'int8' in label else 'fp32'}.knn.onnx"
         rewrite(src, dst, RewriteOptions(attributes=attrs))
         base = ort.InferenceSession(str(src), _plain(threads)).run(None, feeds)[0]
         ours = ort.InferenceSession(str(dst), session_options(threads)).run(None, feeds)[0]
         cos = np.sum(minilm.embed(base, feeds["attention_mask"]) * minilm.embed(ours, feeds["attention_mask"]), -1)
-        rows.append({"model": label, "tokens": 512, "texts": len(texts), "cos_min": float(cos.min()),
-                     "cos_mean": float(cos.mean())})
+        rows.append(
+            {
+                "model": label,
+                "tokens": 512,
+                "texts": len(texts),
+                "cos_min": float(cos.min()),
+                "cos_mean": float(cos.mean()),
+            }
+        )
         console.log(f"MiniLM {label}: embedding cosine min {cos.min():.6f}, mean {cos.mean():.6f}")
     return rows
 
@@ -159,7 +200,9 @@ def _plots(result: dict, out: Path) -> list[str]:
         L = result["layers"]
         nl, nh = max(r["layer"] for r in L) + 1, max(r["head"] for r in L) + 1
         fig, axes = plt.subplots(1, 3, figsize=(15, 5))
-        for ax, key, title in zip(axes, ("recall", "mass", "rel_err"), ("recall@k", "attention mass captured", "relative output error")):
+        for ax, key, title in zip(
+            axes, ("recall", "mass", "rel_err"), ("recall@k", "attention mass captured", "relative output error")
+        ):
             grid = np.zeros((nl, nh))
             for r in L:
                 grid[r["layer"], r["head"]] = r[key]
@@ -175,8 +218,19 @@ def _plots(result: dict, out: Path) -> list[str]:
         for which, marker in (("text", "o"), ("repeat", "s")):
             rows = [r for r in result.get("lm", []) if r["input"] == which]
             if rows:
-                axes[0].plot([r["tokens"] for r in rows], [100 * r["ppl_change"] for r in rows], marker=marker, label=f"{which}: perplexity change %")
-                axes[0].plot([r["tokens"] for r in rows], [100 * (1 - r["agreement"]) for r in rows], marker=marker, ls="--", label=f"{which}: disagreement %")
+                axes[0].plot(
+                    [r["tokens"] for r in rows],
+                    [100 * r["ppl_change"] for r in rows],
+                    marker=marker,
+                    label=f"{which}: perplexity change %",
+                )
+                axes[0].plot(
+                    [r["tokens"] for r in rows],
+                    [100 * (1 - r["agreement"]) for r in rows],
+                    marker=marker,
+                    ls="--",
+                    label=f"{which}: disagreement %",
+                )
         axes[0].set(xscale="log", xlabel="tokens", title="SmolLM2: rewritten vs dense")
         axes[0].legend()
         rows = result.get("lines", [])
@@ -184,8 +238,12 @@ def _plots(result: dict, out: Path) -> list[str]:
             x = np.arange(len(rows))
             axes[1].bar(x - 0.2, [r["token_acc_dense"] for r in rows], 0.4, label="dense")
             axes[1].bar(x + 0.2, [r["token_acc_knn"] for r in rows], 0.4, label="rewritten")
-            axes[1].set(xticks=x, xticklabels=[str(r["tokens"]) for r in rows], xlabel="tokens",
-                        title="line retrieval: answer-token accuracy")
+            axes[1].set(
+                xticks=x,
+                xticklabels=[str(r["tokens"]) for r in rows],
+                xlabel="tokens",
+                title="line retrieval: answer-token accuracy",
+            )
             axes[1].legend()
         fig.tight_layout()
         fig.savefig(out / "eval_lm.png", dpi=110)
@@ -195,7 +253,9 @@ def _plots(result: dict, out: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--attrs", type=json.loads, default={}, help="KnnAttention attributes (JSON) of the rewrite")
     ap.add_argument("--tokens", type=int, nargs="*", default=[4096])
     ap.add_argument("--lines", type=int, nargs="*", default=[])
@@ -219,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
             rewrite(src, dst, RewriteOptions(attributes=args.attrs))
         lm_head = np.load(src.parent / "lm_head.npy")
         tok = lm_eval.tokenizer()
-        sessions = {"dense": ort.InferenceSession(str(src), _plain(args.threads)),
-                    "knn": ort.InferenceSession(str(dst), session_options(args.threads))}
+        sessions = {
+            "dense": ort.InferenceSession(str(src), _plain(args.threads)),
+            "knn": ort.InferenceSession(str(dst), session_options(args.threads)),
+        }
     if args.tokens:
         result["lm"] = eval_lm(sessions, lm_head, tok, args.tokens, console)
     if args.lines:
@@ -232,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
             dense = peak_rss_mib(str(src), lm_eval.feeds(ids), args.threads, with_library=False)
             ours = peak_rss_mib(str(dst), lm_eval.feeds(ids), args.threads, with_library=True)
         result["memory"] = {"tokens": args.memory, "dense_mib": dense, "knn_mib": ours, "ratio": ours / dense}
-        console.log(f"peak RSS at {args.memory} tokens: original {dense:.0f} MiB, rewritten {ours:.0f} MiB ({100 * ours / dense:.0f}%)")
+        console.log(
+            f"peak RSS at {args.memory} tokens: original {dense:.0f} MiB, rewritten {ours:.0f} MiB ({100 * ours / dense:.0f}%)"
+        )
     if args.layers:
         result["layers"] = eval_layers(args.layers, args.attrs, args.threads, console)
     if args.minilm:
@@ -247,20 +311,54 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print_tables(result: dict, console) -> None:
     if result.get("lm"):
-        t = Table(title=f"SmolLM2-135M, rewritten with {json.dumps(result['attrs'])} vs dense, {result['threads']} threads")
-        for c in ["tokens", "input", "ppl dense", "ppl rewritten", "change", "next-token agreement", "dense s", "rewritten s", "speedup"]:
+        t = Table(
+            title=f"SmolLM2-135M, rewritten with {json.dumps(result['attrs'])} vs dense, {result['threads']} threads"
+        )
+        for c in [
+            "tokens",
+            "input",
+            "ppl dense",
+            "ppl rewritten",
+            "change",
+            "next-token agreement",
+            "dense s",
+            "rewritten s",
+            "speedup",
+        ]:
             t.add_column(c, justify="right")
         for r in result["lm"]:
-            t.add_row(str(r["tokens"]), r["input"], f"{r['ppl_dense']:.3f}", f"{r['ppl_knn']:.3f}", f"{100 * r['ppl_change']:+.2f}%",
-                      f"{100 * r['agreement']:.2f}%", f"{r['dense_s']:.2f}", f"{r['knn_s']:.2f}", f"{r['dense_s'] / r['knn_s']:.2f}x")
+            t.add_row(
+                str(r["tokens"]),
+                r["input"],
+                f"{r['ppl_dense']:.3f}",
+                f"{r['ppl_knn']:.3f}",
+                f"{100 * r['ppl_change']:+.2f}%",
+                f"{100 * r['agreement']:.2f}%",
+                f"{r['dense_s']:.2f}",
+                f"{r['knn_s']:.2f}",
+                f"{r['dense_s'] / r['knn_s']:.2f}x",
+            )
         console.print(t)
     if result.get("lines"):
         t = Table(title="line retrieval (LongEval style)")
-        for c in ["tokens", "questions", "exact dense", "exact rewritten", "answer tokens dense", "answer tokens rewritten"]:
+        for c in [
+            "tokens",
+            "questions",
+            "exact dense",
+            "exact rewritten",
+            "answer tokens dense",
+            "answer tokens rewritten",
+        ]:
             t.add_column(c, justify="right")
         for r in result["lines"]:
-            t.add_row(str(r["tokens"]), str(r["questions"]), f"{r['exact_dense']:.2f}", f"{r['exact_knn']:.2f}",
-                      f"{r['token_acc_dense']:.3f}", f"{r['token_acc_knn']:.3f}")
+            t.add_row(
+                str(r["tokens"]),
+                str(r["questions"]),
+                f"{r['exact_dense']:.2f}",
+                f"{r['exact_knn']:.2f}",
+                f"{r['token_acc_dense']:.3f}",
+                f"{r['token_acc_knn']:.3f}",
+            )
         console.print(t)
     if result.get("layers"):
         L = result["layers"]
@@ -269,9 +367,12 @@ def _print_tables(result: dict, console) -> None:
             t.add_column(c, justify="right")
         for li in sorted({r["layer"] for r in L}):
             rs = [r for r in L if r["layer"] == li]
-            t.add_row(str(li), f"{np.mean([r['recall'] for r in rs]):.3f} ({min(r['recall'] for r in rs):.3f})",
-                      f"{np.mean([r['mass'] for r in rs]):.3f} ({min(r['mass'] for r in rs):.3f})",
-                      f"{np.mean([r['rel_err'] for r in rs]):.4f} ({max(r['rel_err'] for r in rs):.4f})")
+            t.add_row(
+                str(li),
+                f"{np.mean([r['recall'] for r in rs]):.3f} ({min(r['recall'] for r in rs):.3f})",
+                f"{np.mean([r['mass'] for r in rs]):.3f} ({min(r['mass'] for r in rs):.3f})",
+                f"{np.mean([r['rel_err'] for r in rs]):.4f} ({max(r['rel_err'] for r in rs):.4f})",
+            )
         console.print(t)
 
 

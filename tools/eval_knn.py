@@ -39,17 +39,29 @@ def evaluate(path: str, configs: list[dict], threads: int, reps: int, layers: li
     Q, K, V = (data[n].astype(np.float32) for n in ("Q", "K", "V"))
     group = int(data["group"])
     layer_ids = [int(x) for x in data["layers"]]
-    pick = range(len(layer_ids)) if layers is None else [layer_ids.index(l) for l in layers]
+    pick = range(len(layer_ids)) if layers is None else [layer_ids.index(x) for x in layers]
     hq, T = Q.shape[1], Q.shape[2]
     hkv = K.shape[1]
-    exact = ort.InferenceSession(make_knn_attention_model(is_causal=1).SerializeToString(), session_options(threads),
-                                 providers=["CPUExecutionProvider"])
+    exact = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1).SerializeToString(),
+        session_options(threads),
+        providers=["CPUExecutionProvider"],
+    )
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    dense = ort.InferenceSession(make_attention_model("onnx", num_heads=hq, kv_num_heads=hkv, causal=True).SerializeToString(),
-                                 so, providers=["CPUExecutionProvider"])
-    knn = [ort.InferenceSession(make_knn_attention_model(is_causal=1, **c).SerializeToString(), session_options(threads),
-                                providers=["CPUExecutionProvider"]) for c in configs]
+    dense = ort.InferenceSession(
+        make_attention_model("onnx", num_heads=hq, kv_num_heads=hkv, causal=True).SerializeToString(),
+        so,
+        providers=["CPUExecutionProvider"],
+    )
+    knn = [
+        ort.InferenceSession(
+            make_knn_attention_model(is_causal=1, **c).SerializeToString(),
+            session_options(threads),
+            providers=["CPUExecutionProvider"],
+        )
+        for c in configs
+    ]
     defaults = contract.attribute_defaults()
     results = [{"attrs": c, "layers": []} for c in configs]
     t_exact, t_dense = [], []
@@ -62,21 +74,40 @@ def evaluate(path: str, configs: list[dict], threads: int, reps: int, layers: li
         for c, sess, res in zip(configs, knn, results):
             y, tk = _timed(sess, feeds, reps)
             settings = {**defaults, **c}
-            first = max(settings["min_keys"], settings["top_k"] + settings["local_window"] + settings["num_sink"] + 1) - 1
+            first = (
+                max(settings["min_keys"], settings["top_k"] + settings["local_window"] + settings["num_sink"] + 1) - 1
+            )
             err = np.linalg.norm(y - ref, axis=-1) / np.maximum(np.linalg.norm(ref, axis=-1), 1e-30)
             rows = np.arange(max(first, 0), T, 97)
             rec = statistics.mean(recall_at_k(Q[li, h * group], K[li, h], rows, is_causal=1, **c) for h in range(hkv))
-            res["layers"].append({"layer": layer_ids[li], "rel_err": float(err[0][:, first:].mean()),
-                                  "recall": rec, "ms": tk, "exact_ms": te, "dense_ms": td})
-        console.log(f"layer {layer_ids[li]}: " + ", ".join(
-            f"cfg{n}: err {r['layers'][-1]['rel_err']:.3f} recall {r['layers'][-1]['recall']:.2f}" for n, r in enumerate(results)))
+            res["layers"].append(
+                {
+                    "layer": layer_ids[li],
+                    "rel_err": float(err[0][:, first:].mean()),
+                    "recall": rec,
+                    "ms": tk,
+                    "exact_ms": te,
+                    "dense_ms": td,
+                }
+            )
+        console.log(
+            f"layer {layer_ids[li]}: "
+            + ", ".join(
+                f"cfg{n}: err {r['layers'][-1]['rel_err']:.3f} recall {r['layers'][-1]['recall']:.2f}"
+                for n, r in enumerate(results)
+            )
+        )
     return results, statistics.median(t_exact), statistics.median(t_dense)
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="ice-eval-knn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-eval-knn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("data", help="npz from ice-capture-qk")
-    ap.add_argument("--attrs", type=json.loads, action="append", required=True, help="k-NN attributes (JSON); repeatable")
+    ap.add_argument(
+        "--attrs", type=json.loads, action="append", required=True, help="k-NN attributes (JSON); repeatable"
+    )
     ap.add_argument("--layers", type=int, nargs="*")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
@@ -84,16 +115,34 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     console = Console(width=200)
     results, t_exact, t_dense = evaluate(args.data, args.attrs, args.threads, args.reps, args.layers, console)
-    table = Table(title=f"k-NN path on {args.data} (causal; medians over layers; ORT dense {t_dense:.1f} ms, "
-                        f"our exact {t_exact:.1f} ms per layer call)")
-    for col in ["attrs", "mean rel. err", "max layer err", "mean recall@k", "min layer recall", "ms/call", "vs ORT dense", "vs our exact"]:
+    table = Table(
+        title=f"k-NN path on {args.data} (causal; medians over layers; ORT dense {t_dense:.1f} ms, "
+        f"our exact {t_exact:.1f} ms per layer call)"
+    )
+    for col in [
+        "attrs",
+        "mean rel. err",
+        "max layer err",
+        "mean recall@k",
+        "min layer recall",
+        "ms/call",
+        "vs ORT dense",
+        "vs our exact",
+    ]:
         table.add_column(col, justify="right")
     for r in results:
         L = r["layers"]
         ms = statistics.median(x["ms"] for x in L)
-        table.add_row(json.dumps(r["attrs"]), f"{np.mean([x['rel_err'] for x in L]):.4f}", f"{max(x['rel_err'] for x in L):.4f}",
-                      f"{np.mean([x['recall'] for x in L]):.3f}", f"{min(x['recall'] for x in L):.3f}", f"{ms:.1f}",
-                      f"{t_dense / ms:.2f}x", f"{t_exact / ms:.2f}x")
+        table.add_row(
+            json.dumps(r["attrs"]),
+            f"{np.mean([x['rel_err'] for x in L]):.4f}",
+            f"{max(x['rel_err'] for x in L):.4f}",
+            f"{np.mean([x['recall'] for x in L]):.3f}",
+            f"{min(x['recall'] for x in L):.3f}",
+            f"{ms:.1f}",
+            f"{t_dense / ms:.2f}x",
+            f"{t_exact / ms:.2f}x",
+        )
     console.print(table)
     if args.json:
         with open(args.json, "w") as f:

@@ -64,8 +64,15 @@ def _draw_knn(rng, seed: int, index: int) -> Case:
 
     Hkv = int(_pick(rng, (1, 1, 2, 3)))
     Hq = Hkv * int(_pick(rng, (1, 2, 3)))
-    dims = {"B": int(_pick(rng, (1, 1, 2, 3))), "Hq": Hq, "Hkv": Hkv, "S": _dim(rng), "T": _dim(rng),
-            "D": int(_pick(rng, (1, 3, 8, 16, 33, 64, 80))), "Dv": 0}
+    dims = {
+        "B": int(_pick(rng, (1, 1, 2, 3))),
+        "Hq": Hq,
+        "Hkv": Hkv,
+        "S": _dim(rng),
+        "T": _dim(rng),
+        "D": int(_pick(rng, (1, 3, 8, 16, 33, 64, 80))),
+        "Dv": 0,
+    }
     dims["Dv"] = dims["D"] if rng.random() < 0.7 else int(_pick(rng, (1, 5, 32, 64)))
     valid = True
     if rng.random() < 0.06:  # heads that do not divide
@@ -88,32 +95,60 @@ def _draw_knn(rng, seed: int, index: int) -> Case:
                 continue
             attrs[spec.name] = _knn_value(rng, spec.name)
     if rng.random() < 0.05:  # out of range: the op must refuse it at session creation
-        name, value = _pick(rng, [("top_k", -1), ("rank", 0), ("L", 0), ("m", -3), ("tail_limit", 1.5),
-                                  ("candidate_fraction", -0.5), ("search", 7), ("is_causal", 2),
-                                  ("local_window_size", 0), ("tail_samples", -1), ("num_sink", -2)])
+        name, value = _pick(
+            rng,
+            [
+                ("top_k", -1),
+                ("rank", 0),
+                ("L", 0),
+                ("m", -3),
+                ("tail_limit", 1.5),
+                ("candidate_fraction", -0.5),
+                ("search", 7),
+                ("is_causal", 2),
+                ("local_window_size", 0),
+                ("tail_samples", -1),
+                ("num_sink", -2),
+            ],
+        )
         attrs[name] = value
         valid = False
     mask = None
     if rng.random() < 0.35:
         rank = int(_pick(rng, (1, 2, 3, 4)))
-        mask = {"rank": rank, "dtype": _pick(rng, ["bool", "float"]),
-                "fill": _pick(rng, ["-inf", "float-min", "-1e4", "nan", "random"]),
-                "all_masked_rows": bool(rng.random() < 0.3)}
+        mask = {
+            "rank": rank,
+            "dtype": _pick(rng, ["bool", "float"]),
+            "fill": _pick(rng, ["-inf", "float-min", "-1e4", "nan", "random"]),
+            "all_masked_rows": bool(rng.random() < 0.3),
+        }
     extras["attn_mask"] = mask
     extras["key_padding_mask"] = None
     if rng.random() < 0.3:
-        extras["key_padding_mask"] = {"dtype": _pick(rng, ["bool", "int32", "int64"]),
-                                      "wrong_shape": bool(rng.random() < 0.1)}
+        extras["key_padding_mask"] = {
+            "dtype": _pick(rng, ["bool", "int32", "int64"]),
+            "wrong_shape": bool(rng.random() < 0.1),
+        }
         valid = valid and not extras["key_padding_mask"]["wrong_shape"]
     extras["special"] = _pick(rng, [None, None, None, "nan_q", "inf_k", "huge_v"])
     return Case("knn", seed, index, dims, attrs, extras, valid)
 
 
 def _knn_value(rng, name: str):
-    ranges = {"top_k": (0, 1, 4, 32, 128, 1000), "search": (0, 1), "rank": (1, 8, 32, 64), "L": (1, 4, 8),
-              "m": (1, 2, 5), "max_candidates": (0, 1, 16, 256), "candidate_fraction": (0.0, 0.1, 1.0),
-              "local_window": (0, 1, 64, 1000), "num_sink": (0, 1, 4, 50), "tail_samples": (0, 1, 64, 256),
-              "tail_limit": (0.0, 0.3, 1.0), "seed": (0, 7)}
+    ranges = {
+        "top_k": (0, 1, 4, 32, 128, 1000),
+        "search": (0, 1),
+        "rank": (1, 8, 32, 64),
+        "L": (1, 4, 8),
+        "m": (1, 2, 5),
+        "max_candidates": (0, 1, 16, 256),
+        "candidate_fraction": (0.0, 0.1, 1.0),
+        "local_window": (0, 1, 64, 1000),
+        "num_sink": (0, 1, 4, 50),
+        "tail_samples": (0, 1, 64, 256),
+        "tail_limit": (0.0, 0.3, 1.0),
+        "seed": (0, 7),
+    }
     return _pick(rng, ranges[name])
 
 
@@ -133,9 +168,13 @@ def _draw_gqa(rng, seed: int, index: int) -> Case:
     if rng.random() < 0.5:
         attrs["min_keys"] = int(_pick(rng, (0, 32)))
         attrs["top_k"] = int(_pick(rng, (4, 32, 128)))
-    extras = {"threads": int(_pick(rng, (1, 2, 4))), "packed": bool(rng.random() < 0.5),
-              "rotary": bool(rng.random() < 0.5), "short_rows": bool(B > 1 and mode == "prefill" and rng.random() < 0.5),
-              "bad": _pick(rng, [None] * 14 + ["seqlens_long", "cache_short", "qkv_width"])}
+    extras = {
+        "threads": int(_pick(rng, (1, 2, 4))),
+        "packed": bool(rng.random() < 0.5),
+        "rotary": bool(rng.random() < 0.5),
+        "short_rows": bool(B > 1 and mode == "prefill" and rng.random() < 0.5),
+        "bad": _pick(rng, [None] * 14 + ["seqlens_long", "cache_short", "qkv_width"]),
+    }
     return Case("gqa", seed, index, dims, attrs, extras, extras["bad"] is None)
 
 
@@ -146,9 +185,17 @@ def _inputs_knn(case: Case) -> tuple[dict, dict]:
     f = np.float32
     q_shape = (d["B"], d["Hq"], d["S"], d["D"])
     k_shape = (d["B"], d["Hkv"], d["T"], d["D"] + (1 if x["bad"] == "k_dim" else 0))
-    v_shape = (d["B"], d["Hkv"] + (1 if x["bad"] == "v_heads" else 0), d["T"] + (1 if x["bad"] == "v_len" else 0), d["Dv"])
-    feeds = {"Q": rng.standard_normal(q_shape).astype(f), "K": rng.standard_normal(k_shape).astype(f),
-             "V": rng.standard_normal(v_shape).astype(f)}
+    v_shape = (
+        d["B"],
+        d["Hkv"] + (1 if x["bad"] == "v_heads" else 0),
+        d["T"] + (1 if x["bad"] == "v_len" else 0),
+        d["Dv"],
+    )
+    feeds = {
+        "Q": rng.standard_normal(q_shape).astype(f),
+        "K": rng.standard_normal(k_shape).astype(f),
+        "V": rng.standard_normal(v_shape).astype(f),
+    }
     if x["bad"] == "q_rank":
         feeds["Q"] = feeds["Q"].reshape(q_shape[0], -1) if feeds["Q"].size else feeds["Q"].reshape(q_shape[0], 0)
     if x["special"] == "nan_q" and feeds["Q"].size:
@@ -161,7 +208,7 @@ def _inputs_knn(case: Case) -> tuple[dict, dict]:
     m = x.get("attn_mask")
     if m is not None:
         full = (d["B"], d["Hq"], d["S"], d["T"])
-        shape = tuple(s if rng.random() < 0.6 else 1 for s in full[4 - m["rank"]:])
+        shape = tuple(s if rng.random() < 0.6 else 1 for s in full[4 - m["rank"] :])
         keep = rng.random(shape) < 0.7
         if m["all_masked_rows"] and len(shape) >= 2 and shape[-2] > 0:
             keep[..., 0, :] = False
@@ -188,8 +235,9 @@ def _check_knn(case: Case, sess_out: np.ndarray, feeds: dict) -> str | None:
 
     ref_kw = {k: v for k, v in case.attrs.items() if k in ("is_causal", "scale", "local_window_size")}
     with np.errstate(all="ignore"):
-        want = knn_attention_reference(feeds["Q"], feeds["K"], feeds["V"], feeds.get("attn_mask"),
-                                       feeds.get("key_padding_mask"), **ref_kw)
+        want = knn_attention_reference(
+            feeds["Q"], feeds["K"], feeds["V"], feeds.get("attn_mask"), feeds.get("key_padding_mask"), **ref_kw
+        )
     if sess_out.shape != want.shape:
         return f"output shape {sess_out.shape}, expected {want.shape}"
     rows = np.isfinite(want).all(-1)  # rows whose reference is defined (no NaN/inf reaching them)
@@ -208,7 +256,9 @@ def _check_knn(case: Case, sess_out: np.ndarray, feeds: dict) -> str | None:
         bound = (EXACT_ATOL + 2.4e-7 * zmax) * vmax + EXACT_RTOL * np.abs(ref)
         if np.any(np.abs(got - ref) > bound):
             worst = float((np.abs(got - ref) / bound).max())
-            return f"exact settings: error {worst:.3g}x the float32 bound (|logit| up to {zmax:.3g}, |V| up to {vmax:.3g})"
+            return (
+                f"exact settings: error {worst:.3g}x the float32 bound (|logit| up to {zmax:.3g}, |V| up to {vmax:.3g})"
+            )
     else:  # a convex combination of visible values: bounded by the values' range (+ float slack, and the shared
         # key sets' bfloat16 P V: weights and values each rounded by <= 2^-8 relative)
         bound = np.abs(feeds["V"]).max() * (1 + 2.0**-7) * 1.001 + 1e-5 if feeds["V"].size else 0.0
@@ -256,13 +306,22 @@ def run_case(case: Case) -> str | None:
         model = make_knn_attention_model(unknown_shapes=True, **kw)
     else:
         feeds = _inputs_gqa(case)
-        model = make_gqa_model(num_heads=case.dims["Hq"], kv_num_heads=case.dims["Hkv"], packed=case.extras["packed"],
-                               rotary=case.extras["rotary"], **case.attrs)
+        model = make_gqa_model(
+            num_heads=case.dims["Hq"],
+            kv_num_heads=case.dims["Hkv"],
+            packed=case.extras["packed"],
+            rotary=case.extras["rotary"],
+            **case.attrs,
+        )
     try:
         sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         out = sess.run(None, feeds)
-    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-            ort.capi.onnxruntime_pybind11_state.RuntimeException, ort.capi.onnxruntime_pybind11_state.InvalidGraph) as e:
+    except (
+        ort.capi.onnxruntime_pybind11_state.Fail,
+        ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+        ort.capi.onnxruntime_pybind11_state.RuntimeException,
+        ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+    ) as e:
         if case.valid:
             return f"a valid case raised {type(e).__name__}: {str(e)[:300]}"
         if not str(e).strip():
@@ -280,9 +339,14 @@ def _check_gqa(case: Case, model, feeds: dict, out: list) -> str | None:
 
     from ..ops import contract, make_gqa_model
 
-    theirs = make_gqa_model(domain="com.microsoft", num_heads=case.dims["Hq"], kv_num_heads=case.dims["Hkv"],
-                            packed=case.extras["packed"], rotary=case.extras["rotary"],
-                            **{k: v for k, v in case.attrs.items() if k not in [a.name for a in contract.KNN_ATTRIBUTES]})
+    theirs = make_gqa_model(
+        domain="com.microsoft",
+        num_heads=case.dims["Hq"],
+        kv_num_heads=case.dims["Hkv"],
+        packed=case.extras["packed"],
+        rotary=case.extras["rotary"],
+        **{k: v for k, v in case.attrs.items() if k not in [a.name for a in contract.KNN_ATTRIBUTES]},
+    )
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     try:
@@ -326,8 +390,12 @@ def run_cases(op: str, seed: int, start: int, stop: int, timeout: float) -> dict
     failures: dict[int, str] = {}
     i = start
     while i < stop:
-        proc = subprocess.Popen([sys.executable, "-m", "iceformer.tools.fuzz", "--child", f"{op}:{seed}:{i}:{stop}"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "iceformer.tools.fuzz", "--child", f"{op}:{seed}:{i}:{stop}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         current = None
         try:
             while True:
@@ -376,8 +444,11 @@ def shrink(case: Case, fails) -> Case:
         improved = False
         for key in list(case.dims):
             for smaller in (1, case.dims[key] // 2):
-                if smaller >= case.dims[key] or (key == "Hq" and smaller % max(case.dims.get("Hkv", 1), 1)) \
-                        or (key == "Hkv" and case.dims["Hq"] % max(smaller, 1)):
+                if (
+                    smaller >= case.dims[key]
+                    or (key == "Hq" and smaller % max(case.dims.get("Hkv", 1), 1))
+                    or (key == "Hkv" and case.dims["Hq"] % max(smaller, 1))
+                ):
                     continue  # keeps the head grouping valid: shrinking must not change what fails
                 trial = Case(**{**asdict(case), "dims": {**case.dims, key: smaller}})
                 if fails(trial):
@@ -391,7 +462,9 @@ def shrink(case: Case, fails) -> Case:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-fuzz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-fuzz", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--calls", type=int, default=10000, help="cases per op")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
@@ -412,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"{op}: {args.calls} cases in {time.perf_counter() - t0:.0f} s, {len(failures)} failures")
         for index, why in failures.items():
             case = draw(op, args.seed, index)
-            small = shrink(case, lambda c, k=_kind(why): _kind(_failure_isolated(c, args.timeout)) == k)
+            kind = _kind(why)
+            small = shrink(case, lambda c, kind=kind: _kind(_failure_isolated(c, args.timeout)) == kind)
             args.out.mkdir(parents=True, exist_ok=True)
             path = args.out / f"{op}-{args.seed}-{index}.json"
             path.write_text(json.dumps({"failure": why, "case": asdict(small)}, indent=1))
@@ -423,11 +497,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _failure_isolated(case: Case, timeout: float) -> str | None:
     """How `case` fails, run in a child process ("crash ..." / "hang ..." included), or None."""
-    code = ("import json,sys; from iceformer.tools.fuzz import Case, run_case; "
-            "f = run_case(Case(**json.loads(sys.argv[1]))); print(json.dumps(f))")
+    code = (
+        "import json,sys; from iceformer.tools.fuzz import Case, run_case; "
+        "f = run_case(Case(**json.loads(sys.argv[1]))); print(json.dumps(f))"
+    )
     try:
-        res = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(case))], capture_output=True,
-                             timeout=timeout, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(asdict(case))], capture_output=True, timeout=timeout, text=True
+        )
     except subprocess.TimeoutExpired:
         return f"hang: no answer within {timeout} s"
     if res.returncode != 0:

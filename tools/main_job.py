@@ -48,13 +48,18 @@ def _dense_fits(model: str, n: int) -> bool:
     """Whether the original's [Hq, S, S] fp32 scores (about three live at once) fit in half the available memory."""
     cfg = json.loads((decoder(model).hf_dir() / "config.json").read_text())
     need = 3 * cfg["num_attention_heads"] * n * n * 4
-    avail = next(int(line.split()[1]) * 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                 if line.startswith("MemAvailable:"))  # free + reclaimable page cache
+    avail = next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemAvailable:")
+    )  # free + reclaimable page cache
     return need < avail / 2
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="ice-main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="ice-main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", choices=list(DECODERS), default="smollm2")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=2)
@@ -70,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     dense = _dense_fits(args.model, n)
     ref = "original (ONNX Runtime dense)" if dense else "rewritten, exact attention (reference)"
     # label -> (file stem suffix, attributes; None: the original, not rewritten)
-    plan = {ref: (None, None) if dense else ("exact", {"top_k": 0}),
-            "rewritten, default attributes": ("knn", {}), "rewritten, k-NN from 1024 keys": ("knn1024", KNN_FORCED)}
+    plan = {
+        ref: (None, None) if dense else ("exact", {"top_k": 0}),
+        "rewritten, default attributes": ("knn", {}),
+        "rewritten, k-NN from 1024 keys": ("knn1024", KNN_FORCED),
+    }
     variants = {}
     for label, (suffix, attrs) in plan.items():
         if attrs is None:
@@ -81,22 +89,33 @@ def main(argv: list[str] | None = None) -> int:
         with console.status(f"ice-rewrite -> {dst.name}"):  # seconds; never a stale cached rewrite
             report = rewrite(model_path, dst, RewriteOptions(attributes=attrs))
         bypassed = sum(r.bypassed for r in report.replaced)
-        console.print(f"{dst.name}: {len(report.replaced)} attention cores replaced {report.replaced_by_form}, "
-                      f"{bypassed} masks bypassed (key_padding_mask + is_causal)")
+        console.print(
+            f"{dst.name}: {len(report.replaced)} attention cores replaced {report.replaced_by_form}, "
+            f"{bypassed} masks bypassed (key_padding_mask + is_causal)"
+        )
         variants[label] = (dst, attrs)
     if args.calibrate:
         dst = out / f"{args.model}.calibrated.onnx"
         tok = lm_eval.tokenizer(args.model)
-        report = calibrate(variants["rewritten, default attributes"][0], dst,
-                           lm_eval.text_ids(tok, n, start=calibrate_text), CALIBRATION_BUDGET, args.threads,
-                           console=console)
+        report = calibrate(
+            variants["rewritten, default attributes"][0],
+            dst,
+            lm_eval.text_ids(tok, n, start=calibrate_text),
+            CALIBRATION_BUDGET,
+            args.threads,
+            console=console,
+        )
         changed = sum(r.chosen != {} for r in report.cores)
-        console.print(f"{dst.name}: {changed} of {len(report.cores)} cores changed from the defaults: "
-                      + ", ".join(f"{r.core}:{json.dumps(r.chosen)}" for r in report.cores if r.chosen))
+        console.print(
+            f"{dst.name}: {changed} of {len(report.cores)} cores changed from the defaults: "
+            + ", ".join(f"{r.core}:{json.dumps(r.chosen)}" for r in report.cores if r.chosen)
+        )
         variants["rewritten, calibrated"] = (dst, report.cores[0].chosen)
     if not dense:
-        console.print(f"the original's attention scores at {n} tokens would not fit in memory: the reference is "
-                      f"the rewritten model with exact attention (equal to ONNX Runtime's to ~1e-5)")
+        console.print(
+            f"the original's attention scores at {n} tokens would not fit in memory: the reference is "
+            f"the rewritten model with exact attention (equal to ONNX Runtime's to ~1e-5)"
+        )
 
     with console.status("tokenising Brown Corpus text"):
         tok = lm_eval.tokenizer(args.model)
@@ -118,8 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             workers[label](text_ids[:256])  # warm-up (session init, arena) on a short prompt
 
     table = Table(title=f"{args.model} prefill, {n} tokens of Brown Corpus text, {args.threads} threads")
-    for col in ["input", "model", "prefill s", "speedup", "peak MiB", "perplexity", "vs reference",
-                "next-token agreement"]:
+    for col in [
+        "input",
+        "model",
+        "prefill s",
+        "speedup",
+        "peak MiB",
+        "perplexity",
+        "vs reference",
+        "next-token agreement",
+    ]:
         table.add_column(col, justify="right")
     op_stats = {}
     try:
@@ -138,8 +165,16 @@ def main(argv: list[str] | None = None) -> int:
                     results[label] = (ans["ttft_s"], ans["peak_rss_mib"], ppl, pred)
             base_t, _, base_ppl, base_pred = results[ref]
             for label, (t, peak, ppl, pred) in results.items():
-                table.add_row(which, label, f"{t:.2f}", f"{base_t / t:.2f}x", f"{peak:.0f}", f"{ppl:.3f}",
-                              f"{100 * (ppl / base_ppl - 1):+.2f}%", f"{100 * np.mean(pred == base_pred):.2f}%")
+                table.add_row(
+                    which,
+                    label,
+                    f"{t:.2f}",
+                    f"{base_t / t:.2f}x",
+                    f"{peak:.0f}",
+                    f"{ppl:.3f}",
+                    f"{100 * (ppl / base_ppl - 1):+.2f}%",
+                    f"{100 * np.mean(pred == base_pred):.2f}%",
+                )
     finally:
         for w in workers.values():
             w.close()
@@ -148,9 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         knn = [x for x in lines if x["path"] == "knn"]
         console.print(
             f"op statistics, {which}, {label}: {len(lines)} calls, paths {sorted({x['path'] for x in lines})}"
-            + (f"; k-NN rows {sum(x['knn_rows'] for x in knn)}, of which sent back to exact "
-               f"{sum(x['fallback_rows'] for x in knn)}; keys scored per k-NN row "
-               f"{np.mean([x['mean_candidates'] for x in knn]):.0f}" if knn else ""))
+            + (
+                f"; k-NN rows {sum(x['knn_rows'] for x in knn)}, of which sent back to exact "
+                f"{sum(x['fallback_rows'] for x in knn)}; keys scored per k-NN row "
+                f"{np.mean([x['mean_candidates'] for x in knn]):.0f}"
+                if knn
+                else ""
+            )
+        )
     return 0
 
 

@@ -19,8 +19,19 @@ def peak_rss_mib(model: str, feeds: dict[str, np.ndarray], threads: int = 2, wit
     with tempfile.TemporaryDirectory(prefix="ice-mem-") as tmp:
         path = Path(tmp) / "feeds.npz"
         np.savez(path, **feeds)
-        proc = subprocess.run([sys.executable, "-m", "iceformer.tools.memory", str(model), str(path), str(threads),
-                               "1" if with_library else "0"], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "iceformer.tools.memory",
+                str(model),
+                str(path),
+                str(threads),
+                "1" if with_library else "0",
+            ],
+            capture_output=True,
+            text=True,
+        )
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or [""]
         raise RuntimeError(f"the memory probe for {model} exited with code {proc.returncode}: {tail[0]}")

@@ -19,12 +19,16 @@ import numpy as np
 
 from .lm_eval import text_ids
 
-PASSKEY_HEAD = ("There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it: "
-                "at the end I will ask you for the pass key.\n\n")
+PASSKEY_HEAD = (
+    "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it: "
+    "at the end I will ask you for the pass key.\n\n"
+)
 PASSKEY_QUESTION = "\n\nThe text is over. What is the pass key?\nThe pass key is <"
-LINES_HEAD = ("Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
-              "contains a '<REGISTER_CONTENT>' at the end of the line. Memorize the <REGISTER_CONTENT> of each line: "
-              "at the end of the record I will ask you for the <REGISTER_CONTENT> of one line index.\n\n")
+LINES_HEAD = (
+    "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
+    "contains a '<REGISTER_CONTENT>' at the end of the line. Memorize the <REGISTER_CONTENT> of each line: "
+    "at the end of the record I will ask you for the <REGISTER_CONTENT> of one line index.\n\n"
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,10 @@ def line_prompt(tok, n: int, seed: int, depth: float | None = None) -> Retrieval
     if len(lines) < 2:
         raise ValueError(f"{n} tokens cannot hold a line-retrieval prompt")
     asked = int(rng.integers(0, len(lines))) if depth is None else min(len(lines) - 1, int(depth * len(lines)))
-    question = _ids(tok, f"\nThe record is over. What is the <REGISTER_CONTENT> in line {asked}?\n"
-                         f"line {asked}: REGISTER_CONTENT is <")
+    question = _ids(
+        tok,
+        f"\nThe record is over. What is the <REGISTER_CONTENT> in line {asked}?\nline {asked}: REGISTER_CONTENT is <",
+    )
     body = [t for line in lines for t in line]
     prompt = head + body + question
     needle = len(head) + sum(len(line) for line in lines[:asked])

@@ -25,18 +25,18 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 constexpr int64_t kMinQueriesForIndex = 32;  // decode-like calls: an index built per call cannot pay
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
+double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 }  // namespace
 
 const char* path_name(PathTaken p) {
   switch (p) {
-    case PathTaken::kExact: return "exact";
-    case PathTaken::kKnn: return "knn";
-    case PathTaken::kEmpty: return "empty";
+    case PathTaken::kExact:
+      return "exact";
+    case PathTaken::kKnn:
+      return "knn";
+    case PathTaken::kEmpty:
+      return "empty";
   }
   return "?";
 }
@@ -47,7 +47,8 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
   HostBuffer<float> packed(mem);
   const int64_t per_head = packed_keys_size(sh);
   if (!packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head)))
-    return out_of_memory("KnnAttention", "the packed keys", static_cast<size_t>(sh.B * sh.Hkv * per_head) * 4, sh.text());
+    return out_of_memory("KnnAttention", "the packed keys", static_cast<size_t>(sh.B * sh.Hkv * per_head) * 4,
+                         sh.text());
   Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), "key packing", [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
     pack_keys(p, b, h, packed.data() + t * per_head);
@@ -60,8 +61,8 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
   const int64_t group = sh.group();
   // Heaviest first: under the causal flag the last query blocks see the most keys.
   ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the exact query blocks", [&](size_t t) {
-    const int64_t qb = p.is_causal ? nblocks - 1 - static_cast<int64_t>(t) / (sh.B * sh.Hq)
-                                   : static_cast<int64_t>(t) / (sh.B * sh.Hq);
+    const int64_t qb =
+        p.is_causal ? nblocks - 1 - static_cast<int64_t>(t) / (sh.B * sh.Hq) : static_cast<int64_t>(t) / (sh.B * sh.Hq);
     const int64_t bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
     const int64_t b = bh / sh.Hq, hq = bh % sh.Hq;
     const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);

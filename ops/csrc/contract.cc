@@ -7,10 +7,14 @@ namespace {
 
 const char* dtypes_json(DType d) {
   switch (d) {
-    case DType::kFloat: return "[\"float\"]";
-    case DType::kFloatOrBool: return "[\"bool\",\"float\"]";
-    case DType::kBoolOrInt: return "[\"bool\",\"int32\",\"int64\"]";
-    case DType::kInt32: return "[\"int32\"]";
+    case DType::kFloat:
+      return "[\"float\"]";
+    case DType::kFloatOrBool:
+      return "[\"bool\",\"float\"]";
+    case DType::kBoolOrInt:
+      return "[\"bool\",\"int32\",\"int64\"]";
+    case DType::kInt32:
+      return "[\"int32\"]";
   }
   return "[]";
 }

@@ -32,7 +32,7 @@ constexpr int kNumInputs = sizeof(kInputs) / sizeof(kInputs[0]);
 
 struct AttrSpec {
   const char* name;
-  char type;       // 'i' int, 'f' float
+  char type;         // 'i' int, 'f' float
   bool has_default;  // false: absent means "derived" (scale = 1/sqrt(D))
   double default_value;
 };
@@ -61,20 +61,16 @@ constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);
 // then KnnAttention's k-NN attributes (kAttrs from kFirstKnnAttr on) with the same meaning and defaults.
 constexpr const char* kGqaOpName = "GroupQueryAttention";
 constexpr InputSpec kGqaInputs[] = {
-    {"query", "B,S,Hq*D", DType::kFloat, false},
-    {"key", "B,S,Hkv*D", DType::kFloat, true},
-    {"value", "B,S,Hkv*D", DType::kFloat, true},
-    {"past_key", "B,Hkv,P,D", DType::kFloat, true},
-    {"past_value", "B,Hkv,P,D", DType::kFloat, true},
-    {"seqlens_k", "B", DType::kInt32, false},
-    {"total_sequence_length", "1", DType::kInt32, false},
-    {"cos_cache", "R,r/2", DType::kFloat, true},
+    {"query", "B,S,Hq*D", DType::kFloat, false},          {"key", "B,S,Hkv*D", DType::kFloat, true},
+    {"value", "B,S,Hkv*D", DType::kFloat, true},          {"past_key", "B,Hkv,P,D", DType::kFloat, true},
+    {"past_value", "B,Hkv,P,D", DType::kFloat, true},     {"seqlens_k", "B", DType::kInt32, false},
+    {"total_sequence_length", "1", DType::kInt32, false}, {"cos_cache", "R,r/2", DType::kFloat, true},
     {"sin_cache", "R,r/2", DType::kFloat, true},
 };
 constexpr int kGqaNumInputs = sizeof(kGqaInputs) / sizeof(kGqaInputs[0]);
 // ORT's later optional inputs, refused by name at session creation (position 9 on).
-constexpr const char* kGqaRefusedInputs[] = {"position_ids", "attention_bias", "head_sink", "k_scale", "v_scale",
-                                             "q_norm_weight", "k_norm_weight", "query_seqlens"};
+constexpr const char* kGqaRefusedInputs[] = {"position_ids", "attention_bias", "head_sink",     "k_scale",
+                                             "v_scale",      "q_norm_weight",  "k_norm_weight", "query_seqlens"};
 constexpr int kGqaDeclaredInputs = kGqaNumInputs + sizeof(kGqaRefusedInputs) / sizeof(kGqaRefusedInputs[0]);
 constexpr const char* kGqaOutputs[] = {"output", "present_key", "present_value", "output_qk"};
 
@@ -107,7 +103,8 @@ constexpr int attr_index(const AttrSpec (&table)[N], const char* name) {
     if (same_name(table[i].name, name)) return static_cast<int>(i);
   throw "attribute not in the contract";
 }
-#define CONTRACT_ATTR(table, name) ((table)[std::integral_constant<int, ::iceformer::attr_index((table), (name))>::value])
+#define CONTRACT_ATTR(table, name) \
+  ((table)[std::integral_constant<int, ::iceformer::attr_index((table), (name))>::value])
 
 // JSON description of the registered contracts (domain, op, version, inputs, attributes, defaults).
 std::string contract_json();

@@ -18,7 +18,6 @@ namespace iceformer {
 
 namespace {
 
-
 struct RowScratch {
   SearchScratch search;
   EpochSet chosen;  // retrieved top_k keys of the current row
@@ -122,7 +121,8 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
           for (int64_t j = 0; j <= last; ++j) n_vis += visible(j) ? 1 : 0;
         }
         for (int64_t j = 0; j <= last && j < ks.num_sink; ++j) n_forced += visible(j) ? 1 : 0;
-        for (int64_t j = std::max(ks.num_sink, last - ks.local_window + 1); j <= last; ++j) n_forced += visible(j) ? 1 : 0;
+        for (int64_t j = std::max(ks.num_sink, last - ks.local_window + 1); j <= last; ++j)
+          n_forced += visible(j) ? 1 : 0;
       }
     }
     int64_t scored = n_forced;
@@ -140,7 +140,8 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
       Rng rng(row_seed(ks.seed, b, hq, i));
       sc.samples.clear();
       const double h = systematic_sample(rng, ks.tail_samples, 0, last, [&](int64_t j) {
-        if (visible(j) && !is_forced(ks, last, j) && !sc.chosen.contains(j)) sc.samples.push_back(static_cast<int32_t>(j));
+        if (visible(j) && !is_forced(ks, last, j) && !sc.chosen.contains(j))
+          sc.samples.push_back(static_cast<int32_t>(j));
       });
       if (!sc.samples.empty()) {
         const float w = static_cast<float>(h);

@@ -1,5 +1,6 @@
 // k-NN sparse attention for query rows, the engine of the Prioritized-DCI search (search = 1; the low-rank
-// search runs union_attention.h): always-attended sinks and local window, per-row retrieval of candidates, exact re-scoring, top-k, optional tail estimate, fused online softmax and value sum.
+// search runs union_attention.h): always-attended sinks and local window, per-row retrieval of candidates, exact
+// re-scoring, top-k, optional tail estimate, fused online softmax and value sum.
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -27,8 +27,7 @@ std::vector<float> make_directions(int64_t seed, int64_t lists, int64_t D) {
   return u;
 }
 
-void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int64_t b, int64_t hkv,
-                  DciIndexSet* set) {
+void project_keys(const AttentionParams& p, const std::vector<float>& dirs, int64_t b, int64_t hkv, DciIndexSet* set) {
   const Kernels& kern = kernels();
   const int64_t T = p.shape.T, D = p.shape.D, lists = set->lists;
   const int64_t bh = b * p.shape.Hkv + hkv;

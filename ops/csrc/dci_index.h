@@ -16,9 +16,9 @@ namespace iceformer {
 std::vector<float> make_directions(int64_t seed, int64_t lists, int64_t D);
 
 struct DciIndexView {
-  int64_t n = 0;            // keys indexed (real keys of this batch row)
-  int64_t lists = 0;        // L*m
-  int64_t stride = 0;       // distance between lists (>= n)
+  int64_t n = 0;                 // keys indexed (real keys of this batch row)
+  int64_t lists = 0;             // L*m
+  int64_t stride = 0;            // distance between lists (>= n)
   const float* proj = nullptr;   // [lists][stride], the first n sorted ascending
   const int32_t* ids = nullptr;  // [lists][stride], key index in T order
 };

@@ -13,9 +13,9 @@ namespace iceformer {
 struct SearchScratch {
   std::vector<EpochCounter> counts;  // one per composite index
   EpochSet candidate;
-  std::vector<int64_t> lo, hi;       // per list: next unvisited rank going down / up
-  std::vector<float> qproj;          // query projection per list
-  std::vector<int32_t> found;        // candidates, in retrieval order
+  std::vector<int64_t> lo, hi;  // per list: next unvisited rank going down / up
+  std::vector<float> qproj;     // query projection per list
+  std::vector<int32_t> found;   // candidates, in retrieval order
 };
 
 // Walks the L composite indices (m lists each) outward from the query's projections. In each round every

@@ -13,7 +13,6 @@
 namespace iceformer {
 namespace {
 
-
 // Per-thread scratch: the scaled query rows of a head group and one chunk's scores.
 struct DecodeScratch {
   std::vector<float> q, s;

@@ -20,12 +20,9 @@ struct ExactScratch {
 };
 thread_local ExactScratch t_scratch;
 
-
 }  // namespace
 
-int64_t packed_keys_size(const AttentionShape& s) {
-  return ((s.T + kPanel - 1) / kPanel) * kPanel * s.D;
-}
+int64_t packed_keys_size(const AttentionShape& s) { return ((s.T + kPanel - 1) / kPanel) * kPanel * s.D; }
 
 void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float* dst) {
   const Kernels& kern = kernels();
@@ -130,7 +127,8 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
     }
 }
 
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids, int64_t rows) {
+void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
+                int64_t rows) {
   const AttentionShape& sh = p.shape;
   const int64_t ldo = padded_dv(sh.Dv);
   ExactScratch& sc = t_scratch;

@@ -71,12 +71,15 @@ void rotate_or_copy(const GqaParams& g, const float* x, float* out, int64_t pos)
 }
 
 std::string shape_text(const GqaParams& g) {
-  return "B=" + std::to_string(g.B) + " S=" + std::to_string(g.S) + " Hq=" + std::to_string(g.Hq) + " Hkv=" +
-         std::to_string(g.Hkv) + " D=" + std::to_string(g.D) + " present rows=" + std::to_string(g.present_rows);
+  return "B=" + std::to_string(g.B) + " S=" + std::to_string(g.S) + " Hq=" + std::to_string(g.Hq) +
+         " Hkv=" + std::to_string(g.Hkv) + " D=" + std::to_string(g.D) +
+         " present rows=" + std::to_string(g.present_rows);
 }
 
 // A task failure with the op name and the call's sizes.
-Status in_call(const Status& s, const GqaParams& g) { return s.wrapped("GroupQueryAttention: ", " (" + shape_text(g) + ")"); }
+Status in_call(const Status& s, const GqaParams& g) {
+  return s.wrapped("GroupQueryAttention: ", " (" + shape_text(g) + ")");
+}
 
 // present = past's first past_b rows (unless they are the same buffer) and the S new rows at past_b.., zero elsewhere.
 Status write_present(const GqaParams& g, const std::vector<int64_t>& past, const Parallel& par) {
@@ -124,8 +127,10 @@ Status resolve_gqa_shapes(const GqaInputDims& d, GqaParams* g) {
   g->S = d.query[1];
   const int64_t heads = d.has_key ? g->Hq : g->Hq + 2 * g->Hkv;
   if (d.query[2] % heads != 0 || d.query[2] == 0)
-    return bad_shape("query", "a last axis that is a positive multiple of " + std::to_string(heads) +
-                                  (d.has_key ? " (num_heads)" : " (num_heads + 2 * kv_num_heads, packed QKV)"), d.query);
+    return bad_shape("query",
+                     "a last axis that is a positive multiple of " + std::to_string(heads) +
+                         (d.has_key ? " (num_heads)" : " (num_heads + 2 * kv_num_heads, packed QKV)"),
+                     d.query);
   g->D = d.query[2] / heads;
   const std::vector<int64_t> kv = {g->B, g->S, g->Hkv * g->D};
   if (d.has_key && d.key != kv) return bad_shape("key", dims_str(kv), d.key);
@@ -135,12 +140,16 @@ Status resolve_gqa_shapes(const GqaInputDims& d, GqaParams* g) {
   g->past_rows = 0;
   if (d.has_past_key) {
     if (d.past_key.size() != 4 || d.past_key[0] != g->B || d.past_key[1] != g->Hkv || d.past_key[3] != g->D)
-      return bad_shape("past_key", "[B,Hkv,P,D] = [" + std::to_string(g->B) + "," + std::to_string(g->Hkv) + ",P," +
-                                       std::to_string(g->D) + "]", d.past_key);
-    if (d.past_value != d.past_key) return bad_shape("past_value", dims_str(d.past_key) + " (past_key's shape)", d.past_value);
+      return bad_shape(
+          "past_key",
+          "[B,Hkv,P,D] = [" + std::to_string(g->B) + "," + std::to_string(g->Hkv) + ",P," + std::to_string(g->D) + "]",
+          d.past_key);
+    if (d.past_value != d.past_key)
+      return bad_shape("past_value", dims_str(d.past_key) + " (past_key's shape)", d.past_value);
     g->past_rows = d.past_key[2];
   }
-  if (d.seqlens_k != std::vector<int64_t>{g->B}) return bad_shape("seqlens_k", "[B] = [" + std::to_string(g->B) + "]", d.seqlens_k);
+  if (d.seqlens_k != std::vector<int64_t>{g->B})
+    return bad_shape("seqlens_k", "[B] = [" + std::to_string(g->B) + "]", d.seqlens_k);
   int64_t total_elems = 1;
   for (int64_t x : d.total) total_elems *= x;
   if (total_elems != 1) return bad_shape("total_sequence_length", "one element", d.total);
@@ -149,7 +158,8 @@ Status resolve_gqa_shapes(const GqaInputDims& d, GqaParams* g) {
                          " is smaller than the " + std::to_string(g->S) + " new tokens");
   g->present_rows = std::max(g->total, g->past_rows);
   if (g->rotary) {
-    if (!d.has_cos || !d.has_sin) return Status::Error("GroupQueryAttention: do_rotary = 1 needs cos_cache and sin_cache");
+    if (!d.has_cos || !d.has_sin)
+      return Status::Error("GroupQueryAttention: do_rotary = 1 needs cos_cache and sin_cache");
     if (d.cos.size() != 2 || d.cos[1] * 2 > g->D || d.cos[1] < 1)
       return bad_shape("cos_cache", "[R, r/2] with r <= D = " + std::to_string(g->D), d.cos);
     if (d.sin != d.cos) return bad_shape("sin_cache", dims_str(d.cos) + " (cos_cache's shape)", d.sin);
@@ -169,10 +179,12 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   const size_t n = static_cast<size_t>(g.B * g.Hq * g.S * g.D);
   if (!q.allocate(std::max<size_t>(n, 1)) || !y.allocate(std::max<size_t>(n, 1)))
     return out_of_memory("GroupQueryAttention", "the query and output scratch", 2 * n * 4, shape_text(g));
-  Status ran = parallel_dynamic(par, static_cast<size_t>(g.B * g.Hq), "the rotated queries", [&](size_t t) {  // [B,Hq,S,D]
-    const int64_t b = static_cast<int64_t>(t) / g.Hq, h = static_cast<int64_t>(t) % g.Hq;
-    for (int64_t s = 0; s < g.S; ++s) rotate_or_copy(g, new_row(g, 0, b, s, h), q.data() + (t * g.S + s) * g.D, past[b] + s);
-  });
+  Status ran =
+      parallel_dynamic(par, static_cast<size_t>(g.B * g.Hq), "the rotated queries", [&](size_t t) {  // [B,Hq,S,D]
+        const int64_t b = static_cast<int64_t>(t) / g.Hq, h = static_cast<int64_t>(t) % g.Hq;
+        for (int64_t s = 0; s < g.S; ++s)
+          rotate_or_copy(g, new_row(g, 0, b, s, h), q.data() + (t * g.S + s) * g.D, past[b] + s);
+      });
   if (!ran.ok()) return in_call(ran, g);
 
   AttentionParams p;
@@ -192,11 +204,12 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   const Status st = g.S >= kMinPrefillRows ? run_attention(p, par, mem, stats) : run_decode(p, par, mem, stats);
   if (!st.ok()) return st;
   log_call_stats(p, *stats);
-  ran = parallel_dynamic(par, static_cast<size_t>(g.B * g.S), "the output transpose", [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]
-    const int64_t b = static_cast<int64_t>(t) / g.S, s = static_cast<int64_t>(t) % g.S;
-    for (int64_t h = 0; h < g.Hq; ++h)
-      std::copy_n(y.data() + ((b * g.Hq + h) * g.S + s) * g.D, g.D, g.output + (t * g.Hq + h) * g.D);
-  });
+  ran = parallel_dynamic(
+      par, static_cast<size_t>(g.B * g.S), "the output transpose", [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]
+        const int64_t b = static_cast<int64_t>(t) / g.S, s = static_cast<int64_t>(t) % g.S;
+        for (int64_t h = 0; h < g.Hq; ++h)
+          std::copy_n(y.data() + ((b * g.Hq + h) * g.S + s) * g.D, g.D, g.output + (t * g.Hq + h) * g.D);
+      });
   if (!ran.ok()) return in_call(ran, g);
   return Status();
 }

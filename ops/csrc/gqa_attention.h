@@ -15,10 +15,10 @@ namespace iceformer {
 
 struct GqaParams {
   int64_t B = 0, S = 0, Hq = 0, Hkv = 0, D = 0;
-  const float* query = nullptr;  // [B,S,Hq*D], or packed [B,S,(Hq+2*Hkv)*D] when key is nullptr
-  const float* key = nullptr;    // [B,S,Hkv*D]
-  const float* value = nullptr;  // [B,S,Hkv*D]
-  const float* past_key = nullptr;    // [B,Hkv,past_rows,D] or nullptr
+  const float* query = nullptr;     // [B,S,Hq*D], or packed [B,S,(Hq+2*Hkv)*D] when key is nullptr
+  const float* key = nullptr;       // [B,S,Hkv*D]
+  const float* value = nullptr;     // [B,S,Hkv*D]
+  const float* past_key = nullptr;  // [B,Hkv,past_rows,D] or nullptr
   const float* past_value = nullptr;
   int64_t past_rows = 0;
   float* present_key = nullptr;  // [B,Hkv,present_rows,D]; may alias past_key
@@ -30,7 +30,7 @@ struct GqaParams {
   const float* sin_cache = nullptr;
   int64_t cache_rows = 0, rot_half = 0;
   bool rotary = false, interleaved = false, causal = true;
-  float scale = 0.f;   // 0: 1/sqrt(D)
+  float scale = 0.f;  // 0: 1/sqrt(D)
   float softcap = 0.f;
   int64_t window = -1;  // local_window_size: keys j > position - window (-1: none)
   KnnSettings knn;

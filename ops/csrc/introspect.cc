@@ -45,7 +45,8 @@ extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int
   p.knn.candidate_fraction = candidate_fraction;
   Status st = check_settings(p.knn);
   if (!st.ok()) {
-    for (int64_t i = 0; i + 1 < err_len && i < static_cast<int64_t>(st.message().size()); ++i) err[i] = st.message()[i], err[i + 1] = 0;
+    for (int64_t i = 0; i + 1 < err_len && i < static_cast<int64_t>(st.message().size()); ++i)
+      err[i] = st.message()[i], err[i + 1] = 0;
     return -1;
   }
   try {

@@ -201,10 +201,11 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     const int64_t last = sc.last[t];
     // Sample panel s2 starts at key s2 * stride * 16: its columns c < 16 map to keys j0 + c.
     const int64_t full = last < 0 ? 0 : std::min<int64_t>(nsamp, last / (stride * kPanel) + 1);
-    sc.vis[t] = full == 0 ? 0 : (full - 1) * kPanel + std::min<int64_t>(kPanel, last + 1 - (full - 1) * stride * kPanel);
+    sc.vis[t] =
+        full == 0 ? 0 : (full - 1) * kPanel + std::min<int64_t>(kPanel, last + 1 - (full - 1) * stride * kPanel);
   }
-  kern.qk_above_i8(sc.qb.data(), r4, rows, sc.sample.data(), r4, nsamp, sc.vis.data(), sc.thr.data(),
-                     sc.hit_id.data(), sc.hit_val.data(), sw, sc.count.data());
+  kern.qk_above_i8(sc.qb.data(), r4, rows, sc.sample.data(), r4, nsamp, sc.vis.data(), sc.thr.data(), sc.hit_id.data(),
+                   sc.hit_val.data(), sw, sc.count.data());
   for (int64_t t = 0; t < rows; ++t) {
     const int64_t last = sc.last[t];
     if (last < 0) continue;
@@ -223,8 +224,8 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     // The sample holds a share nv / visible of the row's keys: aim a little above budget (a sample estimate
     // misses either way; too few retrieved costs more accuracy than a few more keys cost time).
     const double visible_est = static_cast<double>(last + 1 - first);
-    const int64_t want = std::max<int64_t>(
-        1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(nv) / visible_est)));
+    const int64_t want =
+        std::max<int64_t>(1, static_cast<int64_t>(std::ceil(kMargin * budget * static_cast<double>(nv) / visible_est)));
     if (nv > want) {
       const float kth = kern.kth_largest_int(vals, nv, want);
       sc.thr[t] = std::nextafter(kth, kNegInf);

@@ -18,9 +18,9 @@ namespace iceformer {
 
 struct LowRankSet {
   int64_t r = 0, r4 = 0, per_head = 0;  // rank, 4-dimension groups (r rounded up / 4), bytes per (b, hkv)
-  std::vector<float> basis;     // [B*Hkv][r][D]: orthonormal rows
-  std::vector<float> kscale;    // [B*Hkv][r]: s_d, the 8-bit step of dimension d (max |(K P)_d| / 127)
-  std::vector<uint8_t> panels;  // [B*Hkv][per_head]: K P in 8 bits, panels of 16 keys (simd.h)
+  std::vector<float> basis;             // [B*Hkv][r][D]: orthonormal rows
+  std::vector<float> kscale;            // [B*Hkv][r]: s_d, the 8-bit step of dimension d (max |(K P)_d| / 127)
+  std::vector<uint8_t> panels;          // [B*Hkv][per_head]: K P in 8 bits, panels of 16 keys (simd.h)
 };
 
 // Sizes the set for p (rank min(rank, D)).

@@ -52,11 +52,16 @@ inline int64_t row_last(const AttentionParams& p, int64_t b, int64_t h, int64_t 
 
 inline bool key_is_real(const KeyPaddingView& kp, int64_t T, int64_t b, int64_t j) {
   switch (kp.kind) {
-    case KeyPaddingKind::kNone: return true;
-    case KeyPaddingKind::kBool: return static_cast<const uint8_t*>(kp.data)[b * T + j] != 0;
-    case KeyPaddingKind::kInt32: return static_cast<const int32_t*>(kp.data)[b * T + j] != 0;
-    case KeyPaddingKind::kInt64: return static_cast<const int64_t*>(kp.data)[b * T + j] != 0;
-    case KeyPaddingKind::kLength: return j < static_cast<const int64_t*>(kp.data)[b];
+    case KeyPaddingKind::kNone:
+      return true;
+    case KeyPaddingKind::kBool:
+      return static_cast<const uint8_t*>(kp.data)[b * T + j] != 0;
+    case KeyPaddingKind::kInt32:
+      return static_cast<const int32_t*>(kp.data)[b * T + j] != 0;
+    case KeyPaddingKind::kInt64:
+      return static_cast<const int64_t*>(kp.data)[b * T + j] != 0;
+    case KeyPaddingKind::kLength:
+      return j < static_cast<const int64_t*>(kp.data)[b];
   }
   return true;
 }
@@ -70,8 +75,10 @@ struct MaskRow {
 
   float value(int64_t j) const {
     switch (kind) {
-      case MaskKind::kNone: return 0.f;
-      case MaskKind::kBool: return b8[j * stride] ? 0.f : kNegInf;
+      case MaskKind::kNone:
+        return 0.f;
+      case MaskKind::kBool:
+        return b8[j * stride] ? 0.f : kNegInf;
       case MaskKind::kFloat: {
         const float v = f32[j * stride];
         return v <= kMaskedBelow ? kNegInf : v;
@@ -84,9 +91,7 @@ struct MaskRow {
 // A logit with a mask term added. A key masked by either side (-inf) stays -inf, whatever the other side holds
 // (+inf or NaN logits from inf keys, NaN mask entries outside a window), so an invisible key never turns its row
 // into NaN. Equal to s + m for every other input.
-inline float add_mask(float s, float m) {
-  return (m == kNegInf || s == kNegInf) ? kNegInf : s + m;
-}
+inline float add_mask(float s, float m) { return (m == kNegInf || s == kNegInf) ? kNegInf : s + m; }
 
 inline MaskRow mask_row(const MaskView& m, int64_t b, int64_t h, int64_t i) {
   MaskRow r;

@@ -21,7 +21,9 @@ struct OnlineSoftmax {
   int64_t dv = 0;
 
   // The state before any key: no max yet, nothing summed; acc (dv floats) must be zeroed by the caller.
-  static OnlineSoftmax empty(float* acc, int64_t dv) { return OnlineSoftmax{-std::numeric_limits<float>::infinity(), 0.f, acc, dv}; }
+  static OnlineSoftmax empty(float* acc, int64_t dv) {
+    return OnlineSoftmax{-std::numeric_limits<float>::infinity(), 0.f, acc, dv};
+  }
 
   // Raises the running max to m (when larger) and rescales sum and acc; returns the factor applied.
   float rebase(float m, const Kernels& kern) {

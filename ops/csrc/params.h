@@ -12,8 +12,9 @@ struct AttentionShape {
   int64_t group() const { return Hkv > 0 ? Hq / Hkv : 0; }  // query heads per KV head
   // "B=1 Hq=14 Hkv=2 S=4096 T=4096 D=64 Dv=64", for error messages.
   std::string text() const {
-    return "B=" + std::to_string(B) + " Hq=" + std::to_string(Hq) + " Hkv=" + std::to_string(Hkv) + " S=" +
-           std::to_string(S) + " T=" + std::to_string(T) + " D=" + std::to_string(D) + " Dv=" + std::to_string(Dv);
+    return "B=" + std::to_string(B) + " Hq=" + std::to_string(Hq) + " Hkv=" + std::to_string(Hkv) +
+           " S=" + std::to_string(S) + " T=" + std::to_string(T) + " D=" + std::to_string(D) +
+           " Dv=" + std::to_string(Dv);
   }
 };
 
@@ -77,7 +78,7 @@ struct AttentionParams {
   const float* v = nullptr;  // [B,Hkv,T,Dv], likewise
   // Rows per (batch, KV head) in the K and V buffers (0: T). A KV cache of capacity kv_rows holds T <= kv_rows rows.
   int64_t kv_rows = 0;
-  float* y = nullptr;        // [B,Hq,S,Dv]
+  float* y = nullptr;  // [B,Hq,S,Dv]
   MaskView mask;
   KeyPaddingView key_padding;
   float scale = 1.0f;

@@ -22,7 +22,9 @@ namespace {
 
 using iceformer::Status;
 
-OrtStatusPtr make_error(const std::string& msg) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str()); }
+OrtStatusPtr make_error(const std::string& msg) {
+  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, msg.c_str());
+}
 
 // A kernel status as ORT's: bad input is INVALID_ARGUMENT, memory the call could not get is RUNTIME_EXCEPTION.
 OrtStatusPtr make_error(const Status& s) {
@@ -65,18 +67,24 @@ bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const iceformer::At
 // KnnSettings. Checked at compile time against the contract (names, types, and KnnSettings' own defaults).
 struct KnnField {
   const char* name;
-  int64_t iceformer::KnnSettings::*i;
-  float iceformer::KnnSettings::*f;
+  int64_t iceformer::KnnSettings::* i;
+  float iceformer::KnnSettings::* f;
 };
 using KS = iceformer::KnnSettings;
 constexpr KnnField kKnnFields[] = {
-    {"top_k", &KS::top_k, nullptr},          {"search", &KS::search, nullptr},
-    {"rank", &KS::rank, nullptr},            {"L", &KS::num_composite, nullptr},
-    {"m", &KS::num_simple, nullptr},         {"max_candidates", &KS::max_candidates, nullptr},
+    {"top_k", &KS::top_k, nullptr},
+    {"search", &KS::search, nullptr},
+    {"rank", &KS::rank, nullptr},
+    {"L", &KS::num_composite, nullptr},
+    {"m", &KS::num_simple, nullptr},
+    {"max_candidates", &KS::max_candidates, nullptr},
     {"candidate_fraction", nullptr, &KS::candidate_fraction},
-    {"min_keys", &KS::min_keys, nullptr},    {"local_window", &KS::local_window, nullptr},
-    {"num_sink", &KS::num_sink, nullptr},    {"tail_samples", &KS::tail_samples, nullptr},
-    {"tail_limit", nullptr, &KS::tail_limit}, {"seed", &KS::seed, nullptr},
+    {"min_keys", &KS::min_keys, nullptr},
+    {"local_window", &KS::local_window, nullptr},
+    {"num_sink", &KS::num_sink, nullptr},
+    {"tail_samples", &KS::tail_samples, nullptr},
+    {"tail_limit", nullptr, &KS::tail_limit},
+    {"seed", &KS::seed, nullptr},
 };
 
 constexpr bool knn_fields_follow_contract() {
@@ -249,15 +257,18 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     bool present = false;
     int64_t causal = 0;
     float fv = 0.f;
-    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "is_causal"), &causal, &present, &err)) return make_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "is_causal"), &causal, &present, &err))
+      return make_error(err);
     if (causal != 0 && causal != 1)
       return make_error("KnnAttention: attribute is_causal=" + std::to_string(causal) + " is invalid, expected 0 or 1");
     c.is_causal = causal == 1;
-    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "local_window_size"), &c.window, &present, &err)) return make_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "local_window_size"), &c.window, &present, &err))
+      return make_error(err);
     if (c.window < -1 || c.window == 0)
       return make_error("KnnAttention: attribute local_window_size=" + std::to_string(c.window) +
                         " is invalid, expected -1 (no window) or >= 1 (keys per query, its own included)");
-    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "scale"), &fv, &c.has_scale, &err)) return make_error(err);
+    if (!read_attr(api, info, CONTRACT_ATTR(iceformer::kAttrs, "scale"), &fv, &c.has_scale, &err))
+      return make_error(err);
     if (c.has_scale && !std::isfinite(fv))
       return make_error("KnnAttention: attribute scale=" + std::to_string(fv) + " is invalid, expected a finite float");
     c.scale = fv;
@@ -275,7 +286,7 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
   ONNXTensorElementDataType GetInputType(size_t i) const {
     // Mask inputs accept several element types; Compute checks them.
     return iceformer::kInputs[i].dtype == iceformer::DType::kFloat ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
-                                                                  : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+                                                                   : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
     return iceformer::kInputs[i].optional ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
@@ -302,7 +313,6 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     }
   }
 };
-
 
 // ---- GroupQueryAttention (com.microsoft.GroupQueryAttention's contract) ----
 
@@ -358,7 +368,8 @@ OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
     if (d.has_past_key)
       g.past_key = ctx.GetInput(3).GetTensorData<float>(), g.past_value = ctx.GetInput(4).GetTensorData<float>();
     g.seqlens_k = ctx.GetInput(5).GetTensorData<int32_t>();
-    if (g.rotary) g.cos_cache = ctx.GetInput(7).GetTensorData<float>(), g.sin_cache = ctx.GetInput(8).GetTensorData<float>();
+    if (g.rotary)
+      g.cos_cache = ctx.GetInput(7).GetTensorData<float>(), g.sin_cache = ctx.GetInput(8).GetTensorData<float>();
     g.output = ctx.GetOutput(0, {g.B, g.S, g.Hq * g.D}).GetTensorMutableData<float>();
     const std::vector<int64_t> present_dims{g.B, g.Hkv, g.present_rows, g.D};
     SessionArena arena(context);
@@ -423,10 +434,10 @@ struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
     bool present = false;
     using iceformer::kGqaAttrs;
     const iceformer::AttrSpec* ints[8] = {
-        &CONTRACT_ATTR(kGqaAttrs, "num_heads"),         &CONTRACT_ATTR(kGqaAttrs, "kv_num_heads"),
-        &CONTRACT_ATTR(kGqaAttrs, "local_window_size"), &CONTRACT_ATTR(kGqaAttrs, "do_rotary"),
+        &CONTRACT_ATTR(kGqaAttrs, "num_heads"),          &CONTRACT_ATTR(kGqaAttrs, "kv_num_heads"),
+        &CONTRACT_ATTR(kGqaAttrs, "local_window_size"),  &CONTRACT_ATTR(kGqaAttrs, "do_rotary"),
         &CONTRACT_ATTR(kGqaAttrs, "rotary_interleaved"), &CONTRACT_ATTR(kGqaAttrs, "causal"),
-        &CONTRACT_ATTR(kGqaAttrs, "smooth_softmax"),    &CONTRACT_ATTR(kGqaAttrs, "qk_output")};
+        &CONTRACT_ATTR(kGqaAttrs, "smooth_softmax"),     &CONTRACT_ATTR(kGqaAttrs, "qk_output")};
     int64_t v[8] = {};
     const char* names[8] = {};
     for (int i = 0; i < 8; ++i) {
@@ -442,12 +453,13 @@ struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
       return gqa_error(err);
     c.Hq = v[0], c.Hkv = v[1], c.window = v[2];
     if (c.Hq < 1 || c.Hkv < 1 || c.Hq % c.Hkv != 0)
-      return gqa_error("num_heads = " + std::to_string(c.Hq) + " must be a positive multiple of kv_num_heads = " +
-                       std::to_string(c.Hkv));
+      return gqa_error("num_heads = " + std::to_string(c.Hq) +
+                       " must be a positive multiple of kv_num_heads = " + std::to_string(c.Hkv));
     if (c.window == 0 || c.window < -1)
       return gqa_error("local_window_size = " + std::to_string(c.window) + " is invalid, expected -1 or >= 1");
     for (int i = 3; i < 6; ++i)
-      if (v[i] != 0 && v[i] != 1) return gqa_error(std::string(names[i]) + " = " + std::to_string(v[i]) + ", expected 0 or 1");
+      if (v[i] != 0 && v[i] != 1)
+        return gqa_error(std::string(names[i]) + " = " + std::to_string(v[i]) + ", expected 0 or 1");
     if (v[6] != 0) return gqa_error("smooth_softmax = 1 is not supported");
     if (v[7] != 0) return gqa_error("qk_output is not supported");
     if (sliding_cache != 0) return gqa_error("sliding_window_cache = 1 (a window-sized KV cache) is not supported");
@@ -498,8 +510,7 @@ ICE_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
   if (api == nullptr) {
     const std::string msg = std::string("iceformer: this library was built against ONNX Runtime API version ") +
                             std::to_string(ORT_API_VERSION) + " (onnxruntime >= 1." + std::to_string(ORT_API_VERSION) +
-                            "), but the loaded runtime is " + api_base->GetVersionString() +
-                            ": upgrade onnxruntime";
+                            "), but the loaded runtime is " + api_base->GetVersionString() + ": upgrade onnxruntime";
     const OrtApi* oldest = api_base->GetApi(1);
     return oldest->CreateStatus(ORT_FAIL, msg.c_str());
   }

@@ -24,8 +24,8 @@ constexpr int64_t kPanel = 16;
 struct Kernels {
   const char* name;
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
-  void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
-                  float* s, int64_t lds);
+  void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
+                  int64_t lds);
   // Integer scores (as floats) of rows x 16*npanels low-rank keys (layout above, R4 words each), filtered as they
   // are made: for each row r, the columns c < vis[r] whose score is > thr[r] are appended (column, score) at
   // idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
@@ -36,8 +36,8 @@ struct Kernels {
   void (*qk_union_i8)(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
                       const int64_t* vis, const int32_t* thr, uint16_t* bits);
   // o[r*ldo + e] += sum_{c<cols} p[r*ldp + c] * v[c*ldv + e] for r < rows, e < dv.
-  void (*pv_tile)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv,
-                  int64_t dv, float* o, int64_t ldo);
+  void (*pv_tile)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
+                  float* o, int64_t ldo);
   // max_i x[i] (-inf for n = 0; NaN-propagating).
   float (*max)(const float* x, int64_t n);
   // x[i] = exp(x[i] - m) (exactly 0 for x[i] = -inf), returns the sum.
@@ -70,6 +70,6 @@ const Kernels* avx512_kernels();       // nullptr when not compiled in
 const Kernels* avx512_vnni_kernels();  // the same with the AVX512-VNNI dot product; nullptr when not compiled in
 // The VNNI kernels with AVX512-BF16's dot product for the bfloat16 P V tiles; nullptr when not compiled in.
 const Kernels* avx512_bf16_kernels();
-const Kernels& kernels();              // the dispatch point
+const Kernels& kernels();  // the dispatch point
 
 }  // namespace iceformer

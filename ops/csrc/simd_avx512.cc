@@ -23,7 +23,7 @@ using avx512::tail_mask;
 inline __m512 exp512(__m512 x) {
   const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.7f);
   const __mmask16 keep = _mm512_cmp_ps_mask(x, lo, _CMP_NLT_UQ);  // x >= lo or NaN
-  __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));              // NaN stays NaN (second operand)
+  __m512 xc = _mm512_min_ps(hi, _mm512_max_ps(lo, x));            // NaN stays NaN (second operand)
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), xc);
@@ -105,7 +105,8 @@ void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t np
 template <typename Sink>
 void qk_rows_any(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels,
                  const Sink& sink) {
-  by_row_groups(rows, [&](auto R, int64_t r) { qk_rows<decltype(R)::value>(q + r * ldq, ldq, kp, D, npanels, r, sink); });
+  by_row_groups(rows,
+                [&](auto R, int64_t r) { qk_rows<decltype(R)::value>(q + r * ldq, ldq, kp, D, npanels, r, sink); });
 }
 
 void qk_tile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
@@ -176,9 +177,9 @@ inline __mmask16 lanes_below(int64_t left) { return left <= 0 ? __mmask16(0) : t
 // Union scan of R rows: per panel, the OR over rows of (visible and score > thr) lane masks. Panels every row sees
 // whole (all of them without a causal limit) take one integer compare per row and panel; the others also mask.
 template <int R, bool kVnni>
-inline __attribute__((always_inline)) void qki_union_rows(const uint32_t* q, int64_t ldq, const uint8_t* kb,
-                                                          int64_t R4, int64_t npanels, const int64_t* vis,
-                                                          const int32_t* thr, uint16_t* bits) {
+inline __attribute__((always_inline)) void qki_union_rows(const uint32_t* q, int64_t ldq, const uint8_t* kb, int64_t R4,
+                                                          int64_t npanels, const int64_t* vis, const int32_t* thr,
+                                                          uint16_t* bits) {
   int64_t vmin = vis[0];
   for (int r = 1; r < R; ++r) vmin = std::min(vmin, vis[r]);
   int64_t p = 0;
@@ -207,8 +208,8 @@ inline __attribute__((always_inline)) void qki_union_rows(const uint32_t* q, int
     qki_acc<R, 1, kVnni>(q, ldq, kb + p * R4 * 64, R4, a);
     __mmask16 m0 = 0;
     for (int r = 0; r < R; ++r)
-      m0 = _kor_mask16(m0, _mm512_mask_cmpgt_epi32_mask(lanes_below(vis[r] - p * kPanel), a[0][r],
-                                                        _mm512_set1_epi32(thr[r])));
+      m0 = _kor_mask16(
+          m0, _mm512_mask_cmpgt_epi32_mask(lanes_below(vis[r] - p * kPanel), a[0][r], _mm512_set1_epi32(thr[r])));
     bits[p] |= m0;
   }
 }
@@ -281,8 +282,8 @@ void pv_rows(const float* p, int64_t ldp, int64_t cols, const float* v, int64_t 
   }
 }
 
-void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
-             float* o, int64_t ldo) {
+void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv, float* o,
+             int64_t ldo) {
   by_row_groups(rows, [&](auto R, int64_t r) {
     pv_rows<decltype(R)::value>(p + r * ldp, ldp, cols, v, ldv, dv, o + r * ldo, ldo);
   });
@@ -292,8 +293,8 @@ float vmax(const float* x, int64_t n) {
   __m512 m = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   __mmask16 nan = 0;
   for (int64_t i = 0; i < n; i += 16) {
-    const __m512 a = _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()),
-                                          tail_mask(n - i), x + i);
+    const __m512 a =
+        _mm512_mask_loadu_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), tail_mask(n - i), x + i);
     nan |= _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
     m = _mm512_max_ps(m, a);
   }
@@ -350,7 +351,10 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
 int32_t bisect_int(const float* x, int64_t n, int64_t k, int32_t lo, int32_t hi) {
   while (lo < hi) {
     const int32_t mid = lo + (hi - lo + 1) / 2;
-    if (count_ge(x, n, static_cast<float>(mid)) >= k) lo = mid; else hi = mid - 1;
+    if (count_ge(x, n, static_cast<float>(mid)) >= k)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return lo;
 }
@@ -488,9 +492,10 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512", qk_tile, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
-                         kth_largest_int, gather_dot, gather_axpy, pack_panel, avx512::to_pairs,
-                         avx512::pv_tile_bf16};
+  static const Kernels k{"avx512",    qk_tile,    qk_above_i8,      qk_union_i8,
+                         pv_tile,     vmax,       exp_sum,          dot,
+                         scal,        count_ge,   kth_largest_int,  gather_dot,
+                         gather_axpy, pack_panel, avx512::to_pairs, avx512::pv_tile_bf16};
   return &k;
 }
 

@@ -32,14 +32,29 @@ inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& 
   int64_t r = 0;
   for (; r + 8 <= rows; r += 8) f(std::integral_constant<int, 8>{}, r);
   switch (rows - r) {
-    case 7: f(std::integral_constant<int, 7>{}, r); break;
-    case 6: f(std::integral_constant<int, 6>{}, r); break;
-    case 5: f(std::integral_constant<int, 5>{}, r); break;
-    case 4: f(std::integral_constant<int, 4>{}, r); break;
-    case 3: f(std::integral_constant<int, 3>{}, r); break;
-    case 2: f(std::integral_constant<int, 2>{}, r); break;
-    case 1: f(std::integral_constant<int, 1>{}, r); break;
-    default: break;
+    case 7:
+      f(std::integral_constant<int, 7>{}, r);
+      break;
+    case 6:
+      f(std::integral_constant<int, 6>{}, r);
+      break;
+    case 5:
+      f(std::integral_constant<int, 5>{}, r);
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{}, r);
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{}, r);
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{}, r);
+      break;
+    case 1:
+      f(std::integral_constant<int, 1>{}, r);
+      break;
+    default:
+      break;
   }
 }
 
@@ -47,8 +62,8 @@ inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& 
 void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out);
 void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
                   int64_t ldo);
-void pv_tile_bf16_hw(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv,
-                     float* o, int64_t ldo);
+void pv_tile_bf16_hw(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
+                     int64_t ldo);
 
 }  // namespace avx512
 }  // namespace iceformer

@@ -14,8 +14,7 @@ const Kernels& kernels() {
     if (force != nullptr && std::strcmp(force, "scalar") == 0) return &scalar_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
     if (const Kernels* k = avx512_kernels(); k != nullptr && __builtin_cpu_supports("avx512f") &&
-                                             __builtin_cpu_supports("avx512dq") &&
-                                             __builtin_cpu_supports("avx512bw")) {
+                                             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
       const bool plain = force != nullptr && std::strcmp(force, "avx512") == 0;
       if (const Kernels* kv = avx512_vnni_kernels(); kv != nullptr && !plain && __builtin_cpu_supports("avx512vnni")) {
         if (const Kernels* kb = avx512_bf16_kernels(); kb != nullptr && __builtin_cpu_supports("avx512bf16")) return kb;

@@ -51,8 +51,8 @@ void qk_union_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb
       if (score_i8(q + r * ldq, kb, R4, c) > thr[r]) bits[c / kPanel] |= static_cast<uint16_t>(1u << (c % kPanel));
 }
 
-void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv,
-             float* o, int64_t ldo) {
+void pv_tile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* v, int64_t ldv, int64_t dv, float* o,
+             int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
       const float w = p[r * ldp + c];
@@ -139,9 +139,9 @@ void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar", qk_tile,  qk_above_i8,     qk_union_i8, pv_tile,     vmax,      exp_sum,
-                         dot,      scal,     count_ge,        kth_largest_int, gather_dot, gather_axpy, pack_panel,
-                         to_pairs, pv_tile_bf16};
+  static const Kernels k{"scalar",    qk_tile,    qk_above_i8, qk_union_i8, pv_tile,         vmax,
+                         exp_sum,     dot,        scal,        count_ge,    kth_largest_int, gather_dot,
+                         gather_axpy, pack_panel, to_pairs,    pv_tile_bf16};
   return k;
 }
 

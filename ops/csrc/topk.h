@@ -53,7 +53,10 @@ class TopK {
         for (int64_t i = 0; i < n; ++i) least = std::min(least, v[i] >= x ? v[i] : least);
         return least;
       }
-      if (c > k) lo = mid; else hi = mid - 1;
+      if (c > k)
+        lo = mid;
+      else
+        hi = mid - 1;
     }
     return val(lo);
   }

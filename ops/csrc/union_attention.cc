@@ -42,12 +42,14 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
     const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
     const int64_t width = npanels * kPanel;
     const int32_t* key = sc.keys.data() + t0;
-    kern.qk_tile(sc.q.data(), D, rows, sc.kp.data() + (t0 / kPanel) * D * kPanel, D, npanels, sc.s.data(), kExactBlockK);
+    kern.qk_tile(sc.q.data(), D, rows, sc.kp.data() + (t0 / kPanel) * D * kPanel, D, npanels, sc.s.data(),
+                 kExactBlockK);
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = sc.s.data() + r * kExactBlockK;
       // Keys are ascending (padding last): the row's visible columns are a range [lo, vis), lo > 0 only under a
       // hard window.
-      const int64_t vis = std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(sc.last[r], kPadKey - 1))) - key;
+      const int64_t vis =
+          std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(sc.last[r], kPadKey - 1))) - key;
       const int64_t lo = std::min<int64_t>(
           vis, std::lower_bound(key, key + width, static_cast<int32_t>(row_first(p, b, i0 + r))) - key);
       for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
@@ -103,8 +105,7 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
   if (ks.local_window > 0)
     for (int64_t j = std::max<int64_t>({first_min, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j)
       add(j);
-  const int64_t budget =
-      candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1] - real_prefix[first_min]);
+  const int64_t budget = candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1] - real_prefix[first_min]);
   lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in);
   return sc.in.collect(last_any + 1);
 }
@@ -160,7 +161,9 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
   sc.zero.assign(Dv, 0.f);
   sc.vw.resize(n / 2 * Dv);
-  auto vrow = [&](int64_t c) { return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv; };
+  auto vrow = [&](int64_t c) {
+    return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv;
+  };
   for (int64_t c = 0; c < n; c += 2) kernels().to_pairs(vrow(c), vrow(c + 1), Dv, sc.vw.data() + c / 2 * Dv);
   sc.q.resize(rows * D);
   for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, i0 + r, sc.q.data() + r * D);

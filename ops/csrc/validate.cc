@@ -20,10 +20,11 @@ Status resolve_shape(const std::vector<int64_t>& q, const std::vector<int64_t>& 
                      AttentionShape* out) {
   auto rank4 = [](const char* name, const char* letters, const std::vector<int64_t>& d) -> Status {
     if (d.size() != 4)
-      return Status::Error(std::string("KnnAttention: input ") + name + " must have rank 4 " + letters +
-                           ", got rank " + std::to_string(d.size()) + " shape " + dims_str(d));
+      return Status::Error(std::string("KnnAttention: input ") + name + " must have rank 4 " + letters + ", got rank " +
+                           std::to_string(d.size()) + " shape " + dims_str(d));
     for (int64_t x : d)
-      if (x < 0) return Status::Error(std::string("KnnAttention: input ") + name + " has a negative dim " + dims_str(d));
+      if (x < 0)
+        return Status::Error(std::string("KnnAttention: input ") + name + " has a negative dim " + dims_str(d));
     return Status();
   };
   if (Status s = rank4("Q", "[B,Hq,S,D]", q); !s.ok()) return s;
@@ -41,8 +42,7 @@ Status resolve_shape(const std::vector<int64_t>& q, const std::vector<int64_t>& 
   if (v[2] != k[2]) return mismatch("key count", "K.T", k[2], "V.T", v[2]);
   if (k[3] != q[3]) return mismatch("head dim", "Q.D", q[3], "K.D", k[3]);
   if (k[1] < 1) return Status::Error("KnnAttention: K must have at least one head (Hkv >= 1), got K " + dims_str(k));
-  if (q[1] % k[1] != 0)
-    return mismatch("head grouping (Hq must be a multiple of Hkv)", "Q.Hq", q[1], "K.Hkv", k[1]);
+  if (q[1] % k[1] != 0) return mismatch("head grouping (Hq must be a multiple of Hkv)", "Q.Hq", q[1], "K.Hkv", k[1]);
   if (q[3] < 1) return Status::Error("KnnAttention: head dim D must be >= 1, got Q " + dims_str(q));
   out->B = q[0];
   out->Hq = q[1];
@@ -67,9 +67,9 @@ Status resolve_mask(const std::vector<int64_t>& dims, const AttentionShape& s, M
   for (int a = 3; a >= 0; --a) {
     if (padded[a] != 1 && padded[a] != full[a]) {
       std::ostringstream o;
-      o << "KnnAttention: attn_mask shape " << dims_str(dims) << " does not broadcast to [B,Hq,S,T]=["
-        << s.B << "," << s.Hq << "," << s.S << "," << s.T << "]: axis " << letters[a] << " is " << padded[a]
-        << ", expected 1 or " << full[a];
+      o << "KnnAttention: attn_mask shape " << dims_str(dims) << " does not broadcast to [B,Hq,S,T]=[" << s.B << ","
+        << s.Hq << "," << s.S << "," << s.T << "]: axis " << letters[a] << " is " << padded[a] << ", expected 1 or "
+        << full[a];
       return Status::Error(o.str());
     }
     out->stride[a] = padded[a] == 1 ? 0 : stride;
@@ -81,8 +81,7 @@ Status resolve_mask(const std::vector<int64_t>& dims, const AttentionShape& s, M
 Status check_key_padding(const std::vector<int64_t>& dims, const AttentionShape& s) {
   if (dims.size() != 2 || dims[0] != s.B || dims[1] != s.T) {
     std::ostringstream o;
-    o << "KnnAttention: key_padding_mask must have shape [B,T]=[" << s.B << "," << s.T << "], got "
-      << dims_str(dims);
+    o << "KnnAttention: key_padding_mask must have shape [B,T]=[" << s.B << "," << s.T << "], got " << dims_str(dims);
     return Status::Error(o.str());
   }
   return Status();

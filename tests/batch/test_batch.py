@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from iceformer.batch import BatchError, BatchOptions, DocumentScorer, read_input, run_batch
 from iceformer.batch._cli import main as cli
 from iceformer.models import corpus, export_genai, export_smollm2
@@ -44,8 +43,10 @@ def docs(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("batch-docs") / "docs.jsonl"
     with open(path, "wb") as f:
         for i in range(GOOD):  # about 40-280 tokens
-            f.write(json.dumps({"id": f"doc{i}", "text": corpus.brown_text(start=3 * i, count=1)[: 200 + 120 * i]})
-                    .encode() + b"\n")
+            f.write(
+                json.dumps({"id": f"doc{i}", "text": corpus.brown_text(start=3 * i, count=1)[: 200 + 120 * i]}).encode()
+                + b"\n"
+            )
         for line, _ in BAD.values():
             f.write(line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode())
             f.write(b"\n")
@@ -146,8 +147,24 @@ def test_windows_and_truncation(docs, model, tmp_path):
 
 
 def test_cli_and_refusals(docs, model, tmp_path, capsys):
-    assert cli([str(docs), str(tmp_path / "o"), "--model", str(model), "--tokenizer", "smollm2", "--serial",
-                "--max-tokens", "320", "--limit", "3"]) == 0
+    assert (
+        cli(
+            [
+                str(docs),
+                str(tmp_path / "o"),
+                "--model",
+                str(model),
+                "--tokenizer",
+                "smollm2",
+                "--serial",
+                "--max-tokens",
+                "320",
+                "--limit",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert len(pq.read_table(tmp_path / "o")) == 3
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"id": 1, "text": "a"}\n{"id": 1, "text": "b"}\n')
@@ -184,8 +201,11 @@ def test_serial_mode_matches_the_scorer_called_directly(serial, docs, model):
 
     table = read_input(str(docs), "id", "text")
     spec = inspect(model)
-    tok = _tokenizer_spec(BatchOptions(str(docs), "", str(model), "smollm2"), spec,
-                          [t for t in table["text"].to_pylist()[:16] if t is not None])
+    tok = _tokenizer_spec(
+        BatchOptions(str(docs), "", str(model), "smollm2"),
+        spec,
+        [t for t in table["text"].to_pylist()[:16] if t is not None],
+    )
     row = DocumentScorer(spec, tok, ScoreOptions(320, "error", 2)).score_text(table["text"][2].as_py())
     assert row["perplexity"] == serial["doc2"]["perplexity"] and row["nll"] == serial["doc2"]["nll"]
     assert np.isfinite(row["perplexity"])

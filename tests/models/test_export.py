@@ -3,7 +3,6 @@
 import importlib
 
 import pytest
-
 from iceformer.models import ExportError, export
 from iceformer.models.export import main
 

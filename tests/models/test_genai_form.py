@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from iceformer import RewriteOptions, rewrite
+from genai_check import assert_last_logits_match
 from iceformer.models import export_genai, smollm2
 from iceformer.tools import lm_eval
 
-from genai_check import assert_last_logits_match
+from iceformer import RewriteOptions, rewrite
 
 og = pytest.importorskip("onnxruntime_genai")
 pytestmark = pytest.mark.slow
@@ -40,7 +39,7 @@ def _generate(folder: Path, ids: list[int]) -> list[int]:
     gen.append_tokens(np.asarray(ids, np.int32))
     while not gen.is_done():
         gen.generate_next_token()
-    return [int(t) for t in gen.get_sequence(0)[len(ids):]]
+    return [int(t) for t in gen.get_sequence(0)[len(ids) :]]
 
 
 def test_genai_form_matches_transformers(folders):

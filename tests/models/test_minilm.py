@@ -7,10 +7,10 @@ cosine >= 0.99995 on every text and form; without our library (reference functio
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from iceformer import RewriteOptions, rewrite
 from iceformer.models import corpus, export, minilm
 from iceformer.ops import session_options
+
+from iceformer import RewriteOptions, rewrite
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,11 @@ def _run(path, feeds, so):
 
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_minilm_rewritten_matches_original(source, feeds, tmp_path):
-    src = minilm.int8_path() if SOURCES[source] is None else export(
-        "minilm", exporter=SOURCES[source][0], opset=SOURCES[source][1])
+    src = (
+        minilm.int8_path()
+        if SOURCES[source] is None
+        else export("minilm", exporter=SOURCES[source][0], opset=SOURCES[source][1])
+    )
     plain = ort.SessionOptions()
     plain.intra_op_num_threads = 2
     base = _run(src, feeds, plain)

@@ -8,13 +8,12 @@ passkey at 1024 tokens (depths 0.1/0.5/0.9): original and rewritten 3/3."""
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from iceformer import rewrite
+from genai_check import assert_last_logits_match
 from iceformer.models import export, export_genai, qwen
 from iceformer.ops import session_options
 from iceformer.tools import lm_eval, retrieval
 
-from genai_check import assert_last_logits_match
+from iceformer import rewrite
 
 pytestmark = pytest.mark.slow
 NAME = "qwen2.5-coder-0.5b"
@@ -45,8 +44,9 @@ def test_joined_gguf_is_the_recorded_file():
 def test_every_layer_rewritten_with_gqa_stripped_and_mask_bypassed(setup):
     report = setup["report"]
     assert report.replaced_by_form == {"DecomposedSdpa": 24} and report.softmax_unmatched == 0
-    assert all(r.gqa_stripped and r.bypassed and r.is_causal == 1 and r.mask_kind == "padding+causal"
-               for r in report.replaced)
+    assert all(
+        r.gqa_stripped and r.bypassed and r.is_causal == 1 and r.mask_kind == "padding+causal" for r in report.replaced
+    )
     assert setup["lm_head"].shape == (151936, 896)
 
 

@@ -7,11 +7,11 @@ Measured 2026-11-28, 2 threads (numbers at LIMITS)."""
 import numpy as np
 import onnxruntime as ort
 import pytest
-
-from iceformer import RewriteOptions, rewrite
 from iceformer.models import export_smollm2
 from iceformer.ops import session_options
 from iceformer.tools import lm_eval
+
+from iceformer import RewriteOptions, rewrite
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +44,9 @@ def _hidden(sess, ids):
 def test_every_layer_rewritten_with_gqa_stripped_and_mask_bypassed(setup):
     report = setup["report"]
     assert report.replaced_by_form == {"DecomposedSdpa": 30} and report.softmax_unmatched == 0
-    assert all(r.gqa_stripped and r.bypassed and r.is_causal == 1 and r.mask_kind == "padding+causal"
-               for r in report.replaced)
+    assert all(
+        r.gqa_stripped and r.bypassed and r.is_causal == 1 and r.mask_kind == "padding+causal" for r in report.replaced
+    )
 
 
 @pytest.mark.parametrize("which", ["text", "repeat"])

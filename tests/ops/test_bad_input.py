@@ -7,7 +7,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import knn_session
 from iceformer.ops import _library, knn_attention_reference
 from iceformer.tools.cases import AttentionCase
@@ -42,19 +41,36 @@ def test_shape_errors(shapes, message):
 
 
 def test_mask_that_does_not_broadcast():
-    feeds = {"Q": f32(1, 2, 8, 16), "K": f32(1, 2, 12, 16), "V": f32(1, 2, 12, 16), "attn_mask": np.ones((1, 3, 8, 12), bool)}
-    with pytest.raises(Exception, match=r"attn_mask shape \[1,3,8,12\] does not broadcast.*axis Hq is 3, expected 1 or 2"):
+    feeds = {
+        "Q": f32(1, 2, 8, 16),
+        "K": f32(1, 2, 12, 16),
+        "V": f32(1, 2, 12, 16),
+        "attn_mask": np.ones((1, 3, 8, 12), bool),
+    }
+    with pytest.raises(
+        Exception, match=r"attn_mask shape \[1,3,8,12\] does not broadcast.*axis Hq is 3, expected 1 or 2"
+    ):
         run(feeds, attn_mask="bool")
 
 
 def test_mask_of_rank_five():
-    feeds = {"Q": f32(1, 2, 8, 16), "K": f32(1, 2, 12, 16), "V": f32(1, 2, 12, 16), "attn_mask": np.ones((1, 1, 1, 8, 12), bool)}
+    feeds = {
+        "Q": f32(1, 2, 8, 16),
+        "K": f32(1, 2, 12, 16),
+        "V": f32(1, 2, 12, 16),
+        "attn_mask": np.ones((1, 1, 1, 8, 12), bool),
+    }
     with pytest.raises(Exception, match=r"attn_mask must have rank 1..4"):
         run(feeds, attn_mask="bool")
 
 
 def test_mask_of_wrong_dtype():
-    feeds = {"Q": f32(1, 2, 8, 16), "K": f32(1, 2, 12, 16), "V": f32(1, 2, 12, 16), "attn_mask": np.ones((8, 12), np.int64)}
+    feeds = {
+        "Q": f32(1, 2, 8, 16),
+        "K": f32(1, 2, 12, 16),
+        "V": f32(1, 2, 12, 16),
+        "attn_mask": np.ones((8, 12), np.int64),
+    }
     with pytest.raises(Exception, match=r"attn_mask must be bool or float32"):
         run(feeds, attn_mask="int64")
 
@@ -117,12 +133,24 @@ _OOM_CHILD = textwrap.dedent("""
 
 
 @pytest.mark.skipif(_library.sanitized(), reason="AddressSanitizer reserves terabytes of address space")
-@pytest.mark.parametrize("attrs,T,D,message", [
-    ({"top_k": 0}, 2_000_000, 64,
-     r"out of memory for the packed keys \(512000000 bytes requested; B=1 Hq=1 Hkv=1 S=64 T=2000000 D=64 Dv=1\)"),
-    ({"top_k": 8, "search": 1, "L": 64, "m": 64, "min_keys": 0}, 100_000, 4,
-     r"out of memory for the k-NN index \(3279200264 bytes requested; B=1 Hq=1 Hkv=1 S=64 T=100000 D=4 Dv=1\)"),
-], ids=["exact path: 512 MB of packed keys", "DCI: 4096 lists over 100k keys"])
+@pytest.mark.parametrize(
+    "attrs,T,D,message",
+    [
+        (
+            {"top_k": 0},
+            2_000_000,
+            64,
+            r"out of memory for the packed keys \(512000000 bytes requested; B=1 Hq=1 Hkv=1 S=64 T=2000000 D=64 Dv=1\)",
+        ),
+        (
+            {"top_k": 8, "search": 1, "L": 64, "m": 64, "min_keys": 0},
+            100_000,
+            4,
+            r"out of memory for the k-NN index \(3279200264 bytes requested; B=1 Hq=1 Hkv=1 S=64 T=100000 D=4 Dv=1\)",
+        ),
+    ],
+    ids=["exact path: 512 MB of packed keys", "DCI: 4096 lists over 100k keys"],
+)
 def test_a_call_beyond_the_memory_limit_fails_naming_the_sizes(attrs, T, D, message):
     res = subprocess.run([sys.executable, "-c", _OOM_CHILD, repr((attrs, T, D))], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]  # no abort: the error reached Python

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_wrong_ort_include_dir_is_reported(tmp_path):
     res = subprocess.run(
         ["cmake", "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DORT_INCLUDE_DIR={tmp_path / 'nowhere'}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert res.returncode != 0
     assert "does not contain onnxruntime_cxx_api.h" in res.stderr

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from iceformer.ops import _library, make_gqa_model, make_knn_attention_model, session_options
 from iceformer.tools.cases import AttentionCase
 from iceformer.tools.e2e_worker import rss_mib
@@ -36,10 +35,15 @@ def _gqa_feeds(i):
     rng = np.random.default_rng(i)
     f = np.float32
     S, P = [(1, 900), (64, 0), (7, 300), (600, 0)][i % 4]
-    return {"query": rng.standard_normal((1, S, 4 * 64)).astype(f), "key": rng.standard_normal((1, S, 2 * 64)).astype(f),
-            "value": rng.standard_normal((1, S, 2 * 64)).astype(f), "past_key": rng.standard_normal((1, 2, P, 64)).astype(f),
-            "past_value": rng.standard_normal((1, 2, P, 64)).astype(f), "seqlens_k": np.array([P + S - 1], np.int32),
-            "total_sequence_length": np.array([P + S], np.int32)}
+    return {
+        "query": rng.standard_normal((1, S, 4 * 64)).astype(f),
+        "key": rng.standard_normal((1, S, 2 * 64)).astype(f),
+        "value": rng.standard_normal((1, S, 2 * 64)).astype(f),
+        "past_key": rng.standard_normal((1, 2, P, 64)).astype(f),
+        "past_value": rng.standard_normal((1, 2, P, 64)).astype(f),
+        "seqlens_k": np.array([P + S - 1], np.int32),
+        "total_sequence_length": np.array([P + S], np.int32),
+    }
 
 
 def _runs(sess, feeds_of, calls):
@@ -52,8 +56,11 @@ def _same(a, b):
 
 @pytest.mark.parametrize("kind", ["knn-op exact", "knn-op k-NN", "gqa-op"])
 def test_one_session_from_four_threads(kind):
-    sess = {"knn-op exact": lambda: _knn_session(), "knn-op k-NN": lambda: _knn_session(**KNN),
-            "gqa-op": lambda: _session(make_gqa_model(num_heads=4, kv_num_heads=2, past=True, **KNN))}[kind]()
+    sess = {
+        "knn-op exact": lambda: _knn_session(),
+        "knn-op k-NN": lambda: _knn_session(**KNN),
+        "gqa-op": lambda: _session(make_gqa_model(num_heads=4, kv_num_heads=2, past=True, **KNN)),
+    }[kind]()
     feeds_of = _gqa_feeds if kind == "gqa-op" else _knn_feeds
     calls = range(40)
     serial = _runs(sess, feeds_of, calls)
@@ -65,8 +72,13 @@ def test_one_session_from_four_threads(kind):
 
 
 def test_sessions_with_different_attributes_side_by_side():
-    sessions = {"exact": _knn_session(), "low-rank": _knn_session(**KNN), "dci": _knn_session(**{**KNN, "search": 1}),
-                "other seed": _knn_session(**{**KNN, "seed": 4}), "one thread": _knn_session(**KNN)}
+    sessions = {
+        "exact": _knn_session(),
+        "low-rank": _knn_session(**KNN),
+        "dci": _knn_session(**{**KNN, "search": 1}),
+        "other seed": _knn_session(**{**KNN, "seed": 4}),
+        "one thread": _knn_session(**KNN),
+    }
     serial = {name: _runs(s, _knn_feeds, range(10)) for name, s in sessions.items()}
     assert not _same(serial["low-rank"][3], serial["other seed"][3])  # the attributes really differ
     with ThreadPoolExecutor(len(sessions)) as pool:

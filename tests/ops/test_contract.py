@@ -5,8 +5,14 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
-
-from iceformer.ops import contract, make_gqa_model, make_knn_attention_model, native_contract, session_options, simd_variant
+from iceformer.ops import (
+    contract,
+    make_gqa_model,
+    make_knn_attention_model,
+    native_contract,
+    session_options,
+    simd_variant,
+)
 from iceformer.tools.docs import render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -21,7 +27,7 @@ def test_gqa_shares_the_knn_attributes():
     """GroupQueryAttention's k-NN attributes are KnnAttention's entries (one home), after GQA's own."""
     names = [a.name for a in contract.GQA_ATTRIBUTES]
     knn = [a for a in contract.ATTRIBUTES if a.name not in ("is_causal", "scale", "local_window_size")]
-    assert contract.GQA_ATTRIBUTES[-len(knn):] == tuple(knn)
+    assert contract.GQA_ATTRIBUTES[-len(knn) :] == tuple(knn)
     assert len(set(names)) == len(names)
 
 
@@ -116,8 +122,9 @@ def test_each_attribute_of_the_wrong_type_is_an_ort_error(op, name):
         ort.InferenceSession(_with_attribute(op, name, wrong), session_options(1), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("op,name", [(op, n) for op in ("knn", "gqa") for n in OUT_OF_RANGE[op]]
-                         + [("gqa", n) for n in SHARED_KNN])
+@pytest.mark.parametrize(
+    "op,name", [(op, n) for op in ("knn", "gqa") for n in OUT_OF_RANGE[op]] + [("gqa", n) for n in SHARED_KNN]
+)
 def test_each_attribute_out_of_range_is_an_ort_error(op, name):
     case = OUT_OF_RANGE["knn" if name in SHARED_KNN else op][name]
     if case is None:

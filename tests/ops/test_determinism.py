@@ -10,12 +10,10 @@ import hashlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from iceformer.ops import make_gqa_model, make_knn_attention_model, session_options
 from iceformer.tools.cases import AttentionCase
 
@@ -27,12 +25,17 @@ def _gqa_feeds(B, S, P, Hq, Hkv, D, seed):
     f = np.float32
     lens = [P + S - 3 * b for b in range(B)]  # batch rows of different lengths
     angles = rng.random((P + S + 8, D // 4)).astype(f) * 3
-    return {"query": rng.standard_normal((B, S, Hq * D)).astype(f), "key": rng.standard_normal((B, S, Hkv * D)).astype(f),
-            "value": rng.standard_normal((B, S, Hkv * D)).astype(f),
-            "past_key": rng.standard_normal((B, Hkv, P, D)).astype(f),
-            "past_value": rng.standard_normal((B, Hkv, P, D)).astype(f),
-            "seqlens_k": np.asarray(lens, np.int32) - 1, "total_sequence_length": np.array([max(lens)], np.int32),
-            "cos_cache": np.cos(angles), "sin_cache": np.sin(angles)}
+    return {
+        "query": rng.standard_normal((B, S, Hq * D)).astype(f),
+        "key": rng.standard_normal((B, S, Hkv * D)).astype(f),
+        "value": rng.standard_normal((B, S, Hkv * D)).astype(f),
+        "past_key": rng.standard_normal((B, Hkv, P, D)).astype(f),
+        "past_value": rng.standard_normal((B, Hkv, P, D)).astype(f),
+        "seqlens_k": np.asarray(lens, np.int32) - 1,
+        "total_sequence_length": np.array([max(lens)], np.int32),
+        "cos_cache": np.cos(angles),
+        "sin_cache": np.sin(angles),
+    }
 
 
 def _knn(case: AttentionCase):
@@ -50,13 +53,19 @@ def _gqa(B, S, P, **attrs):
 # (with tail samples, which the seed draws), DCI k-NN; GroupQueryAttention prefill exact and k-NN, chunked
 # prefill, a few new rows and decode over the cache.
 CASES = {
-    "knn-op exact, key padding": ("exact", lambda: _knn(AttentionCase(B=2, Hq=6, Hkv=3, S=700, T=900, is_causal=1,
-                                                                      key_padding_mask="bool"))),
+    "knn-op exact, key padding": (
+        "exact",
+        lambda: _knn(AttentionCase(B=2, Hq=6, Hkv=3, S=700, T=900, is_causal=1, key_padding_mask="bool")),
+    ),
     "knn-op exact, bool mask": ("exact", lambda: _knn(AttentionCase(Hq=4, Hkv=2, S=300, T=500, attn_mask="bool"))),
-    "knn-op low-rank k-NN": ("knn", lambda: _knn(AttentionCase(Hq=4, Hkv=2, S=2500, T=2500, D=32, is_causal=1,
-                                                               attrs=KNN))),
-    "knn-op DCI k-NN": ("knn", lambda: _knn(AttentionCase(Hq=2, Hkv=1, S=1200, T=1500, D=32,
-                                                          attrs={**KNN, "search": 1}))),
+    "knn-op low-rank k-NN": (
+        "knn",
+        lambda: _knn(AttentionCase(Hq=4, Hkv=2, S=2500, T=2500, D=32, is_causal=1, attrs=KNN)),
+    ),
+    "knn-op DCI k-NN": (
+        "knn",
+        lambda: _knn(AttentionCase(Hq=2, Hkv=1, S=1200, T=1500, D=32, attrs={**KNN, "search": 1})),
+    ),
     "gqa-op prefill exact": ("exact", lambda: _gqa(2, 700, 0)),
     "gqa-op prefill k-NN": ("knn", lambda: _gqa(1, 2400, 0, **KNN)),
     "gqa-op chunked prefill": ("exact", lambda: _gqa(2, 96, 700)),

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from onnx.reference import ReferenceEvaluator
-
 from conftest import knn_session, run_case
 from iceformer.ops import knn_attention_reference, make_attention_model
 from iceformer.ops._library import _kth_largest_int
 from iceformer.tools.cases import AttentionCase
+from onnx.reference import ReferenceEvaluator
 
 # Float32 kernel vs float64 reference: |error| <= ATOL + RTOL |ref| elementwise.
 ATOL, RTOL = 2e-5, 1e-4
@@ -42,7 +41,9 @@ GRID = [
     AttentionCase(B=3, Hq=2, Hkv=2, S=1, T=1000, is_causal=1),  # decode step
     # hard sliding window (local_window_size): keys j > i + T - S - W only
     AttentionCase(S=300, T=300, is_causal=1, attrs={"local_window_size": 37}),
-    AttentionCase(B=2, Hq=4, Hkv=2, S=40, T=333, is_causal=1, key_padding_mask="int64", attrs={"local_window_size": 100}),
+    AttentionCase(
+        B=2, Hq=4, Hkv=2, S=40, T=333, is_causal=1, key_padding_mask="int64", attrs={"local_window_size": 100}
+    ),
     AttentionCase(S=70, T=520, attrs={"local_window_size": 300}),  # non-causal: a lower bound only
     AttentionCase(S=65, T=270, is_causal=1, attn_mask="bool", mask_shape="1HST", attrs={"local_window_size": 17}),
     AttentionCase(S=50, T=50, is_causal=1, attrs={"local_window_size": 1}),  # each query its own key only
@@ -70,8 +71,11 @@ def _onnx_attention_inputs(case, inputs):
 
 
 # ONNX's Attention has no hard window: windowed cases are checked against GroupQueryAttention (test_window_*).
-ONNX_GRID = [c for c in GRID if c.key_padding_mask is None and (not c.is_causal or c.S == c.T) and c.S > 1
-             and "local_window_size" not in c.attrs]
+ONNX_GRID = [
+    c
+    for c in GRID
+    if c.key_padding_mask is None and (not c.is_causal or c.S == c.T) and c.S > 1 and "local_window_size" not in c.attrs
+]
 
 
 @pytest.mark.parametrize("case", ONNX_GRID, ids=lambda c: c.label())
@@ -104,7 +108,12 @@ def test_causal_offset_matches_onnx_attention_with_past(past, new):
     inputs = case.inputs()
     K, V = inputs["K"], inputs["V"]
     node = helper.make_node(
-        "Attention", ["q", "k", "v", "", "past_k", "past_v"], ["y", "pk", "pv"], is_causal=1, q_num_heads=4, kv_num_heads=2
+        "Attention",
+        ["q", "k", "v", "", "past_k", "past_v"],
+        ["y", "pk", "pv"],
+        is_causal=1,
+        q_num_heads=4,
+        kv_num_heads=2,
     )
     vi = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)  # noqa: E731
     graph = helper.make_graph(
@@ -112,7 +121,13 @@ def test_causal_offset_matches_onnx_attention_with_past(past, new):
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
     model.ir_version = 10
-    feeds = {"q": inputs["Q"], "k": K[:, :, past:], "v": V[:, :, past:], "past_k": K[:, :, :past], "past_v": V[:, :, :past]}
+    feeds = {
+        "q": inputs["Q"],
+        "k": K[:, :, past:],
+        "v": V[:, :, past:],
+        "past_k": K[:, :, :past],
+        "past_v": V[:, :, :past],
+    }
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     np.testing.assert_allclose(run_case(case), expected, atol=1e-4, rtol=1e-4)
 
@@ -160,7 +175,9 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
     for variant in ("scalar", "avx512", "auto"):
         path = tmp_path / f"{variant}.npy"
         env = dict(os.environ, ICEFORMER_SIMD=variant)
-        res = subprocess.run([sys.executable, "-c", code % (str(tests_dir), str(path))], env=env, capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code % (str(tests_dir), str(path))], env=env, capture_output=True, text=True
+        )
         assert res.returncode == 0, res.stderr
         outs[variant] = (np.load(path), res.stdout.strip())
     assert outs["scalar"][1] == "scalar"
@@ -188,8 +205,9 @@ def test_threshold_selection_kernel_matches_sorting_in_every_variant(tmp_path):
         "print(json.dumps([checks, int(bad)]))\n"
     )
     for variant in ("scalar", "avx512", "auto"):
-        res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant),
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant), capture_output=True, text=True
+        )
         assert res.returncode == 0, res.stderr
         assert json.loads(res.stdout) == [365, 0], variant
 
@@ -223,8 +241,9 @@ def test_bfloat16_pv_kernel_matches_a_float64_reference_in_every_variant(tmp_pat
         "print(json.dumps([worst, float(tie), float(up), [str(x) for x in special]]))\n"
     )
     for variant in ("scalar", "avx512", "auto"):
-        res = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant),
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant), capture_output=True, text=True
+        )
         assert res.returncode == 0, res.stderr
         worst, tie, up, special = json.loads(res.stdout)
         assert worst <= 1.0, (variant, worst)
@@ -261,18 +280,36 @@ def test_window_matches_group_query_attention(window, hq, hkv):
     case = AttentionCase(Hq=hq, Hkv=hkv, S=300, T=300, D=32, is_causal=1, seed=5, attrs={"local_window_size": window})
     inputs = case.inputs()
     flat = lambda x: x.transpose(0, 2, 1, 3).reshape(1, x.shape[2], -1)  # noqa: E731  [B,H,S,D] -> [B,S,H*D]
-    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
-                            ["y", "pk", "pv"], domain="com.microsoft", num_heads=hq, kv_num_heads=hkv,
-                            local_window_size=window)
+    node = helper.make_node(
+        "GroupQueryAttention",
+        ["q", "k", "v", "", "", "seqlens_k", "total_sequence_length"],
+        ["y", "pk", "pv"],
+        domain="com.microsoft",
+        num_heads=hq,
+        kv_num_heads=hkv,
+        local_window_size=window,
+    )
     vi = lambda n, t=TensorProto.FLOAT: helper.make_tensor_value_info(n, t, None)  # noqa: E731
-    graph = helper.make_graph([node], "gqa", [vi("q"), vi("k"), vi("v"), vi("seqlens_k", TensorProto.INT32),
-                                              vi("total_sequence_length", TensorProto.INT32)],
-                              [vi("y"), vi("pk"), vi("pv")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        [node],
+        "gqa",
+        [vi("q"), vi("k"), vi("v"), vi("seqlens_k", TensorProto.INT32), vi("total_sequence_length", TensorProto.INT32)],
+        [vi("y"), vi("pk"), vi("pv")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 10
-    gqa = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
-        "q": flat(inputs["Q"]), "k": flat(inputs["K"]), "v": flat(inputs["V"]),
-        "seqlens_k": np.array([case.T - 1], np.int32), "total_sequence_length": np.array([case.T], np.int32)})[0]
+    gqa = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None,
+        {
+            "q": flat(inputs["Q"]),
+            "k": flat(inputs["K"]),
+            "v": flat(inputs["V"]),
+            "seqlens_k": np.array([case.T - 1], np.int32),
+            "total_sequence_length": np.array([case.T], np.int32),
+        },
+    )[0]
     np.testing.assert_allclose(flat(run_case(case)), gqa, atol=1e-5, rtol=1e-4)
     ref = knn_attention_reference(**inputs, **case.op_attrs())
     np.testing.assert_allclose(flat(ref), gqa, atol=1e-5, rtol=1e-4)

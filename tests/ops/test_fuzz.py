@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-
 from iceformer.tools import fuzz
 
 REGRESSIONS = sorted((Path(__file__).parent / "fuzz_regressions").glob("*.json"))
@@ -36,8 +35,14 @@ def test_drawing_is_seeded_and_covers_the_space():
 
 
 def test_a_planted_failure_is_reported_and_shrunk():
-    case = fuzz.Case("knn", 0, 0, {"B": 2, "Hq": 4, "Hkv": 2, "S": 64, "T": 100, "D": 16, "Dv": 16}, {"is_causal": 1},
-                     {"threads": 2, "attn_mask": None, "key_padding_mask": None, "special": "nan_q", "bad": None})
+    case = fuzz.Case(
+        "knn",
+        0,
+        0,
+        {"B": 2, "Hq": 4, "Hkv": 2, "S": 64, "T": 100, "D": 16, "Dv": 16},
+        {"is_causal": 1},
+        {"threads": 2, "attn_mask": None, "key_padding_mask": None, "special": "nan_q", "bad": None},
+    )
     # "fails" while S > 3 and the NaN is planted: shrinking keeps the smallest such case
     small = fuzz.shrink(case, lambda c: c.dims["S"] > 3 and c.extras.get("special") == "nan_q")
     assert small.dims == {"B": 0, "Hq": 0, "Hkv": 0, "S": 4, "T": 0, "D": 0, "Dv": 0}  # zero sizes are valid draws

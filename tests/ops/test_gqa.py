@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from iceformer.ops import contract, make_gqa_model, session_options
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -16,10 +15,14 @@ DATA = Path(__file__).resolve().parents[2] / "tools" / "data" / "smollm2_qkv_204
 
 def _sessions(**model_kw):
     ours = make_gqa_model(**model_kw)
-    theirs = make_gqa_model(domain="com.microsoft", **{k: v for k, v in model_kw.items()
-                                                       if k not in [a.name for a in contract.KNN_ATTRIBUTES]})
-    return (ort.InferenceSession(ours.SerializeToString(), session_options(2), providers=["CPUExecutionProvider"]),
-            ort.InferenceSession(theirs.SerializeToString(), providers=["CPUExecutionProvider"]))
+    theirs = make_gqa_model(
+        domain="com.microsoft",
+        **{k: v for k, v in model_kw.items() if k not in [a.name for a in contract.KNN_ATTRIBUTES]},
+    )
+    return (
+        ort.InferenceSession(ours.SerializeToString(), session_options(2), providers=["CPUExecutionProvider"]),
+        ort.InferenceSession(theirs.SerializeToString(), providers=["CPUExecutionProvider"]),
+    )
 
 
 def _feeds(rng, B, S, P, Hq, Hkv, D, packed, rotary, lens, rows=None):
@@ -100,8 +103,10 @@ def test_generation_with_a_shared_kv_buffer(packed):
     rng = np.random.default_rng(11)
     B, Hq, Hkv, D, max_len = 2, 4, 2, 32, 160
     ours, theirs = _sessions(num_heads=Hq, kv_num_heads=Hkv, past=True, rotary=True, packed=packed)
-    bufs = {name: [ort.OrtValue.ortvalue_from_numpy(np.zeros((B, Hkv, max_len, D), np.float32)) for _ in range(2)]
-            for name in ("ours", "theirs")}
+    bufs = {
+        name: [ort.OrtValue.ortvalue_from_numpy(np.zeros((B, Hkv, max_len, D), np.float32)) for _ in range(2)]
+        for name in ("ours", "theirs")
+    }
     lens = np.array([70, 45])
     angles = rng.random((max_len, D // 4)).astype(np.float32) * 3
     rot = {"cos_cache": np.cos(angles), "sin_cache": np.sin(angles)}
@@ -128,10 +133,15 @@ def test_knn_prefill_on_real_activations(tmp_path, monkeypatch):
     d = np.load(DATA)
     layer = 1
     q, k, v = (d[n][layer] for n in ("Q", "K", "V"))  # [H, T, D]
-    Hq, Hkv, T, D = q.shape[0], k.shape[0], q.shape[1], q.shape[2]
+    Hq, Hkv, T = q.shape[0], k.shape[0], q.shape[1]
     flat = lambda x: np.ascontiguousarray(x.transpose(1, 0, 2).reshape(1, T, -1), dtype=np.float32)  # noqa: E731
-    feeds = {"query": flat(q), "key": flat(k), "value": flat(v), "seqlens_k": np.array([T - 1], np.int32),
-             "total_sequence_length": np.array([T], np.int32)}
+    feeds = {
+        "query": flat(q),
+        "key": flat(k),
+        "value": flat(v),
+        "seqlens_k": np.array([T - 1], np.int32),
+        "total_sequence_length": np.array([T], np.int32),
+    }
     ours, theirs = _sessions(num_heads=Hq, kv_num_heads=Hkv, past=False, min_keys=0)
     got, want = ours.run(None, feeds)[0], theirs.run(None, feeds)[0]
     assert json.loads(stats.read_text().splitlines()[-1])["path"] == "knn"
@@ -140,15 +150,18 @@ def test_knn_prefill_on_real_activations(tmp_path, monkeypatch):
     assert np.mean(err) < 0.05, np.mean(err)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"smooth_softmax": 1}, "smooth_softmax = 1 is not supported"),
-    ({"qk_output": 1}, "qk_output is not supported"),
-    ({"sliding_window_cache": 1}, "sliding_window_cache = 1"),
-    ({"local_window_size": 0}, "local_window_size = 0 is invalid"),
-    ({"causal": 0, "local_window_size": 8}, "local_window_size needs causal = 1"),
-    ({"kv_num_heads": 3}, "must be a positive multiple of kv_num_heads = 3"),
-    ({"top_k": -1}, "top_k=-1 is invalid"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"smooth_softmax": 1}, "smooth_softmax = 1 is not supported"),
+        ({"qk_output": 1}, "qk_output is not supported"),
+        ({"sliding_window_cache": 1}, "sliding_window_cache = 1"),
+        ({"local_window_size": 0}, "local_window_size = 0 is invalid"),
+        ({"causal": 0, "local_window_size": 8}, "local_window_size needs causal = 1"),
+        ({"kv_num_heads": 3}, "must be a positive multiple of kv_num_heads = 3"),
+        ({"top_k": -1}, "top_k=-1 is invalid"),
+    ],
+)
 def test_unsupported_settings_are_refused_at_session_creation(change, message):
     model = make_gqa_model(num_heads=4, kv_num_heads=2)
     node = model.graph.node[0]
@@ -176,20 +189,26 @@ def test_refused_inputs_are_named(extra):
         ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("what,feeds_change,message", [
-    ("query rank", {"query": np.zeros((2, 64), np.float32)}, "query must be"),
-    ("head split", {"query": np.zeros((1, 5, 130), np.float32)}, "positive multiple of 4"),
-    ("seqlens beyond buffer", {"seqlens_k": np.array([500], np.int32)}, "seqlens_k \\+ 1 = 501"),
-    ("seqlens dtype", {"seqlens_k": np.array([4.0], np.float32)}, "data type"),
-])
+@pytest.mark.parametrize(
+    "what,feeds_change,message",
+    [
+        ("query rank", {"query": np.zeros((2, 64), np.float32)}, "query must be"),
+        ("head split", {"query": np.zeros((1, 5, 130), np.float32)}, "positive multiple of 4"),
+        ("seqlens beyond buffer", {"seqlens_k": np.array([500], np.int32)}, "seqlens_k \\+ 1 = 501"),
+        ("seqlens dtype", {"seqlens_k": np.array([4.0], np.float32)}, "data type"),
+    ],
+)
 def test_bad_inputs_are_ort_errors(what, feeds_change, message):
     model = make_gqa_model(num_heads=4, kv_num_heads=2, past=False)
     sess = ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {"query": rng.standard_normal((1, 5, 128)).astype(np.float32),
-             "key": rng.standard_normal((1, 5, 64)).astype(np.float32),
-             "value": rng.standard_normal((1, 5, 64)).astype(np.float32),
-             "seqlens_k": np.array([4], np.int32), "total_sequence_length": np.array([5], np.int32)}
+    feeds = {
+        "query": rng.standard_normal((1, 5, 128)).astype(np.float32),
+        "key": rng.standard_normal((1, 5, 64)).astype(np.float32),
+        "value": rng.standard_normal((1, 5, 64)).astype(np.float32),
+        "seqlens_k": np.array([4], np.int32),
+        "total_sequence_length": np.array([5], np.int32),
+    }
     feeds.update(feeds_change)
     with pytest.raises(Exception, match=message):
         sess.run(None, feeds)
@@ -201,10 +220,15 @@ def test_empty_shapes(B, S, P):
     model = make_gqa_model(num_heads=4, kv_num_heads=2, past=True)
     sess = ort.InferenceSession(model.SerializeToString(), session_options(2), providers=["CPUExecutionProvider"])
     total = max(P + S, 1)
-    feeds = {"query": np.zeros((B, S, 128), np.float32), "key": np.zeros((B, S, 64), np.float32),
-             "value": np.zeros((B, S, 64), np.float32), "past_key": np.ones((B, 2, P, 32), np.float32),
-             "past_value": np.ones((B, 2, P, 32), np.float32), "seqlens_k": np.full(B, total - 1, np.int32),
-             "total_sequence_length": np.array([total], np.int32)}
+    feeds = {
+        "query": np.zeros((B, S, 128), np.float32),
+        "key": np.zeros((B, S, 64), np.float32),
+        "value": np.zeros((B, S, 64), np.float32),
+        "past_key": np.ones((B, 2, P, 32), np.float32),
+        "past_value": np.ones((B, 2, P, 32), np.float32),
+        "seqlens_k": np.full(B, total - 1, np.int32),
+        "total_sequence_length": np.array([total], np.int32),
+    }
     out, pk, _ = sess.run(None, feeds)
     assert out.shape == (B, S, 128) and pk.shape == (B, 2, max(total, P), 32)
     assert np.all(pk[:, :, :P] == 1)

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import assert_close_bf16_pv, knn_session, run_case
 from iceformer.ops import knn_attention_reference
 from iceformer.ops._library import knn_select
@@ -31,7 +30,9 @@ LOWRANK_GRID = [
     AttentionCase(S=64, T=180, attn_mask="float", mask_shape="ST", attrs=EXHAUSTIVE),
     AttentionCase(S=80, T=150, D=48, Dv=20, attrs={**EXHAUSTIVE, "rank": 5}),
     AttentionCase(S=200, T=200, is_causal=1, attrs={**EXHAUSTIVE, "local_window_size": 150}),  # hard window
-    AttentionCase(B=2, S=96, T=300, is_causal=1, key_padding_mask="bool", attrs={**EXHAUSTIVE, "local_window_size": 120}),
+    AttentionCase(
+        B=2, S=96, T=300, is_causal=1, key_padding_mask="bool", attrs={**EXHAUSTIVE, "local_window_size": 120}
+    ),
 ]
 
 
@@ -80,8 +81,9 @@ def test_lowrank_rows_attend_exactly_their_block_set(is_causal, tmp_stats):
     q, k, v = x["Q"][0, 0], x["K"][0, 0], x["V"][0, 0]
     sets, counts = knn_select(q, k, is_causal=is_causal, **SPARSE)
     assert (counts < (2048 - 192 * is_causal) // 2).all()  # the sets are sparse: the union path really ran
-    assert_close_bf16_pv(y, _set_attention(q, k, v, sets, counts, 32**-0.5),
-                         _set_attention(q, k, np.abs(v), sets, counts, 32**-0.5))
+    assert_close_bf16_pv(
+        y, _set_attention(q, k, v, sets, counts, 32**-0.5), _set_attention(q, k, np.abs(v), sets, counts, 32**-0.5)
+    )
     assert call["path"] == "knn" and call["fallback_rows"] == 0 and call["knn_rows"] == 192
     assert call["mean_candidates"] == pytest.approx(counts.mean(), rel=1e-6)
     # Every row's set holds its window and sinks.
@@ -114,7 +116,9 @@ def test_decode_step_runs_exact(tmp_stats):
 
 
 def test_causal_rows_below_min_keys_go_exact(tmp_stats):
-    case = AttentionCase(S=500, T=500, is_causal=1, attrs={"top_k": 8, "min_keys": 300, "local_window": 4, "num_sink": 1})
+    case = AttentionCase(
+        S=500, T=500, is_causal=1, attrs={"top_k": 8, "min_keys": 300, "local_window": 4, "num_sink": 1}
+    )
     run_case(case)
     call = json.loads(tmp_stats.read_text().splitlines()[-1])
     # Query i sees i + 1 keys: rows 299..499 take the k-NN path, in each of the 4 heads.
@@ -138,8 +142,9 @@ def _sparse_run(tmp_stats):
 
 def test_causal_never_attends_the_future(tmp_stats):
     """Huge values at keys >= 1500: rows that may not see them (i < 1500) stay bounded by the other values."""
-    case = AttentionCase(Hq=2, Hkv=2, S=2400, T=2400, D=32, is_causal=1, attrs={**DEFAULT_KNN, "tail_samples": 64},
-                         seed=2)
+    case = AttentionCase(
+        Hq=2, Hkv=2, S=2400, T=2400, D=32, is_causal=1, attrs={**DEFAULT_KNN, "tail_samples": 64}, seed=2
+    )
     feeds = case.inputs()
     bound = np.abs(feeds["V"]).max()
     feeds["V"][:, :, 1500:] = HUGE
@@ -150,8 +155,19 @@ def test_causal_never_attends_the_future(tmp_stats):
 
 
 def test_padded_and_masked_keys_are_never_retrieved(tmp_stats):
-    case = AttentionCase(B=2, Hq=2, Hkv=2, S=256, T=3000, D=32, key_padding_mask="bool", attn_mask="bool",
-                         mask_shape="B1ST", attrs={**DEFAULT_KNN, "tail_samples": 64}, seed=4)
+    case = AttentionCase(
+        B=2,
+        Hq=2,
+        Hkv=2,
+        S=256,
+        T=3000,
+        D=32,
+        key_padding_mask="bool",
+        attn_mask="bool",
+        mask_shape="B1ST",
+        attrs={**DEFAULT_KNN, "tail_samples": 64},
+        seed=4,
+    )
     feeds = case.inputs()
     bound = np.abs(feeds["V"]).max()
     pad = ~feeds["key_padding_mask"].astype(bool)  # [B,T]
@@ -184,8 +200,9 @@ def test_tail_estimate_is_unbiased(tmp_stats):
 
 
 def test_tail_limit_zero_sends_every_row_with_a_tail_to_exact(tmp_stats):
-    case = AttentionCase(Hq=1, Hkv=1, S=256, T=3000, D=32, seed=3,
-                         attrs={**DEFAULT_KNN, "tail_samples": 16, "tail_limit": 0.0})
+    case = AttentionCase(
+        Hq=1, Hkv=1, S=256, T=3000, D=32, seed=3, attrs={**DEFAULT_KNN, "tail_samples": 16, "tail_limit": 0.0}
+    )
     got = run_case(case)
     np.testing.assert_allclose(got, knn_attention_reference(**case.inputs(), **case.op_attrs()), atol=2e-5, rtol=1e-4)
     call = json.loads(tmp_stats.read_text().splitlines()[-1])
@@ -208,8 +225,9 @@ def test_synthetic_peaked_recall():
 def test_exporter_style_causal_mask_acts_like_is_causal(tmp_stats):
     """A [1,1,S,T] float mask of 0 / float-min (how Hugging Face exports pass causality) is a pure mask: it takes
     the k-NN path and gives what is_causal=1 gives."""
-    case = AttentionCase(Hq=2, Hkv=2, S=2000, T=2000, D=32, seed=8,
-                         attrs={**DEFAULT_KNN, "tail_samples": 32, "tail_limit": 1.0})
+    case = AttentionCase(
+        Hq=2, Hkv=2, S=2000, T=2000, D=32, seed=8, attrs={**DEFAULT_KNN, "tail_samples": 32, "tail_limit": 1.0}
+    )
     feeds = case.inputs()
     tri = np.tril(np.ones((2000, 2000), bool))
     mask = np.where(tri, 0.0, np.finfo(np.float32).min).astype(np.float32)[None, None]
@@ -239,8 +257,9 @@ def test_knn_path_never_attends_outside_the_hard_window(search, tmp_stats):
     path that retrieved, sampled or attended one of them would be off by hundreds; honouring the window, it stays
     within the usual k-NN error of the windowed exact answer."""
     W = 700
-    case = AttentionCase(S=1536, T=1536, D=32, is_causal=1, seed=3,
-                         attrs={"min_keys": 0, "local_window_size": W, "search": search})
+    case = AttentionCase(
+        S=1536, T=1536, D=32, is_causal=1, seed=3, attrs={"min_keys": 0, "local_window_size": W, "search": search}
+    )
     inputs = case.inputs()
     q_dir = inputs["Q"].mean(axis=(0, 1, 2))
     q_dir /= np.linalg.norm(q_dir)

@@ -6,11 +6,9 @@ import json
 from pathlib import Path
 
 import iceformer.tools
-
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from iceformer.ops import contract, make_knn_attention_model, session_options
 from iceformer.tools.recall import recall_at_k
 
@@ -38,10 +36,16 @@ def test_recall_of_exact_topk_at_default_settings(real, layer_index):
 def test_output_error_against_exact_at_default_settings(real):
     """All three layers through the op (k-NN forced on with min_keys=0) vs the exact path: mean relative error
     per layer below 2.5% (measured 0.00% / 0.005% / 0.005% at 2048 tokens; 4k/8k figures are in the README)."""
-    knn = ort.InferenceSession(make_knn_attention_model(is_causal=1, min_keys=0).SerializeToString(),
-                               session_options(2), providers=["CPUExecutionProvider"])
-    exact = ort.InferenceSession(make_knn_attention_model(is_causal=1, top_k=0).SerializeToString(),
-                                 session_options(2), providers=["CPUExecutionProvider"])
+    knn = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1, min_keys=0).SerializeToString(),
+        session_options(2),
+        providers=["CPUExecutionProvider"],
+    )
+    exact = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1, top_k=0).SerializeToString(),
+        session_options(2),
+        providers=["CPUExecutionProvider"],
+    )
     first = DEFAULTS["top_k"] + DEFAULTS["local_window"] + DEFAULTS["num_sink"]
     for li in range(3):
         feeds = {"Q": real["Q"][li][None], "K": real["K"][li][None], "V": real["V"][li][None]}
@@ -60,10 +64,16 @@ def test_block_sets_on_real_activations(real, tmp_path, monkeypatch):
     and goes exact by tail_limit)."""
     stats = tmp_path / "stats.jsonl"
     monkeypatch.setenv("ICEFORMER_STATS", str(stats))
-    knn = ort.InferenceSession(make_knn_attention_model(is_causal=1, **SMALL).SerializeToString(),
-                               session_options(2), providers=["CPUExecutionProvider"])
-    exact = ort.InferenceSession(make_knn_attention_model(is_causal=1, top_k=0).SerializeToString(),
-                                 session_options(2), providers=["CPUExecutionProvider"])
+    knn = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1, **SMALL).SerializeToString(),
+        session_options(2),
+        providers=["CPUExecutionProvider"],
+    )
+    exact = ort.InferenceSession(
+        make_knn_attention_model(is_causal=1, top_k=0).SerializeToString(),
+        session_options(2),
+        providers=["CPUExecutionProvider"],
+    )
     for li, (min_recall, max_err, min_sets) in enumerate([(0.95, 0.01, 0.0), (0.95, 0.02, 0.5), (0.95, 0.045, 0.5)]):
         q, k = real["Q"][li, 0], real["K"][li, 0]
         recall = recall_at_k(q, k, np.arange(600, q.shape[0], 13), is_causal=1, **SMALL)
@@ -73,4 +83,9 @@ def test_block_sets_on_real_activations(real, tmp_path, monkeypatch):
         ref = exact.run(None, feeds)[0]
         err = (np.linalg.norm(y - ref, axis=-1) / np.linalg.norm(ref, axis=-1))[0, :, 200:].mean()
         on_sets = 1 - call["fallback_rows"] / call["knn_rows"]
-        assert recall >= min_recall and err < max_err and on_sets >= min_sets, (real["layers"][li], recall, err, on_sets)
+        assert recall >= min_recall and err < max_err and on_sets >= min_sets, (
+            real["layers"][li],
+            recall,
+            err,
+            on_sets,
+        )

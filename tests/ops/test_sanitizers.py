@@ -22,13 +22,17 @@ OPS_TESTS = ROOT / "tests" / "ops"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("g++") is None,
-                       reason="the sanitizer build needs cmake and g++ on PATH"),
+    pytest.mark.skipif(
+        shutil.which("cmake") is None or shutil.which("g++") is None,
+        reason="the sanitizer build needs cmake and g++ on PATH",
+    ),
 ]
 
 
 def runtime(name: str) -> str:
-    return subprocess.run(["g++", f"-print-file-name={name}"], capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["g++", f"-print-file-name={name}"], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def sanitizer_env(library: Path | None = None) -> dict:
@@ -45,24 +49,49 @@ def sanitizer_env(library: Path | None = None) -> dict:
 def sanitized_library(tmp_path_factory) -> Path:
     build = tmp_path_factory.mktemp("asan-build")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    for cmd in (["cmake", "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
-                 "-DICEFORMER_SANITIZE=ON"],
-                ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)]):
+    for cmd in (
+        [
+            "cmake",
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            *gen,
+            "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+            "-DICEFORMER_SANITIZE=ON",
+        ],
+        ["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)],
+    ):
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return build / "ops" / "libiceformer_ops.so"
 
 
-@pytest.mark.parametrize("body,report", [
-    ("int* a = new int[4]; int s = a[x + 4]; delete[] a; return s;", "heap-buffer-overflow"),
-    ("int big = 2147483647; return big + x;", "signed integer overflow"),
-])
+@pytest.mark.parametrize(
+    "body,report",
+    [
+        ("int* a = new int[4]; int s = a[x + 4]; delete[] a; return s;", "heap-buffer-overflow"),
+        ("int big = 2147483647; return big + x;", "signed integer overflow"),
+    ],
+)
 def test_the_harness_catches_a_planted_bug(tmp_path, body, report):
     src = tmp_path / "planted.cc"
     src.write_text(f'extern "C" int planted(int x) {{ {body} }}\n')
     lib = tmp_path / "libplanted.so"
-    subprocess.run(["g++", "-shared", "-fPIC", "-O0", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
-                    "-o", str(lib), str(src)], check=True)
+    subprocess.run(
+        [
+            "g++",
+            "-shared",
+            "-fPIC",
+            "-O0",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined",
+            "-o",
+            str(lib),
+            str(src),
+        ],
+        check=True,
+    )
     code = f"import ctypes; ctypes.CDLL({str(lib)!r}).planted(1)"
     res = subprocess.run([sys.executable, "-c", code], env=sanitizer_env(), capture_output=True, text=True)
     assert res.returncode != 0 and report in res.stderr, res.stderr[-2000:]
@@ -70,17 +99,37 @@ def test_the_harness_catches_a_planted_bug(tmp_path, body, report):
 
 def test_ops_tests_and_fuzz_slice_under_sanitizers(sanitized_library):
     probe = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent("""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
             from iceformer.ops import _library, session_options
-            print(_library.get_library_path(), _library.sanitized(), session_options().enable_cpu_mem_arena)""")],
-        env=sanitizer_env(sanitized_library), capture_output=True, text=True)
+            print(_library.get_library_path(), _library.sanitized(), session_options().enable_cpu_mem_arena)"""),
+        ],
+        env=sanitizer_env(sanitized_library),
+        capture_output=True,
+        text=True,
+    )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.split() == [str(sanitized_library.resolve()), "True", "False"]
     # Every ops test file but this one: the exact, k-NN, GQA-compatible and bad-input tests, the fuzz slice and
     # its regressions, the concurrency tests.
     res = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(OPS_TESTS),
-         f"--ignore={Path(__file__)}", f"--ignore={OPS_TESTS / 'test_build.py'}"],
-        env=sanitizer_env(sanitized_library), capture_output=True, text=True, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(OPS_TESTS),
+            f"--ignore={Path(__file__)}",
+            f"--ignore={OPS_TESTS / 'test_build.py'}",
+        ],
+        env=sanitizer_env(sanitized_library),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert "ERROR: AddressSanitizer" not in res.stderr and "runtime error:" not in res.stderr

@@ -17,7 +17,9 @@ def _export(model, path: Path, opset: int, exporter: str = "dynamo") -> Path:
         def forward(self, input_ids, attention_mask):
             name = type(self.m).__name__
             extra = {} if name == "T5EncoderModel" else {"use_cache": False}
-            if name.startswith("Bart") or name == "T5Model":  # encoder-decoder: the decoder reads the first half (S != T in cross-attention)
+            if (
+                name.startswith("Bart") or name == "T5Model"
+            ):  # encoder-decoder: the decoder reads the first half (S != T in cross-attention)
                 extra["decoder_input_ids"] = input_ids[:, : input_ids.shape[1] // 2]
             return self.m(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
@@ -28,14 +30,25 @@ def _export(model, path: Path, opset: int, exporter: str = "dynamo") -> Path:
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
             torch.onnx.export(
-                Wrapper(model.eval()), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"], dynamo=False, opset_version=opset,
+                Wrapper(model.eval()),
+                (ids, mask),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
+                dynamo=False,
+                opset_version=opset,
                 dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
             )
         else:
             torch.onnx.export(
-                Wrapper(model.eval()), (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"], dynamo=True, opset_version=opset, optimize=False,
+                Wrapper(model.eval()),
+                (ids, mask),
+                str(path),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["last_hidden_state"],
+                dynamo=True,
+                opset_version=opset,
+                optimize=False,
                 dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
             )
     return path
@@ -59,26 +72,59 @@ MODELS = {
 
 def _build(kind: str):
     import torch
-    from transformers import (BartConfig, BartModel, BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel,
-                              T5Config, T5EncoderModel, T5Model)
+    from transformers import (
+        BartConfig,
+        BartModel,
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2Model,
+        LlamaConfig,
+        LlamaModel,
+        T5Config,
+        T5EncoderModel,
+        T5Model,
+    )
 
     torch.manual_seed(0)
     if kind == "bart":
-        cfg = BartConfig(vocab_size=100, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-                         decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=512)
+        cfg = BartConfig(
+            vocab_size=100,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=512,
+        )
         return BartModel._from_config(cfg, attn_implementation="eager")
     if kind in ("t5_encoder", "t5"):  # relative-position bias folded into the mask: a bias, not a mask
         cfg = T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
         return (T5EncoderModel if kind == "t5_encoder" else T5Model)._from_config(cfg, attn_implementation="eager")
     if kind.startswith("llama"):
-        cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+        cfg = LlamaConfig(
+            vocab_size=100,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+        )
         return LlamaModel._from_config(cfg, attn_implementation="sdpa" if kind == "llama_sdpa" else "eager")
     if kind == "gpt2":
         cfg = GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=512)
         return GPT2Model._from_config(cfg, attn_implementation="eager")
-    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                     max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=512,
+    )
     return BertModel._from_config(cfg, attn_implementation="eager")
 
 
@@ -95,13 +141,22 @@ def _build_sliding(kind: str):
     from transformers import Gemma3TextConfig, Gemma3TextModel, MistralConfig, MistralModel, Qwen2Config, Qwen2Model
 
     torch.manual_seed(0)
-    common = dict(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, sliding_window=3)
+    common = dict(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        sliding_window=3,
+    )
     if kind == "mistral":
         return MistralModel._from_config(MistralConfig(**common), attn_implementation="eager")
     if kind == "qwen2_window":
-        return Qwen2Model._from_config(Qwen2Config(**common, use_sliding_window=True, max_window_layers=1),
-                                       attn_implementation="eager")
+        return Qwen2Model._from_config(
+            Qwen2Config(**common, use_sliding_window=True, max_window_layers=1), attn_implementation="eager"
+        )
     cfg = Gemma3TextConfig(**common, head_dim=16, layer_types=["sliding_attention", "full_attention"])
     return Gemma3TextModel._from_config(cfg, attn_implementation="eager")
 
@@ -137,8 +192,13 @@ def exported_past(tmp_path_factory):
             cache.update(k1, v1, 1)
             past = k0.shape[2]
             pos = torch.arange(past, past + input_ids.shape[1]).unsqueeze(0)
-            return self.m(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, position_ids=pos,
-                          use_cache=True).last_hidden_state
+            return self.m(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                position_ids=pos,
+                use_cache=True,
+            ).last_hidden_state
 
     torch.manual_seed(0)
     ids, mask = torch.randint(0, 100, (2, 6)), torch.ones(2, 16, dtype=torch.long)
@@ -148,11 +208,21 @@ def exported_past(tmp_path_factory):
     names = ["k0", "v0", "k1", "v1"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(WithPast(_build("llama").eval()), (ids, mask, *kv), str(path),
-                          input_names=["input_ids", "attention_mask", *names], output_names=["last_hidden_state"],
-                          dynamo=True, opset_version=18, optimize=False,
-                          dynamic_shapes={"input_ids": {0: dyn, 1: dyn}, "attention_mask": {0: dyn, 1: dyn},
-                                          **{n: {0: dyn, 2: dyn} for n in names}})
+        torch.onnx.export(
+            WithPast(_build("llama").eval()),
+            (ids, mask, *kv),
+            str(path),
+            input_names=["input_ids", "attention_mask", *names],
+            output_names=["last_hidden_state"],
+            dynamo=True,
+            opset_version=18,
+            optimize=False,
+            dynamic_shapes={
+                "input_ids": {0: dyn, 1: dyn},
+                "attention_mask": {0: dyn, 1: dyn},
+                **{n: {0: dyn, 2: dyn} for n in names},
+            },
+        )
     return path
 
 
@@ -167,8 +237,15 @@ def exported_optimum(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     root = tmp_path_factory.mktemp("exports_optimum")
     LlamaForCausalLM(cfg).eval().save_pretrained(root / "hf")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -190,10 +267,19 @@ def exported_optimum_runtime_scale(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("exports_optimum_scale")
-    BertModel(BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=128, max_position_embeddings=512)).eval().save_pretrained(root / "bert")
+    BertModel(
+        BertConfig(
+            vocab_size=100,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=512,
+        )
+    ).eval().save_pretrained(root / "bert")
     GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=512)).eval().save_pretrained(
-        root / "gpt2")
+        root / "gpt2"
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -206,8 +292,10 @@ def exported_optimum_runtime_scale(tmp_path_factory):
 def exported_t5(tmp_path_factory):
     """Tiny T5 encoder-decoder through both exporters: exporter name -> path."""
     root = tmp_path_factory.mktemp("exports_t5")
-    return {"dynamo18": _export(_build("t5"), root / "t5_dynamo.onnx", 18),
-            "torchscript17": _export(_build("t5"), root / "t5_ts.onnx", 17, "torchscript")}
+    return {
+        "dynamo18": _export(_build("t5"), root / "t5_dynamo.onnx", 18),
+        "torchscript17": _export(_build("t5"), root / "t5_ts.onnx", 17, "torchscript"),
+    }
 
 
 @pytest.fixture(scope="session")

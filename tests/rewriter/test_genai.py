@@ -3,15 +3,13 @@ rewritten folder generates exactly the original's greedy tokens with k-NN off; f
 
 import json
 
+import genai_tiny
 import numpy as np
 import onnx
 import pytest
-
 from iceformer.ops import contract
 from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
-
-import genai_tiny
 
 og = pytest.importorskip("onnxruntime_genai")
 
@@ -27,8 +25,10 @@ PROMPTS = {  # prompt lengths around the prefill threshold (32 new tokens) and t
 @pytest.fixture(scope="module")
 def genai_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("genai")
-    return {name: genai_tiny.build(root / name, **kw) for name, kw in
-            {"plain": {}, "window": {"window": 8}, "interleaved": {"interleaved": 1, "seed": 3}}.items()}
+    return {
+        name: genai_tiny.build(root / name, **kw)
+        for name, kw in {"plain": {}, "window": {"window": 8}, "interleaved": {"interleaved": 1, "seed": 3}}.items()
+    }
 
 
 @pytest.mark.parametrize("model", ["plain", "window", "interleaved"])

@@ -8,13 +8,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-import iceformer
+from conftest import MODELS, SLIDING
 from iceformer.ops import contract
 from iceformer.rewriter import AlreadyRewritten, RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
 
-from conftest import MODELS, SLIDING
+import iceformer
 
 
 def _feeds(seq=24):
@@ -96,8 +95,14 @@ def _bad_input(kind: str, src: Path, bert: Path) -> None:
         model = onnx.load(bert)
         big = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
         if kind == "huge declared dims":  # a forged shape over the real bytes
-            small = min((t for t in model.graph.initializer if t.HasField("raw_data") and t.data_type == onnx.TensorProto.FLOAT),
-                        key=lambda t: len(t.raw_data))  # stays inline (under size_threshold)
+            small = min(
+                (
+                    t
+                    for t in model.graph.initializer
+                    if t.HasField("raw_data") and t.data_type == onnx.TensorProto.FLOAT
+                ),
+                key=lambda t: len(t.raw_data),
+            )  # stays inline (under size_threshold)
             del small.dims[:]
             small.dims.extend([1 << 20, 1 << 20])
         onnx.save(model, src, save_as_external_data=True, location=src.name + ".data", size_threshold=1024)
@@ -108,16 +113,22 @@ def _bad_input(kind: str, src: Path, bert: Path) -> None:
             os.truncate(data, data.stat().st_size - big.ByteSize() // 2)
 
 
-@pytest.mark.parametrize("kind,message", [
-    ("missing", "no such file"),
-    ("empty", "empty file, not an ONNX model"),
-    ("random bytes", "not a readable ONNX model"),
-    ("truncated", "not a readable ONNX model"),
-    ("no graph", "the model has no graph nodes"),
-    ("huge declared dims", r"declares shape 1048576x1048576 \(4398046511104 bytes\) but stores \d+ bytes"),
-    ("external data missing", r"keeps its weights in in.onnx.data, which is missing \(expected at .*in.onnx.data\)"),
-    ("external data truncated", r"needs \d+ bytes of in.onnx.data from offset \d+, but the file holds \d+ there"),
-])
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing", "no such file"),
+        ("empty", "empty file, not an ONNX model"),
+        ("random bytes", "not a readable ONNX model"),
+        ("truncated", "not a readable ONNX model"),
+        ("no graph", "the model has no graph nodes"),
+        ("huge declared dims", r"declares shape 1048576x1048576 \(4398046511104 bytes\) but stores \d+ bytes"),
+        (
+            "external data missing",
+            r"keeps its weights in in.onnx.data, which is missing \(expected at .*in.onnx.data\)",
+        ),
+        ("external data truncated", r"needs \d+ bytes of in.onnx.data from offset \d+, but the file holds \d+ there"),
+    ],
+)
 def test_bad_inputs_are_reported_and_write_nothing(exported, tmp_path, kind, message):
     src = tmp_path / "in" / "in.onnx"
     src.parent.mkdir()
@@ -136,8 +147,11 @@ def test_an_already_rewritten_model_is_reported_and_left_alone(exported, tmp_pat
     once = tmp_path / "once.onnx"
     rewrite(exported["bert"][0], once)
     before = once.read_bytes()
-    with pytest.raises(AlreadyRewritten, match=r"already rewritten \(2 iceformer.KnnAttention\) and no attention core "
-                                               r"is left to rewrite; nothing written"):
+    with pytest.raises(
+        AlreadyRewritten,
+        match=r"already rewritten \(2 iceformer.KnnAttention\) and no attention core "
+        r"is left to rewrite; nothing written",
+    ):
         rewrite(once, tmp_path / "twice.onnx")
     assert cli([str(once), str(tmp_path / "twice.onnx")]) == 3
     assert not (tmp_path / "twice.onnx").exists() and once.read_bytes() == before
@@ -152,9 +166,12 @@ def test_an_already_rewritten_model_is_reported_and_left_alone(exported, tmp_pat
 def test_model_without_attention_is_reported(tmp_path):
     from onnx import TensorProto, helper
 
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
     src = tmp_path / "relu.onnx"
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), src)
     with pytest.raises(RewriteError, match="no attention core found"):
@@ -169,8 +186,9 @@ def test_unwritable_output_is_reported(exported, tmp_path):
         rewrite(exported["bert"][0], blocker / "out.onnx")
 
 
-@pytest.mark.parametrize("name,kind,causal", [("llama_gqa", "padding+causal", 1), ("gpt2", "padding+causal", 1),
-                                              ("bert", "padding", 0)])
+@pytest.mark.parametrize(
+    "name,kind,causal", [("llama_gqa", "padding+causal", 1), ("gpt2", "padding+causal", 1), ("bert", "padding", 0)]
+)
 def test_hf_masks_are_bypassed(exported, tmp_path, name, kind, causal):
     """The [B,1,S,T] mask built from attention_mask becomes key_padding_mask (+ is_causal): the op is fed the
     model's own 2-D input."""
@@ -192,7 +210,9 @@ def test_allow_bias_maps_bias_cores_to_exact_only_ops(exported_bias, tmp_path):
     out = tmp_path / "out.onnx"
     report = rewrite(exported_bias, out, RewriteOptions(allow_bias=True))
     assert [(c.layer, c.mask_kind, c.exact_only, c.bypassed) for c in report.replaced] == [
-        (0, "bias", True, False), (1, "bias", True, False)]
+        (0, "bias", True, False),
+        (1, "bias", True, False),
+    ]
     nodes = [n for n in onnx.load(str(out)).graph.node if n.op_type == contract.OP_TYPE]
     assert [onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "top_k"] == [0, 0]
     feeds = _feeds()
@@ -243,14 +263,20 @@ def _mha_model(causal: int, with_bias: bool):
     inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32) * 0.2, f"w{i}") for i in range(3)]
     nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [n]) for i, n in enumerate(("q", "k", "v"))]
     ins = ["q", "k", "v", "", "", "bias"] if with_bias else ["q", "k", "v"]
-    nodes.append(helper.make_node("MultiHeadAttention", ins, ["y"], domain="com.microsoft", num_heads=4,
-                                  unidirectional=causal, name="mha"))
+    nodes.append(
+        helper.make_node(
+            "MultiHeadAttention", ins, ["y"], domain="com.microsoft", num_heads=4, unidirectional=causal, name="mha"
+        )
+    )
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 64])]
     if with_bias:
         inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, ["B", 4, "S", "S"]))
-    graph = helper.make_graph(nodes, "mha", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 64])],
-                              inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)])
+    graph = helper.make_graph(
+        nodes, "mha", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 64])], inits
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 10
     return model
 
@@ -284,19 +310,23 @@ def _if_model():
             helper.make_node("Transpose", ["v"], [f"{name}_v"], perm=[0, 2, 1, 3]),
             helper.make_node("Transpose", ["k"], [f"{name}_kt"], perm=[0, 2, 3, 1]),
             helper.make_node("MatMul", [f"{name}_q", f"{name}_kt"], [f"{name}_s"]),
-            helper.make_node("Constant", [], [f"{name}_c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [scale])),
+            helper.make_node(
+                "Constant", [], [f"{name}_c"], value=helper.make_tensor("c", TensorProto.FLOAT, [], [scale])
+            ),
             helper.make_node("Mul", [f"{name}_s", f"{name}_c"], [f"{name}_z"]),
             helper.make_node("Softmax", [f"{name}_z"], [f"{name}_p"], axis=-1),
             helper.make_node("MatMul", [f"{name}_p", f"{name}_v"], [f"{name}_y"]),
         ]
-        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT,
-                                                                                 ["B", 2, "S", 8])])
+        return helper.make_graph(
+            nodes, name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["B", 2, "S", 8])]
+        )
 
     x = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["B", "S", 2, 8]) for n in ("q", "k", "v")]
     cond = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
     node = helper.make_node("If", ["flag"], ["y"], then_branch=branch("then", 0.35), else_branch=branch("else", 0.2))
-    graph = helper.make_graph([node], "merged", x + [cond],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 8])])
+    graph = helper.make_graph(
+        [node], "merged", x + [cond], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 8])]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     return model
@@ -323,8 +353,13 @@ def test_bart_encoder_decoder_and_cross_attention(exported, tmp_path):
     """Graph order: encoder self-attention x2, then per decoder layer self (causal, from positions) and cross."""
     report = rewrite(exported["bart_torchscript17"][0], tmp_path / "o.onnx")
     assert [(r.layer, r.mask_kind, r.bypassed, r.is_causal) for r in report.replaced] == [
-        (0, "padding", True, 0), (1, "padding", True, 0), (2, "causal", True, 1), (3, "padding", True, 0),
-        (4, "causal", True, 1), (5, "padding", True, 0)]
+        (0, "padding", True, 0),
+        (1, "padding", True, 0),
+        (2, "causal", True, 1),
+        (3, "padding", True, 0),
+        (4, "causal", True, 1),
+        (5, "padding", True, 0),
+    ]
 
 
 def test_layer_spec_parsing():
@@ -344,8 +379,13 @@ def test_t5_encoder_decoder_with_allow_bias(exported_t5, tmp_path, exporter):
     src, out = exported_t5[exporter], tmp_path / "o.onnx"
     report = rewrite(src, out, RewriteOptions(allow_bias=True))
     assert [(r.layer, r.mask_kind, r.exact_only, r.bypassed) for r in report.replaced] == [
-        (0, "bias", True, False), (1, "bias", True, False), (2, "bias", True, False), (3, "padding", False, True),
-        (4, "bias", True, False), (5, "padding", False, True)]
+        (0, "bias", True, False),
+        (1, "bias", True, False),
+        (2, "bias", True, False),
+        (3, "padding", False, True),
+        (4, "bias", True, False),
+        (5, "padding", False, True),
+    ]
     feeds = _feeds()
     base = ort.InferenceSession(str(src)).run(None, feeds)[0]
     for so in (iceformer.session_options(2), ort.SessionOptions()):
@@ -375,7 +415,8 @@ def _assert_past_decoder_rewritten_exactly(src, tmp_path, feeds):
     out = tmp_path / "o.onnx"
     report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
     assert [(c.is_causal, c.mask_kind, c.bypassed, c.gqa_stripped) for c in report.replaced] == [
-        (1, "padding+causal", True, True)] * 2
+        (1, "padding+causal", True, True)
+    ] * 2
     base = ort.InferenceSession(str(src)).run(None, feeds)
     for so in (iceformer.session_options(2), ort.SessionOptions()):
         for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
@@ -388,8 +429,11 @@ def test_decoder_with_past_key_values(exported_past, tmp_path):
     rng = np.random.default_rng(0)
     mask = np.ones((2, 16), np.int64)
     mask[1, :3] = 0
-    feeds = {"input_ids": rng.integers(0, 100, (2, 6)), "attention_mask": mask,
-             **{n: rng.standard_normal((2, 2, 10, 16)).astype(np.float32) for n in ("k0", "v0", "k1", "v1")}}
+    feeds = {
+        "input_ids": rng.integers(0, 100, (2, 6)),
+        "attention_mask": mask,
+        **{n: rng.standard_normal((2, 2, 10, 16)).astype(np.float32) for n in ("k0", "v0", "k1", "v1")},
+    }
     _assert_past_decoder_rewritten_exactly(exported_past, tmp_path, feeds)
 
 
@@ -398,8 +442,11 @@ def test_optimum_decoder_with_past(exported_optimum, tmp_path):
     rng = np.random.default_rng(0)
     mask = np.ones((2, 12), np.int64)
     mask[1, :2] = 0
-    feeds = {"input_ids": rng.integers(0, 100, (2, 5)), "attention_mask": mask,
-             "position_ids": np.tile(np.arange(7, 12), (2, 1))}
+    feeds = {
+        "input_ids": rng.integers(0, 100, (2, 5)),
+        "attention_mask": mask,
+        "position_ids": np.tile(np.arange(7, 12), (2, 1)),
+    }
     for i in range(2):
         for kind in ("key", "value"):
             feeds[f"past_key_values.{i}.{kind}"] = rng.standard_normal((2, 2, 7, 16)).astype(np.float32)
@@ -411,7 +458,7 @@ def _padded_feeds(seq: int, left: int = 3, right: int = 2):
     rng = np.random.default_rng(1)
     mask = np.ones((3, seq), np.int64)
     mask[1, :left] = 0
-    mask[2, seq - right:] = 0
+    mask[2, seq - right :] = 0
     return {"input_ids": rng.integers(0, 100, (3, seq)), "attention_mask": mask}
 
 
@@ -424,12 +471,17 @@ def test_sliding_window_masks_become_hard_windows(exported_sliding, tmp_path, na
     windows = SLIDING[name][1]
     assert [(r.bypassed, r.is_causal, r.window) for r in report.replaced] == [(True, 1, w) for w in windows]
     assert all(r.bypass_check.startswith("proven on probes") for r in report.replaced)
-    node_windows = [next(a.i for a in n.attribute if a.name == "local_window_size")
-                    for n in onnx.load(out).graph.node if n.op_type == contract.OP_TYPE]
+    node_windows = [
+        next(a.i for a in n.attribute if a.name == "local_window_size")
+        for n in onnx.load(out).graph.node
+        if n.op_type == contract.OP_TYPE
+    ]
     assert node_windows == windows
     ref = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
-    sessions = [ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
-                for so in (iceformer.session_options(2), ort.SessionOptions())]
+    sessions = [
+        ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+        for so in (iceformer.session_options(2), ort.SessionOptions())
+    ]
     for seq in (17, 40):
         feeds = _padded_feeds(seq)
         want = ref.run(None, feeds)[0]
@@ -465,52 +517,73 @@ def _masked_core_model(kind: str, param: int = 4):
     n = helper.make_node
     i64 = lambda name, v: helper.make_tensor(name, TensorProto.INT64, [], [v])  # noqa: E731
     nodes = [
-        n("Shape", ["q"], ["s_1d"], start=2, end=3), n("Shape", ["k"], ["t_1d"], start=2, end=3),
-        n("Constant", [], ["zero"], value=i64("zero", 0)), n("Constant", [], ["one"], value=i64("one", 1)),
-        n("Constant", [], ["prm"], value=i64("prm", param)), n("Constant", [], ["ax0"], value=helper.make_tensor(
-            "ax0", TensorProto.INT64, [1], [0])), n("Constant", [], ["ax1"], value=helper.make_tensor(
-            "ax1", TensorProto.INT64, [1], [1])), n("Constant", [], ["ax12"], value=helper.make_tensor(
-            "ax12", TensorProto.INT64, [2], [1, 2])),
-        n("Squeeze", ["s_1d", "ax0"], ["s"]), n("Squeeze", ["t_1d", "ax0"], ["t"]),
-        n("Range", ["zero", "s", "one"], ["ri"]), n("Range", ["zero", "t", "one"], ["rj"]),
-        n("Unsqueeze", ["ri", "ax1"], ["i"]), n("Unsqueeze", ["rj", "ax0"], ["j"]),
+        n("Shape", ["q"], ["s_1d"], start=2, end=3),
+        n("Shape", ["k"], ["t_1d"], start=2, end=3),
+        n("Constant", [], ["zero"], value=i64("zero", 0)),
+        n("Constant", [], ["one"], value=i64("one", 1)),
+        n("Constant", [], ["prm"], value=i64("prm", param)),
+        n("Constant", [], ["ax0"], value=helper.make_tensor("ax0", TensorProto.INT64, [1], [0])),
+        n("Constant", [], ["ax1"], value=helper.make_tensor("ax1", TensorProto.INT64, [1], [1])),
+        n("Constant", [], ["ax12"], value=helper.make_tensor("ax12", TensorProto.INT64, [2], [1, 2])),
+        n("Squeeze", ["s_1d", "ax0"], ["s"]),
+        n("Squeeze", ["t_1d", "ax0"], ["t"]),
+        n("Range", ["zero", "s", "one"], ["ri"]),
+        n("Range", ["zero", "t", "one"], ["rj"]),
+        n("Unsqueeze", ["ri", "ax1"], ["i"]),
+        n("Unsqueeze", ["rj", "ax0"], ["j"]),
         n("LessOrEqual", ["j", "i"], ["causal"]),
     ]
     if kind == "window":
-        nodes += [n("Sub", ["i", "prm"], ["lo"]), n("Greater", ["j", "lo"], ["inw"]), n("And", ["causal", "inw"], ["pos"])]
+        nodes += [
+            n("Sub", ["i", "prm"], ["lo"]),
+            n("Greater", ["j", "lo"], ["inw"]),
+            n("And", ["causal", "inw"], ["pos"]),
+        ]
     elif kind == "chunked":
-        nodes += [n("Div", ["i", "prm"], ["ci"]), n("Div", ["j", "prm"], ["cj"]), n("Equal", ["ci", "cj"], ["same"]),
-                  n("And", ["causal", "same"], ["pos"])]
+        nodes += [
+            n("Div", ["i", "prm"], ["ci"]),
+            n("Div", ["j", "prm"], ["cj"]),
+            n("Equal", ["ci", "cj"], ["same"]),
+            n("And", ["causal", "same"], ["pos"]),
+        ]
     elif kind == "prefix":
         nodes += [n("Less", ["j", "prm"], ["pre"]), n("Or", ["causal", "pre"], ["pos"])]
     else:
         nodes += [n("Identity", ["causal"], ["pos"])]
     nodes += [
-        n("Cast", ["attention_mask"], ["real"], to=TensorProto.BOOL), n("Unsqueeze", ["real", "ax12"], ["real4"]),
+        n("Cast", ["attention_mask"], ["real"], to=TensorProto.BOOL),
+        n("Unsqueeze", ["real", "ax12"], ["real4"]),
         n("And", ["pos", "real4"], ["keep"]),
         n("Constant", [], ["f0"], value=helper.make_tensor("f0", TensorProto.FLOAT, [], [0.0])),
         n("Constant", [], ["fmin"], value=helper.make_tensor("fmin", TensorProto.FLOAT, [], [-3.4028234663852886e38])),
         n("Where", ["keep", "f0", "fmin"], ["mask"]),
-        n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", "kt"], ["qk"]),
+        n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        n("MatMul", ["q", "kt"], ["qk"]),
         n("Constant", [], ["sc"], value=helper.make_tensor("sc", TensorProto.FLOAT, [], [0.25])),
-        n("Mul", ["qk", "sc"], ["z"]), n("Add", ["z", "mask"], ["zm"]), n("Softmax", ["zm"], ["p"], axis=-1),
+        n("Mul", ["qk", "sc"], ["z"]),
+        n("Add", ["z", "mask"], ["zm"]),
+        n("Softmax", ["zm"], ["p"], axis=-1),
         n("MatMul", ["p", "v"], ["y"]),
     ]
     x = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", 2, "S", 16]) for nm in ("q", "k", "v")]
     am = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["B", "S"])
-    graph = helper.make_graph(nodes, kind, x + [am], [helper.make_tensor_value_info("y", TensorProto.FLOAT,
-                                                                                    ["B", 2, "S", 16])])
+    graph = helper.make_graph(
+        nodes, kind, x + [am], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 16])]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     return model
 
 
-@pytest.mark.parametrize("kind,bypassed,window,why", [
-    ("causal", True, -1, "proven"),
-    ("window", True, 4, "proven"),
-    ("chunked", False, -1, "inconsistent offsets"),  # each chunk starts afresh: no single window
-    ("prefix", False, -1, "is not padding"),  # the prefix is visible to earlier queries: not causal
-])
+@pytest.mark.parametrize(
+    "kind,bypassed,window,why",
+    [
+        ("causal", True, -1, "proven"),
+        ("window", True, 4, "proven"),
+        ("chunked", False, -1, "inconsistent offsets"),  # each chunk starts afresh: no single window
+        ("prefix", False, -1, "is not padding"),  # the prefix is visible to earlier queries: not causal
+    ],
+)
 def test_mask_bypass_only_when_proven(tmp_path, kind, bypassed, window, why):
     """Masks the structural classifier reads as padding + causal (Range comparisons and a 2-D padding input): the
     evaluation proves the causal and windowed ones and refuses chunked and prefix-LM masks, which then stay as
@@ -537,12 +610,21 @@ def test_optimum_run_time_scale_is_folded(exported_optimum_runtime_scale, tmp_pa
     makes it 0.25 (D = 16); both cores rewritten and equal to the original with and without the library."""
     rng = np.random.default_rng(0)
     cases = {
-        "bert17": {"input_ids": rng.integers(0, 100, (2, 30)), "attention_mask": np.ones((2, 30), np.int64),
-                   "token_type_ids": np.zeros((2, 30), np.int64)},
-        "gpt2_past18": {"input_ids": rng.integers(0, 100, (2, 9)), "attention_mask": np.ones((2, 16), np.int64),
-                        "position_ids": np.tile(np.arange(7, 16), (2, 1)),
-                        **{f"past_key_values.{i}.{kind}": rng.standard_normal((2, 4, 7, 16)).astype(np.float32)
-                           for i in range(2) for kind in ("key", "value")}},
+        "bert17": {
+            "input_ids": rng.integers(0, 100, (2, 30)),
+            "attention_mask": np.ones((2, 30), np.int64),
+            "token_type_ids": np.zeros((2, 30), np.int64),
+        },
+        "gpt2_past18": {
+            "input_ids": rng.integers(0, 100, (2, 9)),
+            "attention_mask": np.ones((2, 16), np.int64),
+            "position_ids": np.tile(np.arange(7, 16), (2, 1)),
+            **{
+                f"past_key_values.{i}.{kind}": rng.standard_normal((2, 4, 7, 16)).astype(np.float32)
+                for i in range(2)
+                for kind in ("key", "value")
+            },
+        },
     }
     cases["bert17"]["attention_mask"][1, 25:] = 0
     cases["gpt2_past18"]["attention_mask"][1, :3] = 0
@@ -550,7 +632,8 @@ def test_optimum_run_time_scale_is_folded(exported_optimum_runtime_scale, tmp_pa
         src, out = exported_optimum_runtime_scale[name], tmp_path / f"{name}.onnx"
         report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
         assert [(round(c.scale, 6), c.bypassed, c.is_causal) for c in report.replaced] == [
-            (0.25, True, int(name.startswith("gpt2")))] * 2, name
+            (0.25, True, int(name.startswith("gpt2")))
+        ] * 2, name
         base = ort.InferenceSession(str(src)).run(None, feeds)
         for so in (iceformer.session_options(2), ort.SessionOptions()):
             for got, want in zip(ort.InferenceSession(str(out), so).run(None, feeds), base):
@@ -574,9 +657,11 @@ def test_nodes_onnx_checker_rejects_but_onnxruntime_runs_are_kept(tmp_path):
     report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
     assert len(report.replaced) == 1 and "validated by loading it in onnxruntime" in report.notes[0]
     rng = np.random.default_rng(5)
-    feeds = {"q_in": rng.standard_normal((2, 2, 21, 16)).astype(np.float32),
-             **{nm: rng.standard_normal((2, 2, 21, 16)).astype(np.float32) for nm in ("k", "v")},
-             "attention_mask": np.ones((2, 21), np.int64)}
+    feeds = {
+        "q_in": rng.standard_normal((2, 2, 21, 16)).astype(np.float32),
+        **{nm: rng.standard_normal((2, 2, 21, 16)).astype(np.float32) for nm in ("k", "v")},
+        "attention_mask": np.ones((2, 21), np.int64),
+    }
     want = ort.InferenceSession(str(src)).run(None, feeds)[0]
     got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
@@ -590,14 +675,24 @@ def test_one_core_that_cannot_be_rewritten_is_skipped_not_fatal(tmp_path):
     n = helper.make_node
     nodes = []
     for tag, scale in (("a", "c25"), ("b", "s")):
-        nodes += [n("Transpose", ["k"], [f"{tag}_kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", f"{tag}_kt"], [f"{tag}_qk"]),
-                  n("Mul", [f"{tag}_qk", scale], [f"{tag}_z"]), n("Softmax", [f"{tag}_z"], [f"{tag}_p"], axis=-1),
-                  n("MatMul", [f"{tag}_p", "v"], [f"{tag}_y"])]
-    nodes += [n("Constant", [], ["c25"], value=helper.make_tensor("c25", TensorProto.FLOAT, [], [0.25])),
-              n("Add", ["a_y", "b_y"], ["y"])]
+        nodes += [
+            n("Transpose", ["k"], [f"{tag}_kt"], perm=[0, 1, 3, 2]),
+            n("MatMul", ["q", f"{tag}_kt"], [f"{tag}_qk"]),
+            n("Mul", [f"{tag}_qk", scale], [f"{tag}_z"]),
+            n("Softmax", [f"{tag}_z"], [f"{tag}_p"], axis=-1),
+            n("MatMul", [f"{tag}_p", "v"], [f"{tag}_y"]),
+        ]
+    nodes += [
+        n("Constant", [], ["c25"], value=helper.make_tensor("c25", TensorProto.FLOAT, [], [0.25])),
+        n("Add", ["a_y", "b_y"], ["y"]),
+    ]
     x = [helper.make_tensor_value_info(nm, TensorProto.FLOAT, ["B", 2, "S", 16]) for nm in ("q", "k", "v")]
-    graph = helper.make_graph(nodes, "two", x + [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 16])])
+    graph = helper.make_graph(
+        nodes,
+        "two",
+        x + [helper.make_tensor_value_info("s", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 2, "S", 16])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
     src, out = tmp_path / "two.onnx", tmp_path / "o.onnx"
@@ -608,8 +703,9 @@ def test_one_core_that_cannot_be_rewritten_is_skipped_not_fatal(tmp_path):
     feeds = {nm: rng.standard_normal((1, 2, 12, 16)).astype(np.float32) for nm in ("q", "k", "v")}
     feeds["s"] = np.array(0.3, np.float32)
     want = ort.InferenceSession(str(src)).run(None, feeds)[0]
-    np.testing.assert_allclose(ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0], want,
-                               atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0], want, atol=2e-5, rtol=1e-4
+    )
     strict = tmp_path / "strict.onnx"
     assert cli([str(src), str(strict), "--strict"]) == 2
     assert not strict.exists()
@@ -622,28 +718,40 @@ def test_onnx_attention_with_past(tmp_path, causal, mask):
     from onnx import TensorProto, helper
 
     ins = ["q", "k", "v", "m" if mask else "", "pk", "pv"]
-    node = helper.make_node("Attention", ins, ["y", "present_k", "present_v"], is_causal=causal, q_num_heads=4,
-                            kv_num_heads=2)
+    node = helper.make_node(
+        "Attention", ins, ["y", "present_k", "present_v"], is_causal=causal, q_num_heads=4, kv_num_heads=2
+    )
     vi = lambda name, shape, t=TensorProto.FLOAT: helper.make_tensor_value_info(name, t, shape)  # noqa: E731
-    inputs = [vi("q", ["B", 4, "S", 16]), vi("k", ["B", 2, "S", 16]), vi("v", ["B", 2, "S", 16]),
-              vi("pk", ["B", 2, "P", 16]), vi("pv", ["B", 2, "P", 16])]
+    inputs = [
+        vi("q", ["B", 4, "S", 16]),
+        vi("k", ["B", 2, "S", 16]),
+        vi("v", ["B", 2, "S", 16]),
+        vi("pk", ["B", 2, "P", 16]),
+        vi("pv", ["B", 2, "P", 16]),
+    ]
     if mask:
         inputs.append(vi("m", ["B", 1, "S", "T"], TensorProto.BOOL if mask == "bool" else TensorProto.FLOAT))
-    graph = helper.make_graph([node], "attn_past", inputs, [vi("y", ["B", 4, "S", 16]), vi("present_k", None),
-                                                            vi("present_v", None)])
+    graph = helper.make_graph(
+        [node], "attn_past", inputs, [vi("y", ["B", 4, "S", 16]), vi("present_k", None), vi("present_v", None)]
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
     model.ir_version = 10
     src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
     onnx.save(model, src)
     report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
     assert report.replaced_by_form == {"OnnxAttentionWithPast": 1}
-    assert [(c.is_causal, c.mask) for c in report.replaced] == [(causal, {None: "none", "float": "additive",
-                                                                          "bool": "boolean"}[mask])]
+    assert [(c.is_causal, c.mask) for c in report.replaced] == [
+        (causal, {None: "none", "float": "additive", "bool": "boolean"}[mask])
+    ]
     rng = np.random.default_rng(7)
     S, P = 5, 9
-    feeds = {"q": rng.standard_normal((2, 4, S, 16)), "k": rng.standard_normal((2, 2, S, 16)),
-             "v": rng.standard_normal((2, 2, S, 16)), "pk": rng.standard_normal((2, 2, P, 16)),
-             "pv": rng.standard_normal((2, 2, P, 16))}
+    feeds = {
+        "q": rng.standard_normal((2, 4, S, 16)),
+        "k": rng.standard_normal((2, 2, S, 16)),
+        "v": rng.standard_normal((2, 2, S, 16)),
+        "pk": rng.standard_normal((2, 2, P, 16)),
+        "pv": rng.standard_normal((2, 2, P, 16)),
+    }
     feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
     if mask:
         keep = rng.random((2, 1, S, P + S)) > 0.3
@@ -661,15 +769,19 @@ def test_ort_optimizer_bert_attention(exported_optimum_runtime_scale, tmp_path):
     from onnxruntime.transformers.optimizer import optimize_model
 
     optimized = tmp_path / "bert_opt.onnx"
-    optimize_model(str(exported_optimum_runtime_scale["bert17"]), model_type="bert", num_heads=4,
-                   hidden_size=64).save_model_to_file(str(optimized))
+    optimize_model(
+        str(exported_optimum_runtime_scale["bert17"]), model_type="bert", num_heads=4, hidden_size=64
+    ).save_model_to_file(str(optimized))
     assert sum(n.op_type == "Attention" and n.domain == "com.microsoft" for n in onnx.load(optimized).graph.node) == 2
     out = tmp_path / "o.onnx"
     report = rewrite(optimized, out, RewriteOptions(attributes={"top_k": 0}))
     assert report.replaced_by_form == {"MicrosoftAttention": 2}
     rng = np.random.default_rng(8)
-    feeds = {"input_ids": rng.integers(0, 100, (2, 23)), "attention_mask": np.ones((2, 23), np.int64),
-             "token_type_ids": np.zeros((2, 23), np.int64)}
+    feeds = {
+        "input_ids": rng.integers(0, 100, (2, 23)),
+        "attention_mask": np.ones((2, 23), np.int64),
+        "token_type_ids": np.zeros((2, 23), np.int64),
+    }
     feeds["attention_mask"][1, 17:] = 0
     want = ort.InferenceSession(str(optimized)).run(None, feeds)[0]
     for so in (iceformer.session_options(2), ort.SessionOptions()):
@@ -682,16 +794,25 @@ def test_microsoft_attention_with_a_2d_mask(tmp_path, unidirectional):
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(9)
-    node = helper.make_node("Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", num_heads=4,
-                            unidirectional=unidirectional)
+    node = helper.make_node(
+        "Attention", ["x", "w", "b", "mask"], ["y"], domain="com.microsoft", num_heads=4, unidirectional=unidirectional
+    )
     graph = helper.make_graph(
-        [node], "ms_attention",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 32]),
-         helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"])],
+        [node],
+        "ms_attention",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 32]),
+            helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 32])],
-        [onnx.numpy_helper.from_array(rng.standard_normal((32, 96)).astype(np.float32) * 0.3, "w"),
-         onnx.numpy_helper.from_array(rng.standard_normal(96).astype(np.float32) * 0.1, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+        [
+            onnx.numpy_helper.from_array(rng.standard_normal((32, 96)).astype(np.float32) * 0.3, "w"),
+            onnx.numpy_helper.from_array(rng.standard_normal(96).astype(np.float32) * 0.1, "b"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     model.ir_version = 10
     src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
     onnx.save(model, src)

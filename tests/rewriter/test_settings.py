@@ -47,10 +47,13 @@ def test_settings_are_written_per_core_and_nothing_else_changes(rewritten, tmp_p
     assert {k: v for k, v in a0.items() if k != "top_k"} == {k: v for k, v in base0.items() if k != "top_k"}
 
 
-@pytest.mark.parametrize("per_core, message", [
-    ({2: {"top_k": 0}}, r"cores \[2\] do not exist \(the model has 2\)"),
-    ({0: {"topk": 3}}, "topk"),  # not a contract attribute
-])
+@pytest.mark.parametrize(
+    "per_core, message",
+    [
+        ({2: {"top_k": 0}}, r"cores \[2\] do not exist \(the model has 2\)"),
+        ({0: {"topk": 3}}, "topk"),  # not a contract attribute
+    ],
+)
 def test_bad_settings_are_refused_and_nothing_is_written(rewritten, tmp_path, per_core, message):
     out = tmp_path / "bad.onnx"
     with pytest.raises(RewriteError, match=message):

@@ -2,25 +2,31 @@
 
 import numpy as np
 import onnx_ir as ir
-from onnx import TensorProto, helper
-
 from iceformer.rewriter._shapes import StaticShapePass
+from onnx import TensorProto, helper
 
 
 def _model():
-    i64 = lambda name, v: helper.make_node("Constant", [], [name], value=helper.make_tensor(  # noqa: E731
-        name, TensorProto.INT64, [len(v)] if isinstance(v, list) else [], v if isinstance(v, list) else [v]))
+    def i64(name, v):
+        dims, vals = ([len(v)], v) if isinstance(v, list) else ([], [v])
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, dims, vals))
+
     nodes = [
         helper.make_node("Shape", ["x"], ["shape"]),
-        i64("m1", [-1]), i64("big", [1 << 62]), i64("zero", [0]), i64("two", [2]), i64("one", 1),
+        i64("m1", [-1]),
+        i64("big", [1 << 62]),
+        i64("zero", [0]),
+        i64("two", [2]),
+        i64("one", 1),
         helper.make_node("Slice", ["shape", "m1", "big"], ["last"]),  # [16]: static
         helper.make_node("Slice", ["shape", "zero", "two"], ["lead"]),  # [batch, 4]: symbolic, left alone
         helper.make_node("Gather", ["shape", "one"], ["heads"], axis=0),  # 4: static scalar
         helper.make_node("Shape", ["x"], ["tail2"], start=2),  # [seq, 16]: symbolic, left alone
     ]
     outs = [helper.make_tensor_value_info(n, TensorProto.INT64, None) for n in ("last", "lead", "heads", "tail2")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                          ["batch", 4, "seq", 16])], outs)
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, "seq", 16])], outs
+    )
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
 
 

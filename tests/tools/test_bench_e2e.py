@@ -4,7 +4,6 @@ retrieval counts, agreement) from known records; and the worker protocol on a on
 import sys
 
 import numpy as np
-
 from iceformer.ops import get_library_path, make_knn_attention_model
 from iceformer.tools import bench_e2e
 from iceformer.tools.bench_e2e import Record

@@ -7,8 +7,9 @@ import pytest
 from iceformer.tools import calibrate as cal
 from iceformer.tools.cases import AttentionCase
 
-ATTRS = dict(is_causal=0, top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, tail_samples=32,
-             tail_limit=1.0)
+ATTRS = dict(
+    is_causal=0, top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, tail_samples=32, tail_limit=1.0
+)
 CANDIDATES = ({}, {"tail_samples": 64})
 
 

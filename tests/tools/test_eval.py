@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from iceformer.ops import make_knn_attention_model
 from iceformer.tools import eval as ice_eval
 from iceformer.tools import lm_eval

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from iceformer.tools import lm_eval, retrieval
 
 
@@ -18,12 +17,17 @@ def test_passkey_prompt_has_exact_length_and_needle_position(tok, n, depth):
     assert len(p.prompt) == n and p.ids == p.prompt + p.answer
     assert tok.decode(p.answer) == str(p.value) and 10000 <= p.value < 100000
     # the needle starts at its token position: the first pass key mention follows it
-    assert tok.decode(p.prompt[p.needle:]).startswith(f"\n\nThe pass key is <{p.value}>")
+    assert tok.decode(p.prompt[p.needle :]).startswith(f"\n\nThe pass key is <{p.value}>")
     assert tok.decode(p.prompt).count(str(p.value)) == 2  # said twice in the needle, never elsewhere
     assert tok.decode(p.prompt).endswith("The pass key is <")
-    fixed = [len(tok(t, add_special_tokens=False).input_ids) for t in
-             (retrieval.PASSKEY_HEAD, retrieval.PASSKEY_QUESTION,
-              f"\n\nThe pass key is <{p.value}>. Remember it. <{p.value}> is the pass key.\n\n")]
+    fixed = [
+        len(tok(t, add_special_tokens=False).input_ids)
+        for t in (
+            retrieval.PASSKEY_HEAD,
+            retrieval.PASSKEY_QUESTION,
+            f"\n\nThe pass key is <{p.value}>. Remember it. <{p.value}> is the pass key.\n\n",
+        )
+    ]
     assert p.needle == fixed[0] + round(depth * (n - sum(fixed))) and p.depth == p.needle / n
     assert retrieval.passkey_prompt(tok, n, depth, seed=3) == p  # seeded
 
@@ -43,7 +47,7 @@ def test_line_prompt_fits_and_asks_the_needle_line(tok, n, depth):
     assert tok.decode(p.answer) == str(p.value)
     text = tok.decode(p.prompt)
     line = text.rsplit("line ", 1)[1].split(":")[0]
-    assert tok.decode(p.prompt[p.needle:]).startswith(f"line {line}: REGISTER_CONTENT is <{p.value}>\n")
+    assert tok.decode(p.prompt[p.needle :]).startswith(f"line {line}: REGISTER_CONTENT is <{p.value}>\n")
     assert text.endswith(f"line {line}: REGISTER_CONTENT is <")
     if depth == 0.0:
         assert line == "0"

@@ -3,9 +3,8 @@
 import json
 from pathlib import Path
 
-import numpy as np
-
 import iceformer.tools
+import numpy as np
 from iceformer.tools import bench_op, eval_knn
 from iceformer.tools.cases import AttentionCase
 
@@ -14,9 +13,30 @@ FIXTURE = Path(iceformer.tools.__file__).resolve().parent / "data" / "smollm2_qk
 
 def test_bench_op_writes_rows_and_plot(tmp_path):
     out, png = tmp_path / "b.json", tmp_path / "b.png"
-    bench_op.main(["--n", "256", "--reps", "1", "--heads", "2", "--causal", "yes", "--layouts", "mha",
-                   "--knn", '{"min_keys": 0, "top_k": 16, "max_candidates": 32, "tail_samples": 0}',
-                   "--knn", '{"top_k": 0}', "--decode", "700", "--json", str(out), "--plot", str(png)])
+    bench_op.main(
+        [
+            "--n",
+            "256",
+            "--reps",
+            "1",
+            "--heads",
+            "2",
+            "--causal",
+            "yes",
+            "--layouts",
+            "mha",
+            "--knn",
+            '{"min_keys": 0, "top_k": 16, "max_candidates": 32, "tail_samples": 0}',
+            "--knn",
+            '{"top_k": 0}',
+            "--decode",
+            "700",
+            "--json",
+            str(out),
+            "--plot",
+            str(png),
+        ]
+    )
     result = json.loads(out.read_text())
     rows = result["rows"]
     assert len(rows) == 1 and rows[0]["n"] == 256 and rows[0]["causal"] == 1
