@@ -157,7 +157,8 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
     """ICEFORMER_SIMD=scalar forces the reference kernels, ICEFORMER_SIMD=avx512 the AVX-512 ones without the VNNI
     dot product (checked in subprocesses: dispatch is per process); the exact path and the k-NN path (sparse block
     sets, a rank of 7 whose last 4-dimension group is padded; causal and not, T not a multiple of the 16-key panel;
-    with key padding, which scans through per-row lists instead of the union kernel) agree between all variants."""
+    with key padding, which scans through per-row lists instead of the union kernel) agree between all variants
+    (the k-NN cases within the bfloat16 rounding of their P V)."""
     tests_dir = Path(__file__).resolve().parents[1]
     code = (
         "import numpy as np, sys; sys.path.insert(0, %r)\n"
@@ -182,8 +183,14 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         outs[variant] = (np.load(path), res.stdout.strip())
     assert outs["scalar"][1] == "scalar"
     assert outs["avx512"][1] in {"avx512", "scalar"}  # scalar on a CPU without AVX-512
+    n_exact = 4 * 77 * 24  # the first case's outputs; the k-NN cases follow
     for variant in ("avx512", "auto"):
-        np.testing.assert_allclose(outs["scalar"][0], outs[variant][0], atol=1e-5, rtol=1e-5)
+        ref, got = outs["scalar"][0], outs[variant][0]
+        np.testing.assert_allclose(ref[:n_exact], got[:n_exact], atol=1e-5, rtol=1e-5)
+        # The k-NN path rounds its weights to bfloat16 for P V: where the variants' exp differ in the last float32 bit,
+        # a weight can round to the neighbouring bfloat16 value (2^-8 relative), moving an output by up to
+        # 2^-8 p_j |v_j| / sum p (measured at most 7.3e-5 under the sanitizer build's flags).
+        np.testing.assert_allclose(ref[n_exact:], got[n_exact:], atol=5e-4, rtol=1e-3)
 
 
 def test_threshold_selection_kernel_matches_sorting_in_every_variant(tmp_path):
