@@ -20,7 +20,8 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
-from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
+from ..ops import make_attention_model, make_knn_attention_model, session_options
+from .calibrate import eligible_rows, relative_error
 from .recall import recall_at_k
 
 
@@ -62,7 +63,6 @@ def evaluate(path: str, configs: list[dict], threads: int, reps: int, layers: li
         )
         for c in configs
     ]
-    defaults = contract.attribute_defaults()
     results = [{"attrs": c, "layers": []} for c in configs]
     t_exact, t_dense = [], []
     for li in pick:
@@ -73,17 +73,14 @@ def evaluate(path: str, configs: list[dict], threads: int, reps: int, layers: li
         t_dense.append(td)
         for c, sess, res in zip(configs, knn, results):
             y, tk = _timed(sess, feeds, reps)
-            settings = {**defaults, **c}
-            first = (
-                max(settings["min_keys"], settings["top_k"] + settings["local_window"] + settings["num_sink"] + 1) - 1
-            )
-            err = np.linalg.norm(y - ref, axis=-1) / np.maximum(np.linalg.norm(ref, axis=-1), 1e-30)
-            rows = np.arange(max(first, 0), T, 97)
+            eligible = eligible_rows(T, T, True, c)
+            err, _ = relative_error(y, ref, eligible)
+            rows = np.arange(eligible.start, T, 97)
             rec = statistics.mean(recall_at_k(Q[li, h * group], K[li, h], rows, is_causal=1, **c) for h in range(hkv))
             res["layers"].append(
                 {
                     "layer": layer_ids[li],
-                    "rel_err": float(err[0][:, first:].mean()),
+                    "rel_err": err,
                     "recall": rec,
                     "ms": tk,
                     "exact_ms": te,
