@@ -182,7 +182,9 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
     # TorchScript exports carry no value_info: infer shapes first, so that folding can drop no-op Casts and the
     # new nodes get output shapes (ORT cannot infer through a custom op, and Reshape targets built from Shape()
     # downstream would break).
+    _shapes.UniqueValueNamesPass()(model)  # shape inference answers by name: If branches must not share names
     ShapeInferencePass(strict_mode=False)(model)
+    _shapes.ContribShapePass()(model)  # and through ORT's contrib ops, which onnx's inference does not know
     IdentityEliminationPass()(model)
     _shapes.StaticShapePass()(model)  # run-time scales from static head sizes (optimum, TorchScript) become foldable
     onnxscript.optimizer.fold_constants(model)

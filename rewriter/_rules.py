@@ -367,29 +367,80 @@ class MicrosoftMultiHeadAttention(_CoreRule):
         return _merge_heads(op, core, heads * dv)
 
 
-class MicrosoftAttention(_CoreRule):
-    """com.microsoft.Attention, what ORT's transformers optimizer writes for BERT-like encoders: input [B,S,H],
-    packed QKV weights [H,3H'] and bias, an optional mask_index (1-D valid lengths, right padding, or a 2-D 0/1
-    mask [B,T]), no past, no attention_bias, no rotary. Q/K/V are sliced from the packed projection and split into
-    heads around the canonical core; the mask becomes the additive [B,1,1,T] form the lowering classifies (and the
-    probes prove or refuse)."""
+class MicrosoftMultiHeadAttentionWithPast(_CoreRule):
+    """com.microsoft.MultiHeadAttention with past_key/past_value [B,H,P,D] and new 3-D K/V (ORT's fused decoders):
+    the presents become Concat(past, new heads) on the sequence axis and the core attends over them (causality
+    bottom-right, as the op aligns `unidirectional` after a past); an optional attention_bias as the mask."""
 
-    def pattern(self, op, x, weights, bias):
+    def pattern(self, op, query, key, value):
+        return op.MultiHeadAttention(
+            query,
+            key,
+            value,
+            _domain="com.microsoft",
+            _allow_other_inputs=True,
+            _allow_other_attributes=True,
+            _outputs=["y", "present_key", "present_value"],
+        )
+
+    def check(self, context, query, key, value, y, **_):
+        result = pattern.MatchResult()
+        node = y.producer()
+        inputs = list(node.inputs) + [None] * 10
+        if inputs[6] is None or inputs[7] is None:
+            return result.fail("no past_key/past_value (the form without past)")
+        refused = {3: "packed bias", 4: "key_padding_mask", 8: "past_sequence_length", 9: "cache_indirection"}
+        if why := next((f"MultiHeadAttention has a {w} input" for i, w in refused.items() if inputs[i]), ""):
+            return result.fail(why)
+        if node.attributes.get_int("past_present_share_buffer", 0):
+            return result.fail("past_present_share_buffer is set")
+        heads = node.attributes.get_int("num_heads", 0)
+        for name, v in (("query", query), ("key", key), ("value", value)):
+            if v.shape is None or v.shape.rank() != 3 or not isinstance(v.shape[2], int):
+                return result.fail(f"{name} is not 3-D with a static hidden size", v)
+            if heads <= 0 or v.shape[2] % heads:
+                return result.fail(f"{name} hidden size {v.shape[2]} is not a multiple of num_heads {heads}", v)
+        if query.shape[2] != key.shape[2]:
+            return result.fail("query and key hidden sizes differ")
+        return self._check_common(context, inputs[5], result)
+
+    def rewrite(self, op, query, key, value, y, **_):
+        node = y.producer()
+        inputs = list(node.inputs) + [None] * 10
+        heads = node.attributes.get_int("num_heads")
+        d, dv = query.shape[2] // heads, value.shape[2] // heads
+        present_key = op.Concat(inputs[6], _split_heads(op, key, heads, d), axis=2)
+        present_value = op.Concat(inputs[7], _split_heads(op, value, heads, dv), axis=2)
+        core = op.Sdpa(
+            _split_heads(op, query, heads, d), present_key, present_value, None, inputs[5], **_ms_core_attrs(node, d)
+        )
+        return _merge_heads(op, core, heads * dv), present_key, present_value
+
+
+class MicrosoftAttention(_CoreRule):
+    """com.microsoft.Attention, what ORT's transformers optimizer writes for BERT-like encoders (and T5's encoder):
+    input [B,S,H], packed QKV weights [H,3H'] and an optional bias, an optional mask_index (1-D valid lengths,
+    right padding, or a 2-D 0/1 mask [B,T]), an optional additive attention_bias (T5's relative positions: a bias
+    core, exact-only and only with allow_bias), no past, no rotary. Q/K/V are sliced from the packed projection
+    and split into heads around the canonical core; the mask becomes the additive [B,1,1,T] form the lowering
+    classifies (and the probes prove or refuse), plus the attention_bias when there is one.
+    """
+
+    def pattern(self, op, x, weights):
         return op.Attention(
             x,
             weights,
-            bias,
             _domain="com.microsoft",
             _allow_other_inputs=True,
             _allow_other_attributes=True,
             _outputs=["y"],
         )
 
-    def check(self, context, x, weights, bias, y, **_):
+    def check(self, context, x, weights, y, **_):
         result = pattern.MatchResult()
         node = y.producer()
         inputs = list(node.inputs) + [None] * 8
-        if why := _ms_refusal(node, {4: "past", 5: "attention_bias", 6: "past_sequence_length"}):
+        if why := _ms_refusal(node, {4: "past", 6: "past_sequence_length"}):
             return result.fail(why)
         if node.attributes.get_int("do_rotary", 0) or node.attributes.get_int("past_present_share_buffer", 0):
             return result.fail("do_rotary or past_present_share_buffer is set")
@@ -401,18 +452,18 @@ class MicrosoftAttention(_CoreRule):
             return result.fail("input is not 3-D [B,S,H]")
         if inputs[3] is not None and _mask_index_rank(inputs[3]) not in (1, 2):
             return result.fail("mask_index is not 1-D lengths or a 2-D [B,T] mask (other forms are not handled)")
-        return self._check_common(context, None, result)
+        return self._check_common(context, inputs[5], result)
 
-    def rewrite(self, op, x, weights, bias, y, **_):
+    def rewrite(self, op, x, weights, y, **_):
         node = y.producer()
+        inputs = list(node.inputs) + [None] * 8
         heads = node.attributes.get_int("num_heads")
         hq, hk, hv = _ms_qkv_sizes(node, weights)
-        qkv = op.Add(op.MatMul(x, weights), bias)
+        qkv = op.MatMul(x, weights) if inputs[2] is None else op.Add(op.MatMul(x, weights), inputs[2])
         axis = op.Constant(value_ints=[2])
         cut = lambda a, b: op.Slice(qkv, op.Constant(value_ints=[a]), op.Constant(value_ints=[b]), axis)  # noqa: E731
         q, k, v = cut(0, hq), cut(hq, hq + hk), cut(hq + hk, hq + hk + hv)
-        mask_index = node.inputs[3] if len(node.inputs) > 3 else None
-        mask = None
+        mask_index, mask = inputs[3], None
         if mask_index is not None:
             if _mask_index_rank(mask_index) == 1:  # valid lengths: key j is real when j < length[b]
                 t = op.Gather(op.Shape(x), op.Constant(value_int=1), axis=0)
@@ -427,6 +478,8 @@ class MicrosoftAttention(_CoreRule):
                 op.Where(real, op.Constant(value_float=0.0), op.Constant(value_float=float("-inf"))),
                 op.Constant(value_ints=[1, 2]),
             )
+        if inputs[5] is not None:  # attention_bias [B or 1, Hq, S, T], added to the scaled logits like the mask
+            mask = inputs[5] if mask is None else op.Add(mask, inputs[5])
         core = op.Sdpa(
             _split_heads(op, q, heads, hq // heads),
             _split_heads(op, k, heads, hk // heads),
@@ -512,6 +565,7 @@ def rules(allow_bias: bool = False, excluded: frozenset[int] = frozenset()) -> p
                 OnnxAttention,
                 OnnxAttentionWithPast,
                 MicrosoftMultiHeadAttention,
+                MicrosoftMultiHeadAttentionWithPast,
                 MicrosoftAttention,
             )
         ],

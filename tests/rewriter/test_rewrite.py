@@ -825,3 +825,101 @@ def test_microsoft_attention_with_a_2d_mask(tmp_path, unidirectional):
     got = ort.InferenceSession(str(out), iceformer.session_options(2)).run(None, feeds)[0]
     np.testing.assert_allclose(got[0], want[0], atol=2e-5, rtol=1e-4)
     np.testing.assert_allclose(got[1, :14], want[1, :14], atol=2e-5, rtol=1e-4)  # real query rows
+
+
+def test_microsoft_attention_with_attention_bias_and_no_qkv_bias(tmp_path):
+    """T5's encoder as ORT's optimizer fuses it: no QKV bias, scale 1, a 2-D mask_index and an additive
+    attention_bias [1,H,S,T] (a table read: a bias core). Left unchanged with the reason by default; with allow_bias
+    an exact-only op over padding + bias, equal to the original with and without the library."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(10)
+    table = rng.standard_normal((1, 4, 64, 64)).astype(np.float32)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["s"], axis=0),
+        helper.make_node("Unsqueeze", ["s", "zero"], ["s1"]),
+        helper.make_node("Concat", ["zero", "s1"], ["ends"], axis=0),
+        helper.make_node("Slice", ["table", "zeros2", "ends2", "axes23"], ["bias"]),  # [1,4,S,S] of the table
+        helper.make_node(
+            "Attention", ["x", "w", "", "mask", "", "bias"], ["y"], domain="com.microsoft", num_heads=4, scale=1.0
+        ),
+    ]
+    nodes[3:4] = [helper.make_node("Concat", ["s1", "s1"], ["ends2"], axis=0)]
+    graph = helper.make_graph(
+        nodes,
+        "t5_like",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "S", 32]),
+            helper.make_tensor_value_info("mask", TensorProto.INT32, ["B", "S"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "S", 32])],
+        [
+            onnx.numpy_helper.from_array(rng.standard_normal((32, 96)).astype(np.float32) * 0.3, "w"),
+            onnx.numpy_helper.from_array(table, "table"),
+            onnx.numpy_helper.from_array(np.array(1, np.int64), "one"),
+            onnx.numpy_helper.from_array(np.array([0], np.int64), "zero"),
+            onnx.numpy_helper.from_array(np.array([0, 0], np.int64), "zeros2"),
+            onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "axes23"),
+        ],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 10
+    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    with pytest.raises(RewriteError, match="the mask is a bias"):
+        rewrite(src, out, RewriteOptions())
+    report = rewrite(src, out, RewriteOptions(allow_bias=True))
+    (core,) = report.replaced
+    assert (core.bypassed, core.exact_only, core.mask_kind, core.scale) == (False, True, "bias", 1.0), core
+    feeds = {"x": rng.standard_normal((2, 19, 32)).astype(np.float32), "mask": np.ones((2, 19), np.int32)}
+    feeds["mask"][1, 14:] = 0
+    want = ort.InferenceSession(str(src)).run(None, feeds)[0]
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        got = ort.InferenceSession(str(out), so).run(None, feeds)[0]
+        np.testing.assert_allclose(got[0], want[0], atol=2e-5, rtol=1e-4)
+        np.testing.assert_allclose(got[1, :14], want[1, :14], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("unidirectional", [0, 1])
+def test_microsoft_multihead_attention_with_past(tmp_path, unidirectional):
+    """com.microsoft.MultiHeadAttention as ORT's fused decoders use it: 3-D new Q/K/V, past_key/past_value
+    [B,H,P,D] and present outputs. S = 5 new tokens over P = 7: y and both presents equal ORT's kernel, with the
+    library and without it."""
+    from onnx import TensorProto, helper
+
+    node = helper.make_node(
+        "MultiHeadAttention",
+        ["q", "k", "v", "", "", "", "past_k", "past_v"],
+        ["y", "present_k", "present_v"],
+        domain="com.microsoft",
+        num_heads=4,
+        unidirectional=unidirectional,
+    )
+    f = TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        "mha_past",
+        [helper.make_tensor_value_info(n, f, ["B", "S", 32]) for n in ("q", "k", "v")]
+        + [helper.make_tensor_value_info(n, f, ["B", 4, "P", 8]) for n in ("past_k", "past_v")],
+        [helper.make_tensor_value_info("y", f, ["B", "S", 32])]
+        + [helper.make_tensor_value_info(n, f, ["B", 4, "T", 8]) for n in ("present_k", "present_v")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 10
+    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
+    onnx.save(model, src)
+    report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
+    assert report.replaced_by_form == {"MicrosoftMultiHeadAttentionWithPast": 1}
+    assert report.replaced[0].is_causal == unidirectional
+    rng = np.random.default_rng(11)
+    feeds = {n: rng.standard_normal((2, 5, 32)).astype(np.float32) for n in ("q", "k", "v")}
+    feeds.update({n: rng.standard_normal((2, 4, 7, 8)).astype(np.float32) for n in ("past_k", "past_v")})
+    want = ort.InferenceSession(str(src)).run(None, feeds)
+    for so in (iceformer.session_options(2), ort.SessionOptions()):
+        for got, ref in zip(ort.InferenceSession(str(out), so).run(None, feeds), want):
+            np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
