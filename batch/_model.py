@@ -100,7 +100,7 @@ class ModelRunner:
 
         from ..ops import session_options
 
-        self.spec = spec
+        self.spec, self.threads = spec, threads
         self.session = ort.InferenceSession(spec.path, session_options(threads), providers=["CPUExecutionProvider"])
         self.lm_head = np.load(spec.lm_head, mmap_mode="r") if spec.lm_head else None
 
@@ -126,5 +126,11 @@ class ModelRunner:
             return {"embedding": out[0].astype(np.float64).mean(0), "scored": len(ids)}
         if self.spec.output == "logits":
             return {"nll": nll_sum(out[0, :-1].astype(np.float64), ids[1:]), "scored": len(ids) - 1}
-        nll, count, _ = logits_stats(out[0], self.lm_head, ids, 0)
+        # The logits matmul runs in numpy's BLAS, whose sums depend on its thread count (OpenBLAS splits them
+        # differently): held to the session's threads, the same settings give the same bits in any process (Ray
+        # actors start with one BLAS thread per CPU, the serial mode in a process that may have more).
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            nll, count, _ = logits_stats(out[0], self.lm_head, ids, 0)
         return {"nll": nll, "scored": count}

@@ -26,8 +26,7 @@ class LoweredCore:
     is_causal: int
     gqa_stripped: bool
     mask: str  # what the core had: "none" | "additive" | "boolean" | "boolean+additive"
-    # what its additive mask is made of: "none" | "padding" | "padding+causal" | "causal" | "bias" | "other"
-    mask_kind: str
+    mask_kind: str  # what its additive mask is made of: a _masks.Mask value
     bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal, + local_window_size)
     layer: int = -1  # position among the attention cores found, in graph order (what --layers selects)
     exact_only: bool = False  # a bias mask (allow_bias): top_k = 0
@@ -155,10 +154,10 @@ def _lower_node(
     counter[0] += 1
     kind = "none"
     mk = _masks.classify(mask, graph) if mask is not None else None
-    bypassable = ("padding", "padding+causal", "causal") if causal != "off" else ("padding",)
+    bypassable = _masks.BYPASSABLE if causal != "off" else (_masks.Mask.PADDING,)
     bypass = mask_bypass and mk is not None and mk.kind in bypassable
     is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
-    exact_only = mk is not None and mk.kind == "bias"
+    exact_only = mk is not None and mk.kind == _masks.Mask.BIAS
     window, check = -1, ""
     if bypass:  # only a bypass proven equal on probes: anything else keeps its mask (exact and correct)
         verdict = checker.check(mask, mk.padding_input, node.attributes.get_int("is_causal", 0), causal)
@@ -220,6 +219,7 @@ def _lower_node(
     new = ir.Node(
         contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention", num_outputs=1
     )
+    new.metadata_props[_canonical.LAYER_TAG] = node.metadata_props.get(_canonical.LAYER_TAG, "-1")
     graph.insert_before(node, new)
     y = new.outputs[0]
     y.name = f"{base}_knn"
@@ -243,8 +243,9 @@ def _lower_node(
         is_causal,
         stripped,
         kind,
-        mk.kind if mk else "none",
+        (mk.kind if mk else _masks.Mask.NONE).value,
         bypass,
+        layer=int(new.metadata_props[_canonical.LAYER_TAG]),
         exact_only=exact_only,
         window=window,
         bypass_check=check,

@@ -10,6 +10,7 @@ table of more than one element (T5 relative positions, ALiBi slopes) is a `bias`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import onnx_ir as ir
@@ -18,9 +19,23 @@ _COMPARE = {"LessOrEqual", "Less", "GreaterOrEqual", "Greater"}
 _MAX_NODES = 400
 
 
+class Mask(str, Enum):
+    """What an additive mask is made of (a str: the report and its JSON show the value)."""
+
+    NONE = "none"  # no mask
+    PADDING = "padding"  # from the model's 2-D attention_mask only
+    PADDING_CAUSAL = "padding+causal"  # that, and positions compared
+    CAUSAL = "causal"  # positions compared, no input read
+    BIAS = "bias"  # reads a float table (relative positions, ALiBi): top-k cannot honour it
+    OTHER = "other"
+
+
+BYPASSABLE = (Mask.PADDING, Mask.PADDING_CAUSAL, Mask.CAUSAL)  # what key_padding_mask + is_causal can express
+
+
 @dataclass(frozen=True)
 class MaskKind:
-    kind: str  # "padding" | "padding+causal" | "causal" | "bias" | "other"
+    kind: Mask
     padding_input: ir.Value | None = None
 
 
@@ -45,7 +60,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
             continue
         seen.add(id(v))
         if len(seen) > _MAX_NODES:
-            return MaskKind("other")
+            return MaskKind(Mask.OTHER)
         if v.name in inputs and inputs[v.name] is v:
             reached.append(v)
             continue
@@ -55,7 +70,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
                 arr.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
                 and np.prod(arr.shape.numpy()) > 1
             ):
-                return MaskKind("bias")
+                return MaskKind(Mask.BIAS)
             continue
         node = v.producer()
         if node is None or node.op_type == "Shape":
@@ -71,7 +86,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
             if attr.type == ir.AttributeType.TENSOR:
                 t = attr.value
                 if t.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) and np.prod(t.shape.numpy()) > 1:
-                    return MaskKind("bias")
+                    return MaskKind(Mask.BIAS)
     padding = [
         v
         for v in reached
@@ -80,7 +95,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
         and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL)
     ]
     if len(padding) == 1 and len(reached) == 1:
-        return MaskKind("padding+causal" if causal else "padding", padding[0])
+        return MaskKind(Mask.PADDING_CAUSAL if causal else Mask.PADDING, padding[0])
     if causal and not reached:  # built from positions alone (a decoder without its own attention_mask input)
-        return MaskKind("causal")
-    return MaskKind("other")
+        return MaskKind(Mask.CAUSAL)
+    return MaskKind(Mask.OTHER)

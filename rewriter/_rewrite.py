@@ -1,4 +1,4 @@
-"""The rewrite driver: load, canonicalise (pattern rules), lower, clean up, attach the reference function,
+"""The rewrite driver: load, run the graph stages (_passes: canonicalise, core rules, lower, reference function),
 check, and write atomically. Returns a typed report."""
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-import onnxscript.optimizer
-from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass, ShapeInferencePass
-from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract, session_options
-from . import _canonical, _function, _genai, _gqa, _lower, _maskcheck, _rules, _shapes
+from . import _genai, _gqa, _lower, _passes
 from ._errors import AlreadyRewritten, RewriteError
 from ._load import load_model
+from ._passes import Skip, parse_layers
 
-RULE_TAG = "pkg.onnxscript.rewriter.rule_name"
+__all__ = ["RewriteOptions", "RewriteReport", "Skip", "parse_layers", "rewrite", "rewrite_model"]
 _DERIVED = ("local_window_size", "is_causal", "scale")  # per core, from the export (--causal overrides causality)
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # bytes of initializers above which weights always go to an external file
 
@@ -37,31 +35,6 @@ class RewriteOptions:
     causal: str = "auto"  # "auto" (from the mask's construction) | "on" | "off"
     allow_bias: bool = False  # rewrite cores whose mask is a bias as exact-only ops (top_k = 0)
     strict: bool = False  # all or nothing: any core found but not rewritten (other than by --layers) is an error
-
-
-def parse_layers(spec: str | None, count: int) -> list[int]:
-    """Indices in [0, count) selected by a spec like "0-3,8,20-" (None or "all": every one)."""
-    if spec is None or spec.strip() in ("", "all"):
-        return list(range(count))
-    chosen: set[int] = set()
-    for part in spec.split(","):
-        lo, dash, hi = part.strip().partition("-")
-        try:
-            a = int(lo) if lo else 0
-            b = (int(hi) if hi else count - 1) if dash else a
-        except ValueError:
-            raise RewriteError(f"bad layer spec {spec!r}: expected items like 3, 0-5 or 20-") from None
-        if a < 0 or b < a:
-            raise RewriteError(f"bad layer spec {spec!r}: range {part!r} is empty or negative")
-        chosen.update(range(a, min(b, count - 1) + 1))
-    return sorted(chosen)
-
-
-@dataclass
-class Skip:
-    rule: str
-    node: str
-    reason: str
 
 
 @dataclass
@@ -83,33 +56,6 @@ class RewriteReport:
 
 def _count_softmax(model: ir.Model) -> int:
     return sum(1 for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Softmax")
-
-
-def _matched_roots(tracer: MatchingTracer, model: ir.Model) -> list[ir.Node]:
-    """Root nodes of the successful matches of a traced pass, in graph order."""
-    ok = {
-        id(m.root_node)
-        for matches in tracer.best_matches_map.values()
-        for m in matches
-        if m.status == MatchStatus.SUCCESS
-    }
-    return [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if id(n) in ok]
-
-
-def _skips(tracer: MatchingTracer, model: ir.Model, matched: set[int]) -> list[Skip]:
-    """Failed checks at nodes that are still there and that no alternative matched (a commuted variant failing
-    where another succeeded is not a skip)."""
-    alive = {id(n) for n in ir.traversal.RecursiveGraphIterator(model.graph)}
-    out: list[Skip] = []
-    for rule, matches in tracer.best_matches_map.items():
-        for m in matches:
-            root = id(m.root_node)
-            if m.status == MatchStatus.CONDITION_FAILED and root in alive and root not in matched:
-                reason = m.match_result.reason if m.match_result is not None else ""
-                skip = Skip(rule.name or type(rule).__name__, m.root_node.name or m.root_node.op_type, reason)
-                if skip not in out:  # commuted variants of a rule report the same failure
-                    out.append(skip)
-    return out
 
 
 def _rewrite_gqa_nodes(model: ir.Model, options: RewriteOptions) -> tuple[list[_lower.LoweredCore], list[Skip]]:
@@ -177,69 +123,20 @@ def rewrite_model(model: ir.Model, options: RewriteOptions) -> tuple[ir.Model, R
             already_ours=ours,
         )
         return model, report
-    # Canonicalise first: dynamo without optimisation leaves Identity (clone/dropout) in the core and computes
-    # the scale at run time from static shapes; folding makes both plain.
-    # TorchScript exports carry no value_info: infer shapes first, so that folding can drop no-op Casts and the
-    # new nodes get output shapes (ORT cannot infer through a custom op, and Reshape targets built from Shape()
-    # downstream would break).
-    _shapes.UniqueValueNamesPass()(model)  # shape inference answers by name: If branches must not share names
-    ShapeInferencePass(strict_mode=False)(model)
-    _shapes.ContribShapePass()(model)  # and through ORT's contrib ops, which onnx's inference does not know
-    IdentityEliminationPass()(model)
-    _shapes.StaticShapePass()(model)  # run-time scales from static head sizes (optimum, TorchScript) become foldable
-    onnxscript.optimizer.fold_constants(model)
-    IdentityEliminationPass()(model)  # folding turns no-op casts (T5's CastLike) into Identity
-    RemoveUnusedNodesPass()(model)  # and leaves dead uses that would block a match
-    # Traced passes only record (what matches, why candidates fail); the last pass rewrites.
-    # Every core, biases included, for the numbering --layers refers to; then why the options leave some out.
-    every = MatchingTracer()
-    _rules.rules(allow_bias=True).apply_to_model(model, tracer=every)
-    found = _matched_roots(every, model)
-    tracer = MatchingTracer()
-    _rules.rules(options.allow_bias).apply_to_model(model, tracer=tracer)
-    selected = [i for i in parse_layers(options.layers, len(found)) if i >= options.skip_first]
-    chosen = set(selected)
-    excluded = frozenset(id(n) for i, n in enumerate(found) if i not in chosen)
-    accepted = {id(n) for n in _matched_roots(tracer, model)}
-    skipped = _skips(tracer, model, accepted) + [
-        Skip(
-            "selection",
-            n.name or n.op_type,
-            f"core {i} not selected (layers={options.layers!r}, skip_first={options.skip_first})",
-        )
-        for i, n in enumerate(found)
-        if id(n) in excluded
-    ]
-    _rules.rules(options.allow_bias, excluded).apply_to_model(model)
-    forms = Counter(
-        n.metadata_props.get(RULE_TAG, "?").split(",")[0].strip()
-        for n in ir.traversal.RecursiveGraphIterator(model.graph)
-        if n.domain == _canonical.DOMAIN
-    )
-    checker = _maskcheck.MaskChecker(model)
-    lowered = _lower.lower_graph(model.graph, options.attributes, [0], checker, options.mask_bypass, options.causal)
-    rewritten = [i for i in selected if id(found[i]) in accepted]
-    for core, index in zip(lowered, rewritten):  # canonical nodes keep the graph order of their roots
-        core.layer = index
-    RemoveUnusedNodesPass()(model)
-    model.opset_imports.pop(_canonical.DOMAIN, None)
-    if lowered:
-        model.opset_imports[contract.DOMAIN] = contract.VERSION
-        if options.reference_function:
-            opset = model.opset_imports.get("", 18)
-            fn = ir.serde.deserialize_function(_function.reference_function(opset))
-            model.functions[fn.identifier()] = fn
-        if model.ir_version < 8:
-            model.ir_version = 8
+    _passes.CanonicalisePass()(model)
+    cores = _passes.CoreRulesPass(options.allow_bias, options.layers, options.skip_first)(model)
+    lowered = _passes.LowerPass(options.attributes, options.mask_bypass, options.causal)(model)
+    if options.reference_function:
+        _passes.ReferenceFunctionPass()(model)
+    forms = dict(cores.forms)
     if gqa_cores:
         forms["GroupQueryAttention"] = len(gqa_cores)
-    lowered, skipped = gqa_cores + lowered, gqa_skips + skipped
     report = RewriteReport(
         "",
         None,
-        dict(forms),
-        lowered,
-        skipped,
+        forms,
+        gqa_cores + lowered.cores,
+        gqa_skips + cores.skipped,
         softmax_before,
         _count_softmax(model),
         options.dry_run,
