@@ -15,6 +15,10 @@ VERSION = 1
 # Float attn_mask values at or below this count as masked (exporters fill with the float minimum, not -inf); the
 # C++ side states the same as kMaskedBelow (masking.h).
 MASKED_AT_OR_BELOW = -1e30
+# An attn_mask of exactly one float 0.0 means "no mask": the rewriter passes it (and a [B,T] key_padding_mask of
+# ones) so that the model-local reference function always sees all five inputs; the op treats it as absent (the
+# C++ side: is_no_mask, masking.h).
+NO_MASK_VALUE = 0.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,8 @@ INPUTS: tuple[TensorSpec, ...] = (
         ("B", "Hq", "S", "T"),
         ("bool", "float"),
         True,
-        "broadcastable (right-aligned, rank 1-4); bool: true = attend; float: added to the scaled logits",
+        "broadcastable (right-aligned, rank 1-4); bool: true = attend; float: added to the scaled logits; one float "
+        "0.0: no mask (the rewriter's placeholder, NO_MASK_VALUE)",
     ),
     TensorSpec(
         "key_padding_mask",

@@ -196,7 +196,7 @@ def _lower_node(
     if bypass:
         kind = "boolean+additive" if kind == "boolean" else "additive"
     if mask is None:
-        mask = _constant(graph, node, f"{base}_no_mask", np.zeros([1], np.float32))
+        mask = _constant(graph, node, f"{base}_no_mask", np.full([1], contract.NO_MASK_VALUE, np.float32))
     elif mask.dtype is not None and mask.dtype != ir.DataType.FLOAT:
         cast = ir.Node(
             "", "Cast", [mask], {"to": ir.AttrInt64("to", ir.DataType.FLOAT)}, name=f"{base}_mask_f32", num_outputs=1

@@ -38,6 +38,12 @@ inline void apply_softcap(float* s, int64_t n, float cap) {
 
 // Values at or below this count as masked: exporters fill with the float minimum rather than -inf.
 constexpr float kMaskedBelow = -1e30f;
+
+// The "no mask" placeholder (contract.NO_MASK_VALUE): a float attn_mask of exactly one 0.0, which the rewriter passes
+// so that the reference function always sees all five inputs.
+inline bool is_no_mask(bool is_float, int64_t elements, const void* data) {
+  return is_float && elements == 1 && *static_cast<const float*>(data) == 0.f;
+}
 // The logit of a key a query may not see (exp gives exactly 0; every path's home for it).
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 

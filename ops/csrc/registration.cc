@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "contract.h"
+#include "masking.h"
 #include "gqa_attention.h"
 #include "host_buffer.h"
 #include "simd.h"
@@ -198,9 +199,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
         }
         if (Status s = iceformer::resolve_mask(info.GetShape(), sh, &p.mask); !s.ok()) return make_error(s);
         p.mask.data = m.GetTensorRawData();
-        // A single 0.0 (what the rewriter passes for "no mask", so the reference function sees 4 inputs) is no mask.
-        if (p.mask.kind == iceformer::MaskKind::kFloat && info.GetElementCount() == 1 &&
-            *static_cast<const float*>(p.mask.data) == 0.f)
+        if (iceformer::is_no_mask(p.mask.kind == iceformer::MaskKind::kFloat, info.GetElementCount(), p.mask.data))
           p.mask.kind = iceformer::MaskKind::kNone;
       }
     }

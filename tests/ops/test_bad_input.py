@@ -156,3 +156,18 @@ def test_a_call_beyond_the_memory_limit_fails_naming_the_sizes(attrs, T, D, mess
     assert res.returncode == 0, res.stderr[-2000:]  # no abort: the error reached Python
     assert res.stdout.startswith("RuntimeException"), res.stdout  # ORT's RUNTIME_EXCEPTION, not INVALID_ARGUMENT
     assert re.search(message, res.stdout), res.stdout
+
+
+def test_the_no_mask_placeholder_is_no_mask_and_nothing_else_is():
+    """contract.NO_MASK_VALUE as a one-element float attn_mask is no mask (what the rewriter passes); a one-element
+    mask of another value is a real mask broadcast everywhere (-inf: every key masked, so zeros)."""
+    from iceformer.ops import contract
+
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.standard_normal((1, 2, 6, 8)).astype(np.float32) for _ in range(3))
+    plain = knn_session(top_k=0).run(None, {"Q": q, "K": k, "V": v})[0]
+    session = knn_session(attn_mask="float", top_k=0)
+    placeholder = np.full([1], contract.NO_MASK_VALUE, np.float32)
+    np.testing.assert_array_equal(session.run(None, {"Q": q, "K": k, "V": v, "attn_mask": placeholder})[0], plain)
+    masked = session.run(None, {"Q": q, "K": k, "V": v, "attn_mask": np.full([1], -np.inf, np.float32)})[0]
+    np.testing.assert_array_equal(masked, np.zeros_like(plain))
