@@ -102,83 +102,92 @@ int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int6
   return i;
 }
 
-Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
-  const AttentionShape& sh = p.shape;
-  const KnnSettings& ks = p.knn;
-  const auto t0 = Clock::now();
-  const bool dci = ks.search == 1;
-  const int64_t lists = dci ? ks.num_composite * ks.num_simple : 0;
-  const std::vector<float> dirs = make_directions(ks.seed, lists, sh.D);
+namespace {
+
+// What every k-NN query block reads, built once per call: per (batch, KV head) the packed keys and the low-rank
+// codes or the DCI lists, and per batch the prefix counts of real keys.
+struct KnnIndex {
+  explicit KnnIndex(const HostAllocator& mem) : packed(mem) {}
+  bool dci = false;
+  int64_t lists = 0, per_head = 0;
+  std::vector<float> dirs;
   DciIndexSet set;
   LowRankSet lowrank;
-  HostBuffer<float> packed(mem);
-  std::vector<int64_t> real_prefix;
-  std::vector<int32_t> scored;
-  const int64_t per_head = packed_keys_size(sh);
+  HostBuffer<float> packed;
+  std::vector<int64_t> real_prefix;  // [B][T + 1]
+};
+
+Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* ix) {
+  const AttentionShape& sh = p.shape;
+  const KnnSettings& ks = p.knn;
+  ix->dci = ks.search == 1;
+  ix->lists = ix->dci ? ks.num_composite * ks.num_simple : 0;
+  ix->dirs = make_directions(ks.seed, ix->lists, sh.D);
+  ix->per_head = packed_keys_size(sh);
+  const int64_t lists = ix->lists, per_head = ix->per_head;
   // Index bytes: DCI projections + ids, per-batch real-key prefix sums, per-row candidate counts, packed keys
   // (the low-rank codes are counted by init_lowrank's own growth; they are r/4 bytes per key).
   const size_t index_bytes = static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T) * 8 +
                              static_cast<size_t>(sh.B * (sh.T + 1)) * 8 + static_cast<size_t>(sh.B * sh.Hq * sh.S) * 4 +
                              static_cast<size_t>(sh.B * sh.Hkv * per_head) * 4;
   try {
-    set.lists = lists;
-    set.stride = sh.T;
-    set.proj.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
-    set.ids.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
-    set.count.assign(static_cast<size_t>(sh.B * sh.Hkv), 0);
-    if (!dci) init_lowrank(p, ks.rank, &lowrank);
-    real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
-    scored.assign(static_cast<size_t>(sh.B * sh.Hq * sh.S), -1);
+    ix->set.lists = lists;
+    ix->set.stride = sh.T;
+    ix->set.proj.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
+    ix->set.ids.resize(static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T));
+    ix->set.count.assign(static_cast<size_t>(sh.B * sh.Hkv), 0);
+    if (!ix->dci) init_lowrank(p, ks.rank, &ix->lowrank);
+    ix->real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
     // Packed keys: for the sinks and window tiles, and rows that go exact (early causal, heavily padded).
-    if (!packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head))) throw std::bad_alloc();
+    if (!ix->packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head))) throw std::bad_alloc();
   } catch (const std::bad_alloc&) {
     return out_of_memory("KnnAttention", "the k-NN index", index_bytes, sh.text());
   }
   for (int64_t b = 0; b < sh.B; ++b) {
-    int64_t* pre = real_prefix.data() + b * (sh.T + 1);
+    int64_t* pre = ix->real_prefix.data() + b * (sh.T + 1);
     pre[0] = 0;
     for (int64_t j = 0; j < sh.T; ++j) pre[j + 1] = pre[j] + (key_is_real(p.key_padding, sh.T, b, j) ? 1 : 0);
   }
   Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), "the k-NN index build", [&](size_t t) {
     const int64_t b = static_cast<int64_t>(t) / sh.Hkv, h = static_cast<int64_t>(t) % sh.Hkv;
-    if (dci)
-      project_keys(p, dirs, b, h, &set);
+    if (ix->dci)
+      project_keys(p, ix->dirs, b, h, &ix->set);
     else
-      build_lowrank(p, b, h, &lowrank);
-    pack_keys(p, b, h, packed.data() + t * per_head);
+      build_lowrank(p, b, h, &ix->lowrank);
+    pack_keys(p, b, h, ix->packed.data() + t * per_head);
   });
-  if (!ran.ok()) return in_call(ran, sh);
-  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), "the DCI list sort", [&](size_t t) {
-    sort_list(&set, static_cast<int64_t>(t) / lists, static_cast<int64_t>(t) % lists);
+  if (!ran.ok()) return ran;
+  return parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), "the DCI list sort", [&](size_t t) {
+    sort_list(&ix->set, static_cast<int64_t>(t) / lists, static_cast<int64_t>(t) % lists);
   });
-  if (!ran.ok()) return in_call(ran, sh);
-  stats->build_ms = ms_since(t0);
+}
 
-  const auto t1 = Clock::now();
-  const int64_t nblocks = (sh.S + kKnnBlockQ - 1) / kKnnBlockQ, group = sh.group();
-  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the k-NN query blocks", [&](size_t t) {
-    const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
-    const int64_t b = bh / sh.Hq, hq = bh % sh.Hq, bkv = b * sh.Hkv + hq / group;
-    const int64_t i0 = qb * kKnnBlockQ, i1 = std::min(sh.S, i0 + kKnnBlockQ);
-    const int64_t* pre = real_prefix.data() + b * (sh.T + 1);
-    // Rows whose visible keys are too few for the index to pay go exact: a prefix of the block (causal).
-    const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);
-    if (split > i0) exact_rows(p, packed.data() + bkv * per_head, b, hq, i0, split);
-    if (split < i1) {
-      int32_t* row_scored = scored.data() + (b * sh.Hq + hq) * sh.S + split;
-      if (dci) {
-        dci_rows(p, packed.data() + bkv * per_head, set.view(bkv), dirs, pre, b, hq, split, i1, row_scored);
-      } else {
-        union_rows(p, packed.data() + bkv * per_head, lowrank, pre, b, hq, split, i1, row_scored);
-      }
-    }
-  });
-  if (!ran.ok()) return in_call(ran, sh);
-  stats->search_ms = ms_since(t1);
+// Task t of the (query block, batch, query head) grid: rows whose visible keys are too few for the index to pay
+// go exact (a prefix of the block, causal), the rest take the k-NN path. scored: [B][Hq][S] candidates per row.
+void knn_block(const AttentionParams& p, const KnnIndex& ix, size_t t, int32_t* scored) {
+  const AttentionShape& sh = p.shape;
+  const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
+  const int64_t b = bh / sh.Hq, hq = bh % sh.Hq, bkv = b * sh.Hkv + hq / sh.group();
+  const int64_t i0 = qb * kKnnBlockQ, i1 = std::min(sh.S, i0 + kKnnBlockQ);
+  const int64_t* pre = ix.real_prefix.data() + b * (sh.T + 1);
+  const float* packed = ix.packed.data() + bkv * ix.per_head;
+  const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);
+  if (split > i0) exact_rows(p, packed, b, hq, i0, split);
+  if (split == i1) return;
+  int32_t* row_scored = scored + (b * sh.Hq + hq) * sh.S + split;
+  if (ix.dci)
+    dci_rows(p, packed, ix.set.view(bkv), ix.dirs, pre, b, hq, split, i1, row_scored);
+  else
+    union_rows(p, packed, ix.lowrank, pre, b, hq, split, i1, row_scored);
+}
+
+// Candidates per k-NN row (scored: c >= 0 scored c keys; -1 not a k-NN row; c < -1 fell back to exact after the
+// tail estimate, with -c - 1 visible keys): their count, mean, 99th percentile and the fallbacks.
+void summarise_scored(const std::vector<int32_t>& scored, CallStats* stats) {
   std::vector<int32_t> used;
   used.reserve(scored.size());
   for (int32_t c : scored) {
-    if (c < -1) ++stats->fallback_rows;  // fell back to exact after the tail estimate: -(visible) - 1
+    if (c < -1) ++stats->fallback_rows;
     if (c >= 0 || c < -1) used.push_back(c >= 0 ? c : -c - 1);
   }
   if (!used.empty()) {
@@ -190,6 +199,32 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
     stats->p99_candidates = used[k99];
   }
   stats->knn_rows = static_cast<int64_t>(used.size());
+}
+
+}  // namespace
+
+Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
+  const AttentionShape& sh = p.shape;
+  const auto t0 = Clock::now();
+  KnnIndex ix(mem);
+  std::vector<int32_t> scored;
+  try {
+    scored.assign(static_cast<size_t>(sh.B * sh.Hq * sh.S), -1);
+  } catch (const std::bad_alloc&) {
+    return out_of_memory("KnnAttention", "the per-row candidate counts", static_cast<size_t>(sh.B * sh.Hq * sh.S) * 4,
+                         sh.text());
+  }
+  Status ran = build_knn_index(p, par, &ix);
+  if (!ran.ok()) return ran.kind() == Status::Kind::kOutOfMemory ? ran : in_call(ran, sh);
+  stats->build_ms = ms_since(t0);
+
+  const auto t1 = Clock::now();
+  const int64_t nblocks = (sh.S + kKnnBlockQ - 1) / kKnnBlockQ;
+  ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the k-NN query blocks",
+                         [&](size_t t) { knn_block(p, ix, t, scored.data()); });
+  if (!ran.ok()) return in_call(ran, sh);
+  stats->search_ms = ms_since(t1);
+  summarise_scored(scored, stats);
   stats->path = PathTaken::kKnn;
   return Status();
 }
