@@ -86,23 +86,24 @@ def simd_variant() -> str:
     return _cdll().IceformerSimdVariant().decode()
 
 
-def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
+def knn_select(q, k, *, is_causal: int = 0, rows=None, scale: float | None = None, **attrs):
     """Keys the k-NN path attends to for query `rows` of one head (default: all S): (ids [len(rows), cap] padded
-    with -1, counts [len(rows)]); only the query blocks holding those rows are computed.
+    with -1, counts [len(rows)]). The op's own driver runs, over the query blocks holding those rows, and its k-NN
+    paths report each row's set (what the op computes with, whatever the attributes).
 
     attrs: KnnAttention attributes over the contract defaults. Low-rank search (search=0): the keys of the row's
-    block set it may see (all visible keys when the block goes exact; none for rows that run exact because they
-    see too few keys), without the tail sample (tail_samples only enters the block's exact-or-not decision).
-    q: [S, D], k: [T, D] float32. Masks are not supported here; `scale` does not change the selection.
+    block set it may see; DCI (search=1): its sinks, window and retrieved top_k. All visible keys for a row that went
+    exact after all (its block's set did not pay, or its tail estimate exceeded tail_limit); none for rows that run
+    exact because they see too few keys (min_keys), or when the whole call does. The tail sample is not reported.
+    q: [S, D], k: [T, D] float32; scale as the op's (absent: 1/sqrt(D)), which the tail test and its fallbacks
+    depend on. Masks are not supported here.
     """
     import numpy as np
 
     from . import contract
 
     a = {**contract.attribute_defaults(), **attrs}
-    top_k, L, m, max_candidates = a["top_k"], a["L"], a["m"], a["max_candidates"]
-    local_window, num_sink, seed, search, rank = a["local_window"], a["num_sink"], a["seed"], a["search"], a["rank"]
-    tail_samples, candidate_fraction = a["tail_samples"], a["candidate_fraction"]
+    values = (ctypes.c_double * len(contract.KNN_ATTRIBUTES))(*(a[spec.name] for spec in contract.KNN_ATTRIBUTES))
     q = np.ascontiguousarray(q, dtype=np.float32)
     k = np.ascontiguousarray(k, dtype=np.float32)
     S, D = q.shape
@@ -110,13 +111,9 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
     rows = np.arange(S, dtype=np.int64) if rows is None else np.ascontiguousarray(rows, dtype=np.int64)
     if rows.size and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= S):
         raise ValueError(f"rows must be strictly ascending in [0, {S})")
-    # Low-rank search attends its block's shared key set, which may hold any number of keys.
-    cap = T if search == 0 else top_k + local_window + num_sink
-    out = np.full((rows.size, max(cap, 1)), -1, dtype=np.int32)
+    cap = max(T, 1)  # a row that goes exact attends every key it may see
+    out = np.full((rows.size, cap), -1, dtype=np.int32)
     counts = np.zeros(rows.size, dtype=np.int32)
-    ints = (ctypes.c_int64 * 11)(
-        top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples, a["min_keys"]
-    )
     err = ctypes.create_string_buffer(512)
     p = lambda a, t: a.ctypes.data_as(ctypes.POINTER(t))  # noqa: E731
     rc = _cdll().IceformerKnnSelect(
@@ -126,12 +123,13 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, **attrs):
         ctypes.c_int64(T),
         ctypes.c_int64(D),
         ctypes.c_int64(is_causal),
-        ints,
-        ctypes.c_float(candidate_fraction),
+        ctypes.c_float(D**-0.5 if scale is None else scale),
+        values,
+        ctypes.c_int64(len(values)),
         p(rows, ctypes.c_int64),
         ctypes.c_int64(rows.size),
         p(out, ctypes.c_int32),
-        ctypes.c_int64(max(cap, 1)),
+        ctypes.c_int64(cap),
         p(counts, ctypes.c_int32),
         err,
         ctypes.c_int64(512),

@@ -169,6 +169,7 @@ void knn_block(const AttentionParams& p, const KnnIndex& ix, size_t t, int32_t* 
   const int64_t qb = static_cast<int64_t>(t) / (sh.B * sh.Hq), bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
   const int64_t b = bh / sh.Hq, hq = bh % sh.Hq, bkv = b * sh.Hkv + hq / sh.group();
   const int64_t i0 = qb * kKnnBlockQ, i1 = std::min(sh.S, i0 + kKnnBlockQ);
+  if (p.sink != nullptr && p.sink->wants != nullptr && !p.sink->wants(p.sink->ctx, b, hq, i0, i1)) return;
   const int64_t* pre = ix.real_prefix.data() + b * (sh.T + 1);
   const float* packed = ix.packed.data() + bkv * ix.per_head;
   const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);

@@ -69,6 +69,17 @@ int64_t retrieve(const AttentionParams& p, const DciIndexView& idx, const std::v
 
 }  // namespace
 
+// The row's key set for the sink: its visible sinks and window, then its retrieved top_k.
+template <typename Visible>
+void report_row(const AttentionParams& p, int64_t b, int64_t hq, int64_t i, int64_t last, const Visible& visible,
+                RowScratch& sc) {
+  sc.ids.clear();
+  for (int64_t j = 0; j <= last; ++j)
+    if (is_forced(p.knn, last, j) && visible(j)) sc.ids.push_back(static_cast<int32_t>(j));
+  for (const auto& [s, j] : sc.top.items()) sc.ids.push_back(j);
+  p.report_keys(b, hq, i, sc.ids.data(), static_cast<int64_t>(sc.ids.size()), false);
+}
+
 void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx, const std::vector<float>& dirs,
               const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const Kernels& kern = kernels();
@@ -153,34 +164,17 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
         if (tail_too_heavy(ks.tail_limit, m1, s1, os.max, os.sum)) {
           sc.fallback.push_back(i);
           keys_scored[i - i0] = sent_to_exact(n_vis);
+          p.report_keys(b, hq, i, nullptr, 0, true);
           continue;
         }
       }
     }
+    if (p.sink != nullptr) report_row(p, b, hq, i, last, visible, sc);
     os.finish(y);
     keys_scored[i - i0] = static_cast<int32_t>(std::min<int64_t>(scored, std::numeric_limits<int32_t>::max()));
   }
   // Rows whose tail was too heavy: exact attention, together.
   if (!sc.fallback.empty()) exact_rows(p, kp, b, hq, sc.fallback.data(), static_cast<int64_t>(sc.fallback.size()));
-}
-
-int64_t select_for_inspection(const AttentionParams& p, const DciIndexView& idx, const std::vector<float>& dirs,
-                              int64_t i, int32_t* out, int64_t cap) {
-  const Kernels& kern = kernels();
-  const int64_t D = p.shape.D;
-  const float* q = p.q + i * D;
-  const int64_t last = causal_last_key(p, 0, i);
-  if (last < 0) return 0;
-  auto visible = [&](int64_t j) { return j <= last; };
-  auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, p.k, D, ids, n, D, p.scale, out); };
-  RowScratch& sc = t_row;
-  retrieve(p, idx, dirs, q, last, last + 1, visible, score, sc);
-  int64_t n = 0;
-  for (int64_t j = 0; j <= last; ++j)
-    if (is_forced(p.knn, last, j) && n < cap) out[n++] = static_cast<int32_t>(j);
-  for (const auto& [s, j] : sc.top.items())
-    if (n < cap) out[n++] = j;
-  return n;
 }
 
 }  // namespace iceformer

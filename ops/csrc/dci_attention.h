@@ -18,8 +18,4 @@ namespace iceformer {
 void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx, const std::vector<float>& dirs,
               const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored);
 
-// For inspection (recall measurement): the keys query row i of a single-head call (B = Hq = Hkv = 1, no masks)
-// attends to (sinks, window, retrieved top_k), written to out (at most cap). Returns how many.
-int64_t select_for_inspection(const AttentionParams& p, const DciIndexView& idx, const std::vector<float>& dirs,
-                              int64_t i, int32_t* out, int64_t cap);
 }  // namespace iceformer

@@ -1,106 +1,109 @@
 // Plain-C entry points for tests and tools (no ONNX Runtime involved): which keys the k-NN path attends to
-// for each query of one head, so that recall against the exact top-k can be measured; one kernel with edge cases
-// the op rarely reaches.
+// for each query of one head, so that recall against the exact top-k can be measured (the op's own driver, with a
+// key-set sink); kernels with edge cases the op rarely reaches.
 #include <algorithm>
 #include <cstdint>
 #include <new>
+#include <string>
 #include <vector>
 
 #include "attention.h"
-#include "exact_attention.h"
-#include "dci_attention.h"
-#include "dci_index.h"
-#include "lowrank.h"
+#include "knn_settings.h"
 #include "masking.h"
 #include "simd.h"
-#include "union_attention.h"
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 
-// ints = {top_k, L, m, max_candidates, local_window, num_sink, seed, search, rank, tail_samples, min_keys}. rows: nrows
-// ascending query rows in [0, S) to report (only their query blocks are computed). out: [nrows][cap], counts:
-// [nrows]. Returns 0, or -1 on invalid settings (message in err, at most err_len bytes).
+namespace {
+
+// The sink of one introspection call: rows[0, nrows) ascending; row rows[t]'s keys go to out[t * cap ..].
+struct Selection {
+  const iceformer::AttentionParams* p;
+  const int64_t* rows;
+  int64_t nrows, cap;
+  int32_t* out;
+  int32_t* counts;
+
+  int64_t slot(int64_t i) const {
+    const int64_t* at = std::lower_bound(rows, rows + nrows, i);
+    return at != rows + nrows && *at == i ? at - rows : -1;
+  }
+  static bool wants(void* ctx, int64_t, int64_t, int64_t i0, int64_t i1) {
+    const Selection& s = *static_cast<const Selection*>(ctx);
+    const int64_t* at = std::lower_bound(s.rows, s.rows + s.nrows, i0);
+    return at != s.rows + s.nrows && *at < i1;
+  }
+  // The keys of `keys` (or, all_visible, every key) that row i may see, ascending as given.
+  static void row(void* ctx, int64_t, int64_t, int64_t i, const int32_t* keys, int64_t n, bool all_visible) {
+    const Selection& s = *static_cast<const Selection*>(ctx);
+    const int64_t t = s.slot(i);
+    if (t < 0) return;
+    const int64_t last = iceformer::row_last(*s.p, 0, 0, i), first = iceformer::row_first(*s.p, 0, i);
+    int32_t* dst = s.out + t * s.cap;
+    int64_t c = 0;
+    if (all_visible) {
+      for (int64_t j = std::max<int64_t>(first, 0); j <= last && c < s.cap; ++j) dst[c++] = static_cast<int32_t>(j);
+    } else {
+      for (int64_t x = 0; x < n && c < s.cap; ++x)
+        if (keys[x] >= first && keys[x] <= last) dst[c++] = keys[x];
+    }
+    s.counts[t] = static_cast<int32_t>(c);
+  }
+};
+
+void copy_message(const std::string& msg, char* err, int64_t err_len) {
+  if (err_len <= 0) return;
+  const int64_t n = std::min<int64_t>(err_len - 1, static_cast<int64_t>(msg.size()));
+  std::copy_n(msg.data(), n, err);
+  err[n] = 0;
+}
+
+}  // namespace
+
+// The keys the op's k-NN path attends for query rows `rows` of a single-head call (q [S,D], k [T,D], no masks):
+// the op's own driver runs (only the query blocks holding those rows) and its k-NN paths hand each row's set to a
+// sink. scale: the logit scale (the tail test depends on it). knn: one value per k-NN attribute in contract order
+// (n_knn of them; knn_settings.h). rows: nrows ascending rows in [0, S). out: [nrows][cap], counts: [nrows] (0 for rows
+// the op runs exact because they see too few keys, or when the whole call goes exact). Returns 0, or -1 with the
+// message in err (at most err_len bytes).
 extern "C" ICE_EXPORT int IceformerKnnSelect(const float* q, const float* k, int64_t S, int64_t T, int64_t D,
-                                             int64_t is_causal, const int64_t* ints, float candidate_fraction,
+                                             int64_t is_causal, float scale, const double* knn, int64_t n_knn,
                                              const int64_t* rows, int64_t nrows, int32_t* out, int64_t cap,
                                              int32_t* counts, char* err, int64_t err_len) {
   using namespace iceformer;
+  if (n_knn != kNumKnnFields) {
+    copy_message("IceformerKnnSelect: expected " + std::to_string(kNumKnnFields) + " k-NN attribute values, got " +
+                     std::to_string(n_knn),
+                 err, err_len);
+    return -1;
+  }
   AttentionParams p;
   p.shape = {1, 1, 1, S, T, D, D};
   p.q = q;
   p.k = k;
-  p.scale = 1.f;
+  p.v = k;  // the values do not change the selection; the output is discarded
+  p.scale = scale;
   p.is_causal = is_causal != 0;
-  p.knn.top_k = ints[0];
-  p.knn.num_composite = ints[1];
-  p.knn.num_simple = ints[2];
-  p.knn.max_candidates = ints[3];
-  p.knn.local_window = ints[4];
-  p.knn.num_sink = ints[5];
-  p.knn.seed = ints[6];
-  p.knn.search = ints[7];
-  p.knn.rank = ints[8];
-  p.knn.tail_samples = ints[9];
-  p.knn.min_keys = ints[10];
-  p.knn.candidate_fraction = candidate_fraction;
-  Status st = check_settings(p.knn);
-  if (!st.ok()) {
-    for (int64_t i = 0; i + 1 < err_len && i < static_cast<int64_t>(st.message().size()); ++i)
-      err[i] = st.message()[i], err[i + 1] = 0;
+  p.knn = knn_settings_from(knn);
+  if (Status st = check_settings(p.knn); !st.ok()) {
+    copy_message(st.message(), err, err_len);
     return -1;
   }
+  std::fill_n(counts, nrows, 0);
+  Selection sel{&p, rows, nrows, cap, out, counts};
+  KeySetSink sink{&sel, &Selection::row, &Selection::wants};
+  p.sink = &sink;
+  std::vector<float> y;
   try {
-    const bool dci = p.knn.search == 1;
-    const int64_t lists = dci ? p.knn.num_composite * p.knn.num_simple : 0;
-    const std::vector<float> dirs = make_directions(p.knn.seed, lists, D);
-    DciIndexSet set;
-    set.lists = lists;
-    set.stride = T;
-    set.proj.resize(lists * T);
-    set.ids.resize(lists * T);
-    set.count.assign(1, 0);
-    LowRankSet lr;
-    std::vector<int64_t> prefix(T + 1);
-    for (int64_t j = 0; j <= T; ++j) prefix[j] = j;
-    if (dci) {
-      project_keys(p, dirs, 0, 0, &set);
-      for (int64_t l = 0; l < lists; ++l) sort_list(&set, 0, l);
-    } else {
-      init_lowrank(p, p.knn.rank, &lr);
-      build_lowrank(p, 0, 0, &lr);
-    }
-    for (int64_t t = 0; t < nrows;) {
-      // The query block of rows[t], and the requested rows [t, t_end) inside it.
-      const int64_t i0 = rows[t] / kKnnBlockQ * kKnnBlockQ, i1 = std::min<int64_t>(S, i0 + kKnnBlockQ);
-      int64_t t_end = t;
-      while (t_end < nrows && rows[t_end] < i1) ++t_end;
-      if (dci) {
-        for (; t < t_end; ++t)
-          counts[t] = static_cast<int32_t>(select_for_inspection(p, set.view(0), dirs, rows[t], out + t * cap, cap));
-        continue;
-      }
-      // Low-rank search, as the op runs it: the block's k-NN rows attend the keys of their shared set U they may
-      // see, or every visible key when the block goes exact; rows before the block's first k-NN row report none.
-      const int64_t split = knn_first_row(p, prefix.data(), 0, 0, i0, i1);
-      const std::vector<int32_t>* u = nullptr;
-      bool exact = false;
-      if (split < i1) {
-        u = &union_keys(p, lr, prefix.data(), 0, 0, split, i1);
-        exact = !union_pays(p, 0, 0, split, i1, static_cast<int64_t>(u->size()));
-      }
-      for (; t < t_end; ++t) {
-        const int64_t i = rows[t], last = causal_last_key(p, 0, i);
-        int64_t n = 0;
-        if (i >= split && exact) {
-          for (int64_t j = 0; j <= last && n < cap; ++j) out[t * cap + n++] = static_cast<int32_t>(j);
-        } else if (i >= split) {
-          for (int32_t j : *u)
-            if (j <= last && n < cap) out[t * cap + n++] = j;
-        }
-        counts[t] = static_cast<int32_t>(n);
-      }
-    }
+    y.resize(static_cast<size_t>(S * D));
   } catch (const std::bad_alloc&) {
+    copy_message("IceformerKnnSelect: out of memory", err, err_len);
+    return -1;
+  }
+  p.y = y.data();
+  CallStats stats;
+  if (Status st = run_attention(p, Parallel{}, HostAllocator{}, &stats); !st.ok()) {
+    copy_message(st.message(), err, err_len);
     return -1;
   }
   return 0;

@@ -38,7 +38,7 @@ struct KeyPaddingView {
 };
 
 // Settings of the k-NN path (low-rank scoring or Prioritized DCI). The defaults are the contract's (contract.h
-// kAttrs; registration.cc checks them at compile time).
+// kAttrs; knn_settings.h checks them at compile time).
 struct KnnSettings {
   int64_t top_k = 128;             // 0: exact attention
   int64_t search = 0;              // candidate retrieval: 0 low-rank scoring, 1 Prioritized DCI
@@ -71,6 +71,16 @@ struct HostAllocator {
   void (*free)(void* host, void* p) = nullptr;
 };
 
+// Receives the key set each k-NN row attends, as the k-NN paths decide it (the introspection entry's result
+// handler; the op passes none). keys: the row's set or a superset of it (the block's shared set, to be cut to the
+// keys the row may see); all_visible: the row attends every key it may see (its block or the row went exact).
+// wants: whether the query rows [i0, i1) of (b, hq) are to be computed at all.
+struct KeySetSink {
+  void* ctx = nullptr;
+  void (*row)(void* ctx, int64_t b, int64_t hq, int64_t i, const int32_t* keys, int64_t n, bool all_visible) = nullptr;
+  bool (*wants)(void* ctx, int64_t b, int64_t hq, int64_t i0, int64_t i1) = nullptr;
+};
+
 struct AttentionParams {
   AttentionShape shape;
   const float* q = nullptr;  // [B,Hq,S,D]
@@ -94,6 +104,12 @@ struct AttentionParams {
   // none), so that causal-shaped masks (Hugging Face exports pass causality as a [B,1,S,T] mask) skip the
   // masked tail like is_causal does. h is 0 when the mask does not vary by head.
   const int64_t* mask_last = nullptr;
+  const KeySetSink* sink = nullptr;  // introspection only
+
+  // Hands row i's key set to the sink, if any (see KeySetSink).
+  void report_keys(int64_t b, int64_t hq, int64_t i, const int32_t* keys, int64_t n, bool all_visible) const {
+    if (sink != nullptr && sink->row != nullptr) sink->row(sink->ctx, b, hq, i, keys, n, all_visible);
+  }
 
   int64_t kv_stride() const { return kv_rows > shape.T ? kv_rows : shape.T; }
   // The key / value rows of (b, hkv): row j at + j * D (+ j * Dv).

@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "contract.h"
+#include "knn_settings.h"
 #include "masking.h"
 #include "gqa_attention.h"
 #include "host_buffer.h"
@@ -34,7 +35,7 @@ OrtStatusPtr make_error(const Status& s) {
 }
 
 // Reads one attribute as its contract entry states it: its value, or the entry's default when absent. Returns
-// false and sets *err when present with the wrong type. Entries come from CONTRACT_ATTR or the k-NN binding loop:
+// false and sets *err when present with the wrong type. Entries come from CONTRACT_ATTR or kKnnFields (knn_settings.h):
 // a name the contract does not have does not compile.
 template <typename T>
 bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const iceformer::AttrSpec& spec, T* out, bool* present,
@@ -64,49 +65,11 @@ bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const iceformer::At
   return true;
 }
 
-// The k-NN attributes both ops share, in contract order (kAttrs[kFirstKnnAttr..]): where each lands in
-// KnnSettings. Checked at compile time against the contract (names, types, and KnnSettings' own defaults).
-struct KnnField {
-  const char* name;
-  int64_t iceformer::KnnSettings::* i;
-  float iceformer::KnnSettings::* f;
-};
-using KS = iceformer::KnnSettings;
-constexpr KnnField kKnnFields[] = {
-    {"top_k", &KS::top_k, nullptr},
-    {"search", &KS::search, nullptr},
-    {"rank", &KS::rank, nullptr},
-    {"L", &KS::num_composite, nullptr},
-    {"m", &KS::num_simple, nullptr},
-    {"max_candidates", &KS::max_candidates, nullptr},
-    {"candidate_fraction", nullptr, &KS::candidate_fraction},
-    {"min_keys", &KS::min_keys, nullptr},
-    {"local_window", &KS::local_window, nullptr},
-    {"num_sink", &KS::num_sink, nullptr},
-    {"tail_samples", &KS::tail_samples, nullptr},
-    {"tail_limit", nullptr, &KS::tail_limit},
-    {"seed", &KS::seed, nullptr},
-};
-
-constexpr bool knn_fields_follow_contract() {
-  if (sizeof(kKnnFields) / sizeof(kKnnFields[0]) != iceformer::kNumAttrs - iceformer::kFirstKnnAttr) return false;
-  const KS defaults{};
-  for (int i = 0; i + iceformer::kFirstKnnAttr < iceformer::kNumAttrs; ++i) {
-    const iceformer::AttrSpec& a = iceformer::kAttrs[iceformer::kFirstKnnAttr + i];
-    const KnnField& f = kKnnFields[i];
-    if (!iceformer::same_name(a.name, f.name) || (a.type == 'i') != (f.i != nullptr)) return false;
-    if (f.i != nullptr ? static_cast<double>(defaults.*(f.i)) != a.default_value
-                       : defaults.*(f.f) != static_cast<float>(a.default_value))
-      return false;
-  }
-  return true;
-}
-static_assert(knn_fields_follow_contract(), "kKnnFields / KnnSettings defaults disagree with the contract (kAttrs)");
-
 // The k-NN attributes, read in one loop over the contract, then checked.
 bool read_knn_attrs(const OrtApi& api, const OrtKernelInfo* info, iceformer::KnnSettings* k, std::string* err) {
   bool present = false;
-  for (int i = 0; i + iceformer::kFirstKnnAttr < iceformer::kNumAttrs; ++i) {
+  using iceformer::kKnnFields;
+  for (int i = 0; i < iceformer::kNumKnnFields; ++i) {
     const iceformer::AttrSpec& spec = iceformer::kAttrs[iceformer::kFirstKnnAttr + i];
     const bool ok = kKnnFields[i].i != nullptr ? read_attr(api, info, spec, &(k->*(kKnnFields[i].i)), &present, err)
                                                : read_attr(api, info, spec, &(k->*(kKnnFields[i].f)), &present, err);

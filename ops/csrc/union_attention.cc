@@ -130,8 +130,10 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(u.size()))) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
     exact_rows(p, kp, b, hq, i0, i1);
-    for (int64_t r = 0; r < rows; ++r)
+    for (int64_t r = 0; r < rows; ++r) {
       keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
+      p.report_keys(b, hq, i0 + r, nullptr, 0, true);
+    }
     return;
   }
 
@@ -185,8 +187,10 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], st.max, st.sum)) {
       sc.fallback.push_back(i0 + r);
       keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
+      p.report_keys(b, hq, i0 + r, nullptr, 0, true);
       continue;
     }
+    p.report_keys(b, hq, i0 + r, u.data(), static_cast<int64_t>(u.size()), false);
     st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
     keys_scored[r] = static_cast<int32_t>(std::min<int64_t>(sc.seen[r], std::numeric_limits<int32_t>::max()));
   }

@@ -282,3 +282,23 @@ def test_hard_window_below_the_knn_threshold_runs_exact(tmp_stats):
     np.testing.assert_allclose(got, knn_attention_reference(**case.inputs(), **case.op_attrs()), atol=2e-5, rtol=1e-4)
     call = json.loads(tmp_stats.read_text().splitlines()[-1])
     assert call["path"] == "exact" and "hard window" in call["reason"]
+
+
+@pytest.mark.parametrize("search", [0, 1], ids=["lowrank", "dci"])
+def test_introspection_follows_the_op_on_tail_fallback_and_min_keys(search, tmp_stats):
+    """knn_select runs the op's driver: rows the tail test sends back to exact report every key they may see (as
+    many as the call's fallback count), and a min_keys above the keys makes every row exact (nothing reported)."""
+    attrs = {**SPARSE, "search": search, "tail_samples": 256, "tail_limit": 0.02}
+    case = AttentionCase(Hq=1, Hkv=1, S=192, T=2048, D=32, is_causal=1, seed=7, attrs=attrs)
+    x = case.inputs()
+    run_case(case)
+    call = json.loads(tmp_stats.read_text().splitlines()[-1])
+    q, k = x["Q"][0, 0], x["K"][0, 0]
+    sets, counts = knn_select(q, k, is_causal=1, **attrs)
+    visible = np.arange(192) + 2048 - 192 + 1
+    exact_rows = counts == visible
+    assert call["fallback_rows"] > 0 and exact_rows.sum() == call["fallback_rows"], (call, exact_rows.sum())
+    for i in np.flatnonzero(exact_rows)[:3]:
+        np.testing.assert_array_equal(sets[i, : counts[i]], np.arange(visible[i]))
+    _, counts = knn_select(q, k, is_causal=1, **{**attrs, "min_keys": 4096})
+    assert not counts.any()
