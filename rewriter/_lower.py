@@ -135,6 +135,93 @@ def lower_graph(
     return done
 
 
+@dataclass(frozen=True)
+class _MaskPlan:
+    """How a core's mask is lowered: what it is made of, whether it is bypassed (proven), and what the op's
+    attributes become."""
+
+    kind: _masks.MaskKind | None
+    bypass: bool
+    is_causal: int
+    window: int
+    check: str  # the bypass proof or why it was refused ("" when not attempted)
+
+
+def _plan_mask(
+    graph: ir.Graph,
+    node: ir.Node,
+    mask: ir.Value | None,
+    checker: _maskcheck.MaskChecker,
+    mask_bypass: bool,
+    causal: str,
+) -> _MaskPlan:
+    """Classify the additive mask; a padding (+ causal) mask is bypassed only when the probes prove it equal to
+    key_padding_mask + is_causal (+ local_window_size); anything else keeps its mask (exact and correct)."""
+    mk = _masks.classify(mask, graph) if mask is not None else None
+    bypassable = _masks.BYPASSABLE if causal != "off" else (_masks.Mask.PADDING,)
+    bypass = mask_bypass and mk is not None and mk.kind in bypassable
+    node_causal = node.attributes.get_int("is_causal", 0)
+    is_causal = 1 if causal == "on" else node_causal
+    window, check = -1, ""
+    if bypass:
+        verdict = checker.check(mask, mk.padding_input, node_causal, causal)
+        bypass, check = verdict.ok, verdict.reason
+        if verdict.ok:
+            is_causal, window = max(is_causal, verdict.is_causal), verdict.window
+    return _MaskPlan(mk, bypass, is_causal, window, check)
+
+
+def _new_value(graph: ir.Graph, before: ir.Node, op: str, inputs: list, name: str, **attrs) -> ir.Value:
+    """One standard-domain node inserted before `before`; its output, named `name`."""
+    attributes = {k: ir.AttrInt64(k, v) if isinstance(v, int) else v for k, v in attrs.items()}
+    node = ir.Node("", op, inputs, attributes, num_outputs=1, name=name)
+    graph.insert_before(before, node)
+    node.outputs[0].name = name
+    return node.outputs[0]
+
+
+def _op_mask(
+    graph: ir.Graph, node: ir.Node, base: str, cond: ir.Value | None, mask: ir.Value | None, bypass: bool
+) -> tuple[ir.Value, str]:
+    """The op's float attn_mask input and what the core had ("none" | "additive" | "boolean" |
+    "boolean+additive"): a boolean `cond` becomes 0 / -inf, added to the additive mask unless that is bypassed;
+    nothing left becomes the no-mask placeholder (contract.NO_MASK_VALUE)."""
+    kept = None if bypass else mask
+    kind = "additive" if mask is not None else "none"
+    if cond is not None:
+        zero = _constant(graph, node, f"{base}_mask_zero", np.array(0.0, np.float32))
+        ninf = _constant(graph, node, f"{base}_mask_ninf", np.array(-np.inf, np.float32))
+        cond_f = _new_value(graph, node, "Where", [cond, zero, ninf], f"{base}_mask_from_bool")
+        kind = "boolean+additive" if mask is not None else "boolean"
+        kept = cond_f if kept is None else _new_value(graph, node, "Add", [cond_f, kept], f"{base}_mask_sum")
+    if kept is None:
+        return _constant(graph, node, f"{base}_no_mask", np.full([1], contract.NO_MASK_VALUE, np.float32)), kind
+    if kept.dtype is not None and kept.dtype != ir.DataType.FLOAT:
+        kept = _new_value(graph, node, "Cast", [kept], f"{base}_mask_f32", to=int(ir.DataType.FLOAT))
+    return kept, kind
+
+
+def _op_key_padding(graph: ir.Graph, node: ir.Node, base: str, plan: _MaskPlan, k: ir.Value) -> ir.Value:
+    """key_padding_mask: the model's 2-D attention_mask (int64) when the bypass reads one, else [B,T] ones."""
+    kpm = plan.kind.padding_input if plan.bypass and plan.kind is not None else None
+    if kpm is None:
+        return _ones_like_keys(graph, node, k, base)
+    if kpm.dtype != ir.DataType.INT64:
+        kpm = _new_value(graph, node, "Cast", [kpm], f"{base}_kpm_i64", to=int(ir.DataType.INT64))
+    return kpm
+
+
+def _replace_output(graph: ir.Graph, out: ir.Value, y: ir.Value) -> None:
+    """Every use of `out` reads `y` instead; a graph output keeps its name (the old value is renamed away)."""
+    if out.is_graph_output():
+        old_name = out.name
+        out.name = f"{old_name}_replaced"
+        y.name = old_name
+        outputs = graph.outputs
+        outputs[outputs.index(out)] = y
+    out.replace_all_uses_with(y)
+
+
 def _lower_node(
     graph: ir.Graph,
     node: ir.Node,
@@ -152,72 +239,22 @@ def _lower_node(
     out = node.outputs[0]
     base = (out.name or f"attention_{counter[0]}").replace("/", "_").strip("_")
     counter[0] += 1
-    kind = "none"
-    mk = _masks.classify(mask, graph) if mask is not None else None
-    bypassable = _masks.BYPASSABLE if causal != "off" else (_masks.Mask.PADDING,)
-    bypass = mask_bypass and mk is not None and mk.kind in bypassable
-    is_causal = 1 if causal == "on" else node.attributes.get_int("is_causal", 0)
-    exact_only = mk is not None and mk.kind == _masks.Mask.BIAS
-    window, check = -1, ""
-    if bypass:  # only a bypass proven equal on probes: anything else keeps its mask (exact and correct)
-        verdict = checker.check(mask, mk.padding_input, node.attributes.get_int("is_causal", 0), causal)
-        bypass, check = verdict.ok, verdict.reason
-        if verdict.ok:
-            is_causal, window = max(is_causal, verdict.is_causal), verdict.window
-    kpm = None
-    if bypass and mk.padding_input is not None:
-        kpm = mk.padding_input
-        if kpm.dtype != ir.DataType.INT64:
-            cast = ir.Node(
-                "", "Cast", [kpm], {"to": ir.AttrInt64("to", ir.DataType.INT64)}, num_outputs=1, name=f"{base}_kpm_i64"
-            )
-            graph.insert_before(node, cast)
-            kpm = cast.outputs[0]
-            kpm.name = f"{base}_kpm_i64"
-    if bypass:
-        mask = None  # replaced by key_padding_mask (+ is_causal, + local_window_size)
-    if cond is not None:
-        zero = _constant(graph, node, f"{base}_mask_zero", np.array(0.0, np.float32))
-        ninf = _constant(graph, node, f"{base}_mask_ninf", np.array(-np.inf, np.float32))
-        where = ir.Node("", "Where", [cond, zero, ninf], name=f"{base}_mask_from_bool", num_outputs=1)
-        graph.insert_before(node, where)
-        cond_f = where.outputs[0]
-        cond_f.name = f"{base}_mask_from_bool"
-        if mask is not None:
-            add = ir.Node("", "Add", [cond_f, mask], name=f"{base}_mask_sum", num_outputs=1)
-            graph.insert_before(node, add)
-            mask = add.outputs[0]
-            mask.name = f"{base}_mask_sum"
-            kind = "boolean+additive"
-        else:
-            mask, kind = cond_f, "boolean"
-    elif mask is not None:
-        kind = "additive"
-    if bypass:
-        kind = "boolean+additive" if kind == "boolean" else "additive"
-    if mask is None:
-        mask = _constant(graph, node, f"{base}_no_mask", np.full([1], contract.NO_MASK_VALUE, np.float32))
-    elif mask.dtype is not None and mask.dtype != ir.DataType.FLOAT:
-        cast = ir.Node(
-            "", "Cast", [mask], {"to": ir.AttrInt64("to", ir.DataType.FLOAT)}, name=f"{base}_mask_f32", num_outputs=1
-        )
-        graph.insert_before(node, cast)
-        mask = cast.outputs[0]
-        mask.name = f"{base}_mask_f32"
-    if kpm is None:
-        kpm = _ones_like_keys(graph, node, k, base)
+    plan = _plan_mask(graph, node, mask, checker, mask_bypass, causal)
+    exact_only = plan.kind is not None and plan.kind.kind == _masks.Mask.BIAS
+    kpm = _op_key_padding(graph, node, base, plan, k)
+    op_mask, kind = _op_mask(graph, node, base, cond, mask, plan.bypass)
     scale = node.attributes.get_float("scale")
     # scale, is_causal and local_window_size always set: the reference function reads them.
     op_attrs = {
         "scale": ir.AttrFloat32("scale", scale),
-        "is_causal": ir.AttrInt64("is_causal", is_causal),
-        "local_window_size": ir.AttrInt64("local_window_size", window),
+        "is_causal": ir.AttrInt64("is_causal", plan.is_causal),
+        "local_window_size": ir.AttrInt64("local_window_size", plan.window),
     }
     for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
         spec = contract.attribute(name)
         op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
     new = ir.Node(
-        contract.DOMAIN, contract.OP_TYPE, [q, k, v, mask, kpm], op_attrs, name=f"{base}_KnnAttention", num_outputs=1
+        contract.DOMAIN, contract.OP_TYPE, [q, k, v, op_mask, kpm], op_attrs, name=f"{base}_KnnAttention", num_outputs=1
     )
     new.metadata_props[_canonical.LAYER_TAG] = node.metadata_props.get(_canonical.LAYER_TAG, "-1")
     graph.insert_before(node, new)
@@ -228,25 +265,18 @@ def _lower_node(
         y.shape = ir.Shape([q.shape[0], q.shape[1], q.shape[2], v.shape[3]])  # [B,Hq,S,Dv]
     if y.type is None:
         y.type = q.type
-    if out.is_graph_output():
-        # Keep the graph output's name: rename the old value away first.
-        old_name = out.name
-        out.name = f"{old_name}_replaced"
-        y.name = old_name
-        outputs = graph.outputs
-        outputs[outputs.index(out)] = y
-    out.replace_all_uses_with(y)
+    _replace_output(graph, out, y)
     graph.remove(node, safe=True)
     return LoweredCore(
         new.name,
         scale,
-        is_causal,
+        plan.is_causal,
         stripped,
         kind,
-        (mk.kind if mk else _masks.Mask.NONE).value,
-        bypass,
+        (plan.kind.kind if plan.kind else _masks.Mask.NONE).value,
+        plan.bypass,
         layer=int(new.metadata_props[_canonical.LAYER_TAG]),
         exact_only=exact_only,
-        window=window,
-        bypass_check=check,
+        window=plan.window,
+        bypass_check=plan.check,
     )

@@ -18,7 +18,6 @@ struct CallStats {
   std::string reason;          // why this path
   double mean_candidates = 0;  // candidates scored exactly per query (k-NN path)
   double p99_candidates = 0;
-  double mean_visible = 0;    // visible keys per query
   int64_t knn_rows = 0;       // query rows that took the k-NN path (fallback rows included)
   int64_t fallback_rows = 0;  // of those, rows recomputed exactly because their tail was too heavy
   double build_ms = 0, search_ms = 0, softmax_ms = 0, total_ms = 0;

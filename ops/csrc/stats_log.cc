@@ -17,8 +17,8 @@ void log_call_stats(const AttentionParams& p, const CallStats& s) {
     << ",\"Dv\":" << sh.Dv << ",\"is_causal\":" << (p.is_causal ? 1 : 0) << ",\"top_k\":" << p.knn.top_k
     << ",\"knn_rows\":" << s.knn_rows << ",\"fallback_rows\":" << s.fallback_rows
     << ",\"mean_candidates\":" << s.mean_candidates << ",\"p99_candidates\":" << s.p99_candidates
-    << ",\"mean_visible\":" << s.mean_visible << ",\"build_ms\":" << s.build_ms << ",\"search_ms\":" << s.search_ms
-    << ",\"softmax_ms\":" << s.softmax_ms << ",\"total_ms\":" << s.total_ms << "}\n";
+    << ",\"build_ms\":" << s.build_ms << ",\"search_ms\":" << s.search_ms << ",\"softmax_ms\":" << s.softmax_ms
+    << ",\"total_ms\":" << s.total_ms << "}\n";
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   if (FILE* f = std::fopen(path, "a")) {
