@@ -316,21 +316,26 @@ class OnnxAttentionWithPast(_CoreRule):
         return op.Sdpa(query, present_key, present_value, cond, mask, **attrs), present_key, present_value
 
 
+def _multihead(op, query, key, value, outputs: list[str]):
+    """com.microsoft.MultiHeadAttention over Q, K, V (other inputs read from the node), with these outputs."""
+    return op.MultiHeadAttention(
+        query,
+        key,
+        value,
+        _domain="com.microsoft",
+        _allow_other_inputs=True,
+        _allow_other_attributes=True,
+        _outputs=outputs,
+    )
+
+
 class MicrosoftMultiHeadAttention(_CoreRule):
     """com.microsoft.MultiHeadAttention with separate 3-D Q [B,S,H*D], K [B,T,H*D], V [B,T,H*Dv], an optional
     additive attention_bias and no packed bias, key_padding_mask or past: heads are split with Reshape/Transpose
     around the canonical core (static head sizes needed)."""
 
     def pattern(self, op, query, key, value):
-        return op.MultiHeadAttention(
-            query,
-            key,
-            value,
-            _domain="com.microsoft",
-            _allow_other_inputs=True,
-            _allow_other_attributes=True,
-            _outputs=["y"],
-        )
+        return _multihead(op, query, key, value, ["y"])
 
     def check(self, context, query, key, value, y, **_):
         result = pattern.MatchResult()
@@ -338,14 +343,8 @@ class MicrosoftMultiHeadAttention(_CoreRule):
         inputs = list(node.inputs) + [None] * 8
         if why := _ms_refusal(node, {3: "a packed bias", 4: "a key_padding_mask", 6: "past_key", 7: "past_value"}):
             return result.fail(why)
-        heads = node.attributes.get_int("num_heads", 0)
-        for name, v in (("query", query), ("key", key), ("value", value)):
-            if v.shape is None or v.shape.rank() != 3 or not isinstance(v.shape[2], int):
-                return result.fail(f"{name} is not 3-D with a static hidden size (packed or 5-D form)", v)
-            if heads <= 0 or v.shape[2] % heads:
-                return result.fail(f"{name} hidden size {v.shape[2]} is not a multiple of num_heads {heads}", v)
-        if query.shape[2] != key.shape[2]:
-            return result.fail("query and key hidden sizes differ")
+        if why := _ms_qkv_refusal(node, query, key, value):
+            return result.fail(why)
         if node.attributes.get_float("mask_filter_value", -10000.0) > -1e3:
             return result.fail("mask_filter_value is not very negative")
         return self._check_common(context, inputs[5], result)
@@ -373,15 +372,7 @@ class MicrosoftMultiHeadAttentionWithPast(_CoreRule):
     bottom-right, as the op aligns `unidirectional` after a past); an optional attention_bias as the mask."""
 
     def pattern(self, op, query, key, value):
-        return op.MultiHeadAttention(
-            query,
-            key,
-            value,
-            _domain="com.microsoft",
-            _allow_other_inputs=True,
-            _allow_other_attributes=True,
-            _outputs=["y", "present_key", "present_value"],
-        )
+        return _multihead(op, query, key, value, ["y", "present_key", "present_value"])
 
     def check(self, context, query, key, value, y, **_):
         result = pattern.MatchResult()
@@ -394,14 +385,8 @@ class MicrosoftMultiHeadAttentionWithPast(_CoreRule):
             return result.fail(why)
         if node.attributes.get_int("past_present_share_buffer", 0):
             return result.fail("past_present_share_buffer is set")
-        heads = node.attributes.get_int("num_heads", 0)
-        for name, v in (("query", query), ("key", key), ("value", value)):
-            if v.shape is None or v.shape.rank() != 3 or not isinstance(v.shape[2], int):
-                return result.fail(f"{name} is not 3-D with a static hidden size", v)
-            if heads <= 0 or v.shape[2] % heads:
-                return result.fail(f"{name} hidden size {v.shape[2]} is not a multiple of num_heads {heads}", v)
-        if query.shape[2] != key.shape[2]:
-            return result.fail("query and key hidden sizes differ")
+        if why := _ms_qkv_refusal(node, query, key, value):
+            return result.fail(why)
         return self._check_common(context, inputs[5], result)
 
     def rewrite(self, op, query, key, value, y, **_):
@@ -489,6 +474,18 @@ class MicrosoftAttention(_CoreRule):
             **_ms_core_attrs(node, hq // heads),
         )
         return _merge_heads(op, core, hv)
+
+
+def _ms_qkv_refusal(node: ir.Node, query: ir.Value, key: ir.Value, value: ir.Value) -> str:
+    """Why MultiHeadAttention's separate Q/K/V cannot be split into heads ("" when they can): each must be 3-D
+    [B, S or T, heads * size] with a static hidden size, and Q and K of the same size."""
+    heads = node.attributes.get_int("num_heads", 0)
+    for name, v in (("query", query), ("key", key), ("value", value)):
+        if v.shape is None or v.shape.rank() != 3 or not isinstance(v.shape[2], int):
+            return f"{name} is not 3-D with a static hidden size (packed or 5-D form)"
+        if heads <= 0 or v.shape[2] % heads:
+            return f"{name} hidden size {v.shape[2]} is not a multiple of num_heads {heads}"
+    return "query and key hidden sizes differ" if query.shape[2] != key.shape[2] else ""
 
 
 def _ms_refusal(node: ir.Node, unsupported: dict[int, str]) -> str:

@@ -3,7 +3,7 @@
 import warnings
 
 import pytest
-from tiny import build, build_sliding, export
+from tiny import BERT, DECODER, build, build_sliding, export
 
 MODELS = {
     # name: (factory, opset, attention cores expected[, exporter (default dynamo)])
@@ -105,15 +105,7 @@ def exported_optimum(tmp_path_factory):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
+    cfg = LlamaConfig(**DECODER)
     root = tmp_path_factory.mktemp("exports_optimum")
     LlamaForCausalLM(cfg).eval().save_pretrained(root / "hf")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -135,16 +127,7 @@ def exported_optimum_runtime_scale(tmp_path_factory):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("exports_optimum_scale")
-    BertModel(
-        BertConfig(
-            vocab_size=100,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=128,
-            max_position_embeddings=512,
-        )
-    ).eval().save_pretrained(root / "bert")
+    BertModel(BertConfig(**BERT)).eval().save_pretrained(root / "bert")
     GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=512)).eval().save_pretrained(
         root / "gpt2"
     )

@@ -788,6 +788,18 @@ def test_ort_optimizer_bert_attention(exported_optimum_runtime_scale, tmp_path):
         np.testing.assert_allclose(ort.InferenceSession(str(out), so).run(None, feeds)[0], want, atol=2e-5, rtol=1e-4)
 
 
+def _save_ms_model(graph, tmp_path: Path) -> Path:
+    """A hand-built graph of com.microsoft nodes saved as a model (opset 17 + com.microsoft 1): its path."""
+    from onnx import helper
+
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "a.onnx")
+    return tmp_path / "a.onnx"
+
+
 @pytest.mark.parametrize("unidirectional", [0, 1])
 def test_microsoft_attention_with_a_2d_mask(tmp_path, unidirectional):
     """A hand-built com.microsoft.Attention with a raw [B,T] mask_index (padding, proven and bypassed)."""
@@ -810,12 +822,7 @@ def test_microsoft_attention_with_a_2d_mask(tmp_path, unidirectional):
             onnx.numpy_helper.from_array(rng.standard_normal(96).astype(np.float32) * 0.1, "b"),
         ],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    model.ir_version = 10
-    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
-    onnx.save(model, src)
+    src, out = _save_ms_model(graph, tmp_path), tmp_path / "o.onnx"
     report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
     (core,) = report.replaced
     assert (core.is_causal, core.bypassed) == (unidirectional, True), core.bypass_check
@@ -863,12 +870,7 @@ def test_microsoft_attention_with_attention_bias_and_no_qkv_bias(tmp_path):
             onnx.numpy_helper.from_array(np.array([2, 3], np.int64), "axes23"),
         ],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    model.ir_version = 10
-    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
-    onnx.save(model, src)
+    src, out = _save_ms_model(graph, tmp_path), tmp_path / "o.onnx"
     with pytest.raises(RewriteError, match="the mask is a bias"):
         rewrite(src, out, RewriteOptions())
     report = rewrite(src, out, RewriteOptions(allow_bias=True))
@@ -907,12 +909,7 @@ def test_microsoft_multihead_attention_with_past(tmp_path, unidirectional):
         [helper.make_tensor_value_info("y", f, ["B", "S", 32])]
         + [helper.make_tensor_value_info(n, f, ["B", 4, "T", 8]) for n in ("present_k", "present_v")],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
-    )
-    model.ir_version = 10
-    src, out = tmp_path / "a.onnx", tmp_path / "o.onnx"
-    onnx.save(model, src)
+    src, out = _save_ms_model(graph, tmp_path), tmp_path / "o.onnx"
     report = rewrite(src, out, RewriteOptions(attributes={"top_k": 0}))
     assert report.replaced_by_form == {"MicrosoftMultiHeadAttentionWithPast": 1}
     assert report.replaced[0].is_causal == unidirectional

@@ -27,30 +27,27 @@ def export(model, path: Path, opset: int, exporter: str = "dynamo") -> Path:
     batch, seq = torch.export.Dim("batch", min=1, max=8), torch.export.Dim("seq", min=2, max=512)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        names = dict(input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"])
         if exporter == "torchscript":
-            torch.onnx.export(
-                Wrapper(model.eval()),
-                (ids, mask),
-                str(path),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
-                dynamo=False,
-                opset_version=opset,
-                dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}},
-            )
+            axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+            dynamic = dict(dynamo=False, dynamic_axes=axes)
         else:
-            torch.onnx.export(
-                Wrapper(model.eval()),
-                (ids, mask),
-                str(path),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["last_hidden_state"],
-                dynamo=True,
-                opset_version=opset,
-                optimize=False,
-                dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-            )
+            shapes = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+            dynamic = dict(dynamo=True, optimize=False, dynamic_shapes=shapes)
+        torch.onnx.export(Wrapper(model.eval()), (ids, mask), str(path), opset_version=opset, **names, **dynamic)
     return path
+
+
+# Every tiny model: 2 layers, 4 heads of size 16; the LLaMA family with GQA 4/2.
+BERT = dict(
+    vocab_size=100,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=512,
+)
+DECODER = dict(BERT, num_key_value_heads=2)
 
 
 def build(kind: str):
@@ -87,42 +84,17 @@ def build(kind: str):
         cfg = T5Config(vocab_size=100, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4)
         return (T5EncoderModel if kind == "t5_encoder" else T5Model)._from_config(cfg, attn_implementation="eager")
     if kind.startswith("llama"):
-        cfg = LlamaConfig(
-            vocab_size=100,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-        )
+        cfg = LlamaConfig(**DECODER)
         return LlamaModel._from_config(cfg, attn_implementation="sdpa" if kind == "llama_sdpa" else "eager")
     if kind == "qwen3":  # per-head RMSNorm of Q and K before the rotary
         from transformers import Qwen3Config, Qwen3Model
 
-        cfg = Qwen3Config(
-            vocab_size=100,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=16,
-            max_position_embeddings=512,
-        )
+        cfg = Qwen3Config(**DECODER, head_dim=16)
         return Qwen3Model._from_config(cfg, attn_implementation="eager")
     if kind == "gpt2":
         cfg = GPT2Config(vocab_size=100, n_embd=64, n_layer=2, n_head=4, n_positions=512)
         return GPT2Model._from_config(cfg, attn_implementation="eager")
-    cfg = BertConfig(
-        vocab_size=100,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=512,
-    )
-    return BertModel._from_config(cfg, attn_implementation="eager")
+    return BertModel._from_config(BertConfig(**BERT), attn_implementation="eager")
 
 
 def build_sliding(kind: str):
@@ -130,16 +102,7 @@ def build_sliding(kind: str):
     from transformers import Gemma3TextConfig, Gemma3TextModel, MistralConfig, MistralModel, Qwen2Config, Qwen2Model
 
     torch.manual_seed(0)
-    common = dict(
-        vocab_size=100,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        sliding_window=3,
-    )
+    common = dict(DECODER, sliding_window=3)
     if kind == "mistral":
         return MistralModel._from_config(MistralConfig(**common), attn_implementation="eager")
     if kind == "qwen2_window":
