@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <utility>
 
 #include "epoch_set.h"
 #include "exact_attention.h"
@@ -69,6 +70,71 @@ int64_t retrieve(const AttentionParams& p, const DciIndexView& idx, const std::v
 
 }  // namespace
 
+// Sinks and local window of the rows [i0, i1) at once, by tiles of the exact kernel, into sc.band (one running
+// softmax per row, accumulating into sc.band_o); empty states when there is no band.
+void attend_band(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1,
+                 RowScratch& sc) {
+  const KnnSettings& ks = p.knn;
+  const int64_t rows = i1 - i0, Dv = p.shape.Dv, ldo = padded_dv(Dv);
+  if (sc.band_o.size() < static_cast<size_t>(rows * ldo)) sc.band_o.resize(rows * ldo);
+  if (sc.band.size() < static_cast<size_t>(rows)) sc.band.resize(rows);
+  if (ks.num_sink > 0 || ks.local_window > 0) {
+    sc.rows.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) sc.rows[r] = i0 + r;
+    attend_tiles(p, kp, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo,
+                 sc.band.data());
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    std::fill(sc.band_o.begin() + r * ldo, sc.band_o.begin() + r * ldo + Dv, 0.f);
+    sc.band[r] = OnlineSoftmax::empty(sc.band_o.data() + r * ldo, Dv);
+  }
+}
+
+// A row's visible keys (up to `last`), and how many of them the sinks and window already cover.
+template <typename Visible>
+std::pair<int64_t, int64_t> visible_counts(const AttentionParams& p, const int64_t* real_prefix, int64_t last,
+                                           bool plain, bool any_mask, const Visible& visible) {
+  const KnnSettings& ks = p.knn;
+  int64_t n_vis = 0, n_forced = 0;
+  if (last < 0) return {0, 0};
+  if (plain) {
+    const int64_t lo = std::max<int64_t>(0, last - ks.local_window + 1);
+    return {last + 1, lo <= ks.num_sink ? last + 1 : std::min(ks.num_sink, last + 1) + (last + 1 - lo)};
+  }
+  n_vis = real_prefix[last + 1];
+  if (any_mask || p.window >= 0) {
+    n_vis = 0;
+    for (int64_t j = 0; j <= last; ++j) n_vis += visible(j) ? 1 : 0;
+  }
+  for (int64_t j = 0; j <= last && j < ks.num_sink; ++j) n_forced += visible(j) ? 1 : 0;
+  for (int64_t j = std::max(ks.num_sink, last - ks.local_window + 1); j <= last; ++j) n_forced += visible(j) ? 1 : 0;
+  return {n_vis, n_forced};
+}
+
+// Tail estimate of the sum over the row's unretrieved visible keys: the tail sample (knn_common.h) of [0, last],
+// each sampled key weighted by the step, added to os. Returns whether the estimated share is too heavy (the row
+// then goes exact). *scored counts the sampled keys.
+template <typename Visible, typename Score>
+bool tail_estimate(const AttentionParams& p, int64_t b, int64_t hq, int64_t i, int64_t last, const Visible& visible,
+                   const Score& score, const float* V, OnlineSoftmax& os, RowScratch& sc, int64_t* scored) {
+  const KnnSettings& ks = p.knn;
+  if (ks.tail_samples <= 0) return false;
+  Rng rng(row_seed(ks.seed, b, hq, i));
+  sc.samples.clear();
+  const double h = systematic_sample(rng, ks.tail_samples, 0, last, [&](int64_t j) {
+    if (visible(j) && !is_forced(ks, last, j) && !sc.chosen.contains(j)) sc.samples.push_back(static_cast<int32_t>(j));
+  });
+  if (sc.samples.empty()) return false;
+  const int64_t n = static_cast<int64_t>(sc.samples.size());
+  sc.logits.resize(n);
+  score(sc.samples.data(), n, sc.logits.data());
+  const float m1 = os.max, s1 = os.sum;  // the retrieved part, before the tail
+  os.add(sc.logits.data(), sc.samples.data(), n, V, kernels(), static_cast<float>(h));
+  *scored += n;
+  return tail_too_heavy(ks.tail_limit, m1, s1, os.max, os.sum);
+}
+
 // The row's key set for the sink: its visible sinks and window, then its retrieved top_k.
 template <typename Visible>
 void report_row(const AttentionParams& p, int64_t b, int64_t hq, int64_t i, int64_t last, const Visible& visible,
@@ -84,29 +150,14 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
               const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
-  const KnnSettings& ks = p.knn;
-  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, hkv = hq / sh.group(), rows = i1 - i0;
-  const int64_t ldo = padded_dv(Dv);
+  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, hkv = hq / sh.group();
   const float* K = p.key_rows(b, hkv);
   const float* V = p.value_rows(b, hkv);
   const bool any_mask = p.mask.kind != MaskKind::kNone;  // pure 0/-inf masks only: biases run exact
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
   RowScratch& sc = t_row;
 
-  // Sinks and local window of the whole block at once, by tiles of the exact kernel.
-  if (sc.band_o.size() < static_cast<size_t>(rows * ldo)) sc.band_o.resize(rows * ldo);
-  if (sc.band.size() < static_cast<size_t>(rows)) sc.band.resize(rows);
-  if (ks.num_sink > 0 || ks.local_window > 0) {
-    sc.rows.resize(rows);
-    for (int64_t r = 0; r < rows; ++r) sc.rows[r] = i0 + r;
-    attend_tiles(p, kp, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo,
-                 sc.band.data());
-  } else {
-    for (int64_t r = 0; r < rows; ++r) {
-      std::fill(sc.band_o.begin() + r * ldo, sc.band_o.begin() + r * ldo + Dv, 0.f);
-      sc.band[r] = OnlineSoftmax::empty(sc.band_o.data() + r * ldo, Dv);
-    }
-  }
+  attend_band(p, kp, b, hq, i0, i1, sc);
 
   sc.fallback.clear();
   for (int64_t i = i0; i < i1; ++i) {
@@ -118,24 +169,7 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
       return j <= last && j >= first && key_is_real(p.key_padding, T, b, j) && mrow.value(j) != kNegInf;
     };
     auto score = [&](const int32_t* ids, int64_t n, float* out) { kern.gather_dot(q, K, D, ids, n, D, p.scale, out); };
-    // Visible keys, and how many of them the sinks and window already cover.
-    int64_t n_vis = 0, n_forced = 0;
-    if (last >= 0) {
-      if (plain) {
-        n_vis = last + 1;
-        const int64_t lo = std::max<int64_t>(0, last - ks.local_window + 1);
-        n_forced = lo <= ks.num_sink ? last + 1 : std::min(ks.num_sink, last + 1) + (last + 1 - lo);
-      } else {
-        n_vis = real_prefix[last + 1];
-        if (any_mask || p.window >= 0) {
-          n_vis = 0;
-          for (int64_t j = 0; j <= last; ++j) n_vis += visible(j) ? 1 : 0;
-        }
-        for (int64_t j = 0; j <= last && j < ks.num_sink; ++j) n_forced += visible(j) ? 1 : 0;
-        for (int64_t j = std::max(ks.num_sink, last - ks.local_window + 1); j <= last; ++j)
-          n_forced += visible(j) ? 1 : 0;
-      }
-    }
+    const auto [n_vis, n_forced] = visible_counts(p, real_prefix, last, plain, any_mask, visible);
     int64_t scored = n_forced;
     OnlineSoftmax& os = sc.band[i - i0];
     scored += retrieve(p, idx, dirs, q, last, n_vis, visible, score, sc);
@@ -145,29 +179,11 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
     for (const auto& [s, j] : sc.top.items()) sc.ids.push_back(j), sc.logits.push_back(s);
     os.add(sc.logits.data(), sc.ids.data(), kept, V, kern);
 
-    // Tail estimate of the sum over the unretrieved visible keys: the tail sample (knn_common.h) of [0, last].
-    const int64_t n_rest = n_vis - n_forced - kept;
-    if (ks.tail_samples > 0 && n_rest > 0) {
-      Rng rng(row_seed(ks.seed, b, hq, i));
-      sc.samples.clear();
-      const double h = systematic_sample(rng, ks.tail_samples, 0, last, [&](int64_t j) {
-        if (visible(j) && !is_forced(ks, last, j) && !sc.chosen.contains(j))
-          sc.samples.push_back(static_cast<int32_t>(j));
-      });
-      if (!sc.samples.empty()) {
-        const float w = static_cast<float>(h);
-        sc.logits.resize(sc.samples.size());
-        score(sc.samples.data(), static_cast<int64_t>(sc.samples.size()), sc.logits.data());
-        const float m1 = os.max, s1 = os.sum;  // the retrieved part, before the tail
-        os.add(sc.logits.data(), sc.samples.data(), static_cast<int64_t>(sc.samples.size()), V, kern, w);
-        scored += static_cast<int64_t>(sc.samples.size());
-        if (tail_too_heavy(ks.tail_limit, m1, s1, os.max, os.sum)) {
-          sc.fallback.push_back(i);
-          keys_scored[i - i0] = sent_to_exact(n_vis);
-          p.report_keys(b, hq, i, nullptr, 0, true);
-          continue;
-        }
-      }
+    if (n_vis - n_forced - kept > 0 && tail_estimate(p, b, hq, i, last, visible, score, V, os, sc, &scored)) {
+      sc.fallback.push_back(i);
+      keys_scored[i - i0] = sent_to_exact(n_vis);
+      p.report_keys(b, hq, i, nullptr, 0, true);
+      continue;
     }
     if (p.sink != nullptr) report_row(p, b, hq, i, last, visible, sc);
     os.finish(y);

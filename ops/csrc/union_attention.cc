@@ -6,7 +6,7 @@
 
 #include "exact_attention.h"
 #include "key_marks.h"
-#include "dci_attention.h"
+#include "knn_common.h"
 #include "masking.h"
 #include "online_softmax.h"
 #include "rng.h"
@@ -70,6 +70,76 @@ int64_t block_samples(const KnnSettings& ks, int64_t first_min, int64_t last_any
   return ks.tail_samples > 0 ? std::max<int64_t>(0, std::min(ks.tail_samples, last_any + 1 - first_min)) : 0;
 }
 
+// The gathered columns of a block: U from c = 0, the tail sample from c_s (both padded to panels), n in all; each
+// sampled key stands for h keys.
+struct Columns {
+  int64_t c_s = 0, n = 0;
+  double h = 1.0;
+};
+
+// Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
+// h times the sum over its visible sampled keys estimates the sum over its visible keys outside U. Gathered into
+// sc: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), fp32 for exact scores; V as
+// bfloat16 pairs of keys (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of SmolLM2's
+// layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md). Padding
+// columns are zero.
+Columns gather_columns(const AttentionParams& p, UnionScratch& sc, const std::vector<int32_t>& u, int64_t b, int64_t hq,
+                       int64_t i0, int64_t first_min, int64_t last_any) {
+  const KnnSettings& ks = p.knn;
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, T = p.shape.T, hkv = hq / p.shape.group();
+  const float* K = p.key_rows(b, hkv);
+  const float* V = p.value_rows(b, hkv);
+  Columns cols;
+  sc.keys.assign(u.begin(), u.end());
+  pad_to_panel(sc.keys);
+  cols.c_s = static_cast<int64_t>(sc.keys.size());
+  int64_t n_samp = 0;  // sampled keys outside U
+  if (block_samples(ks, first_min, last_any) > 0) {
+    Rng rng(row_seed(ks.seed, b, hq, i0));
+    cols.h = systematic_sample(rng, ks.tail_samples, first_min, last_any, [&](int64_t j) {
+      if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
+    });
+    n_samp = static_cast<int64_t>(sc.keys.size()) - cols.c_s;
+    pad_to_panel(sc.keys);
+  }
+  const int64_t n = cols.n = static_cast<int64_t>(sc.keys.size());
+  sc.kp.resize(n * D);
+  pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
+  pack_panels(K, D, sc.keys.data() + cols.c_s, n_samp, sc.kp.data() + cols.c_s * D);
+  sc.zero.assign(Dv, 0.f);
+  sc.vw.resize(n / 2 * Dv);
+  auto vrow = [&](int64_t c) {
+    return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv;
+  };
+  for (int64_t c = 0; c < n; c += 2) kernels().to_pairs(vrow(c), vrow(c + 1), Dv, sc.vw.data() + c / 2 * Dv);
+  return cols;
+}
+
+// Each row of the block: its output, unless the tail test sends it back to exact (then all such rows together).
+void finish_rows(const AttentionParams& p, const float* kp, const std::vector<int32_t>& u, int64_t b, int64_t hq,
+                 int64_t i0, int64_t i1, UnionScratch& sc, int32_t* keys_scored) {
+  const AttentionShape& sh = p.shape;
+  const KnnSettings& ks = p.knn;
+  const int64_t rows = i1 - i0, Dv = sh.Dv;
+  sc.fallback.clear();
+  for (int64_t r = 0; r < rows; ++r) {
+    const OnlineSoftmax& st = sc.st[r];
+    if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], st.max, st.sum)) {
+      sc.fallback.push_back(i0 + r);
+      keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
+      p.report_keys(b, hq, i0 + r, nullptr, 0, true);
+      continue;
+    }
+    p.report_keys(b, hq, i0 + r, u.data(), static_cast<int64_t>(u.size()), false);
+    st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
+    keys_scored[r] = static_cast<int32_t>(std::min<int64_t>(sc.seen[r], std::numeric_limits<int32_t>::max()));
+  }
+  if (!sc.fallback.empty()) {
+    const std::vector<int64_t> rows_back = sc.fallback;  // exact_rows has its own scratch; keep ours intact
+    exact_rows(p, kp, b, hq, rows_back.data(), static_cast<int64_t>(rows_back.size()));
+  }
+}
+
 }  // namespace
 
 bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int64_t i1, int64_t union_size) {
@@ -112,12 +182,7 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
 
 void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
-  const AttentionShape& sh = p.shape;
-  const KnnSettings& ks = p.knn;
-  const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, rows = i1 - i0, ldo = padded_dv(Dv);
-  const int64_t hkv = hq / sh.group();
-  const float* K = p.key_rows(b, hkv);
-  const float* V = p.value_rows(b, hkv);
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, rows = i1 - i0, ldo = padded_dv(Dv);
   UnionScratch& sc = t_union;
   sc.last.resize(rows);
   int64_t last_any = -1;
@@ -137,36 +202,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
     return;
   }
 
-  // Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
-  // h times the sum over its visible sampled keys estimates the sum over its visible keys outside U.
-  sc.keys.assign(u.begin(), u.end());
-  pad_to_panel(sc.keys);
-  const int64_t c_s = static_cast<int64_t>(sc.keys.size());
-  double h = 1.0;
-  int64_t n_samp = 0;  // sampled keys outside U
-  if (block_samples(ks, first_min, last_any) > 0) {
-    Rng rng(row_seed(ks.seed, b, hq, i0));
-    h = systematic_sample(rng, ks.tail_samples, first_min, last_any, [&](int64_t j) {
-      if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
-    });
-    n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
-    pad_to_panel(sc.keys);
-  }
-  const int64_t n = static_cast<int64_t>(sc.keys.size());
-
-  // Gather: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), fp32 for exact scores;
-  // V as bfloat16 pairs of keys (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of
-  // SmolLM2's layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md).
-  // Padding columns are zero.
-  sc.kp.resize(n * D);
-  pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
-  pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
-  sc.zero.assign(Dv, 0.f);
-  sc.vw.resize(n / 2 * Dv);
-  auto vrow = [&](int64_t c) {
-    return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv;
-  };
-  for (int64_t c = 0; c < n; c += 2) kernels().to_pairs(vrow(c), vrow(c + 1), Dv, sc.vw.data() + c / 2 * Dv);
+  const Columns cols = gather_columns(p, sc, u, b, hq, i0, first_min, last_any);
   sc.q.resize(rows * D);
   for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, i0 + r, sc.q.data() + r * D);
   sc.s.resize(rows * kExactBlockK);
@@ -177,27 +213,11 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   sc.s1.resize(rows);
   for (int64_t r = 0; r < rows; ++r) sc.st[r] = OnlineSoftmax::empty(sc.o.data() + r * ldo, Dv);
 
-  add_columns(p, sc, b, hq, i0, rows, 0, c_s, 1.f);
+  add_columns(p, sc, b, hq, i0, rows, 0, cols.c_s, 1.f);
   for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
-  if (n > c_s) add_columns(p, sc, b, hq, i0, rows, c_s, n, static_cast<float>(h));
+  if (cols.n > cols.c_s) add_columns(p, sc, b, hq, i0, rows, cols.c_s, cols.n, static_cast<float>(cols.h));
 
-  sc.fallback.clear();
-  for (int64_t r = 0; r < rows; ++r) {
-    const OnlineSoftmax& st = sc.st[r];
-    if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], st.max, st.sum)) {
-      sc.fallback.push_back(i0 + r);
-      keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
-      p.report_keys(b, hq, i0 + r, nullptr, 0, true);
-      continue;
-    }
-    p.report_keys(b, hq, i0 + r, u.data(), static_cast<int64_t>(u.size()), false);
-    st.finish(p.y + ((b * sh.Hq + hq) * sh.S + i0 + r) * Dv);
-    keys_scored[r] = static_cast<int32_t>(std::min<int64_t>(sc.seen[r], std::numeric_limits<int32_t>::max()));
-  }
-  if (!sc.fallback.empty()) {
-    const std::vector<int64_t> rows_back = sc.fallback;  // exact_rows has its own scratch; keep ours intact
-    exact_rows(p, kp, b, hq, rows_back.data(), static_cast<int64_t>(rows_back.size()));
-  }
+  finish_rows(p, kp, u, b, hq, i0, i1, sc, keys_scored);
 }
 
 }  // namespace iceformer
