@@ -40,12 +40,74 @@ void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   pack_panels(p.key_rows(b, hkv), D, nullptr, T, dst);
 }
 
+namespace {
+
+// The keys a block of rows spans: its widest view [first_min, last_any] and the keys every row may see
+// (first_max <= j <= last_all).
+struct BlockView {
+  int64_t last_any = -1, last_all = 0, first_min = 0, first_max = 0;
+};
+
+BlockView block_view(const AttentionParams& p, int64_t b, int64_t hq, const int64_t* row_ids, int64_t rows) {
+  BlockView v{-1, p.shape.T, p.shape.T, 0};
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t l = row_last(p, b, hq, row_ids[r]), f = row_first(p, b, row_ids[r]);
+    v.last_any = std::max(v.last_any, l);
+    v.last_all = std::min(v.last_all, l);
+    v.first_min = std::min(v.first_min, f);
+    v.first_max = std::max(v.first_max, f);
+  }
+  return v;
+}
+
+// Key ranges [lo, hi) to visit, starting on panel boundaries: all of the view, or the sinks [0, sinks) and the band
+// of recent keys (one range when they meet).
+void key_ranges(const BlockView& v, const KeyBand& band, int64_t ranges[2][2]) {
+  ranges[0][0] = std::min(v.first_min, v.last_any + 1) / kPanel * kPanel;
+  ranges[0][1] = v.last_any + 1;
+  ranges[1][0] = ranges[1][1] = 0;
+  if (band.window < 0) return;
+  const int64_t sinks = std::min(band.sinks, v.last_any + 1);
+  const int64_t lo = std::max(sinks, v.last_all - band.window + 1);
+  ranges[0][0] = 0;
+  ranges[0][1] = sinks;
+  ranges[1][0] = lo - lo % kPanel;
+  ranges[1][1] = v.last_any + 1;
+  if (ranges[1][0] < ranges[0][1]) ranges[0][1] = ranges[1][0] = 0;
+}
+
+// Row i's scores sr over the tile's columns [j0, j0 + cols) (width with panel padding): columns past the tile, past
+// the row's causal limit, before its hard window or outside its band never count; padding and mask added; softcap.
+inline void mask_tile_row(const AttentionParams& p, int64_t b, int64_t hq, int64_t i, int64_t j0, int64_t cols,
+                          int64_t width, bool partial, const KeyBand& band, const float* key_bias, float* sr) {
+  const int64_t last = row_last(p, b, hq, i);
+  const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
+  if (p.softcap > 0.f) apply_softcap(sr, vis, p.softcap);
+  for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
+  if (partial) {
+    const int64_t hidden = std::min(vis, row_first(p, b, i) - j0);
+    for (int64_t c = 0; c < hidden; ++c) sr[c] = kNegInf;
+  }
+  if (band.window >= 0)
+    for (int64_t c = 0; c < vis; ++c) {
+      const int64_t j = j0 + c;
+      if (j >= band.sinks && j <= last - band.window) sr[c] = kNegInf;
+    }
+  if (p.key_padding.kind != KeyPaddingKind::kNone)
+    for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], key_bias[c]);
+  if (p.mask.kind != MaskKind::kNone) {
+    const MaskRow mr = mask_row(p.mask, b, hq, i);
+    for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], mr.value(j0 + c));
+  }
+}
+
+}  // namespace
+
 void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
                   int64_t rows, const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
   const int64_t D = sh.D, Dv = sh.Dv, T = sh.T;
-  const int64_t hkv = hq / sh.group();
   ExactScratch& sc = t_scratch;
   if (sc.q.size() < static_cast<size_t>(rows * D)) sc.q.resize(rows * D);
   if (sc.s.size() < static_cast<size_t>(rows * kExactBlockK)) sc.s.resize(rows * kExactBlockK);
@@ -56,36 +118,12 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
     std::fill(o + r * ldo, o + r * ldo + Dv, 0.f);
     states[r] = OnlineSoftmax::empty(o + r * ldo, Dv);
   }
-
-  // The block's widest view [first_min, last_any] and the keys every row may see (first_max <= j <= last_all).
-  int64_t last_any = -1, last_all = T, first_min = T, first_max = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t l = row_last(p, b, hq, row_ids[r]), f = row_first(p, b, row_ids[r]);
-    last_any = std::max(last_any, l);
-    last_all = std::min(last_all, l);
-    first_min = std::min(first_min, f);
-    first_max = std::max(first_max, f);
-  }
-  const bool windowed = first_max > 0;  // a hard window hides some keys of the range from some rows
-  const int64_t start = std::min(first_min, last_any + 1) / kPanel * kPanel;  // tiles start on panel boundaries
-  const float* v = p.value_rows(b, hkv);
-  const bool has_mask = p.mask.kind != MaskKind::kNone;
+  const BlockView view = block_view(p, b, hq, row_ids, rows);
+  const bool windowed = view.first_max > 0;  // a hard window hides some keys of the range from some rows
+  const float* v = p.value_rows(b, hq / sh.group());
   const bool has_kpm = p.key_padding.kind != KeyPaddingKind::kNone;
-  const bool banded = band.window >= 0;
-  // Key ranges to visit: all of [0, last_any], or the sinks [0, sinks) and the band of recent keys.
-  int64_t ranges[2][2] = {{start, last_any + 1}, {0, 0}};
-  if (banded) {
-    const int64_t sinks = std::min(band.sinks, last_any + 1);
-    const int64_t lo = std::max(sinks, last_all - band.window + 1);
-    ranges[0][0] = 0;
-    ranges[0][1] = sinks;
-    ranges[1][0] = lo - lo % kPanel;  // tiles start on panel boundaries
-    ranges[1][1] = last_any + 1;
-    if (ranges[1][0] < ranges[0][1]) {  // sinks and band meet: one range
-      ranges[0][1] = 0;
-      ranges[1][0] = 0;
-    }
-  }
+  int64_t ranges[2][2];
+  key_ranges(view, band, ranges);
 
   for (const auto& range : ranges)
     for (int64_t j0 = range[0]; j0 < range[1]; j0 += kExactBlockK) {
@@ -94,33 +132,12 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
       const int64_t width = npanels * kPanel;
       float* s = sc.s.data();
       kern.qk_tile(sc.q.data(), D, rows, kp + (j0 / kPanel) * D * kPanel, D, npanels, s, kExactBlockK);
-
       if (has_kpm)
         for (int64_t c = 0; c < cols; ++c) sc.key_bias[c] = key_is_real(p.key_padding, T, b, j0 + c) ? 0.f : kNegInf;
-      const bool partial = j0 + cols - 1 > last_all || banded || (windowed && j0 < first_max);
+      const bool partial = j0 + cols - 1 > view.last_all || band.window >= 0 || (windowed && j0 < view.first_max);
       for (int64_t r = 0; r < rows; ++r) {
         float* sr = s + r * kExactBlockK;
-        const int64_t last = row_last(p, b, hq, row_ids[r]);
-        // Columns past the block (panel padding), past the row's causal limit, before its hard window or outside
-        // its band never count.
-        const int64_t vis = partial ? std::max<int64_t>(0, std::min(cols, last + 1 - j0)) : cols;
-        if (p.softcap > 0.f) apply_softcap(sr, vis, p.softcap);
-        for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
-        if (partial) {
-          const int64_t hidden = std::min(vis, row_first(p, b, row_ids[r]) - j0);
-          for (int64_t c = 0; c < hidden; ++c) sr[c] = kNegInf;
-        }
-        if (banded)
-          for (int64_t c = 0; c < vis; ++c) {
-            const int64_t j = j0 + c;
-            if (j >= band.sinks && j <= last - band.window) sr[c] = kNegInf;
-          }
-        if (has_kpm)
-          for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], sc.key_bias[c]);
-        if (has_mask) {
-          const MaskRow mr = mask_row(p.mask, b, hq, row_ids[r]);
-          for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], mr.value(j0 + c));
-        }
+        mask_tile_row(p, b, hq, row_ids[r], j0, cols, width, partial, band, sc.key_bias.data(), sr);
         states[r].add_tile_row(sr, width, kern);
       }
       kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
