@@ -27,7 +27,7 @@ def _attr(text: str) -> tuple[str, float | int]:
         raise argparse.ArgumentTypeError(f"{name} expects a {spec.type}, got {value!r}") from e
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ice-rewrite",
         description=__doc__,
@@ -83,30 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         help="all or nothing: fail (and write nothing) if any attention core found cannot be rewritten",
     )
     ap.add_argument("--json", metavar="PATH", help="write the report as JSON ('-' for stdout)")
-    args = ap.parse_args(argv)
-    attrs = dict(args.attr)
-    if args.top_k is not None:
-        attrs["top_k"] = args.top_k
-    console = Console(stderr=True)
-    try:
-        report = rewrite(
-            args.input,
-            args.output,
-            RewriteOptions(
-                attributes=attrs,
-                reference_function=not args.no_reference_function,
-                mask_bypass=not args.no_mask_bypass,
-                dry_run=args.dry_run or args.output is None,
-                layers=args.layers,
-                skip_first=args.skip_first,
-                causal=args.causal,
-                allow_bias=args.allow_bias,
-                strict=args.strict,
-            ),
-        )
-    except RewriteError as e:
-        console.print(f"ice-rewrite: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
-        return 3 if isinstance(e, AlreadyRewritten) else 2
+    return ap
+
+
+def _print_report(console: Console, report) -> None:
+    """The report as a table of the rewritten cores, then the proofs, forms, notes and skips."""
     table = Table(title=f"{report.input} -> {report.output or '(dry run)'}")
     for col in ["core", "node", "scale", "causal", "window", "GQA stripped", "mask", "mask made of", "bypassed"]:
         table.add_column(col)
@@ -135,6 +116,34 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for s in report.skipped:
         console.print(f"skipped ({s.rule}) at {s.node}: {s.reason}", markup=False, highlight=False, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    attrs = dict(args.attr)
+    if args.top_k is not None:
+        attrs["top_k"] = args.top_k
+    console = Console(stderr=True)
+    try:
+        report = rewrite(
+            args.input,
+            args.output,
+            RewriteOptions(
+                attributes=attrs,
+                reference_function=not args.no_reference_function,
+                mask_bypass=not args.no_mask_bypass,
+                dry_run=args.dry_run or args.output is None,
+                layers=args.layers,
+                skip_first=args.skip_first,
+                causal=args.causal,
+                allow_bias=args.allow_bias,
+                strict=args.strict,
+            ),
+        )
+    except RewriteError as e:
+        console.print(f"ice-rewrite: {e}", style="red", markup=False, highlight=False, soft_wrap=True)
+        return 3 if isinstance(e, AlreadyRewritten) else 2
+    _print_report(console, report)
     if args.json:
         text = json.dumps(report.to_dict(), indent=1)
         if args.json == "-":
