@@ -129,6 +129,26 @@ class StaticShapePass(InPlacePass):
         return PassResult(model, modified)
 
 
+_BIG = 1024  # elements above which a float initializer is a weight: its shape matters to inference, its data not
+
+
+def _weightless_proto(model: ir.Model):
+    """The model as a proto whose float weights are external references that are never read: shape inference needs
+    their shapes only, and a copy of a multi-GB model's weights would double its memory."""
+    floats = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE)
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is not None and t.dtype in floats and t.size > _BIG:
+            swapped.append((v, t))
+            v.const_value = ir.ExternalTensor("(not read)", 0, t.nbytes, t.dtype, shape=t.shape, name=v.name)
+    try:
+        return ir.serde.serialize_model(model)
+    finally:
+        for v, t in swapped:
+            v.const_value = t
+
+
 class ContribShapePass(InPlacePass):
     """Shapes through com.microsoft ops (ORT's transformers optimizer writes SkipLayerNormalization, FastGelu, ...),
     which onnx's shape inference cannot see through: onnxruntime's symbolic shape inference knows them. Only values
@@ -141,7 +161,7 @@ class ContribShapePass(InPlacePass):
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
         try:
-            inferred = SymbolicShapeInference.infer_shapes(ir.serde.serialize_model(model), auto_merge=True)
+            inferred = SymbolicShapeInference.infer_shapes(_weightless_proto(model), auto_merge=True)
         except Exception:  # noqa: BLE001 - its failures are many and untyped; the shapes are a help, not a need
             return PassResult(model, False)
         if inferred is None:

@@ -122,3 +122,34 @@ def test_values_get_one_name_across_if_branches():
     session = ort.InferenceSession(proto.SerializeToString())
     assert session.run(["y"], {"c": np.array(True), "x": np.ones((2, 3), np.float32)})[0].tolist() == [2, 3]
     assert not UniqueValueNamesPass()(model).modified
+
+
+def test_contrib_shapes_are_inferred_without_touching_the_weights():
+    """A value behind a com.microsoft op gets its shape from onnxruntime's symbolic inference, which sees the weights
+    as unread external references (no copy of them); the model keeps its own weight tensors."""
+    from iceformer.rewriter._shapes import ContribShapePass
+    from onnx import numpy_helper
+
+    w = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("FastGelu", ["h"], ["g"], domain="com.microsoft"),
+        helper.make_node("Relu", ["g"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w")],
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
+    )
+    model = ir.serde.deserialize_model(proto)
+    before = model.graph.initializers["w"].const_value
+    assert ContribShapePass()(model).modified
+    (relu,) = [n for n in model.graph if n.op_type == "Relu"]
+    assert relu.inputs[0].shape is not None and list(relu.inputs[0].shape)[1] == 48
+    assert model.graph.initializers["w"].const_value is before
+    np.testing.assert_array_equal(before.numpy(), w)
