@@ -140,7 +140,10 @@ void finish_rows(const AttentionParams& p, const float* kp, const std::vector<in
   }
 }
 
-}  // namespace
+// Whether the shared set of the k-NN rows [i0, i1) of (b, hq), union_size keys plus the block's tail sample,
+// pays: its tiles (rows x keys) must cost less than kMaxUnionCost times the exact path's (the sum over the rows of
+// the keys each may see). Otherwise the block goes exact.
+constexpr double kMaxUnionCost = 0.7;
 
 bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int64_t i1, int64_t union_size) {
   double exact_cost = 0;
@@ -155,6 +158,9 @@ bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int
   return static_cast<double>(i1 - i0) * keys <= kMaxUnionCost * exact_cost;
 }
 
+// U for the k-NN rows [i0, i1) of (b, hq), sorted ascending, real keys only: sinks, windows and the low-rank
+// retrieval of every row (lowrank.h). Returned by reference to per-thread scratch (valid until the next call on
+// this thread). real_prefix[j] = real keys of batch row b in [0, j).
 const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSet& lowrank, const int64_t* real_prefix,
                                        int64_t b, int64_t hq, int64_t i0, int64_t i1) {
   const KnnSettings& ks = p.knn;
@@ -179,6 +185,8 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
   lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in);
   return sc.in.collect(last_any + 1);
 }
+
+}  // namespace
 
 void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {

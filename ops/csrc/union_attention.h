@@ -22,18 +22,6 @@ namespace iceformer {
 // per fewer rows and lose the neighbours' keys: 16 and 32 rows measured no faster and 1.3-1.7x the error of 64.
 constexpr int64_t kKnnBlockQ = 64;
 
-// U for the k-NN rows [i0, i1) of (b, hq), sorted ascending, real keys only: sinks, windows and the low-rank
-// retrieval of every row (lowrank.h). Returned by reference to per-thread scratch (valid until the next call on
-// this thread). real_prefix[j] = real keys of batch row b in [0, j).
-const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSet& lowrank, const int64_t* real_prefix,
-                                       int64_t b, int64_t hq, int64_t i0, int64_t i1);
-
-// Whether the shared set of the k-NN rows [i0, i1) of (b, hq), union_size keys plus the block's tail sample,
-// pays: its tiles (rows x keys) must cost less than kMaxUnionCost times the exact path's (the sum over the rows of
-// the keys each may see). Otherwise the block goes exact.
-constexpr double kMaxUnionCost = 0.7;
-bool union_pays(const AttentionParams& p, int64_t b, int64_t hq, int64_t i0, int64_t i1, int64_t union_size);
-
 // Rows [i0, i1) of y[b, hq] by block-union attention (+ tail estimate, tail_limit fallback to exact). kp = packed K
 // of (b, hq / group), for fallback rows. keys_scored[r]: keys row i0 + r attended (U and sample), or
 // -(visible keys) - 1 when the row was recomputed exactly.
