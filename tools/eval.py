@@ -137,7 +137,7 @@ def eval_layers(tokens: int, attrs: dict, threads: int, console, rows_per_head: 
             err = np.linalg.norm(y[h, first:] - ref[h, first:], axis=-1) / np.maximum(
                 np.linalg.norm(ref[h, first:], axis=-1), 1e-30
             )
-            ids, _ = knn_select(Q[li, h], K[li, kv], is_causal=1, rows=sample, **select)
+            ids, _ = knn_select(Q[li, h], K[li, kv], is_causal=1, rows=sample, scale=scale, **select)
             rec, mass = [], []
             for t, i in enumerate(sample):
                 z = (Q[li, h, i].astype(np.float64) @ K[li, kv, : i + 1].T.astype(np.float64)) * scale
