@@ -58,7 +58,10 @@ def _canonical_nodes(model: ir.Model) -> list[ir.Node]:
 class CanonicalisePass(InPlacePass):
     """What the rules need to see every core plainly: one name per value, shapes (also through ORT's contrib ops),
     static shape entries as constants, folded constants (run-time scales become numbers), no Identity (dynamo's
-    clone/dropout, T5's no-op CastLike once folded) and no dead uses that would block a match."""
+    clone/dropout, T5's no-op CastLike once folded) and no dead uses that would block a match. Shapes come first
+    because TorchScript exports carry no value_info: folding needs them to drop no-op Casts, and the new nodes need
+    output shapes (ORT cannot infer through a custom op, and Reshape targets built from Shape() downstream would
+    break)."""
 
     def call(self, model: ir.Model) -> PassResult:
         _shapes.UniqueValueNamesPass()(model)  # shape inference answers by name: If branches must not share names
