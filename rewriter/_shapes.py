@@ -186,7 +186,9 @@ class UniqueValueNamesPass(InPlacePass):
     """Every value named once in the whole model. Merged decoders repeat value names in their If branches, and
     shape inference hands its results back by name, so a value in one branch would get its namesake's shape from
     the other (an Expand's 1-D shape input read as 2-D: a model onnxruntime then refuses). Values of subgraphs that
-    repeat a name seen before get a suffix; the main graph's names, and so its inputs and outputs, stay."""
+    repeat a name seen before get a suffix; the main graph's names, and so its inputs and outputs, stay. (onnx-ir's
+    NameFixPass keeps names unique only along a graph's parents, not across sibling branches: tried, the merged
+    decoder still failed.)"""
 
     def call(self, model: ir.Model) -> PassResult:
         main = model.graph
