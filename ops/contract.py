@@ -110,13 +110,13 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec(
         "tail_samples",
         "int",
-        256,
+        1024,
         "systematic sample of positions (one per query block for low-rank search) estimating the softmax mass of unretrieved keys",
     ),
     AttrSpec(
         "tail_limit",
         "float",
-        0.3,
+        0.5,
         "rows whose tail estimate holds more than this share of the softmax mass are recomputed exactly (1: never)",
     ),
     AttrSpec("seed", "int", 0, "seed of the random directions and tail samples"),

@@ -51,8 +51,8 @@ constexpr AttrSpec kAttrs[] = {
     {"min_keys", 'i', true, 8192},
     {"local_window", 'i', true, 64},
     {"num_sink", 'i', true, 4},
-    {"tail_samples", 'i', true, 256},
-    {"tail_limit", 'f', true, 0.3},
+    {"tail_samples", 'i', true, 1024},
+    {"tail_limit", 'f', true, 0.5},
     {"seed", 'i', true, 0},
 };
 constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);

@@ -50,8 +50,8 @@ struct KnnSettings {
   int64_t min_keys = 8192;         // fewer visible keys than this: exact
   int64_t local_window = 64;       // most recent visible keys always attended
   int64_t num_sink = 4;            // first keys always attended
-  int64_t tail_samples = 256;      // systematic samples of unretrieved keys estimating the dropped mass
-  float tail_limit = 0.3f;         // rows whose estimated unretrieved share of the mass exceeds this go exact
+  int64_t tail_samples = 1024;     // systematic samples of unretrieved keys estimating the dropped mass
+  float tail_limit = 0.5f;         // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
 };
 
