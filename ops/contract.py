@@ -89,7 +89,12 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         "0: low-rank scoring, each query attends the union of the keys retrieved by its block of 64 queries "
         "(default); 1: Prioritized DCI walk, each query its own top_k",
     ),
-    AttrSpec("rank", "int", 32, "low-rank scoring: dimensions of the key subspace (top eigenvectors of K^T K)"),
+    AttrSpec(
+        "rank",
+        "int",
+        32,
+        "low-rank scoring: rank of the approximate logits (Q A)(K X)^T fitted to the queries and keys (top eigenvectors of Gq Gk)",
+    ),
     AttrSpec("L", "int", 4, "composite indices of Prioritized DCI"),
     AttrSpec("m", "int", 2, "simple indices (random directions) per composite index"),
     AttrSpec(

@@ -12,14 +12,14 @@ namespace iceformer {
 namespace {
 
 constexpr int64_t kSampleKeys = 2048;  // keys sampled (by stride) for K^T K
-constexpr int kIterations = 8;         // subspace iterations
+constexpr int kIterations = 16;        // subspace iterations
 constexpr int64_t kBlockK = 1024;      // keys per approximate-score tile
 
 constexpr double kMargin = 1.2;        // pass 1 aims for this many times the budget
 constexpr int64_t kSamplePanels = 48;  // pass 1 scores about 48 evenly spaced panels (768 keys) per row
 
 struct LowRankScratch {
-  std::vector<double> g, x, y;
+  std::vector<double> g, gq, x, y, t;
   std::vector<float> thr, kr, qf;
   std::vector<uint8_t> sample;
   std::vector<uint32_t> qb;
@@ -31,25 +31,76 @@ struct LowRankScratch {
 };
 thread_local LowRankScratch t_lr;
 
-// Orthonormalises the r columns of x (D x r, column-major) in place; degenerate columns become unit vectors.
-void orthonormalise(std::vector<double>& x, int64_t D, int64_t r) {
+// Makes the r columns of x (D x r, column-major) orthonormal in the inner product <a, c> = a^T G c (G symmetric
+// positive definite, D x D), by Gram-Schmidt run twice; degenerate columns become unit vectors scaled to G-norm 1.
+void g_orthonormalise(const std::vector<double>& G, std::vector<double>& x, int64_t D, int64_t r,
+                      std::vector<double>& gx) {
+  gx.resize(D);
+  auto g_times = [&](const double* a) {
+    for (int64_t i = 0; i < D; ++i) {
+      double acc = 0;
+      for (int64_t j = 0; j < D; ++j) acc += G[i * D + j] * a[j];
+      gx[i] = acc;
+    }
+  };
   for (int64_t c = 0; c < r; ++c) {
     double* xc = x.data() + c * D;
-    for (int pass = 0; pass < 2; ++pass)
+    for (int pass = 0; pass < 2; ++pass) {
+      g_times(xc);
       for (int64_t e = 0; e < c; ++e) {
         const double* xe = x.data() + e * D;
-        double dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += xc[d] * xe[d];
+        double dot = 0;  // <x_c, x_e>_G
+        for (int64_t d = 0; d < D; ++d) dot += gx[d] * xe[d];
         for (int64_t d = 0; d < D; ++d) xc[d] -= dot * xe[d];
       }
+    }
+    g_times(xc);
     double nn = 0;
-    for (int64_t d = 0; d < D; ++d) nn += xc[d] * xc[d];
-    if (!(nn > 1e-24) || !std::isfinite(nn)) {
-      for (int64_t d = 0; d < D; ++d) xc[d] = d == c ? 1.0 : 0.0;
+    for (int64_t d = 0; d < D; ++d) nn += xc[d] * gx[d];
+    if (!(nn > 1e-300) || !std::isfinite(nn)) {
+      for (int64_t d = 0; d < D; ++d) xc[d] = d == c % D ? 1.0 / std::sqrt(G[d * D + d]) : 0.0;
       continue;  // the next pass of a later column keeps the set orthogonal enough for scoring
     }
     const double inv = 1.0 / std::sqrt(nn);
     for (int64_t d = 0; d < D; ++d) xc[d] *= inv;
+  }
+}
+
+// G += sum over the stride-sampled real rows j of x_j x_j^T (x_j = rows + j * D, rows with a non-finite entry skipped),
+// lower triangle only; returns the rows added.
+int64_t add_second_moment(const float* rows, int64_t n, int64_t stride, int64_t D, const KeyPaddingView* padding,
+                          int64_t T, int64_t b, std::vector<double>& G) {
+  int64_t added = 0;
+  for (int64_t j = 0; j < n; j += stride) {
+    if (padding != nullptr && !key_is_real(*padding, T, b, j)) continue;
+    const float* x = rows + j * D;
+    bool finite = true;
+    for (int64_t d = 0; d < D; ++d) finite &= std::isfinite(x[d]);
+    if (!finite) continue;
+    for (int64_t a = 0; a < D; ++a) {
+      const double xa = x[a];
+      double* row = G.data() + a * D;
+      for (int64_t c = 0; c <= a; ++c) row[c] += xa * x[c];
+    }
+    ++added;
+  }
+  return added;
+}
+
+// Symmetrises a lower-triangle sum of `count` outer products into its mean, plus a ridge of 1e-6 of the mean
+// diagonal (so that it is positive definite); the identity when nothing was added.
+void finish_moment(std::vector<double>& G, int64_t D, int64_t count) {
+  double trace = 0;
+  for (int64_t a = 0; a < D; ++a) {
+    for (int64_t c = 0; c < a; ++c) G[c * D + a] = G[a * D + c] /= std::max<int64_t>(count, 1);
+    trace += G[a * D + a] /= std::max<int64_t>(count, 1);
+  }
+  const double ridge = trace > 0 && std::isfinite(trace) ? 1e-6 * trace / static_cast<double>(D) : 0.0;
+  for (int64_t a = 0; a < D; ++a) {
+    if (count == 0 || !(trace > 0) || !std::isfinite(trace))
+      for (int64_t c = 0; c < D; ++c) G[a * D + c] = a == c ? 1.0 : 0.0;
+    else
+      G[a * D + a] += ridge;
   }
 }
 
@@ -61,7 +112,8 @@ void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
   set->r4 = (set->r + 3) / 4;
   set->per_head = ((sh.T + kPanel - 1) / kPanel) * set->r4 * 64;
   set->kscale.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r), 1.f);
-  set->basis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
+  set->kbasis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
+  set->qbasis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
   set->panels.assign(static_cast<size_t>(sh.B * sh.Hkv * set->per_head), 0);
 }
 
@@ -71,44 +123,45 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   const int64_t T = sh.T, D = sh.D, r = set->r, bh = b * sh.Hkv + hkv;
   const float* K = p.key_rows(b, hkv);
   LowRankScratch& sc = t_lr;
-  // G = sum k k^T over a stride sample of real, finite keys.
+  // Scores q . k are approximated by q^T Gk X X^T k, X (D x r) the top-r eigenvectors of Gq Gk made Gk-orthonormal:
+  // for whitened keys this keeps the r directions of Gk^(1/2) q with the most energy, the best rank-r approximation of
+  // the scores in mean square over these queries and keys (Gk, Gq: second moments of stride samples of the real
+  // keys and of the group's queries). Eigenvectors of Gk alone (Gq = I) ignore where the queries point: on Qwen2.5's
+  // keys they left 3-10 points more softmax mass outside each row's best 307 keys (docs/decisions.md).
+  const int64_t group = sh.group();
   sc.g.assign(D * D, 0.0);
-  const int64_t stride = std::max<int64_t>(1, T / kSampleKeys);
-  for (int64_t j = 0; j < T; j += stride) {
-    if (!key_is_real(p.key_padding, T, b, j)) continue;
-    const float* k = K + j * D;
-    bool finite = true;
-    for (int64_t d = 0; d < D; ++d) finite &= std::isfinite(k[d]);
-    if (!finite) continue;
-    for (int64_t a = 0; a < D; ++a) {
-      const double ka = k[a];
-      double* row = sc.g.data() + a * D;
-      for (int64_t c = 0; c <= a; ++c) row[c] += ka * k[c];
-    }
-  }
-  for (int64_t a = 0; a < D; ++a)
-    for (int64_t c = a + 1; c < D; ++c) sc.g[a * D + c] = sc.g[c * D + a];
-  // Subspace iteration X <- orth(G X) from a seeded start.
+  const int64_t nk = add_second_moment(K, T, std::max<int64_t>(1, T / kSampleKeys), D, &p.key_padding, T, b, sc.g);
+  finish_moment(sc.g, D, nk);
+  sc.gq.assign(D * D, 0.0);
+  int64_t nq = 0;
+  const int64_t qstride = std::max<int64_t>(1, sh.S * group / kSampleKeys);
+  for (int64_t h = hkv * group; h < (hkv + 1) * group; ++h)
+    nq += add_second_moment(p.q + (b * sh.Hq + h) * sh.S * D, sh.S, qstride, D, nullptr, T, b, sc.gq);
+  finish_moment(sc.gq, D, nq);
+  // Subspace iteration X <- Gk-orth(Gq Gk X) from a seeded start.
   sc.x.resize(D * r);
   sc.y.resize(D * r);
   Rng rng(Rng::mix(static_cast<uint64_t>(p.knn.seed) ^ 0x6a09e667f3bcc909ULL));
   for (double& v : sc.x) v = rng.normal();
-  orthonormalise(sc.x, D, r);
-  for (int it = 0; it < kIterations; ++it) {
+  g_orthonormalise(sc.g, sc.x, D, r, sc.t);
+  auto times = [&](const std::vector<double>& G, const std::vector<double>& from, std::vector<double>& to) {
     for (int64_t c = 0; c < r; ++c)
       for (int64_t a = 0; a < D; ++a) {
         double acc = 0;
-        const double* row = sc.g.data() + a * D;
-        const double* xc = sc.x.data() + c * D;
-        for (int64_t d = 0; d < D; ++d) acc += row[d] * xc[d];
-        sc.y[c * D + a] = acc;
+        for (int64_t d = 0; d < D; ++d) acc += G[a * D + d] * from[c * D + d];
+        to[c * D + a] = acc;
       }
-    std::swap(sc.x, sc.y);
-    orthonormalise(sc.x, D, r);
+  };
+  for (int it = 0; it < kIterations; ++it) {
+    times(sc.g, sc.x, sc.y);
+    times(sc.gq, sc.y, sc.x);
+    g_orthonormalise(sc.g, sc.x, D, r, sc.t);
   }
-  float* basis = set->basis.data() + bh * r * D;
-  for (int64_t t = 0; t < r * D; ++t) basis[t] = static_cast<float>(sc.x[t]);
-  // Kr = K P; s_d = max |Kr[., d]| / 127 over the real, finite keys; stored as round(Kr / s_d) + 128 in [1, 255],
+  times(sc.g, sc.x, sc.y);  // the queries' directions, Gk X
+  float* kbasis = set->kbasis.data() + bh * r * D;
+  float* qbasis = set->qbasis.data() + bh * r * D;
+  for (int64_t t = 0; t < r * D; ++t) kbasis[t] = static_cast<float>(sc.x[t]), qbasis[t] = static_cast<float>(sc.y[t]);
+  // Kr = K X; s_d = max |Kr[., d]| / 127 over the real, finite keys; stored as round(Kr / s_d) + 128 in [1, 255],
   // panels of 16 keys (simd.h layout; a rank that is not a multiple of 4 is padded with 128 = 0). Non-finite
   // coordinates are stored as 0 (such keys are attended, if at all, through the exact tiles).
   uint8_t* panels = set->panels.data() + bh * set->per_head;
@@ -118,7 +171,7 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   for (int64_t j = 0; j < T; ++j) {
     const bool real = key_is_real(p.key_padding, T, b, j);
     for (int64_t c = 0; c < r; ++c) {
-      const float x = kern.dot(K + j * D, basis + c * D, D);
+      const float x = kern.dot(K + j * D, kbasis + c * D, D);
       sc.kr[j * r + c] = x;
       if (real && std::isfinite(x)) scale[c] = std::max(scale[c], std::fabs(x));
     }
@@ -296,7 +349,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     blk.masks.resize(static_cast<size_t>(rows));
     for (int64_t t = 0; t < rows; ++t) blk.masks[t] = mask_row(p.mask, b, hq, i0 + t);
   }
-  quantise_queries(blk, set.basis.data() + bh * set.r * sh.D, set.kscale.data() + bh * set.r, set.r, sc);
+  quantise_queries(blk, set.qbasis.data() + bh * set.r * sh.D, set.kscale.data() + bh * set.r, set.r, sc);
   row_thresholds(blk, real_prefix, budget, sc);
   scan_union(blk, sc, in);
 }

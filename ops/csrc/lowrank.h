@@ -1,12 +1,11 @@
 // Low-rank candidate scoring, the default retrieval of the k-NN path.
 //
-// Per (batch, KV head): P = the top-r eigenvectors of K^T K (subspace iteration on a stride sample of the real
-// keys), the keys projected once, Kr = K P, quantised to 8 bits per dimension and packed in 16-key panels. A block of
-// queries then scores every visible key approximately with one register-blocked integer GEMM, (Q P)(K P)^T ~ Q K^T
-// (8-bit rounding changed recall@128 of SmolLM2 at 16k keys by < 0.001 against float), and keeps the best `budget`
-// keys per row for exact re-scoring. Measured on SmolLM2-135M (see README): at r = 16 the exact top-32 keys
-// are among the best 128 approximate ones 90-98% of the time, where the random-direction DCI walk scoring the
-// same number of candidates finds 44-69%.
+// Per (batch, KV head): a rank-r factorisation of the scores, q . k ~ (q A)(k X) with X (D x r) the top-r
+// eigenvectors of Gq Gk (Gk-orthonormal) and A = Gk X, Gk and Gq the second moments of the keys and of the group's
+// queries (subspace iteration on stride samples; lowrank.cc says why the queries matter). The keys are projected
+// once, Kr = K X, quantised to 8 bits per dimension and packed in 16-key panels. A block of queries then scores every
+// visible key approximately with one register-blocked integer GEMM, (Q A)(K X)^T ~ Q K^T, and keeps the best
+// `budget` keys per row for exact re-scoring.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -18,9 +17,10 @@ namespace iceformer {
 
 struct LowRankSet {
   int64_t r = 0, r4 = 0, per_head = 0;  // rank, 4-dimension groups (r rounded up / 4), bytes per (b, hkv)
-  std::vector<float> basis;             // [B*Hkv][r][D]: orthonormal rows
-  std::vector<float> kscale;            // [B*Hkv][r]: s_d, the 8-bit step of dimension d (max |(K P)_d| / 127)
-  std::vector<uint8_t> panels;          // [B*Hkv][per_head]: K P in 8 bits, panels of 16 keys (simd.h)
+  std::vector<float> kbasis;            // [B*Hkv][r][D]: X^T, the keys' directions (lowrank.cc)
+  std::vector<float> qbasis;            // [B*Hkv][r][D]: (Gk X)^T, the queries' directions
+  std::vector<float> kscale;            // [B*Hkv][r]: s_d, the 8-bit step of dimension d (max |(K X)_d| / 127)
+  std::vector<uint8_t> panels;          // [B*Hkv][per_head]: K X in 8 bits, panels of 16 keys (simd.h)
 };
 
 // Sizes the set for p (rank min(rank, D)).
