@@ -36,6 +36,13 @@ def test_more_tail_samples_err_less_and_the_choice_is_the_fastest_within_budget(
     assert r.chosen == (min(fits, key=lambda t: t.ms).attrs if fits else {"top_k": 0})
 
 
+def test_a_setting_for_every_core_wins_over_the_candidates_and_is_tried_once(core):
+    node, tensors = core
+    cands = ({"min_keys": 4096, "tail_samples": 16}, {"tail_samples": 16}, {})
+    r = cal.calibrate_core(0, node, tensors, 0.5, 1, 1, candidates=cands, overrides={"min_keys": 0})
+    assert [t.attrs for t in r.trials] == [{"min_keys": 0, "tail_samples": 16}, {"min_keys": 0}]
+
+
 def test_eligible_rows_and_relative_error():
     sparse = dict(top_k=4, local_window=4, num_sink=1, min_keys=0)
     # causal, S = T = 100, threshold max(min_keys 0, 4 + 4 + 1 + 1) = 10 keys: row i sees i + 1 keys -> rows 9..99
