@@ -31,22 +31,24 @@ struct LowRankScratch {
 };
 thread_local LowRankScratch t_lr;
 
+// out = G a (G: D x D, row-major).
+void times(const std::vector<double>& G, int64_t D, const double* a, double* out) {
+  for (int64_t i = 0; i < D; ++i) {
+    double acc = 0;
+    for (int64_t j = 0; j < D; ++j) acc += G[i * D + j] * a[j];
+    out[i] = acc;
+  }
+}
+
 // Makes the r columns of x (D x r, column-major) orthonormal in the inner product <a, c> = a^T G c (G symmetric
 // positive definite, D x D), by Gram-Schmidt run twice; degenerate columns become unit vectors scaled to G-norm 1.
 void g_orthonormalise(const std::vector<double>& G, std::vector<double>& x, int64_t D, int64_t r,
                       std::vector<double>& gx) {
   gx.resize(D);
-  auto g_times = [&](const double* a) {
-    for (int64_t i = 0; i < D; ++i) {
-      double acc = 0;
-      for (int64_t j = 0; j < D; ++j) acc += G[i * D + j] * a[j];
-      gx[i] = acc;
-    }
-  };
   for (int64_t c = 0; c < r; ++c) {
     double* xc = x.data() + c * D;
     for (int pass = 0; pass < 2; ++pass) {
-      g_times(xc);
+      times(G, D, xc, gx.data());
       for (int64_t e = 0; e < c; ++e) {
         const double* xe = x.data() + e * D;
         double dot = 0;  // <x_c, x_e>_G
@@ -54,7 +56,7 @@ void g_orthonormalise(const std::vector<double>& G, std::vector<double>& x, int6
         for (int64_t d = 0; d < D; ++d) xc[d] -= dot * xe[d];
       }
     }
-    g_times(xc);
+    times(G, D, xc, gx.data());
     double nn = 0;
     for (int64_t d = 0; d < D; ++d) nn += xc[d] * gx[d];
     if (!(nn > 1e-300) || !std::isfinite(nn)) {
@@ -95,13 +97,12 @@ void finish_moment(std::vector<double>& G, int64_t D, int64_t count) {
     for (int64_t c = 0; c < a; ++c) G[c * D + a] = G[a * D + c] /= std::max<int64_t>(count, 1);
     trace += G[a * D + a] /= std::max<int64_t>(count, 1);
   }
-  const double ridge = trace > 0 && std::isfinite(trace) ? 1e-6 * trace / static_cast<double>(D) : 0.0;
-  for (int64_t a = 0; a < D; ++a) {
-    if (count == 0 || !(trace > 0) || !std::isfinite(trace))
+  if (count == 0 || !(trace > 0) || !std::isfinite(trace)) {
+    for (int64_t a = 0; a < D; ++a)
       for (int64_t c = 0; c < D; ++c) G[a * D + c] = a == c ? 1.0 : 0.0;
-    else
-      G[a * D + a] += ridge;
+    return;
   }
+  for (int64_t a = 0; a < D; ++a) G[a * D + a] += 1e-6 * trace / static_cast<double>(D);
 }
 
 }  // namespace
@@ -144,20 +145,15 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   Rng rng(Rng::mix(static_cast<uint64_t>(p.knn.seed) ^ 0x6a09e667f3bcc909ULL));
   for (double& v : sc.x) v = rng.normal();
   g_orthonormalise(sc.g, sc.x, D, r, sc.t);
-  auto times = [&](const std::vector<double>& G, const std::vector<double>& from, std::vector<double>& to) {
-    for (int64_t c = 0; c < r; ++c)
-      for (int64_t a = 0; a < D; ++a) {
-        double acc = 0;
-        for (int64_t d = 0; d < D; ++d) acc += G[a * D + d] * from[c * D + d];
-        to[c * D + a] = acc;
-      }
+  auto columns_times = [&](const std::vector<double>& G, const std::vector<double>& from, std::vector<double>& to) {
+    for (int64_t c = 0; c < r; ++c) times(G, D, from.data() + c * D, to.data() + c * D);
   };
   for (int it = 0; it < kIterations; ++it) {
-    times(sc.g, sc.x, sc.y);
-    times(sc.gq, sc.y, sc.x);
+    columns_times(sc.g, sc.x, sc.y);
+    columns_times(sc.gq, sc.y, sc.x);
     g_orthonormalise(sc.g, sc.x, D, r, sc.t);
   }
-  times(sc.g, sc.x, sc.y);  // the queries' directions, Gk X
+  columns_times(sc.g, sc.x, sc.y);  // the queries' directions, Gk X
   float* kbasis = set->kbasis.data() + bh * r * D;
   float* qbasis = set->qbasis.data() + bh * r * D;
   for (int64_t t = 0; t < r * D; ++t) kbasis[t] = static_cast<float>(sc.x[t]), qbasis[t] = static_cast<float>(sc.y[t]);
