@@ -235,7 +235,7 @@ def test_lowrank_retrieval_follows_the_queries_not_only_the_keys():
     q = np.zeros((256, d), np.float32)
     q[:, 48:] = rng.standard_normal((256, 16))
     attrs = dict(rank=16, top_k=16, max_candidates=16, local_window=0, num_sink=0, min_keys=0, tail_samples=0)
-    ids, counts = knn_select(q, k, is_causal=0, rows=np.arange(256), **attrs)
+    _, counts = knn_select(q, k, is_causal=0, rows=np.arange(256), **attrs)
     assert counts.mean() < 0.4 * n  # chance would find under 40% of the top keys
     assert recall_at_k(q, k, range(256), is_causal=0, **attrs) >= 0.95
 
