@@ -104,7 +104,12 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         "candidate budget per query: low-rank retrieves about max(top_k, this) keys; DCI scores this many and keeps top_k (0: no absolute cap)",
     ),
     AttrSpec("candidate_fraction", "float", 0.0, "cap on candidates as a fraction of the visible keys (0: unused)"),
-    AttrSpec("min_keys", "int", 8192, "queries seeing fewer keys than this run exact attention"),
+    AttrSpec(
+        "min_keys",
+        "int",
+        8192,
+        "queries seeing fewer keys than this attend to every key (with `search` 0, P V in bfloat16 as for the rest)",
+    ),
     AttrSpec(
         "local_window",
         "int",

@@ -66,7 +66,7 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
     const int64_t bh = static_cast<int64_t>(t) % (sh.B * sh.Hq);
     const int64_t b = bh / sh.Hq, hq = bh % sh.Hq;
     const int64_t i0 = qb * kExactBlockQ, i1 = std::min(sh.S, i0 + kExactBlockQ);
-    exact_rows(p, packed.data() + (b * sh.Hkv + hq / group) * per_head, b, hq, i0, i1);
+    exact_rows(p, PackedHead{packed.data() + (b * sh.Hkv + hq / group) * per_head}, b, hq, i0, i1);
   });
   if (!ran.ok()) return in_call(ran, sh);
   stats->softmax_ms = ms_since(t1);
@@ -104,17 +104,23 @@ int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int6
 
 namespace {
 
-// What every k-NN query block reads, built once per call: per (batch, KV head) the packed keys and the low-rank
-// codes or the DCI lists, and per batch the prefix counts of real keys.
+// What every k-NN query block reads, built once per call: per (batch, KV head) the packed keys, the low-rank codes
+// and V as bfloat16 pairs (every P V of the low-rank path runs in bfloat16, its exact rows' too) or the DCI lists
+// (that path stays fp32), and per batch the prefix counts of real keys.
 struct KnnIndex {
-  explicit KnnIndex(const HostAllocator& mem) : packed(mem) {}
+  explicit KnnIndex(const HostAllocator& mem) : packed(mem), v_pairs(mem) {}
   bool dci = false;
-  int64_t lists = 0, per_head = 0;
+  int64_t lists = 0, per_head = 0, pairs_per_head = 0;
   std::vector<float> dirs;
   DciIndexSet set;
   LowRankSet lowrank;
   HostBuffer<float> packed;
+  HostBuffer<uint32_t> v_pairs;
   std::vector<int64_t> real_prefix;  // [B][T + 1]
+
+  PackedHead head(int64_t bkv) const {
+    return PackedHead{packed.data() + bkv * per_head, dci ? nullptr : v_pairs.data() + bkv * pairs_per_head};
+  }
 };
 
 Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* ix) {
@@ -124,12 +130,13 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
   ix->lists = ix->dci ? ks.num_composite * ks.num_simple : 0;
   ix->dirs = make_directions(ks.seed, ix->lists, sh.D);
   ix->per_head = packed_keys_size(sh);
-  const int64_t lists = ix->lists, per_head = ix->per_head;
+  ix->pairs_per_head = ix->dci ? 0 : value_pairs_size(sh);
+  const int64_t lists = ix->lists, per_head = ix->per_head, pairs_per_head = ix->pairs_per_head;
   // Index bytes: DCI projections + ids, per-batch real-key prefix sums, per-row candidate counts, packed keys
-  // (the low-rank codes are counted by init_lowrank's own growth; they are r/4 bytes per key).
+  // and V pairs (the low-rank codes are counted by init_lowrank's own growth; they are r/4 bytes per key).
   const size_t index_bytes = static_cast<size_t>(sh.B * sh.Hkv * lists * sh.T) * 8 +
                              static_cast<size_t>(sh.B * (sh.T + 1)) * 8 + static_cast<size_t>(sh.B * sh.Hq * sh.S) * 4 +
-                             static_cast<size_t>(sh.B * sh.Hkv * per_head) * 4;
+                             static_cast<size_t>(sh.B * sh.Hkv * (per_head + pairs_per_head)) * 4;
   try {
     ix->set.lists = lists;
     ix->set.stride = sh.T;
@@ -139,7 +146,9 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
     if (!ix->dci) init_lowrank(p, ks.rank, &ix->lowrank);
     ix->real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
     // Packed keys: for the sinks and window tiles, and rows that go exact (early causal, heavily padded).
-    if (!ix->packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head))) throw std::bad_alloc();
+    if (!ix->packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head)) ||
+        !ix->v_pairs.allocate(static_cast<size_t>(sh.B * sh.Hkv * pairs_per_head)))
+      throw std::bad_alloc();
   } catch (const std::bad_alloc&) {
     return out_of_memory("KnnAttention", "the k-NN index", index_bytes, sh.text());
   }
@@ -155,6 +164,7 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
     else
       build_lowrank(p, b, h, &ix->lowrank);
     pack_keys(p, b, h, ix->packed.data() + t * per_head);
+    if (!ix->dci) pack_value_pairs(p, b, h, ix->v_pairs.data() + t * pairs_per_head);
   });
   if (!ran.ok()) return ran;
   return parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), "the DCI list sort", [&](size_t t) {
@@ -171,15 +181,15 @@ void knn_block(const AttentionParams& p, const KnnIndex& ix, size_t t, int32_t* 
   const int64_t i0 = qb * kKnnBlockQ, i1 = std::min(sh.S, i0 + kKnnBlockQ);
   if (p.sink != nullptr && p.sink->wants != nullptr && !p.sink->wants(p.sink->ctx, b, hq, i0, i1)) return;
   const int64_t* pre = ix.real_prefix.data() + b * (sh.T + 1);
-  const float* packed = ix.packed.data() + bkv * ix.per_head;
+  const PackedHead head = ix.head(bkv);
   const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);
-  if (split > i0) exact_rows(p, packed, b, hq, i0, split);
+  if (split > i0) exact_rows(p, head, b, hq, i0, split);
   if (split == i1) return;
   int32_t* row_scored = scored + (b * sh.Hq + hq) * sh.S + split;
   if (ix.dci)
-    dci_rows(p, packed, ix.set.view(bkv), ix.dirs, pre, b, hq, split, i1, row_scored);
+    dci_rows(p, head, ix.set.view(bkv), ix.dirs, pre, b, hq, split, i1, row_scored);
   else
-    union_rows(p, packed, ix.lowrank, pre, b, hq, split, i1, row_scored);
+    union_rows(p, head, ix.lowrank, pre, b, hq, split, i1, row_scored);
 }
 
 // Candidates per k-NN row (scored: c >= 0 scored c keys; -1 not a k-NN row; c < -1 fell back to exact after the

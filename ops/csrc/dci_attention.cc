@@ -72,7 +72,7 @@ int64_t retrieve(const AttentionParams& p, const DciIndexView& idx, const std::v
 
 // Sinks and local window of the rows [i0, i1) at once, by tiles of the exact kernel, into sc.band (one running
 // softmax per row, accumulating into sc.band_o); empty states when there is no band.
-void attend_band(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1,
+void attend_band(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, int64_t i0, int64_t i1,
                  RowScratch& sc) {
   const KnnSettings& ks = p.knn;
   const int64_t rows = i1 - i0, Dv = p.shape.Dv, ldo = padded_dv(Dv);
@@ -81,7 +81,7 @@ void attend_band(const AttentionParams& p, const float* kp, int64_t b, int64_t h
   if (ks.num_sink > 0 || ks.local_window > 0) {
     sc.rows.resize(rows);
     for (int64_t r = 0; r < rows; ++r) sc.rows[r] = i0 + r;
-    attend_tiles(p, kp, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo,
+    attend_tiles(p, head, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo,
                  sc.band.data());
     return;
   }
@@ -146,7 +146,7 @@ void report_row(const AttentionParams& p, int64_t b, int64_t hq, int64_t i, int6
   p.report_keys(b, hq, i, sc.ids.data(), static_cast<int64_t>(sc.ids.size()), false);
 }
 
-void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx, const std::vector<float>& dirs,
+void dci_rows(const AttentionParams& p, const PackedHead& head, const DciIndexView& idx, const std::vector<float>& dirs,
               const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
@@ -157,7 +157,7 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
   RowScratch& sc = t_row;
 
-  attend_band(p, kp, b, hq, i0, i1, sc);
+  attend_band(p, head, b, hq, i0, i1, sc);
 
   sc.fallback.clear();
   for (int64_t i = i0; i < i1; ++i) {
@@ -190,7 +190,7 @@ void dci_rows(const AttentionParams& p, const float* kp, const DciIndexView& idx
     keys_scored[i - i0] = static_cast<int32_t>(std::min<int64_t>(scored, std::numeric_limits<int32_t>::max()));
   }
   // Rows whose tail was too heavy: exact attention, together.
-  if (!sc.fallback.empty()) exact_rows(p, kp, b, hq, sc.fallback.data(), static_cast<int64_t>(sc.fallback.size()));
+  if (!sc.fallback.empty()) exact_rows(p, head, b, hq, sc.fallback.data(), static_cast<int64_t>(sc.fallback.size()));
 }
 
 }  // namespace iceformer

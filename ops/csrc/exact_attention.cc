@@ -40,6 +40,15 @@ void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   pack_panels(p.key_rows(b, hkv), D, nullptr, T, dst);
 }
 
+int64_t value_pairs_size(const AttentionShape& s) { return (s.T + 1) / 2 * s.Dv; }
+
+void pack_value_pairs(const AttentionParams& p, int64_t b, int64_t hkv, uint32_t* dst) {
+  const int64_t T = p.shape.T, Dv = p.shape.Dv;
+  const float* V = p.value_rows(b, hkv);
+  for (int64_t j = 0; j < T; j += 2)
+    kernels().to_pairs(V + j * Dv, j + 1 < T ? V + (j + 1) * Dv : nullptr, Dv, dst + (j / 2) * Dv);
+}
+
 namespace {
 
 // The keys a block of rows spans: its widest view [first_min, last_any] and the keys every row may see
@@ -103,7 +112,7 @@ inline void mask_tile_row(const AttentionParams& p, int64_t b, int64_t hq, int64
 
 }  // namespace
 
-void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
+void attend_tiles(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, const int64_t* row_ids,
                   int64_t rows, const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = p.shape;
@@ -131,7 +140,7 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
       const int64_t npanels = (cols + kPanel - 1) / kPanel;
       const int64_t width = npanels * kPanel;
       float* s = sc.s.data();
-      kern.qk_tile(sc.q.data(), D, rows, kp + (j0 / kPanel) * D * kPanel, D, npanels, s, kExactBlockK);
+      kern.qk_tile(sc.q.data(), D, rows, head.k + (j0 / kPanel) * D * kPanel, D, npanels, s, kExactBlockK);
       if (has_kpm)
         for (int64_t c = 0; c < cols; ++c) sc.key_bias[c] = key_is_real(p.key_padding, T, b, j0 + c) ? 0.f : kNegInf;
       const bool partial = j0 + cols - 1 > view.last_all || band.window >= 0 || (windowed && j0 < view.first_max);
@@ -140,11 +149,15 @@ void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t 
         mask_tile_row(p, b, hq, row_ids[r], j0, cols, width, partial, band, sc.key_bias.data(), sr);
         states[r].add_tile_row(sr, width, kern);
       }
-      kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
+      // j0 is even (ranges start on panels); an odd last column pairs with a masked one (weight 0, zero value).
+      if (head.v_pairs != nullptr)
+        kern.pv_tile_bf16(s, kExactBlockK, rows, cols + (cols & 1), head.v_pairs + (j0 / 2) * Dv, Dv, o, ldo);
+      else
+        kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
     }
 }
 
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
+void exact_rows(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, const int64_t* row_ids,
                 int64_t rows) {
   const AttentionShape& sh = p.shape;
   const int64_t ldo = padded_dv(sh.Dv);
@@ -153,17 +166,17 @@ void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq
   if (sc.rows.size() < static_cast<size_t>(rows)) sc.rows.resize(rows);
   for (int64_t r0 = 0; r0 < rows; r0 += kExactBlockQ) {
     const int64_t n = std::min(kExactBlockQ, rows - r0);
-    attend_tiles(p, kp, b, hq, row_ids + r0, n, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
+    attend_tiles(p, head, b, hq, row_ids + r0, n, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
     for (int64_t r = 0; r < n; ++r) sc.rows[r].finish(p.y + ((b * sh.Hq + hq) * sh.S + row_ids[r0 + r]) * sh.Dv);
   }
 }
 
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1) {
+void exact_rows(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, int64_t i0, int64_t i1) {
   ExactScratch& sc = t_scratch;
   sc.ids.resize(static_cast<size_t>(i1 - i0));
   for (int64_t i = i0; i < i1; ++i) sc.ids[i - i0] = i;
   const std::vector<int64_t> ids = sc.ids;  // attend_tiles reuses the scratch
-  exact_rows(p, kp, b, hq, ids.data(), i1 - i0);
+  exact_rows(p, head, b, hq, ids.data(), i1 - i0);
 }
 
 }  // namespace iceformer

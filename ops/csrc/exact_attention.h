@@ -21,6 +21,19 @@ void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float
 // Packs K[b, hkv] (T x D) into panels of 16 keys (see simd.h), zero beyond T.
 void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst);
 
+// What the tiles of one (batch, KV head) read: K packed in panels (pack_keys) and, on the k-NN path, V as bfloat16
+// pair words of consecutive keys (pack_value_pairs; P V then runs in bfloat16, as the k-NN block sets do), or
+// nullptr for P V in fp32 from the input's V (the exact path).
+struct PackedHead {
+  const float* k = nullptr;
+  const uint32_t* v_pairs = nullptr;
+};
+
+// Words needed by pack_value_pairs for one (batch, KV head): ceil(T / 2) pairs of Dv.
+int64_t value_pairs_size(const AttentionShape& s);
+// V[b, hkv] as pair words (simd.h): dst[(j / 2) * Dv + e] = pair(V[j][e], V[j + 1][e]), zero beyond T.
+void pack_value_pairs(const AttentionParams& p, int64_t b, int64_t hkv, uint32_t* dst);
+
 // Which keys attend_tiles visits for query row i (on top of causality and masks): all (window < 0), or the
 // sinks j < sinks and the recent keys j > last(i) - window.
 struct KeyBand {
@@ -29,13 +42,14 @@ struct KeyBand {
 };
 
 // Online-softmax states (acc in o, row stride ldo) of query rows row_ids[0..rows) (ascending, rows <= 64) of
-// (b, hq) over the keys of `band`, by tiles. kp = packed K[b, hq / group].
-void attend_tiles(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids,
+// (b, hq) over the keys of `band`, by tiles. head: (b, hq / group) packed.
+void attend_tiles(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, const int64_t* row_ids,
                   int64_t rows, const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states);
 
 // Rows row_ids[0..rows) (ascending) of y[b, hq] by exact attention over all keys they may see.
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, const int64_t* row_ids, int64_t rows);
+void exact_rows(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, const int64_t* row_ids,
+                int64_t rows);
 // The same for the rows [i0, i1).
-void exact_rows(const AttentionParams& p, const float* kp, int64_t b, int64_t hq, int64_t i0, int64_t i1);
+void exact_rows(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, int64_t i0, int64_t i1);
 
 }  // namespace iceformer

@@ -116,7 +116,7 @@ Columns gather_columns(const AttentionParams& p, UnionScratch& sc, const std::ve
 }
 
 // Each row of the block: its output, unless the tail test sends it back to exact (then all such rows together).
-void finish_rows(const AttentionParams& p, const float* kp, const std::vector<int32_t>& u, int64_t b, int64_t hq,
+void finish_rows(const AttentionParams& p, const PackedHead& head, const std::vector<int32_t>& u, int64_t b, int64_t hq,
                  int64_t i0, int64_t i1, UnionScratch& sc, int32_t* keys_scored) {
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
@@ -136,7 +136,7 @@ void finish_rows(const AttentionParams& p, const float* kp, const std::vector<in
   }
   if (!sc.fallback.empty()) {
     const std::vector<int64_t> rows_back = sc.fallback;  // exact_rows has its own scratch; keep ours intact
-    exact_rows(p, kp, b, hq, rows_back.data(), static_cast<int64_t>(rows_back.size()));
+    exact_rows(p, head, b, hq, rows_back.data(), static_cast<int64_t>(rows_back.size()));
   }
 }
 
@@ -188,7 +188,7 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
 
 }  // namespace
 
-void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
+void union_rows(const AttentionParams& p, const PackedHead& head, const LowRankSet& lowrank, const int64_t* real_prefix,
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored) {
   const int64_t D = p.shape.D, Dv = p.shape.Dv, rows = i1 - i0, ldo = padded_dv(Dv);
   UnionScratch& sc = t_union;
@@ -202,7 +202,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   const std::vector<int32_t>& u = union_keys(p, lowrank, real_prefix, b, hq, i0, i1);
   if (!union_pays(p, b, hq, i0, i1, static_cast<int64_t>(u.size()))) {
     // Retrieval spread over most keys (diffuse attention): the exact path is cheaper and exact.
-    exact_rows(p, kp, b, hq, i0, i1);
+    exact_rows(p, head, b, hq, i0, i1);
     for (int64_t r = 0; r < rows; ++r) {
       keys_scored[r] = sent_to_exact(visible_span(row_first(p, b, i0 + r), sc.last[r]));
       p.report_keys(b, hq, i0 + r, nullptr, 0, true);
@@ -225,7 +225,7 @@ void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& low
   for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
   if (cols.n > cols.c_s) add_columns(p, sc, b, hq, i0, rows, cols.c_s, cols.n, static_cast<float>(cols.h));
 
-  finish_rows(p, kp, u, b, hq, i0, i1, sc, keys_scored);
+  finish_rows(p, head, u, b, hq, i0, i1, sc, keys_scored);
 }
 
 }  // namespace iceformer

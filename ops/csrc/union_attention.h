@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "exact_attention.h"
 #include "lowrank.h"
 #include "params.h"
 
@@ -22,10 +23,10 @@ namespace iceformer {
 // per fewer rows and lose the neighbours' keys: 16 and 32 rows measured no faster and 1.3-1.7x the error of 64.
 constexpr int64_t kKnnBlockQ = 64;
 
-// Rows [i0, i1) of y[b, hq] by block-union attention (+ tail estimate, tail_limit fallback to exact). kp = packed K
-// of (b, hq / group), for fallback rows. keys_scored[r]: keys row i0 + r attended (U and sample), or
+// Rows [i0, i1) of y[b, hq] by block-union attention (+ tail estimate, tail_limit fallback to exact). head = (b,
+// hq / group) packed, for fallback rows. keys_scored[r]: keys row i0 + r attended (U and sample), or
 // -(visible keys) - 1 when the row was recomputed exactly.
-void union_rows(const AttentionParams& p, const float* kp, const LowRankSet& lowrank, const int64_t* real_prefix,
+void union_rows(const AttentionParams& p, const PackedHead& head, const LowRankSet& lowrank, const int64_t* real_prefix,
                 int64_t b, int64_t hq, int64_t i0, int64_t i1, int32_t* keys_scored);
 
 }  // namespace iceformer
