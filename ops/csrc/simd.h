@@ -60,6 +60,9 @@ struct Kernels {
   void (*pack_panel)(const float* const* rows, int64_t m, int64_t D, float* panel);
   // out[i] = pair(a[i], b[i]) for i < n (b = nullptr: zeros).
   void (*to_pairs)(const float* a, const float* b, int64_t n, uint32_t* out);
+  // Re-pairs keys already in pair words: out[i] = pair(half ha of a[i], half hb of b[i]) (half 0 the low, 1 the high
+  // bfloat16; b = nullptr: zeros).
+  void (*repair)(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uint32_t* out);
   // pv_tile with P rounded to bfloat16 and V as key-pair words (cols even): o[r*ldo + e] += sum_c p[r*ldp + c] v(c)[e].
   void (*pv_tile_bf16)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv,
                        float* o, int64_t ldo);

@@ -492,10 +492,23 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512",    qk_tile,    qk_above_i8,      qk_union_i8,
-                         pv_tile,     vmax,       exp_sum,          dot,
-                         scal,        count_ge,   kth_largest_int,  gather_dot,
-                         gather_axpy, pack_panel, avx512::to_pairs, avx512::pv_tile_bf16};
+  static const Kernels k{"avx512",
+                         qk_tile,
+                         qk_above_i8,
+                         qk_union_i8,
+                         pv_tile,
+                         vmax,
+                         exp_sum,
+                         dot,
+                         scal,
+                         count_ge,
+                         kth_largest_int,
+                         gather_dot,
+                         gather_axpy,
+                         pack_panel,
+                         avx512::to_pairs,
+                         avx512::repair,
+                         avx512::pv_tile_bf16};
   return &k;
 }
 

@@ -60,6 +60,7 @@ inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& 
 
 // The bfloat16 P V kernels (simd_avx512_bf16.cc): emulated with fp32 FMAs, and the AVX512-BF16 build (_hw).
 void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out);
+void repair(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uint32_t* out);
 void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
                   int64_t ldo);
 void pv_tile_bf16_hw(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,

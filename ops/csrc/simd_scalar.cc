@@ -121,6 +121,11 @@ void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = bf16_pair(a[i], b != nullptr ? b[i] : 0.f);
 }
 
+void repair(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uint32_t* out) {
+  for (int64_t i = 0; i < n; ++i)
+    out[i] = ((a[i] >> (16 * ha)) & 0xffffu) | (b != nullptr ? ((b[i] >> (16 * hb)) & 0xffffu) << 16 : 0u);
+}
+
 // acc + hi(x) hi(y) + lo(x) lo(y), each step one fp32 rounding (the products are exact).
 float pair_step(float acc, uint32_t x, uint32_t y) {
   acc += from_bf16(x >> 16) * from_bf16(y >> 16);
@@ -141,7 +146,7 @@ void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const
 const Kernels& scalar_kernels() {
   static const Kernels k{"scalar",    qk_tile,    qk_above_i8, qk_union_i8, pv_tile,         vmax,
                          exp_sum,     dot,        scal,        count_ge,    kth_largest_int, gather_dot,
-                         gather_axpy, pack_panel, to_pairs,    pv_tile_bf16};
+                         gather_axpy, pack_panel, to_pairs,    repair,      pv_tile_bf16};
   return k;
 }
 

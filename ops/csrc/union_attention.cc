@@ -20,7 +20,7 @@ constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel paddi
 struct UnionScratch {
   KeyMarks in;
   std::vector<int32_t> keys;  // the gathered columns: U, padding, sample, padding
-  std::vector<float> kp, q, s, o, m1, s1, zero;
+  std::vector<float> kp, q, s, o, m1, s1;
   std::vector<uint32_t> vw;  // V as bfloat16 key-pair words (simd.h)
   std::vector<OnlineSoftmax> st;
   std::vector<int64_t> last, seen, fallback;
@@ -80,15 +80,15 @@ struct Columns {
 // Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
 // h times the sum over its visible sampled keys estimates the sum over its visible keys outside U. Gathered into
 // sc: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), fp32 for exact scores; V as
-// bfloat16 pairs of keys (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of SmolLM2's
-// layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md). Padding
-// columns are zero.
-Columns gather_columns(const AttentionParams& p, UnionScratch& sc, const std::vector<int32_t>& u, int64_t b, int64_t hq,
-                       int64_t i0, int64_t first_min, int64_t last_any) {
+// bfloat16 pairs of keys, re-paired from head's pairs of consecutive keys (the weights are rounded to bfloat16 too:
+// P V in bfloat16 changed the output of SmolLM2's layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost
+// up to 0.8%; docs/decisions.md). Padding columns are zero.
+Columns gather_columns(const AttentionParams& p, const PackedHead& head, UnionScratch& sc,
+                       const std::vector<int32_t>& u, int64_t b, int64_t hq, int64_t i0, int64_t first_min,
+                       int64_t last_any) {
   const KnnSettings& ks = p.knn;
   const int64_t D = p.shape.D, Dv = p.shape.Dv, T = p.shape.T, hkv = hq / p.shape.group();
   const float* K = p.key_rows(b, hkv);
-  const float* V = p.value_rows(b, hkv);
   Columns cols;
   sc.keys.assign(u.begin(), u.end());
   pad_to_panel(sc.keys);
@@ -106,12 +106,18 @@ Columns gather_columns(const AttentionParams& p, UnionScratch& sc, const std::ve
   sc.kp.resize(n * D);
   pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
   pack_panels(K, D, sc.keys.data() + cols.c_s, n_samp, sc.kp.data() + cols.c_s * D);
-  sc.zero.assign(Dv, 0.f);
   sc.vw.resize(n / 2 * Dv);
-  auto vrow = [&](int64_t c) {
-    return sc.keys[c] == kPadKey ? sc.zero.data() : V + static_cast<int64_t>(sc.keys[c]) * Dv;
+  const Kernels& kern = kernels();
+  auto words = [&](int64_t c) {  // the pair words holding key c's values, or nullptr for padding
+    return sc.keys[c] == kPadKey ? nullptr : head.v_pairs + static_cast<int64_t>(sc.keys[c] / 2) * Dv;
   };
-  for (int64_t c = 0; c < n; c += 2) kernels().to_pairs(vrow(c), vrow(c + 1), Dv, sc.vw.data() + c / 2 * Dv);
+  for (int64_t c = 0; c < n; c += 2) {
+    const uint32_t* a = words(c);  // U and the sample are padded apart, so a padded c is followed by padding
+    if (a == nullptr)
+      std::fill(sc.vw.begin() + c / 2 * Dv, sc.vw.begin() + (c / 2 + 1) * Dv, 0u);
+    else
+      kern.repair(a, sc.keys[c] & 1, words(c + 1), sc.keys[c + 1] & 1, Dv, sc.vw.data() + c / 2 * Dv);
+  }
   return cols;
 }
 
@@ -210,7 +216,7 @@ void union_rows(const AttentionParams& p, const PackedHead& head, const LowRankS
     return;
   }
 
-  const Columns cols = gather_columns(p, sc, u, b, hq, i0, first_min, last_any);
+  const Columns cols = gather_columns(p, head, sc, u, b, hq, i0, first_min, last_any);
   sc.q.resize(rows * D);
   for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, i0 + r, sc.q.data() + r * D);
   sc.s.resize(rows * kExactBlockK);
