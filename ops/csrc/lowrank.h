@@ -5,7 +5,7 @@
 // queries (subspace iteration on stride samples; lowrank.cc says why the queries matter). The keys are projected
 // once, Kr = K X, quantised to 8 bits per dimension and packed in 16-key panels. A block of queries then scores every
 // visible key approximately with one register-blocked integer GEMM, (Q A)(K X)^T ~ Q K^T, and keeps the best
-// `budget` keys per row for exact re-scoring.
+// `budget` keys per row for exact re-scoring (lowrank_scan.cc).
 #pragma once
 #include <cstdint>
 #include <vector>
