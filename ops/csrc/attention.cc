@@ -116,10 +116,12 @@ struct KnnIndex {
   LowRankSet lowrank;
   HostBuffer<float> packed;
   HostBuffer<uint32_t> v_pairs;
+  std::vector<char> v_finite;        // [B][Hkv]
   std::vector<int64_t> real_prefix;  // [B][T + 1]
 
   PackedHead head(int64_t bkv) const {
-    return PackedHead{packed.data() + bkv * per_head, dci ? nullptr : v_pairs.data() + bkv * pairs_per_head};
+    return PackedHead{packed.data() + bkv * per_head, dci ? nullptr : v_pairs.data() + bkv * pairs_per_head,
+                      v_finite[bkv] != 0};
   }
 };
 
@@ -145,6 +147,7 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
     ix->set.count.assign(static_cast<size_t>(sh.B * sh.Hkv), 0);
     if (!ix->dci) init_lowrank(p, ks.rank, &ix->lowrank);
     ix->real_prefix.resize(static_cast<size_t>(sh.B * (sh.T + 1)));
+    ix->v_finite.assign(static_cast<size_t>(sh.B * sh.Hkv), 1);
     // Packed keys: for the sinks and window tiles, and rows that go exact (early causal, heavily padded).
     if (!ix->packed.allocate(static_cast<size_t>(sh.B * sh.Hkv * per_head)) ||
         !ix->v_pairs.allocate(static_cast<size_t>(sh.B * sh.Hkv * pairs_per_head)))
@@ -165,6 +168,7 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
       build_lowrank(p, b, h, &ix->lowrank);
     pack_keys(p, b, h, ix->packed.data() + t * per_head);
     if (!ix->dci) pack_value_pairs(p, b, h, ix->v_pairs.data() + t * pairs_per_head);
+    ix->v_finite[t] = all_finite(p.value_rows(b, h), sh.T * sh.Dv);
   });
   if (!ran.ok()) return ran;
   return parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv * lists), "the DCI list sort", [&](size_t t) {

@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "exact_attention.h"
 #include "host_buffer.h"
 #include "masking.h"
 #include "parallel.h"
@@ -56,6 +57,13 @@ void decode_chunk(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, 
     if (m == kNegInf) std::fill(s, s + cols, 0.f);
   }
   kern.pv_tile(sc.s.data(), cols, rows, cols, V, Dv, Dv, partials + 2, Dv + 2);
+  // A non-finite value in V reaches every row through weight-0 columns too (0 x inf is NaN): redo the chunk skipping
+  // zero weights, so that only the rows that see such a key get it.
+  bool finite = true;
+  for (int64_t r = 0; r < rows; ++r) finite &= all_finite(partials + r * (Dv + 2) + 2, Dv);
+  if (finite) return;
+  for (int64_t r = 0; r < rows; ++r) std::fill(partials + r * (Dv + 2) + 2, partials + r * (Dv + 2) + 2 + Dv, 0.f);
+  pv_nonzero(sc.s.data(), cols, rows, cols, V, Dv, nullptr, partials + 2, Dv + 2);
 }
 
 // y of one row from its partials over nchunks chunks, merged in chunk order: max, rescaled sums and accs.

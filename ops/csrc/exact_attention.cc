@@ -1,6 +1,7 @@
 #include "exact_attention.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -38,6 +39,23 @@ void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float
 void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   const int64_t T = p.shape.T, D = p.shape.D;
   pack_panels(p.key_rows(b, hkv), D, nullptr, T, dst);
+}
+
+bool all_finite(const float* x, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
+
+void pv_nonzero(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* V, int64_t Dv, const int32_t* ids,
+                float* o, int64_t ldo) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float w = p[r * ldp + c];
+      if (w == 0.f) continue;
+      const float* v = V + (ids != nullptr ? static_cast<int64_t>(ids[c]) : c) * Dv;
+      for (int64_t e = 0; e < Dv; ++e) o[r * ldo + e] += w * v[e];
+    }
 }
 
 int64_t value_pairs_size(const AttentionShape& s) { return (s.T + 1) / 2 * s.Dv; }
@@ -149,11 +167,14 @@ void attend_tiles(const AttentionParams& p, const PackedHead& head, int64_t b, i
         mask_tile_row(p, b, hq, row_ids[r], j0, cols, width, partial, band, sc.key_bias.data(), sr);
         states[r].add_tile_row(sr, width, kern);
       }
-      // j0 is even (ranges start on panels); an odd last column pairs with a masked one (weight 0, zero value).
-      if (head.v_pairs != nullptr)
+      if (!head.v_finite) {
+        pv_nonzero(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, nullptr, o, ldo);
+      } else if (head.v_pairs != nullptr) {
+        // j0 is even (ranges start on panels); an odd last column pairs with the next key at weight 0 (V finite).
         kern.pv_tile_bf16(s, kExactBlockK, rows, cols + (cols & 1), head.v_pairs + (j0 / 2) * Dv, Dv, o, ldo);
-      else
+      } else {
         kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
+      }
     }
 }
 
@@ -166,8 +187,19 @@ void exact_rows(const AttentionParams& p, const PackedHead& head, int64_t b, int
   if (sc.rows.size() < static_cast<size_t>(rows)) sc.rows.resize(rows);
   for (int64_t r0 = 0; r0 < rows; r0 += kExactBlockQ) {
     const int64_t n = std::min(kExactBlockQ, rows - r0);
+    auto y = [&](int64_t r) { return p.y + ((b * sh.Hq + hq) * sh.S + row_ids[r0 + r]) * sh.Dv; };
     attend_tiles(p, head, b, hq, row_ids + r0, n, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
-    for (int64_t r = 0; r < n; ++r) sc.rows[r].finish(p.y + ((b * sh.Hq + hq) * sh.S + row_ids[r0 + r]) * sh.Dv);
+    bool finite = true;
+    for (int64_t r = 0; r < n; ++r) {
+      sc.rows[r].finish(y(r));
+      finite &= all_finite(y(r), sh.Dv);
+    }
+    if (finite || !head.v_finite) continue;
+    // A NaN / inf: from Q or K rows these rows see (then the same again), or from V through a weight-0 column.
+    PackedHead checked = head;
+    checked.v_finite = false;
+    attend_tiles(p, checked, b, hq, row_ids + r0, n, KeyBand{}, sc.o.data(), ldo, sc.rows.data());
+    for (int64_t r = 0; r < n; ++r) sc.rows[r].finish(y(r));
   }
 }
 

@@ -27,7 +27,16 @@ void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst);
 struct PackedHead {
   const float* k = nullptr;
   const uint32_t* v_pairs = nullptr;
+  bool v_finite = true;  // false: V holds a NaN or inf, and P V skips zero weights (pv_nonzero); true: not known
 };
+
+// Whether x[0, n) are all finite.
+bool all_finite(const float* x, int64_t n);
+// o[r * ldo + e] += p[r * ldp + c] * V[key(c) * Dv + e] over the columns c < cols whose weight is not 0, key(c) =
+// ids[c] (ids = nullptr: c). For a V with non-finite values: a key a row may not see has weight exactly 0, and 0 x inf
+// is NaN, so the tile kernels (which multiply every column) would poison rows that never see the key.
+void pv_nonzero(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* V, int64_t Dv, const int32_t* ids,
+                float* o, int64_t ldo);
 
 // Words needed by pack_value_pairs for one (batch, KV head): ceil(T / 2) pairs of Dv.
 int64_t value_pairs_size(const AttentionShape& s);
@@ -46,7 +55,8 @@ struct KeyBand {
 void attend_tiles(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, const int64_t* row_ids,
                   int64_t rows, const KeyBand& band, float* o, int64_t ldo, OnlineSoftmax* states);
 
-// Rows row_ids[0..rows) (ascending) of y[b, hq] by exact attention over all keys they may see.
+// Rows row_ids[0..rows) (ascending) of y[b, hq] by exact attention over all keys they may see. A block whose output is
+// not finite while head.v_finite is true is recomputed with pv_nonzero (V may hold a non-finite value).
 void exact_rows(const AttentionParams& p, const PackedHead& head, int64_t b, int64_t hq, const int64_t* row_ids,
                 int64_t rows);
 // The same for the rows [i0, i1).

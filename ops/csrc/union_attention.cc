@@ -33,8 +33,8 @@ void pad_to_panel(std::vector<int32_t>& keys) {
 
 // Adds columns [c0, c1) of the gathered set (c0 on a panel boundary) to every row's state, each exp(score)
 // counted w times; seen[r] += columns row r may see.
-void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t hq, int64_t i0, int64_t rows,
-                 int64_t c0, int64_t c1, float w) {
+void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch& sc, int64_t b, int64_t hq, int64_t i0,
+                 int64_t rows, int64_t c0, int64_t c1, float w) {
   const Kernels& kern = kernels();
   const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = padded_dv(Dv);
   const bool any_mask = p.mask.kind != MaskKind::kNone;
@@ -61,7 +61,11 @@ void add_columns(const AttentionParams& p, UnionScratch& sc, int64_t b, int64_t 
       sc.seen[r] += vis - lo;
       sc.st[r].add_tile_row(sr, width, kern, w);
     }
-    kern.pv_tile_bf16(sc.s.data(), kExactBlockK, rows, cols, sc.vw.data() + (t0 / 2) * Dv, Dv, sc.o.data(), ldo);
+    if (head.v_finite)
+      kern.pv_tile_bf16(sc.s.data(), kExactBlockK, rows, cols, sc.vw.data() + (t0 / 2) * Dv, Dv, sc.o.data(), ldo);
+    else
+      pv_nonzero(sc.s.data(), kExactBlockK, rows, cols, p.value_rows(b, hq / p.shape.group()), Dv, key, sc.o.data(),
+                 ldo);
   }
 }
 
@@ -227,9 +231,9 @@ void union_rows(const AttentionParams& p, const PackedHead& head, const LowRankS
   sc.s1.resize(rows);
   for (int64_t r = 0; r < rows; ++r) sc.st[r] = OnlineSoftmax::empty(sc.o.data() + r * ldo, Dv);
 
-  add_columns(p, sc, b, hq, i0, rows, 0, cols.c_s, 1.f);
+  add_columns(p, head, sc, b, hq, i0, rows, 0, cols.c_s, 1.f);
   for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
-  if (cols.n > cols.c_s) add_columns(p, sc, b, hq, i0, rows, cols.c_s, cols.n, static_cast<float>(cols.h));
+  if (cols.n > cols.c_s) add_columns(p, head, sc, b, hq, i0, rows, cols.c_s, cols.n, static_cast<float>(cols.h));
 
   finish_rows(p, head, u, b, hq, i0, i1, sc, keys_scored);
 }

@@ -111,6 +111,26 @@ def test_nan_and_inf_propagate_only_where_visible():
     np.testing.assert_allclose(y[ok], ref[ok], atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "attrs",
+    [{"top_k": 0}, {"min_keys": 0}, {"min_keys": 0, "top_k": 16, "max_candidates": 16, "tail_samples": 0}],
+    ids=["exact", "k-NN forced", "k-NN sparse"],
+)
+def test_a_non_finite_value_reaches_only_rows_that_see_its_key(attrs):
+    """A NaN / inf in V: rows that may not see its key stay finite, although the tile kernels multiply every column of
+    a block (weight exactly 0 for a hidden key, and 0 x inf is NaN); the key's own row, which always sees it, does not.
+    Exact: every later row sees it. (Previously rows 128-149 and 160-169, the keys' query blocks, were NaN too.)"""
+    feeds = {"Q": f32(1, 2, 300, 32), "K": f32(1, 1, 300, 32), "V": f32(1, 1, 300, 16)}
+    feeds["V"][0, 0, 150, 2] = np.nan
+    feeds["V"][0, 0, 170, 0] = np.inf
+    (y,) = run(feeds, is_causal=1, **attrs)
+    bad = ~np.isfinite(y).all(-1)  # [1, 2, 300]
+    assert not bad[0, :, :150].any()
+    assert bad[0, :, 150].all() and bad[0, :, 170].all()
+    if attrs == {"top_k": 0}:
+        assert bad[0, :, 150:].all()
+
+
 # A child process whose address space is capped 256 MiB above what it holds after a warm-up call: a call that
 # needs more scratch than that must fail with an error naming what it wanted and the call's sizes.
 _OOM_CHILD = textwrap.dedent("""
