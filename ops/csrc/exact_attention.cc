@@ -1,7 +1,6 @@
 #include "exact_attention.h"
 
 #include <algorithm>
-#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -39,12 +38,6 @@ void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float
 void pack_keys(const AttentionParams& p, int64_t b, int64_t hkv, float* dst) {
   const int64_t T = p.shape.T, D = p.shape.D;
   pack_panels(p.key_rows(b, hkv), D, nullptr, T, dst);
-}
-
-bool all_finite(const float* x, int64_t n) {
-  bool ok = true;
-  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
-  return ok;
 }
 
 void pv_nonzero(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float* V, int64_t Dv, const int32_t* ids,

@@ -30,8 +30,6 @@ struct PackedHead {
   bool v_finite = true;  // false: V holds a NaN or inf, and P V skips zero weights (pv_nonzero); true: not known
 };
 
-// Whether x[0, n) are all finite.
-bool all_finite(const float* x, int64_t n);
 // o[r * ldo + e] += p[r * ldp + c] * V[key(c) * Dv + e] over the columns c < cols whose weight is not 0, key(c) =
 // ids[c] (ids = nullptr: c). For a V with non-finite values: a key a row may not see has weight exactly 0, and 0 x inf
 // is NaN, so the tile kernels (which multiply every column) would poison rows that never see the key.

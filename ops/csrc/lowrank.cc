@@ -67,9 +67,7 @@ int64_t add_second_moment(const float* rows, int64_t n, int64_t stride, int64_t 
   for (int64_t j = 0; j < n; j += stride) {
     if (padding != nullptr && !key_is_real(*padding, T, b, j)) continue;
     const float* x = rows + j * D;
-    bool finite = true;
-    for (int64_t d = 0; d < D; ++d) finite &= std::isfinite(x[d]);
-    if (!finite) continue;
+    if (!all_finite(x, D)) continue;
     for (int64_t a = 0; a < D; ++a) {
       const double xa = x[a];
       double* row = G.data() + a * D;

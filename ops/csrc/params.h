@@ -1,11 +1,19 @@
 // Plain parameter structs shared by the kernels. No ONNX Runtime types here.
 // Shape vocabulary: B batch, Hq query heads, Hkv key/value heads, S queries, T keys, D head dim, Dv value dim.
 #pragma once
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 namespace iceformer {
+
+// Whether x[0, n) are all finite (input rows and outputs checked for NaN / inf).
+inline bool all_finite(const float* x, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= std::isfinite(x[i]);
+  return ok;
+}
 
 struct AttentionShape {
   int64_t B = 0, Hq = 0, Hkv = 0, S = 0, T = 0, D = 0, Dv = 0;
