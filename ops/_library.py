@@ -68,6 +68,7 @@ def _cdll() -> ctypes.CDLL:
     lib.IceformerContractJson.restype = ctypes.c_char_p
     lib.IceformerGqaContractJson.restype = ctypes.c_char_p
     lib.IceformerSimdVariant.restype = ctypes.c_char_p
+    lib.IceformerSimdTiers.restype = ctypes.c_char_p
     lib.IceformerKnnSelect.restype = ctypes.c_int
     lib.IceformerKthLargestInt.restype = ctypes.c_int
     lib.IceformerSanitized.restype = ctypes.c_int
@@ -81,9 +82,21 @@ def native_contract(gqa: bool = False) -> dict:
     return json.loads((_cdll().IceformerGqaContractJson() if gqa else _cdll().IceformerContractJson()).decode())
 
 
+# Every SIMD tier the library knows, best first (simd_dispatch.cc); ICEFORMER_SIMD=<tier> forces one, "auto" (or
+# unset) takes the best this CPU runs. avx512-hwy (Highway's AVX-512 build) is only used when forced.
+SIMD_TIERS = ("avx512-vnni-bf16", "avx512-vnni", "avx512", "avx512-hwy", "avx2", "neon", "scalar")
+SIMD_ENV = "ICEFORMER_SIMD"
+
+
 def simd_variant() -> str:
-    """Which kernel variant the library dispatches to on this CPU ("avx512-vnni", "avx512" or "scalar")."""
+    """The SIMD tier the library dispatches to in this process (one of SIMD_TIERS: the best this CPU runs, or the
+    one ICEFORMER_SIMD forces)."""
     return _cdll().IceformerSimdVariant().decode()
+
+
+def simd_tiers() -> list[str]:
+    """The SIMD tiers this library runs on this CPU, best first (the last is always "scalar", the reference)."""
+    return _cdll().IceformerSimdTiers().decode().split(",")
 
 
 def knn_select(q, k, *, is_causal: int = 0, rows=None, scale: float | None = None, **attrs):

@@ -29,6 +29,7 @@ def test_ops_api():
             "session_options",
             "native_contract",
             "simd_variant",
+            "simd_tiers",
             "knn_attention_reference",
             "make_knn_attention_model",
             "make_attention_model",

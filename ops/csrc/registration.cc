@@ -477,6 +477,8 @@ ICE_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
     return oldest->CreateStatus(ORT_FAIL, msg.c_str());
   }
   Ort::InitApi(api);
+  if (const std::string bad = iceformer::simd_env_error(); !bad.empty())
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, ("iceformer: " + bad).c_str());
   static KnnAttentionOp op;
   static GqaOp gqa_op;
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -507,6 +509,17 @@ ICE_EXPORT const char* IceformerGqaContractJson() {
 }
 
 ICE_EXPORT const char* IceformerSimdVariant() { return iceformer::kernels().name; }
+
+// The tiers this CPU runs, best first, comma-separated; and why ICEFORMER_SIMD cannot be honoured ("" if it can).
+ICE_EXPORT const char* IceformerSimdTiers() {
+  static const std::string s = iceformer::simd_tiers();
+  return s.c_str();
+}
+
+ICE_EXPORT const char* IceformerSimdEnvError() {
+  static const std::string s = iceformer::simd_env_error();
+  return s.c_str();
+}
 
 // 1 when built with ICEFORMER_SANITIZE (AddressSanitizer): hosts then run without ORT's CPU arena, so each
 // tensor is its own malloc block with red zones around it.

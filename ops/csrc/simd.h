@@ -1,8 +1,10 @@
-// Vector primitives behind one dispatch point: a scalar reference and an AVX-512 variant with identical
-// contracts. kernels() picks the best one the CPU supports (ICEFORMER_SIMD=scalar forces the reference).
+// Vector primitives behind one dispatch point: a scalar reference and vectorised tiers with identical contracts
+// (hand-written AVX-512, Highway's AVX2 / AVX-512 / NEON builds). kernels() picks the best tier the CPU runs;
+// ICEFORMER_SIMD=<tier> forces one (simd_dispatch.cc).
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 namespace iceformer {
 
@@ -73,6 +75,14 @@ const Kernels* avx512_kernels();       // nullptr when not compiled in
 const Kernels* avx512_vnni_kernels();  // the same with the AVX512-VNNI dot product; nullptr when not compiled in
 // The VNNI kernels with AVX512-BF16's dot product for the bfloat16 P V tiles; nullptr when not compiled in.
 const Kernels* avx512_bf16_kernels();
-const Kernels& kernels();  // the dispatch point
+// Highway's builds of the same source (simd_hwy.cc); nullptr when the target is not compiled in (other architectures).
+const Kernels* avx2_kernels();        // AVX2 + FMA (x86-64-v3)
+const Kernels* avx512_hwy_kernels();  // AVX-512 F/VL/DQ/BW, for comparison with the hand-written AVX-512 kernels
+const Kernels* neon_kernels();        // ARM64 Advanced SIMD
+const Kernels& kernels();             // the dispatch point
+// The tiers kernels() can use on this CPU, best first, comma-separated (e.g. "avx512-vnni-bf16,...,avx2,scalar").
+std::string simd_tiers();
+// Why ICEFORMER_SIMD cannot be honoured (an unknown tier, or one this CPU or build cannot run); empty when it can.
+std::string simd_env_error();
 
 }  // namespace iceformer

@@ -12,6 +12,8 @@
 
 namespace iceformer {
 namespace avx512 {
+// Internal linkage: each AVX-512 file has its own copy, built with that file's target flags.
+namespace {
 
 // The first n (<= 16) lanes.
 inline __mmask16 tail_mask(int64_t n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u); }
@@ -58,6 +60,8 @@ inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& 
   }
 }
 
+}  // namespace
+
 // The bfloat16 P V kernels (simd_avx512_bf16.cc): emulated with fp32 FMAs, and the AVX512-BF16 build (_hw).
 void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out);
 void repair(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uint32_t* out);
@@ -65,6 +69,11 @@ void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const
                   int64_t ldo);
 void pv_tile_bf16_hw(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
                      int64_t ldo);
+// The low-rank scan with the AVX512-VNNI dot product (simd_avx512_vnni.cc).
+void qk_above_i8_vnni(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                      const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count);
+void qk_union_i8_vnni(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
+                      const int64_t* vis, const int32_t* thr, uint16_t* bits);
 
 }  // namespace avx512
 }  // namespace iceformer

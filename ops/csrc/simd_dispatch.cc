@@ -1,28 +1,103 @@
-// The one dispatch point: the best compiled-in variant the CPU supports. ICEFORMER_SIMD=scalar forces the reference,
-// ICEFORMER_SIMD=avx512 the AVX-512 kernels without the VNNI and BF16 extensions (to test that variant on a CPU
-// that has them).
+// The one dispatch point: a table of SIMD tiers, best first; kernels() takes the first one that is compiled in and
+// that this CPU runs, or the one ICEFORMER_SIMD names. The scalar reference runs everywhere.
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "simd.h"
 
 namespace iceformer {
+namespace {
+
+struct Tier {
+  const char* name;
+  const char* alias;  // a second accepted spelling of ICEFORMER_SIMD, or nullptr
+  const Kernels* (*table)();
+  bool (*cpu_runs)();
+  bool automatic;  // chosen without ICEFORMER_SIMD (avx512-hwy is for comparisons only)
+};
+
+#if defined(__x86_64__) || defined(_M_X64)
+bool has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+}
+bool has_vnni() { return has_avx512() && __builtin_cpu_supports("avx512vnni"); }
+bool has_bf16() { return has_vnni() && __builtin_cpu_supports("avx512bf16"); }
+// Highway's AVX2 target: AVX2, FMA, F16C, BMI1/2 (x86-64-v3 has them all).
+bool has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+         __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
+}
+#else
+bool has_avx512() { return false; }
+bool has_vnni() { return false; }
+bool has_bf16() { return false; }
+bool has_avx2() { return false; }
+#endif
+bool has_neon() {
+#if defined(__aarch64__)
+  return true;  // Advanced SIMD is part of ARMv8-A
+#else
+  return false;
+#endif
+}
+bool always() { return true; }
+const Kernels* scalar_table() { return &scalar_kernels(); }
+
+constexpr Tier kTiers[] = {
+    {"avx512-vnni-bf16", "avx512-bf16", avx512_bf16_kernels, has_bf16, true},
+    {"avx512-vnni", nullptr, avx512_vnni_kernels, has_vnni, true},
+    {"avx512", nullptr, avx512_kernels, has_avx512, true},
+    {"avx512-hwy", nullptr, avx512_hwy_kernels, has_avx512, false},
+    {"avx2", nullptr, avx2_kernels, has_avx2, true},
+    {"neon", nullptr, neon_kernels, has_neon, true},
+    {"scalar", nullptr, scalar_table, always, true},
+};
+
+bool usable(const Tier& t) { return t.table() != nullptr && t.cpu_runs(); }
+
+bool named(const Tier& t, const char* s) {
+  return std::strcmp(t.name, s) == 0 || (t.alias != nullptr && std::strcmp(t.alias, s) == 0);
+}
+
+const char* forced() {
+  const char* f = std::getenv("ICEFORMER_SIMD");
+  return f != nullptr && *f != 0 && std::strcmp(f, "auto") != 0 ? f : nullptr;
+}
+
+}  // namespace
+
+std::string simd_tiers() {
+  std::string out;
+  for (const Tier& t : kTiers)
+    if (usable(t)) out += (out.empty() ? "" : ",") + std::string(t.name);
+  return out;
+}
+
+std::string simd_env_error() {
+  const char* f = forced();
+  if (f == nullptr) return "";
+  for (const Tier& t : kTiers) {
+    if (!named(t, f)) continue;
+    if (usable(t)) return "";
+    return std::string("ICEFORMER_SIMD=") + f + ": " + (t.table() == nullptr ? "not built for this architecture" :
+                                                         "this CPU lacks its instructions") +
+           " (tiers this library runs here: " + simd_tiers() + ")";
+  }
+  return std::string("ICEFORMER_SIMD=") + f + ": unknown tier (tiers this library runs here: " + simd_tiers() +
+         "; or auto)";
+}
 
 const Kernels& kernels() {
   static const Kernels* chosen = [] {
-    const char* force = std::getenv("ICEFORMER_SIMD");
-    if (force != nullptr && std::strcmp(force, "scalar") == 0) return &scalar_kernels();
-#if defined(__x86_64__) || defined(_M_X64)
-    if (const Kernels* k = avx512_kernels(); k != nullptr && __builtin_cpu_supports("avx512f") &&
-                                             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
-      const bool plain = force != nullptr && std::strcmp(force, "avx512") == 0;
-      if (const Kernels* kv = avx512_vnni_kernels(); kv != nullptr && !plain && __builtin_cpu_supports("avx512vnni")) {
-        if (const Kernels* kb = avx512_bf16_kernels(); kb != nullptr && __builtin_cpu_supports("avx512bf16")) return kb;
-        return kv;
-      }
-      return k;
-    }
-#endif
+    // A forced tier this CPU cannot run is refused when the library registers (simd_env_error); here it falls back
+    // to the automatic choice.
+    if (const char* f = forced())
+      for (const Tier& t : kTiers)
+        if (named(t, f) && usable(t)) return t.table();
+    for (const Tier& t : kTiers)
+      if (t.automatic && usable(t)) return t.table();
     return &scalar_kernels();
   }();
   return *chosen;

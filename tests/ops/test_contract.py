@@ -1,5 +1,9 @@
 """The contract is stated once (Python); the native registration and the README must agree with it."""
 
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -11,8 +15,10 @@ from iceformer.ops import (
     make_knn_attention_model,
     native_contract,
     session_options,
+    simd_tiers,
     simd_variant,
 )
+from iceformer.ops._library import SIMD_TIERS
 from iceformer.tools.docs import render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -37,8 +43,32 @@ def test_readme_carries_the_contract_table():
     assert render(text) == text  # regenerate with: python -m iceformer.tools.docs README.md
 
 
-def test_simd_variant_is_known():
-    assert simd_variant() in {"avx512-vnni-bf16", "avx512-vnni", "avx512", "scalar"}
+def test_simd_variant_is_the_best_tier_this_cpu_runs():
+    tiers = simd_tiers()
+    assert tiers[-1] == "scalar" and set(tiers) <= set(SIMD_TIERS)
+    # Ordered as SIMD_TIERS (best first); avx512-hwy is offered only when forced.
+    assert tiers == [t for t in SIMD_TIERS if t in tiers]
+    if os.environ.get("ICEFORMER_SIMD", "auto") == "auto":
+        assert simd_variant() == next(t for t in tiers if t != "avx512-hwy")
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "neon" not in tiers
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [("avx9000", "unknown tier"), ("neon", "not built for this architecture")]
+    if platform.machine() in ("x86_64", "AMD64")
+    else [("avx9000", "unknown tier"), ("avx2", "not built for this architecture")],
+)
+def test_a_tier_the_library_cannot_run_is_refused_when_it_registers(value, reason):
+    """ICEFORMER_SIMD naming an unknown tier, or one this build or CPU cannot run, is an ORT error at registration
+    that lists the tiers that do run (checked in a subprocess: dispatch is per process)."""
+    code = "import iceformer\ntry:\n    iceformer.session_options()\nexcept Exception as e:\n    print(e)\n"
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=value), capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"ICEFORMER_SIMD={value}: {reason}" in res.stdout and "scalar" in res.stdout, res.stdout
 
 
 def test_shape_inference_types_the_output():

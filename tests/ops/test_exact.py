@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from conftest import knn_session, run_case
-from iceformer.ops import knn_attention_reference, make_attention_model
+from iceformer.ops import knn_attention_reference, make_attention_model, simd_tiers
 from iceformer.ops._library import _kth_largest_int
 from iceformer.tools.cases import AttentionCase
 from onnx.reference import ReferenceEvaluator
@@ -154,8 +154,9 @@ def test_several_sessions_and_registrations_in_one_process():
 
 
 def test_scalar_and_vector_kernels_agree(tmp_path):
-    """ICEFORMER_SIMD=scalar forces the reference kernels, ICEFORMER_SIMD=avx512 the AVX-512 ones without the VNNI
-    dot product (checked in subprocesses: dispatch is per process); the exact path and the k-NN path (sparse block
+    """ICEFORMER_SIMD=<tier> forces a tier (checked in subprocesses: dispatch is per process): every tier this CPU
+    runs (scalar reference, hand-written AVX-512 with and without VNNI / BF16, Highway's AVX2 / AVX-512 / NEON);
+    the exact path and the k-NN path (sparse block
     sets, a rank of 7 whose last 4-dimension group is padded; causal and not, T not a multiple of the 16-key panel;
     with key padding, which scans through per-row lists instead of the union kernel) agree between all variants
     (the k-NN cases within the bfloat16 rounding of their P V)."""
@@ -173,7 +174,7 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         "np.save(%r, np.concatenate([run_case(x).ravel() for x in [c, *ks]])); print(simd_variant())\n"
     )
     outs = {}
-    for variant in ("scalar", "avx512", "auto"):
+    for variant in [*simd_tiers(), "auto"]:
         path = tmp_path / f"{variant}.npy"
         env = dict(os.environ, ICEFORMER_SIMD=variant)
         res = subprocess.run(
@@ -181,10 +182,10 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         )
         assert res.returncode == 0, res.stderr
         outs[variant] = (np.load(path), res.stdout.strip())
-    assert outs["scalar"][1] == "scalar"
-    assert outs["avx512"][1] in {"avx512", "scalar"}  # scalar on a CPU without AVX-512
+    for variant in simd_tiers():
+        assert outs[variant][1] == variant
     n_exact = 4 * 77 * 24  # the first case's outputs; the k-NN cases follow
-    for variant in ("avx512", "auto"):
+    for variant in outs:
         ref, got = outs["scalar"][0], outs[variant][0]
         np.testing.assert_allclose(ref[:n_exact], got[:n_exact], atol=1e-5, rtol=1e-5)
         # The k-NN path rounds its weights to bfloat16 for P V: where the variants' exp differ in the last float32 bit,
@@ -211,7 +212,7 @@ def test_threshold_selection_kernel_matches_sorting_in_every_variant(tmp_path):
         "            bad += _kth_largest_int(v, k) != np.sort(v)[::-1][k - 1]\n"
         "print(json.dumps([checks, int(bad)]))\n"
     )
-    for variant in ("scalar", "avx512", "auto"):
+    for variant in simd_tiers():
         res = subprocess.run(
             [sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant), capture_output=True, text=True
         )
@@ -247,7 +248,7 @@ def test_bfloat16_pv_kernel_matches_a_float64_reference_in_every_variant(tmp_pat
         "special = _pv_tile_bf16(np.array([[1.0, 1.0]], np.float32), np.array([[np.inf, np.nan], [1.0, 1.0]], np.float32))[0]\n"
         "print(json.dumps([worst, float(tie), float(up), [str(x) for x in special]]))\n"
     )
-    for variant in ("scalar", "avx512", "auto"):
+    for variant in simd_tiers():
         res = subprocess.run(
             [sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=variant), capture_output=True, text=True
         )

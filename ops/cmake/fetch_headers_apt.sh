@@ -1,9 +1,14 @@
 #!/bin/sh
-# Fetch ONNX Runtime C/C++ headers from Debian's libonnxruntime-dev (suite sid) without touching /etc/apt:
-# a scratch APT configuration (own state, lists, sources) is built in a temp dir, pointed to by APT_CONFIG.
-# Usage: fetch_ort_headers_apt.sh DEST_DIR   -> headers land in DEST_DIR/include/onnxruntime/*.h
+# Fetch a header folder from a Debian -dev package (suite sid) without touching /etc/apt: a scratch APT configuration
+# (own state, lists, sources) is built in a temp dir, pointed to by APT_CONFIG. Only the package's usr/include/SUBDIR
+# is kept (headers are the same for every architecture).
+# Usage: fetch_headers_apt.sh PACKAGE SUBDIR CHECK_FILE DEST_DIR   -> DEST_DIR/include/SUBDIR/..., CHECK_FILE relative
+#        to include/ (e.g. libonnxruntime-dev onnxruntime onnxruntime/onnxruntime_cxx_api.h, libhwy-dev hwy hwy/highway.h)
 set -eu
-dest=$1
+package=$1
+subdir=$2
+check=$3
+dest=$4
 command -v apt-get >/dev/null 2>&1 || { echo "apt-get not found" >&2; exit 3; }
 command -v dpkg-deb >/dev/null 2>&1 || { echo "dpkg-deb not found" >&2; exit 3; }
 
@@ -38,13 +43,13 @@ Acquire::Languages "none";
 CONF
 export APT_CONFIG="$tmp/apt.conf"
 apt-get -q update -o Debug::NoLocking=1 >"$tmp/update.log" 2>&1 || { cat "$tmp/update.log" >&2; exit 4; }
-(cd "$tmp" && apt-get -q download -o Debug::NoLocking=1 libonnxruntime-dev >"$tmp/download.log" 2>&1) \
+(cd "$tmp" && apt-get -q download -o Debug::NoLocking=1 "$package" >"$tmp/download.log" 2>&1) \
   || { cat "$tmp/download.log" >&2; exit 4; }
-deb=$(ls "$tmp"/libonnxruntime-dev_*.deb | head -n1)
+deb=$(ls "$tmp"/"$package"_*.deb | head -n1)
 dpkg-deb -x "$deb" "$tmp/x"
-[ -f "$tmp/x/usr/include/onnxruntime/onnxruntime_cxx_api.h" ] || { echo "package has no headers" >&2; exit 5; }
+[ -f "$tmp/x/usr/include/$check" ] || { echo "$package has no usr/include/$check" >&2; exit 5; }
 mkdir -p "$dest/include"
-rm -rf "$dest/include/onnxruntime"
-cp -r "$tmp/x/usr/include/onnxruntime" "$dest/include/onnxruntime"
+rm -rf "$dest/include/$subdir"
+cp -r "$tmp/x/usr/include/$subdir" "$dest/include/$subdir"
 basename "$deb" > "$dest/SOURCE"
 echo "fetched $(basename "$deb") from $mirror"
