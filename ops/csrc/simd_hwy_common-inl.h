@@ -73,6 +73,21 @@ HWY_INLINE void store_part(hn::Vec<D> v, D d, hn::TFromD<D>* p, int64_t n) {
     hn::StoreN(v, d, p, static_cast<size_t>(n < 0 ? 0 : n));
 }
 
+// bfloat16 bits of each lane in its low half: round to nearest even, NaN kept quiet (bf16.h).
+HWY_INLINE VU bf16_bits(VF x) {
+  const DU du;
+  const VU b = hn::BitCast(du, x);
+  const VU r = hn::ShiftRight<16>(hn::Add(b, hn::Add(hn::And(hn::ShiftRight<16>(b), hn::Set(du, 1u)), hn::Set(du, 0x7fffu))));
+  const VU q = hn::ShiftRight<16>(hn::Or(b, hn::Set(du, 0x400000u)));
+  return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(x)), q, r);
+}
+
+// The fp32 values of the bfloat16 roundings of lanes [0, n) of x (0 in the others).
+HWY_INLINE VF bf16_round(const float* x, int64_t n) {
+  const DF df;
+  return hn::BitCast(df, hn::ShiftLeft<16>(bf16_bits(load_part<false>(df, x, n))));
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace iceformer
 HWY_AFTER_NAMESPACE();

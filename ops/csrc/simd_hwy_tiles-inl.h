@@ -91,7 +91,7 @@ void PvTile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float
 // bfloat16 P V: weights as fp32 values of their bfloat16 roundings (hi: p[c + 1], lo: p[c] of each pair), values as
 // pair words split into their two bfloat16 halves. Per pair the high product is added first, then the low one:
 // each product is exact in fp32, so this is the scalar reference's arithmetic, rounding for rounding.
-constexpr int kPvBf16Rows = rows_for(2, 6);
+constexpr int kPvBf16Rows = rows_for(2, 7);  // shared: 2 x 2 value halves, 2 weights, the mask
 constexpr int64_t kPvBf16Chunk = 256;  // weight columns converted per pass
 
 template <int R, bool kFull>
@@ -121,8 +121,16 @@ HWY_INLINE void pv_bf16_chunk(const float* whi, const float* wlo, int64_t ldw, i
   }
 }
 
-// fp32 value of bf16(x) (bf16.h's rounding: nearest, ties to even; NaN stays NaN).
-HWY_INLINE float bf16_round(float x) { return from_bf16(to_bf16(x)); }
+// Row weights p[0, n) (n even) split into their pairs' rounded halves: lo[c2] = bf16(p[2 c2]), hi[c2] = bf16(p[2 c2 + 1]).
+HWY_INLINE void split_pairs(const float* p, int64_t n, float* lo, float* hi) {
+  const DF df;
+  for (int64_t c = 0; c < n; c += 2 * kN) {
+    const VF a = bf16_round(p + c, n - c), b = bf16_round(p + c + kN, n - c - kN);
+    const int64_t m = std::min<int64_t>(kN, (n - c) / 2);
+    store_part<false>(hn::ConcatEven(df, b, a), df, lo + c / 2, m);
+    store_part<false>(hn::ConcatOdd(df, b, a), df, hi + c / 2, m);
+  }
+}
 
 void PvTileBf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv, float* o,
                 int64_t ldo) {
@@ -132,11 +140,7 @@ void PvTileBf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const u
     const int64_t n = std::min(kPvBf16Chunk, cols - c0);
     by_row_groups<kPvBf16Rows>(rows, [&](auto R, int64_t r) {
       constexpr int kR = decltype(R)::value;
-      for (int t = 0; t < kR; ++t)
-        for (int64_t c = 0; c < n; c += 2) {
-          wlo[t * kW + c / 2] = bf16_round(p[(r + t) * ldp + c0 + c]);
-          whi[t * kW + c / 2] = bf16_round(p[(r + t) * ldp + c0 + c + 1]);
-        }
+      for (int t = 0; t < kR; ++t) split_pairs(p + (r + t) * ldp + c0, n, wlo + t * kW, whi + t * kW);
       const uint32_t* v0 = vw + (c0 / 2) * dv;
       for (int64_t e = 0; e < dv; e += 2 * kN) {
         if (dv - e >= 2 * kN)

@@ -36,13 +36,14 @@ float Max(const float* x, int64_t n) {
 
 // exp(x): x = n ln2 + r, |r| <= ln2/2, exp(r) by the degree-6 Taylor polynomial of the AVX-512 kernel (rel. error
 // ~1e-7); 2^n as two exponent-field powers 2^(n/2) 2^(n - n/2) (n up to 128 after the clamp). Inputs below -87.3 give
-// exactly 0 (so -inf -> 0); NaN propagates.
+// exactly 0 (so -inf -> 0). NaN propagates: the offered targets' Min / Max return their second operand for NaN
+// (x86's minps / maxps; NEON's fmin / fmax propagate it), so p is NaN, whatever the scale made of it.
 HWY_INLINE VF exp_approx(VF x) {
   const DF df;
   const DI di;
   const VF lo = hn::Set(df, -87.3f), hi = hn::Set(df, 88.7f);
   const auto zero = hn::Lt(x, lo);  // false for NaN
-  const VF xc = hn::IfThenElse(hn::IsNaN(x), x, hn::Min(hi, hn::Max(lo, x)));
+  const VF xc = hn::Min(hi, hn::Max(lo, x));
   const VF n = hn::Round(hn::Mul(xc, hn::Set(df, 1.44269504088896341f)));
   VF r = hn::NegMulAdd(n, hn::Set(df, 0.693145751953125f), xc);
   r = hn::NegMulAdd(n, hn::Set(df, 1.428606765330187045e-06f), r);
@@ -53,7 +54,7 @@ HWY_INLINE VF exp_approx(VF x) {
   p = hn::MulAdd(p, r, hn::Set(df, 0.5f));
   p = hn::MulAdd(p, r, hn::Set(df, 1.f));
   p = hn::MulAdd(p, r, hn::Set(df, 1.f));
-  const VI ni = hn::ConvertTo(di, hn::IfThenZeroElse(hn::IsNaN(n), n));
+  const VI ni = hn::ConvertTo(di, n);
   const VI n1 = hn::ShiftRight<1>(ni), n2 = hn::Sub(ni, n1);
   const VF s1 = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(n1, hn::Set(di, 127))));
   const VF s2 = hn::BitCast(df, hn::ShiftLeft<23>(hn::Add(n2, hn::Set(di, 127))));
@@ -221,15 +222,6 @@ void PackPanel(const float* const* rows, int64_t m, int64_t D, float* panel) {
     for (int64_t d = D4; d < D; ++d)
       for (int j = 0; j < 4; ++j) panel[d * kPanel + c0 + j] = r[j] ? r[j][d] : 0.f;
   }
-}
-
-// bfloat16 bits of each lane in its low half: round to nearest even, NaN kept quiet (bf16.h).
-HWY_INLINE VU bf16_bits(VF x) {
-  const DU du;
-  const VU b = hn::BitCast(du, x);
-  const VU r = hn::ShiftRight<16>(hn::Add(b, hn::Add(hn::And(hn::ShiftRight<16>(b), hn::Set(du, 1u)), hn::Set(du, 0x7fffu))));
-  const VU q = hn::ShiftRight<16>(hn::Or(b, hn::Set(du, 0x400000u)));
-  return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(x)), q, r);
 }
 
 void ToPairs(const float* a, const float* b, int64_t n, uint32_t* out) {
