@@ -82,6 +82,8 @@ const Kernels* neon_kernels();        // ARM64 Advanced SIMD
 const Kernels& kernels();             // the dispatch point
 // The tiers kernels() can use on this CPU, best first, comma-separated (e.g. "avx512-vnni-bf16,...,avx2,scalar").
 std::string simd_tiers();
+// The table of a tier this CPU runs (by name or alias), else nullptr.
+const Kernels* tier_kernels(const char* name);
 // Why ICEFORMER_SIMD cannot be honoured (an unknown tier, or one this CPU or build cannot run); empty when it can.
 std::string simd_env_error();
 

@@ -12,10 +12,23 @@ namespace {
 struct Tier {
   const char* name;
   const char* alias;  // a second accepted spelling of ICEFORMER_SIMD, or nullptr
+  bool built;         // compiled for this architecture
+  // Called only where cpu_runs() (the AVX-512 tables' own set-up code is AVX-512 code).
   const Kernels* (*table)();
   bool (*cpu_runs)();
   bool automatic;  // chosen without ICEFORMER_SIMD (avx512-hwy is for comparisons only)
 };
+
+#if defined(__x86_64__) || defined(_M_X64)
+constexpr bool kX86 = true;
+#else
+constexpr bool kX86 = false;
+#endif
+#if defined(__aarch64__)
+constexpr bool kArm64 = true;
+#else
+constexpr bool kArm64 = false;
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 bool has_avx512() {
@@ -46,16 +59,16 @@ bool always() { return true; }
 const Kernels* scalar_table() { return &scalar_kernels(); }
 
 constexpr Tier kTiers[] = {
-    {"avx512-vnni-bf16", "avx512-bf16", avx512_bf16_kernels, has_bf16, true},
-    {"avx512-vnni", nullptr, avx512_vnni_kernels, has_vnni, true},
-    {"avx512", nullptr, avx512_kernels, has_avx512, true},
-    {"avx512-hwy", nullptr, avx512_hwy_kernels, has_avx512, false},
-    {"avx2", nullptr, avx2_kernels, has_avx2, true},
-    {"neon", nullptr, neon_kernels, has_neon, true},
-    {"scalar", nullptr, scalar_table, always, true},
+    {"avx512-vnni-bf16", "avx512-bf16", kX86, avx512_bf16_kernels, has_bf16, true},
+    {"avx512-vnni", nullptr, kX86, avx512_vnni_kernels, has_vnni, true},
+    {"avx512", nullptr, kX86, avx512_kernels, has_avx512, true},
+    {"avx512-hwy", nullptr, kX86, avx512_hwy_kernels, has_avx512, false},
+    {"avx2", nullptr, kX86, avx2_kernels, has_avx2, true},
+    {"neon", nullptr, kArm64, neon_kernels, has_neon, true},
+    {"scalar", nullptr, true, scalar_table, always, true},
 };
 
-bool usable(const Tier& t) { return t.table() != nullptr && t.cpu_runs(); }
+bool usable(const Tier& t) { return t.built && t.cpu_runs() && t.table() != nullptr; }
 
 bool named(const Tier& t, const char* s) {
   return std::strcmp(t.name, s) == 0 || (t.alias != nullptr && std::strcmp(t.alias, s) == 0);
@@ -75,13 +88,19 @@ std::string simd_tiers() {
   return out;
 }
 
+const Kernels* tier_kernels(const char* name) {
+  for (const Tier& t : kTiers)
+    if (named(t, name) && usable(t)) return t.table();
+  return nullptr;
+}
+
 std::string simd_env_error() {
   const char* f = forced();
   if (f == nullptr) return "";
   for (const Tier& t : kTiers) {
     if (!named(t, f)) continue;
     if (usable(t)) return "";
-    return std::string("ICEFORMER_SIMD=") + f + ": " + (t.table() == nullptr ? "not built for this architecture" :
+    return std::string("ICEFORMER_SIMD=") + f + ": " + (!t.built ? "not built for this architecture" :
                                                          "this CPU lacks its instructions") +
            " (tiers this library runs here: " + simd_tiers() + ")";
   }
@@ -94,8 +113,7 @@ const Kernels& kernels() {
     // A forced tier this CPU cannot run is refused when the library registers (simd_env_error); here it falls back
     // to the automatic choice.
     if (const char* f = forced())
-      for (const Tier& t : kTiers)
-        if (named(t, f) && usable(t)) return t.table();
+      if (const Kernels* k = tier_kernels(f)) return k;
     for (const Tier& t : kTiers)
       if (t.automatic && usable(t)) return t.table();
     return &scalar_kernels();

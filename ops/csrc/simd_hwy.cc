@@ -22,6 +22,7 @@
 #define ICE_HWY_OFFERED(t) ((t) == HWY_AVX2 || (t) == HWY_AVX3 || (t) == HWY_NEON_WITHOUT_AES)
 
 #if ICE_HWY_OFFERED(HWY_TARGET)
+#include "simd_hwy_common-inl.h"
 #include "simd_hwy_scan-inl.h"
 #include "simd_hwy_tiles-inl.h"
 #include "simd_hwy_vec-inl.h"

@@ -1,12 +1,5 @@
 // Shared by the Highway kernel files (simd_hwy*-inl.h): vector shapes and register budgets of the target being
-// compiled (re-included once per target by simd_hwy.cc; per-target include guard).
-#if defined(ICEFORMER_SIMD_HWY_COMMON_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef ICEFORMER_SIMD_HWY_COMMON_INL_H_
-#undef ICEFORMER_SIMD_HWY_COMMON_INL_H_
-#else
-#define ICEFORMER_SIMD_HWY_COMMON_INL_H_
-#endif
-
+// compiled (included once per offered target by simd_hwy.cc, before the kernel files; no include guard).
 #include <type_traits>
 
 #include "hwy/highway.h"
@@ -91,5 +84,3 @@ HWY_INLINE VF bf16_round(const float* x, int64_t n) {
 }  // namespace HWY_NAMESPACE
 }  // namespace iceformer
 HWY_AFTER_NAMESPACE();
-
-#endif

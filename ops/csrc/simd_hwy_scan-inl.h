@@ -1,15 +1,6 @@
 // Highway kernels of the low-rank integer scan (simd.h int8 layout): per panel, 16 keys' 4-byte dot products with
 // the query words, accumulated exactly in int32 as two 16-bit pairwise multiply-adds (even and odd bytes widened,
-// the keys' halves made once per panel and group, shared by all rows). Re-included once per target by simd_hwy.cc.
-#if defined(ICEFORMER_SIMD_HWY_SCAN_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef ICEFORMER_SIMD_HWY_SCAN_INL_H_
-#undef ICEFORMER_SIMD_HWY_SCAN_INL_H_
-#else
-#define ICEFORMER_SIMD_HWY_SCAN_INL_H_
-#endif
-
-#include "simd_hwy_common-inl.h"
-
+// the keys' halves made once per panel and group, shared by all rows). Included once per offered target by simd_hwy.cc (no include guard).
 HWY_BEFORE_NAMESPACE();
 namespace iceformer {
 namespace HWY_NAMESPACE {
@@ -103,5 +94,3 @@ void QkUnionI8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, 
 }  // namespace HWY_NAMESPACE
 }  // namespace iceformer
 HWY_AFTER_NAMESPACE();
-
-#endif

@@ -1,15 +1,6 @@
 // Highway kernels of the exact tiles (simd.h contracts): Q K^T over key panels, fp32 P V and bfloat16 P V.
 // Register-blocked like the AVX-512 kernels: each row group keeps its accumulators in registers over the whole
-// reduction. Re-included once per target by simd_hwy.cc (per-target include guard).
-#if defined(ICEFORMER_SIMD_HWY_TILES_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef ICEFORMER_SIMD_HWY_TILES_INL_H_
-#undef ICEFORMER_SIMD_HWY_TILES_INL_H_
-#else
-#define ICEFORMER_SIMD_HWY_TILES_INL_H_
-#endif
-
-#include "simd_hwy_common-inl.h"
-
+// reduction. Included once per offered target by simd_hwy.cc (no include guard).
 HWY_BEFORE_NAMESPACE();
 namespace iceformer {
 namespace HWY_NAMESPACE {
@@ -155,5 +146,3 @@ void PvTileBf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const u
 }  // namespace HWY_NAMESPACE
 }  // namespace iceformer
 HWY_AFTER_NAMESPACE();
-
-#endif

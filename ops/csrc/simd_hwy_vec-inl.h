@@ -1,15 +1,6 @@
 // Highway kernels of the row-level helpers (simd.h contracts): max, exp and sum, dot, scale, counts and the k-th
 // largest integer score, gathered dot products and axpys, the key-panel transpose and the bfloat16 pair words.
-// Re-included once per target by simd_hwy.cc (per-target include guard).
-#if defined(ICEFORMER_SIMD_HWY_VEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
-#ifdef ICEFORMER_SIMD_HWY_VEC_INL_H_
-#undef ICEFORMER_SIMD_HWY_VEC_INL_H_
-#else
-#define ICEFORMER_SIMD_HWY_VEC_INL_H_
-#endif
-
-#include "simd_hwy_common-inl.h"
-
+// Included once per offered target by simd_hwy.cc (no include guard).
 HWY_BEFORE_NAMESPACE();
 namespace iceformer {
 namespace HWY_NAMESPACE {
@@ -249,5 +240,3 @@ void Repair(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uin
 }  // namespace HWY_NAMESPACE
 }  // namespace iceformer
 HWY_AFTER_NAMESPACE();
-
-#endif
