@@ -116,6 +116,17 @@ def _print_report(console: Console, report) -> None:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for s in report.skipped:
         console.print(f"skipped ({s.rule}) at {s.node}: {s.reason}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"op library SIMD tier on this machine: {report.simd_tier}")
+    if report.simd_tier == "scalar":
+        console.print(
+            "warning: this CPU has none of the op's vectorised tiers (AVX2+FMA, AVX-512, ARM64 NEON), so the op runs "
+            "its scalar reference here: the rewritten model is correct but slower than the original on this machine "
+            "(it is fast on CPUs with one of those tiers)",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from ..ops import contract, session_options
+from ..ops import contract, session_options, simd_variant
 from . import _genai, _gqa, _lower, _passes
 from ._errors import AlreadyRewritten, RewriteError
 from ._load import load_model
@@ -49,6 +49,9 @@ class RewriteReport:
     dry_run: bool
     notes: list[str] = field(default_factory=list)  # how the output was validated, what was tolerated
     already_ours: dict[str, int] = field(default_factory=dict)  # our ops in the input, by op type
+    # The op library's SIMD tier on this machine (iceformer.ops.simd_variant): "scalar" means no vectorised tier,
+    # so the rewritten model runs slower here than the original (it stays correct, and fast on CPUs that have one).
+    simd_tier: str = field(default_factory=simd_variant)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,7 @@
 """Determinism: for every op and path, the same inputs and seed give the same bits at 1, 2 and 4 threads, on a
 second run of the same session, and in another process (run with 3 threads). Tasks write only their own output
-rows and merge partial results in a fixed order, so the thread count cannot change the arithmetic.
+rows and merge partial results in a fixed order, so the thread count cannot change the arithmetic. Within every SIMD
+tier this CPU runs, likewise at 1 and 3 threads.
 
 `python tests/ops/test_determinism.py THREADS` prints the output digests of every case (the other process)."""
 
@@ -8,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
-from iceformer.ops import make_gqa_model, make_knn_attention_model, session_options
+from iceformer.ops import make_gqa_model, make_knn_attention_model, session_options, simd_tiers, simd_variant
 from iceformer.tools.cases import AttentionCase
 
 KNN = dict(top_k=8, local_window=8, num_sink=2, max_candidates=8, tail_samples=64, tail_limit=1.0, min_keys=0, seed=7)
@@ -101,6 +103,18 @@ def test_same_bits_at_any_thread_count_and_across_runs(name, other_process, tmp_
     assert run(name, 2) == [one]
     assert run(name, 4, repeats=2) == [one, one]
     assert other_process[name] == one
+
+
+@pytest.mark.parametrize("tier", [t for t in simd_tiers() if t != simd_variant()])
+def test_same_bits_at_any_thread_count_in_every_other_tier(tier):
+    """The tiers this CPU runs besides the default (forced per process): 1 and 3 threads give the same bits."""
+    digests = []
+    for threads in (1, 3):
+        env = dict(os.environ, ICEFORMER_SIMD=tier)
+        res = subprocess.run([sys.executable, __file__, str(threads)], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        digests.append(json.loads(res.stdout))
+    assert digests[0] == digests[1]
 
 
 def test_the_seed_changes_the_k_nn_tail_sample():

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from conftest import MODELS, SLIDING
-from iceformer.ops import contract
+from iceformer.ops import contract, simd_variant
 from iceformer.rewriter import AlreadyRewritten, RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
 
@@ -70,9 +72,23 @@ def test_cli_writes_report_and_refuses_its_input(exported, tmp_path, capsys):
     assert cli([str(src), str(out), "--top-k", "16", "--attr", "min_keys=0", "--json", str(tmp_path / "r.json")]) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["replaced_by_form"] == {"DecomposedSdpa": 2}
+    assert report["simd_tier"] == simd_variant()
     node = next(n for n in onnx.load(out).graph.node if n.op_type == contract.OP_TYPE)
     got = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert got["top_k"] == 16 and got["min_keys"] == 0
+
+
+@pytest.mark.parametrize("tier, warned", [("scalar", True), ("auto", False)])
+def test_cli_names_the_simd_tier_and_warns_when_it_is_the_scalar_reference(exported, tier, warned):
+    """Dispatch is per process: ICEFORMER_SIMD=scalar stands in for a CPU with no vectorised tier."""
+    code = f"from iceformer.rewriter._cli import main; main([{str(exported['gpt2'][0])!r}, '--dry-run'])"
+    res = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, ICEFORMER_SIMD=tier), capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    name = "scalar" if tier == "scalar" else simd_variant()
+    assert f"op library SIMD tier on this machine: {name}" in res.stderr
+    assert ("runs its scalar reference here" in res.stderr) == warned
 
 
 def test_cli_dry_run_writes_nothing(exported, tmp_path):
