@@ -1,6 +1,7 @@
 """Benchmark KnnAttention against ONNX Runtime's dense attention kernels in the same process.
 
-Variants per (n, causal, head layout), run interleaved (one run of each in turn, `--reps` rounds), same
+The op runs the SIMD tier this CPU's best (or the one ICEFORMER_SIMD forces: one per process), named in the
+"tier" column. Variants per (n, causal, head layout), run interleaved (one run of each in turn, `--reps` rounds), same
 thread count, medians reported with ratios (time of ORT's kernel / time of ours: > 1 means we are faster):
   ours-exact   KnnAttention, top_k = 0
   ours-knn     KnnAttention with the k-NN attributes given by --knn (omitted when --knn is not given); a second and
@@ -37,6 +38,7 @@ from ..ops import (
     make_gqa_model,
     make_knn_attention_model,
     session_options,
+    simd_variant,
 )
 from .calibrate import eligible_rows, relative_error
 from .cases import AttentionCase
@@ -56,6 +58,8 @@ class Row:
     recall: float | None = None  # recall@top_k of the k-NN settings on sampled rows of the first head
     # per k-NN variant: [mean relative output error vs ours-exact over k-NN-eligible rows, worst head's mean]
     errors: dict[str, list[float]] = field(default_factory=dict)
+    # the op library's SIMD tier in this process (ICEFORMER_SIMD forces one; ORT's kernels pick their own)
+    simd: str = field(default_factory=simd_variant)
 
 
 def knn_names(knn: list[dict] | None) -> list[str]:
@@ -148,6 +152,7 @@ class DecodeRow:
     Hkv: int
     D: int
     times_ms: dict[str, float] = field(default_factory=dict)
+    simd: str = field(default_factory=simd_variant)
 
 
 def run_decode_row(past: int, Hq: int, Hkv: int, D: int, threads: int, reps: int) -> DecodeRow:
@@ -284,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     for col in (
         [
             "data",
+            "tier",
             "layout",
             "causal",
             "n",
@@ -309,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         ]
         table.add_row(
             r.data,
+            r.simd,
             "mha" if r.Hq == r.Hkv else f"gqa {r.Hq}:{r.Hkv}",
             str(r.causal),
             str(r.n),
@@ -333,11 +340,12 @@ def main(argv: list[str] | None = None) -> None:
             title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
             "(ratio = ORT time / our time)"
         )
-        for col in ["cached keys", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
+        for col in ["cached keys", "tier", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
             dt.add_column(col, justify="right")
         for d in decode:
             dt.add_row(
                 str(d.past),
+                d.simd,
                 f"{d.Hq}:{d.Hkv}",
                 f"{d.times_ms['ours-gqa']:.3f}",
                 f"{d.times_ms['ort-gqa']:.3f}",
