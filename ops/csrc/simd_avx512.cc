@@ -49,7 +49,6 @@ struct StoreSink {
   void operator()(int64_t r, int64_t pn, __m512 v) const { _mm512_storeu_ps(s + r * lds + pn * kPanel, v); }
 };
 
-
 // R query rows (from row0) x (2 or 1) panels of 16 keys; accumulators stay in registers over the whole D loop.
 template <int R, typename Sink>
 void qk_rows(const float* q, int64_t ldq, const float* kp, int64_t D, int64_t npanels, int64_t row0, const Sink& sink) {

@@ -100,8 +100,8 @@ std::string simd_env_error() {
   for (const Tier& t : kTiers) {
     if (!named(t, f)) continue;
     if (usable(t)) return "";
-    return std::string("ICEFORMER_SIMD=") + f + ": " + (!t.built ? "not built for this architecture" :
-                                                         "this CPU lacks its instructions") +
+    return std::string("ICEFORMER_SIMD=") + f + ": " +
+           (!t.built ? "not built for this architecture" : "this CPU lacks its instructions") +
            " (tiers this library runs here: " + simd_tiers() + ")";
   }
   return std::string("ICEFORMER_SIMD=") + f + ": unknown tier (tiers this library runs here: " + simd_tiers() +

@@ -32,7 +32,9 @@ namespace iceformer {
 namespace HWY_NAMESPACE {
 
 const Kernels* Table() {
-  static const Kernels k{HWY_TARGET == HWY_AVX2 ? "avx2" : HWY_TARGET == HWY_AVX3 ? "avx512-hwy" : "neon",
+  static const Kernels k{HWY_TARGET == HWY_AVX2   ? "avx2"
+                         : HWY_TARGET == HWY_AVX3 ? "avx512-hwy"
+                                                  : "neon",
                          QkTile,
                          QkAboveI8,
                          QkUnionI8,

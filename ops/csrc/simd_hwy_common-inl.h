@@ -70,7 +70,8 @@ HWY_INLINE void store_part(hn::Vec<D> v, D d, hn::TFromD<D>* p, int64_t n) {
 HWY_INLINE VU bf16_bits(VF x) {
   const DU du;
   const VU b = hn::BitCast(du, x);
-  const VU r = hn::ShiftRight<16>(hn::Add(b, hn::Add(hn::And(hn::ShiftRight<16>(b), hn::Set(du, 1u)), hn::Set(du, 0x7fffu))));
+  const VU r =
+      hn::ShiftRight<16>(hn::Add(b, hn::Add(hn::And(hn::ShiftRight<16>(b), hn::Set(du, 1u)), hn::Set(du, 0x7fffu))));
   const VU q = hn::ShiftRight<16>(hn::Or(b, hn::Set(du, 0x400000u)));
   return hn::IfThenElse(hn::RebindMask(du, hn::IsNaN(x)), q, r);
 }

@@ -1,6 +1,7 @@
 // Highway kernels of the low-rank integer scan (simd.h int8 layout): per panel, 16 keys' 4-byte dot products with
 // the query words, accumulated exactly in int32 as two 16-bit pairwise multiply-adds (even and odd bytes widened,
-// the keys' halves made once per panel and group, shared by all rows). Included once per offered target by simd_hwy.cc (no include guard).
+// the keys' halves made once per panel and group, shared by all rows). Included once per offered target by simd_hwy.cc
+// (no include guard).
 HWY_BEFORE_NAMESPACE();
 namespace iceformer {
 namespace HWY_NAMESPACE {
@@ -24,13 +25,14 @@ HWY_INLINE void scan_panel(const uint32_t* q, int64_t ldq, const uint8_t* kb, in
     for (int64_t v = 0; v < kVP; ++v) {
       const auto x = hn::LoadU(du16, reinterpret_cast<const uint16_t*>(kb + g * 64 + v * 4 * kN));
       xe[v] = hn::BitCast(d16, hn::And(x, hn::Set(du16, uint16_t{0x00FF})));  // unsigned bytes 0, 2 of each word
-      xo[v] = hn::BitCast(d16, hn::ShiftRight<8>(x));                        // bytes 1, 3
+      xo[v] = hn::BitCast(d16, hn::ShiftRight<8>(x));                         // bytes 1, 3
     }
     for (int r = 0; r < R; ++r) {
       const VI16 w = hn::BitCast(d16, hn::Set(di, static_cast<int32_t>(q[r * ldq + g])));
       const VI16 we = hn::ShiftRight<8>(hn::ShiftLeft<8>(w)), wo = hn::ShiftRight<8>(w);  // signed bytes widened
       for (int64_t v = 0; v < kVP; ++v)
-        a[r][v] = hn::Add(a[r][v], hn::Add(hn::WidenMulPairwiseAdd(di, xe[v], we), hn::WidenMulPairwiseAdd(di, xo[v], wo)));
+        a[r][v] =
+            hn::Add(a[r][v], hn::Add(hn::WidenMulPairwiseAdd(di, xe[v], we), hn::WidenMulPairwiseAdd(di, xo[v], wo)));
     }
   }
 }

@@ -7,7 +7,7 @@ namespace HWY_NAMESPACE {
 
 // Panels per step: two when a panel is one vector (AVX-512), else one.
 constexpr int64_t kQkPanels = kVP == 1 ? 2 : 1;
-constexpr int kQkRows = rows_for(static_cast<int>(kQkPanels * kVP), static_cast<int>(kQkPanels * kVP) + 1);
+constexpr int kQkRows = rows_for(static_cast<int>(kQkPanels * kVP), static_cast<int>(kQkPanels* kVP) + 1);
 
 // s[r][16p + c] for R rows (from row0) and NP panels from p0: D-long FMA chains on R x NP x kVP accumulators.
 template <int R, int64_t NP>
@@ -35,7 +35,8 @@ void QkTile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t 
   by_row_groups<kQkRows>(rows, [&](auto R, int64_t r) {
     constexpr int kR = decltype(R)::value;
     int64_t p = 0;
-    for (; p + kQkPanels <= npanels; p += kQkPanels) qk_rows<kR, kQkPanels>(q + r * ldq, ldq, kp, D, p, s + r * lds, lds);
+    for (; p + kQkPanels <= npanels; p += kQkPanels)
+      qk_rows<kR, kQkPanels>(q + r * ldq, ldq, kp, D, p, s + r * lds, lds);
     for (; p < npanels; ++p) qk_rows<kR, 1>(q + r * ldq, ldq, kp, D, p, s + r * lds, lds);
   });
 }
@@ -83,7 +84,7 @@ void PvTile(const float* p, int64_t ldp, int64_t rows, int64_t cols, const float
 // pair words split into their two bfloat16 halves. Per pair the high product is added first, then the low one:
 // each product is exact in fp32, so this is the scalar reference's arithmetic, rounding for rounding.
 constexpr int kPvBf16Rows = rows_for(2, 7);  // shared: 2 x 2 value halves, 2 weights, the mask
-constexpr int64_t kPvBf16Chunk = 256;  // weight columns converted per pass
+constexpr int64_t kPvBf16Chunk = 256;        // weight columns converted per pass
 
 template <int R, bool kFull>
 HWY_INLINE void pv_bf16_chunk(const float* whi, const float* wlo, int64_t ldw, int64_t cw, const uint32_t* vw,
@@ -112,7 +113,8 @@ HWY_INLINE void pv_bf16_chunk(const float* whi, const float* wlo, int64_t ldw, i
   }
 }
 
-// Row weights p[0, n) (n even) split into their pairs' rounded halves: lo[c2] = bf16(p[2 c2]), hi[c2] = bf16(p[2 c2 + 1]).
+// Row weights p[0, n) (n even) split into their pairs' rounded halves: lo[c2] = bf16(p[2 c2]), hi[c2] = bf16(p[2 c2 +
+// 1]).
 HWY_INLINE void split_pairs(const float* p, int64_t n, float* lo, float* hi) {
   const DF df;
   for (int64_t c = 0; c < n; c += 2 * kN) {

@@ -8,7 +8,8 @@ namespace HWY_NAMESPACE {
 // Lanes [0, n) of x, `fill` in the others (no access past n).
 HWY_INLINE VF load_or(const float* x, int64_t n, float fill) {
   const DF df;
-  return n >= kN ? hn::LoadU(df, x) : hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(n)), hn::LoadN(df, x, n), hn::Set(df, fill));
+  return n >= kN ? hn::LoadU(df, x)
+                 : hn::IfThenElse(hn::FirstN(df, static_cast<size_t>(n)), hn::LoadN(df, x, n), hn::Set(df, fill));
 }
 
 float Max(const float* x, int64_t n) {
@@ -78,7 +79,8 @@ float Dot(const float* a, const float* b, int64_t n) {
     acc0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), acc0);
     acc1 = hn::MulAdd(hn::LoadU(df, a + i + kN), hn::LoadU(df, b + i + kN), acc1);
   }
-  for (; i < n; i += kN) acc0 = hn::MulAdd(load_part<false>(df, a + i, n - i), load_part<false>(df, b + i, n - i), acc0);
+  for (; i < n; i += kN)
+    acc0 = hn::MulAdd(load_part<false>(df, a + i, n - i), load_part<false>(df, b + i, n - i), acc0);
   return hn::ReduceSum(df, hn::Add(acc0, acc1));
 }
 
@@ -128,7 +130,8 @@ float KthLargestInt(float* v, int64_t n, int64_t k) {
   VF low = hn::Set(df, std::numeric_limits<float>::infinity());
   for (int64_t g = 0; g < groups; ++g) {
     VF m = hn::Set(df, none);
-    for (int64_t i = g * nvec / groups; i < (g + 1) * nvec / groups; ++i) m = hn::Max(m, load_or(v + kN * i, n - kN * i, none));
+    for (int64_t i = g * nvec / groups; i < (g + 1) * nvec / groups; ++i)
+      m = hn::Max(m, load_or(v + kN * i, n - kN * i, none));
     hn::Store(m, df, maxima + kN * g);
     low = hn::Min(low, m);
   }

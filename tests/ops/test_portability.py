@@ -68,7 +68,9 @@ def test_kernels_on_an_avx2_only_cpu(native_kernel_test):
 
 def test_kernels_on_arm64(tmp_path):
     need("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64-static")
-    exe = build_kernel_test(tmp_path / "kernels-arm64", f"-DCMAKE_TOOLCHAIN_FILE={OPS / 'cmake/aarch64-linux-gnu.cmake'}")
+    exe = build_kernel_test(
+        tmp_path / "kernels-arm64", f"-DCMAKE_TOOLCHAIN_FILE={OPS / 'cmake/aarch64-linux-gnu.cmake'}"
+    )
     run_kernel_test([*ARM64, str(exe)], ["neon", "scalar"])
 
 

@@ -61,7 +61,8 @@ void tiles(const Kernels& k, const Kernels& s, std::mt19937& g) {
       s.pv_tile(p.data(), ldp, rows, cols, v.data(), ldv, dv, b.data(), ldo);
       check(close(a, b, 1e-5, std::sqrt(double(cols))), k.name, "pv_tile", rows * dv);
       std::vector<uint32_t> vw(static_cast<size_t>(cols / 2 * dv));
-      for (int64_t c = 0; c < cols; c += 2) s.to_pairs(v.data() + c * ldv, v.data() + (c + 1) * ldv, dv, vw.data() + c / 2 * dv);
+      for (int64_t c = 0; c < cols; c += 2)
+        s.to_pairs(v.data() + c * ldv, v.data() + (c + 1) * ldv, dv, vw.data() + c / 2 * dv);
       a = o0, b = o0;
       k.pv_tile_bf16(p.data(), ldp, rows, cols, vw.data(), dv, a.data(), ldo);
       s.pv_tile_bf16(p.data(), ldp, rows, cols, vw.data(), dv, b.data(), ldo);
@@ -90,8 +91,10 @@ void scans(const Kernels& k, const Kernels& s, std::mt19937& g) {
       std::vector<int32_t> ia(static_cast<size_t>(rows * cap), -1), ib = ia;
       std::vector<float> va(static_cast<size_t>(rows * cap), 0.f), vb = va;
       std::vector<int64_t> ca(static_cast<size_t>(rows), 0), cb = ca;
-      k.qk_above_i8(q.data(), ldq, rows, kb.data(), R4, np, vis.data(), thr.data(), ia.data(), va.data(), cap, ca.data());
-      s.qk_above_i8(q.data(), ldq, rows, kb.data(), R4, np, vis.data(), thr.data(), ib.data(), vb.data(), cap, cb.data());
+      k.qk_above_i8(q.data(), ldq, rows, kb.data(), R4, np, vis.data(), thr.data(), ia.data(), va.data(), cap,
+                    ca.data());
+      s.qk_above_i8(q.data(), ldq, rows, kb.data(), R4, np, vis.data(), thr.data(), ib.data(), vb.data(), cap,
+                    cb.data());
       check(ca == cb && ia == ib && va == vb, k.name, "qk_above_i8", rows * R4);
       std::vector<uint16_t> ba(static_cast<size_t>(np), 0), bb = ba;
       k.qk_union_i8(q.data(), ldq, rows, kb.data(), R4, np, vis.data(), thri.data(), ba.data());
