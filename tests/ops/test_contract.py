@@ -1,5 +1,6 @@
 """The contract is stated once (Python); the native registration and the README must agree with it."""
 
+import json
 import os
 import platform
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import run_case
 from iceformer.ops import (
     contract,
     make_gqa_model,
@@ -19,6 +21,7 @@ from iceformer.ops import (
     simd_variant,
 )
 from iceformer.ops._library import SIMD_TIERS
+from iceformer.tools.cases import AttentionCase
 from iceformer.tools.docs import render
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -52,6 +55,11 @@ def test_simd_variant_is_the_best_tier_this_cpu_runs():
         assert simd_variant() == next(t for t in tiers if t != "avx512-hwy")
     if platform.machine() in ("x86_64", "AMD64"):
         assert "neon" not in tiers
+
+
+def test_op_statistics_name_the_simd_tier(tmp_stats):
+    run_case(AttentionCase(S=20, T=30))
+    assert json.loads(tmp_stats.read_text().splitlines()[-1])["simd"] == simd_variant()
 
 
 @pytest.mark.parametrize(
