@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from ..tools.lm_eval import logits_stats, nll_sum
+from ..metrics import logits_stats, nll_sum
 
 
 class BatchError(Exception):

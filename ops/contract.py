@@ -229,6 +229,14 @@ def attribute_defaults() -> dict[str, int | float | None]:
     return {a.name: a.default for a in ATTRIBUTES}
 
 
+def knn_threshold(attrs: dict | None = None) -> int:
+    """Visible keys from which a query row may take the k-NN path (fewer: it attends to every key), for the given
+    attributes over the defaults: max(min_keys, top_k + local_window + num_sink + 1). The native driver's copy
+    (ops/csrc/attention.cc, knn_threshold) is pinned to this one by tests/ops/test_contract.py."""
+    a = {**attribute_defaults(), **(attrs or {})}
+    return max(a["min_keys"], a["top_k"] + a["local_window"] + a["num_sink"] + 1)
+
+
 def _as_dict(op: str, inputs, outputs, attributes) -> dict:
     return {
         "domain": DOMAIN,

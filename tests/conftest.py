@@ -1,30 +1,38 @@
-import numpy as np
-import onnxruntime as ort
+"""Test tiers and shared fixtures (helpers live in the tests.support package).
+
+`python -m pytest` runs the fast tier: everything not marked with one of FULL_TIER_MARKERS. `--full` (what the
+README's test command and CI run) adds those tests; `-m EXPR` chooses by marker expression instead of either tier.
+"""
+
 import pytest
-from iceformer.ops import make_knn_attention_model, session_options
+
+# Markers of the full tier only (registered with their meaning in pyproject.toml).
+FULL_TIER_MARKERS = ("slow", "models", "exports", "corpus", "genai", "ray", "cross", "sanitizer")
 
 
-def mask_dtype(case):
-    if case.attn_mask is None:
+def pytest_addoption(parser):
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="run the full suite (real models, exports, the corpus, genai, Ray, emulated CPUs, sanitizers), as CI does",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or config.option.markexpr:
+        return
+    fast, deselected = [], []
+    for item in items:
+        (deselected if any(item.get_closest_marker(m) for m in FULL_TIER_MARKERS) else fast).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = fast
+
+
+def pytest_report_header(config):
+    if config.getoption("--full") or config.option.markexpr:
         return None
-    return "bool" if case.attn_mask == "bool" else "float"
-
-
-def knn_session(case=None, threads: int = 2, **model_kw):
-    """A session over one KnnAttention node built for `case` (or from model_kw alone)."""
-    if case is not None:
-        model_kw = {
-            "attn_mask": mask_dtype(case),
-            "key_padding_mask": case.key_padding_mask,
-            **case.op_attrs(),
-            **model_kw,
-        }
-    model = make_knn_attention_model(**model_kw)
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
-
-
-def run_case(case, threads: int = 2, **model_kw) -> np.ndarray:
-    return knn_session(case, threads, **model_kw).run(None, case.inputs())[0]
+    return f"fast tier: tests marked {', '.join(FULL_TIER_MARKERS)} are deselected (--full runs them)"
 
 
 @pytest.fixture
@@ -32,18 +40,3 @@ def tmp_stats(tmp_path, monkeypatch):
     path = tmp_path / "stats.jsonl"
     monkeypatch.setenv("ICEFORMER_STATS", str(path))
     return path
-
-
-# The k-NN path's shared key sets multiply P V in bfloat16 (weights and values rounded to 8 significant bits,
-# relative error <= 2^-8 each; ops/csrc/simd.h): an output is then within 2^-7 of the weighted mean of |v| (the
-# softmax of the same logits applied to |V|) of the float64 answer.
-BF16_PV_REL = 2.0**-7
-
-
-def assert_close_bf16_pv(got, ref, ref_abs_v, atol=2e-5):
-    """got within BF16_PV_REL * ref_abs_v + atol of ref, elementwise (ref_abs_v: the reference applied to |V|)."""
-    got, ref, ref_abs_v = (np.asarray(a, np.float64) for a in (got, ref, ref_abs_v))
-    excess = np.abs(got - ref) - (BF16_PV_REL * ref_abs_v + atol)
-    assert not (excess > 0).any(), (
-        f"{int((excess > 0).sum())} of {excess.size} outputs beyond the bfloat16 P V bound (worst by {excess.max():.3g})"
-    )

@@ -1,13 +1,13 @@
 """ice-bench-e2e: long prompts end to end on a real decoder, iceformer against the runtimes CPU users pick.
 
-Every runtime gets the same prompt ids (retrieval prompts over Brown Corpus text, tools/retrieval.py), the same
+Every runtime gets the same prompt ids (retrieval prompts over Brown Corpus text, iceformer.metrics), the same
 threads, and runs in its own worker process, loaded for its turn (warmed up on a short prompt, outside the
 timing) and closed after it, so its peak memory is its own from a fresh start (--resident keeps all loaded); the
 runtimes take turns prompt by prompt (interleaved). Per prompt length, one table:
 - time to first token (the prefill; for the ONNX exports one run over the prompt), median over the prompts, and
   the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) with the same weight format;
 - peak resident memory of the runtime's process during the prompt (weights included), max over the prompts;
-- retrieval: answers that greedy generation gets right (teacher forcing for the ONNX exports, see retrieval.py);
+- retrieval: answers that greedy generation gets right (teacher forcing for the ONNX exports, see iceformer.metrics);
 - against dense attention (`onnx-dense`, the export without iceformer, up to --dense-max tokens; above it our
   exact path `ours-exact`): perplexity change over the prompt and next-token agreement where the runtime
   exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's.
@@ -168,22 +168,21 @@ def _openvino_model(args, weight_format: str, console: Console) -> Path:
 
 
 def _prompts(tok, n: int, args) -> list:
-    from . import retrieval
+    from .. import metrics
 
-    ps = [retrieval.passkey_prompt(tok, n, d, seed=i) for i, d in enumerate(args.passkey_depths)]
-    ps += [retrieval.line_prompt(tok, n, seed=100 + i, depth=d) for i, d in enumerate(args.line_depths)]
+    ps = [metrics.passkey_prompt(tok, n, d, seed=i) for i, d in enumerate(args.passkey_depths)]
+    ps += [metrics.line_prompt(tok, n, seed=100 + i, depth=d) for i, d in enumerate(args.line_depths)]
     return ps
 
 
 def _score_hidden(rec: Record, hidden: np.ndarray, p, lm_head: np.ndarray, ref: dict | None) -> dict:
     """Metrics from an ONNX export's hidden states of p.ids; returns this run's perplexity, predictions and first
     token for use as the reference."""
-    from . import retrieval
-    from .lm_eval import logits_stats
+    from .. import metrics
 
-    forced = retrieval.forced_predictions(hidden, lm_head, p)  # [0]: the greedy first token after the prompt
+    forced = metrics.forced_predictions(hidden, lm_head, p)  # [0]: the greedy first token after the prompt
     rec.correct = bool(np.array_equal(forced, np.asarray(p.answer)))
-    total, count, preds = logits_stats(hidden[: len(p.prompt)], lm_head, p.prompt, 0)
+    total, count, preds = metrics.logits_stats(hidden[: len(p.prompt)], lm_head, p.prompt, 0)
     mine = {"ppl": float(np.exp(total / count)), "preds": preds, "first": int(forced[0])}
     if ref is not None:
         rec.ppl_change = mine["ppl"] / ref["ppl"] - 1
@@ -322,13 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     if max(args.tokens) + 16 > GENAI_MAX_LENGTH and any(r in GENAI_RUNTIMES for r in args.runtimes):
         ap.error(f"genai folders hold {GENAI_MAX_LENGTH} positions: prompt lengths up to {GENAI_MAX_LENGTH - 16}")
 
-    from . import lm_eval
+    from .. import metrics
 
     console = Console(width=170)
     scratch = tempfile.TemporaryDirectory(prefix="ice-bench-e2e-")  # rewritten models etc.: removed when the run ends
     tmp = Path(scratch.name)
     specs = _prepare(args, console, tmp)
-    tok = lm_eval.tokenizer(args.model)
+    tok = metrics.tokenizer(args.model)
     from ..models import export
 
     lm_head = np.load(export(args.model).parent / "lm_head.npy")
@@ -374,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                         if ref is None and rt in ("onnx-dense", "ours-exact"):
                             ref = mine  # dense attention: the ONNX Runtime kernels, or above --dense-max our exact path
                     elif rec.error is None:
-                        from .retrieval import generated_correct
+                        from ..metrics import generated_correct
 
                         rec.correct = generated_correct(p, ans["tokens"])
                         rec.first_same = ans["tokens"][:1] == [ref["first"]] if ref else None

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", help="write the results as JSON")
     args = ap.parse_args(argv)
 
+    from ..metrics import text_ids, tokenizer
     from ..rewriter import RewriteOptions, rewrite
-    from .lm_eval import text_ids, tokenizer
 
     console = Console(width=160)
     variants = dict(v.split("=", 1) for v in args.variant) or {"defaults": "{}", "knn1024": '{"min_keys": 1024}'}

@@ -33,6 +33,7 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import eligible_rows, recall_at_k, relative_error
 from ..ops import (
     make_attention_model,
     make_gqa_model,
@@ -40,9 +41,7 @@ from ..ops import (
     session_options,
     simd_variant,
 )
-from .calibrate import eligible_rows, relative_error
-from .cases import AttentionCase
-from .recall import recall_at_k
+from ..ops.cases import AttentionCase
 
 
 @dataclass

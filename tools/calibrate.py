@@ -30,9 +30,9 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import eligible_rows, feeds, relative_error, text_ids, tokenizer
 from ..ops import contract, session_options
 from ..rewriter import RewriteError, apply_settings
-from .lm_eval import feeds, text_ids, tokenizer
 
 # Candidate settings, cheapest first, on top of the core's own attributes. More tail samples lower the variance of
 # the estimate of the unretrieved keys' mass (error ~ 1/sqrt(samples) on SmolLM2 and Qwen); a lower tail_limit sends
@@ -145,25 +145,6 @@ def _timed(sess, tensors, reps: int) -> tuple[np.ndarray, float]:
         sess.run(None, tensors)
         ts.append((time.perf_counter() - t0) * 1e3)
     return y, statistics.median(ts)
-
-
-def eligible_rows(S: int, T: int, causal: bool, attrs: dict) -> slice:
-    """Query rows that may take the k-NN path: under causality, those seeing at least the k-NN threshold of keys."""
-    if not causal:
-        return slice(0, S)
-    a = {**contract.attribute_defaults(), **attrs}
-    threshold = max(a["min_keys"], a["top_k"] + a["local_window"] + a["num_sink"] + 1)
-    return slice(min(S, max(0, threshold - 1 - (T - S))), S)
-
-
-def relative_error(y: np.ndarray, ref: np.ndarray, rows: slice) -> tuple[float, float]:
-    """(mean over heads and rows, worst head's mean) of |y - ref| / |ref| per output row ([B, H, S, Dv])."""
-    num = np.linalg.norm((y - ref)[:, :, rows].astype(np.float64), axis=-1)
-    den = np.maximum(np.linalg.norm(ref[:, :, rows].astype(np.float64), axis=-1), 1e-30)
-    e = num / den
-    if e.size == 0:
-        return 0.0, 0.0
-    return float(e.mean()), float(e.mean(axis=(0, 2)).max())
 
 
 def calibrate_core(

@@ -28,9 +28,9 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import recall_at_k
 from ..ops import contract, make_attention_model, make_knn_attention_model, session_options
-from .cases import AttentionCase
-from .recall import recall_at_k
+from ..ops.cases import AttentionCase
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "smollm2_qkv_2048.npz"
 
@@ -54,7 +54,7 @@ def accuracy(console: Console, threads: int, stats_path: str) -> None:
     exact = _sess(make_knn_attention_model(is_causal=1, top_k=0), threads, True)
     knn = _sess(make_knn_attention_model(is_causal=1, min_keys=0), threads, True)
     defaults = {a: v for a, v in contract.attribute_defaults().items() if a not in ("scale", "is_causal")}
-    first = defaults["top_k"] + defaults["local_window"] + defaults["num_sink"]
+    first = contract.knn_threshold({**defaults, "min_keys": 0}) - 1
     table = Table(
         title=f"real SmolLM2-135M activations, 2048 tokens, causal (k-NN rows: queries past the first {first})"
     )

@@ -1,4 +1,4 @@
-"""Regenerates the contract section of README.md from iceformer.ops.contract (python -m iceformer.tools.docs)."""
+"""Regenerates the contract tables of docs/contract.md from iceformer.ops.contract (python -m iceformer.tools.docs)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..ops import contract
 
-BLOCKS = {"contract": False, "gqa-contract": True}  # README marker -> contract.markdown(gqa=...)
+BLOCKS = {"contract": False, "gqa-contract": True}  # marker in docs/contract.md -> contract.markdown(gqa=...)
 
 
 def render(readme: str) -> str:
@@ -20,7 +20,7 @@ def render(readme: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    path = Path(argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else "README.md"))
+    path = Path(argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else "docs/contract.md"))
     path.write_text(render(path.read_text()))
 
 

@@ -29,13 +29,13 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from .. import metrics
+from ..metrics import peak_rss_mib
 from ..models import export, export_smollm2, minilm
 from ..models._cache import cache_dir
 from ..ops import contract, make_knn_attention_model, session_options
 from ..ops._library import knn_select
 from ..rewriter import RewriteOptions, rewrite
-from . import lm_eval, retrieval
-from .memory import peak_rss_mib
 
 
 def _plain(threads: int) -> ort.SessionOptions:
@@ -46,21 +46,21 @@ def _plain(threads: int) -> ort.SessionOptions:
 
 def _timed_hidden(sess, ids):
     t0 = time.perf_counter()
-    out = sess.run(None, lm_eval.feeds(ids))[0][0]
+    out = sess.run(None, metrics.feeds(ids))[0][0]
     return out, time.perf_counter() - t0
 
 
 def eval_lm(sessions, lm_head, tok, sizes, console) -> list[dict]:
     rows = []
     for n in sizes:
-        for which, ids in (("text", lm_eval.text_ids(tok, n)), ("repeat", lm_eval.repeat_ids(tok, n))):
+        for which, ids in (("text", metrics.text_ids(tok, n)), ("repeat", metrics.repeat_ids(tok, n))):
             start = len(ids) // 2 if which == "repeat" else 0
             with console.status(f"{which}, {n} tokens: dense"):
                 hd, td = _timed_hidden(sessions["dense"], ids)
             with console.status(f"{which}, {n} tokens: rewritten"):
                 hk, tk = _timed_hidden(sessions["knn"], ids)
-            pd, pred_d = lm_eval.perplexity(hd, lm_head, ids, start)
-            pk, pred_k = lm_eval.perplexity(hk, lm_head, ids, start)
+            pd, pred_d = metrics.perplexity(hd, lm_head, ids, start)
+            pk, pred_k = metrics.perplexity(hk, lm_head, ids, start)
             rows.append(
                 {
                     "tokens": len(ids),
@@ -85,12 +85,10 @@ def eval_lines(sessions, lm_head, tok, sizes, questions, console) -> list[dict]:
     for n in sizes:
         res = {"dense": [], "knn": []}
         for seed in track(range(questions), description=f"line retrieval, {n} tokens", console=console):
-            p = retrieval.line_prompt(tok, n, seed)
+            p = metrics.line_prompt(tok, n, seed)
             for name in res:
-                h = sessions[name].run(None, lm_eval.feeds(p.ids))[0][0]
-                res[name].append(
-                    (retrieval.forced_correct(h, lm_head, p), retrieval.answer_token_accuracy(h, lm_head, p))
-                )
+                h = sessions[name].run(None, metrics.feeds(p.ids))[0][0]
+                res[name].append((metrics.forced_correct(h, lm_head, p), metrics.answer_token_accuracy(h, lm_head, p)))
         row = {"tokens": n, "questions": questions}
         for name, r in res.items():
             row[f"exact_{name}"] = float(np.mean([c for c, _ in r]))
@@ -121,7 +119,7 @@ def eval_layers(tokens: int, attrs: dict, threads: int, console, rows_per_head: 
         session_options(threads),
         providers=["CPUExecutionProvider"],
     )
-    first = max(settings["min_keys"], settings["top_k"] + settings["local_window"] + settings["num_sink"] + 1) - 1
+    first = contract.knn_threshold(settings) - 1
     first = min(max(first, 0), tokens - 1)
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(np.arange(first, tokens), size=min(rows_per_head, tokens - first), replace=False))
@@ -278,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         with console.status("ice-rewrite"):
             rewrite(src, dst, RewriteOptions(attributes=args.attrs))
         lm_head = np.load(src.parent / "lm_head.npy")
-        tok = lm_eval.tokenizer()
+        tok = metrics.tokenizer()
         sessions = {
             "dense": ort.InferenceSession(str(src), _plain(args.threads)),
             "knn": ort.InferenceSession(str(dst), session_options(args.threads)),
@@ -289,10 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         result["lines"] = eval_lines(sessions, lm_head, tok, args.lines, args.questions, console)
     if args.memory:
         sessions = None  # the probes run in child processes
-        ids = lm_eval.text_ids(tok, args.memory)
+        ids = metrics.text_ids(tok, args.memory)
         with console.status(f"peak memory at {args.memory} tokens (two child processes)"):
-            dense = peak_rss_mib(str(src), lm_eval.feeds(ids), args.threads, with_library=False)
-            ours = peak_rss_mib(str(dst), lm_eval.feeds(ids), args.threads, with_library=True)
+            dense = peak_rss_mib(str(src), metrics.feeds(ids), args.threads, with_library=False)
+            ours = peak_rss_mib(str(dst), metrics.feeds(ids), args.threads, with_library=True)
         result["memory"] = {"tokens": args.memory, "dense_mib": dense, "knn_mib": ours, "ratio": ours / dense}
         console.log(
             f"peak RSS at {args.memory} tokens: original {dense:.0f} MiB, rewritten {ours:.0f} MiB ({100 * ours / dense:.0f}%)"

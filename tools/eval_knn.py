@@ -20,9 +20,8 @@ import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import eligible_rows, recall_at_k, relative_error
 from ..ops import make_attention_model, make_knn_attention_model, session_options
-from .calibrate import eligible_rows, relative_error
-from .recall import recall_at_k
 
 
 def _timed(sess, feeds, reps):

@@ -29,16 +29,16 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from .. import metrics
+from ..metrics import perplexity
 from ..models import export
 from ..models._cache import cache_dir
 from ..models.export import DECODERS, decoder
 from ..ops import get_library_path
 from ..rewriter import RewriteOptions, rewrite
-from . import lm_eval
 from .calibrate import TEXT_START as calibrate_text
 from .calibrate import calibrate
 from .e2e_worker import Worker
-from .lm_eval import perplexity
 
 KNN_FORCED = {"min_keys": 1024}
 CALIBRATION_BUDGET = 0.02
@@ -96,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         variants[label] = (dst, attrs)
     if args.calibrate:
         dst = out / f"{args.model}.calibrated.onnx"
-        tok = lm_eval.tokenizer(args.model)
+        tok = metrics.tokenizer(args.model)
         report = calibrate(
             variants["rewritten, default attributes"][0],
             dst,
-            lm_eval.text_ids(tok, n, start=calibrate_text),
+            metrics.text_ids(tok, n, start=calibrate_text),
             CALIBRATION_BUDGET,
             args.threads,
             console=console,
@@ -118,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     with console.status("tokenising Brown Corpus text"):
-        tok = lm_eval.tokenizer(args.model)
-        text_ids = lm_eval.text_ids(tok, n)
-        repeat_ids = lm_eval.repeat_ids(tok, n)
+        tok = metrics.tokenizer(args.model)
+        text_ids = metrics.text_ids(tok, n)
+        repeat_ids = metrics.repeat_ids(tok, n)
     lm_head = np.load(model_path.parent / "lm_head.npy")
     scratch = tempfile.TemporaryDirectory(prefix="ice-main-")  # rewritten models etc.: removed when the run ends
     tmp = Path(scratch.name)

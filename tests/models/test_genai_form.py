@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from genai_check import assert_last_logits_match
 from iceformer.models import export_genai, smollm2
-from iceformer.tools import lm_eval
 
-from iceformer import RewriteOptions, rewrite
+from iceformer import RewriteOptions, metrics, rewrite
+from tests.support.genai_check import assert_last_logits_match
 
 og = pytest.importorskip("onnxruntime_genai")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.models, pytest.mark.exports, pytest.mark.genai]
 
 TOKENS, NEW, PROMPTS = 2048, 32, 4
 
@@ -48,10 +47,10 @@ def test_genai_form_matches_transformers(folders):
 
 
 def test_generation_original_vs_rewritten(folders):
-    tok = lm_eval.tokenizer()
+    tok = metrics.tokenizer()
     same = {"defaults": [0, 0], "knn": [0, 0]}  # [first token equal, all NEW tokens equal]
     for p in range(PROMPTS):
-        ids = lm_eval.text_ids(tok, TOKENS, start=100 + 37 * p)
+        ids = metrics.text_ids(tok, TOKENS, start=100 + 37 * p)
         want = _generate(folders["original"], ids)
         for name in same:
             got = _generate(folders[name], ids)

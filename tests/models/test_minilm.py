@@ -12,7 +12,7 @@ from iceformer.ops import session_options
 
 from iceformer import RewriteOptions, rewrite
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.models, pytest.mark.exports]
 
 SOURCES = {"int8": None, "dynamo-opset18": ("dynamo", 18), "torchscript-opset17": ("torchscript", 17)}
 

@@ -8,14 +8,13 @@ passkey at 1024 tokens (depths 0.1/0.5/0.9): original and rewritten 3/3."""
 import numpy as np
 import onnxruntime as ort
 import pytest
-from genai_check import assert_last_logits_match
 from iceformer.models import export, export_genai, qwen
 from iceformer.ops import session_options
-from iceformer.tools import lm_eval, retrieval
 
-from iceformer import rewrite
+from iceformer import metrics, rewrite
+from tests.support.genai_check import assert_last_logits_match
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.models, pytest.mark.exports]
 NAME = "qwen2.5-coder-0.5b"
 
 
@@ -31,7 +30,7 @@ def setup(tmp_path_factory):
         "dense": ort.InferenceSession(str(src), plain, providers=["CPUExecutionProvider"]),
         "ours": ort.InferenceSession(str(dst), session_options(2), providers=["CPUExecutionProvider"]),
         "lm_head": np.load(src.parent / "lm_head.npy"),
-        "tok": lm_eval.tokenizer(NAME),
+        "tok": metrics.tokenizer(NAME),
     }
 
 
@@ -51,9 +50,9 @@ def test_every_layer_rewritten_with_gqa_stripped_and_mask_bypassed(setup):
 
 
 def test_rewritten_equals_original_at_512_tokens(setup):
-    ids = lm_eval.text_ids(setup["tok"], 512)
-    want = setup["dense"].run(None, lm_eval.feeds(ids))[0][0]
-    got = setup["ours"].run(None, lm_eval.feeds(ids))[0][0]
+    ids = metrics.text_ids(setup["tok"], 512)
+    want = setup["dense"].run(None, metrics.feeds(ids))[0][0]
+    got = setup["ours"].run(None, metrics.feeds(ids))[0][0]
     assert want.shape == (512, 896)
     assert np.max(np.abs(got - want)) <= 1e-3 * np.max(np.abs(want))
 
@@ -61,10 +60,10 @@ def test_rewritten_equals_original_at_512_tokens(setup):
 def test_passkey_retrieval_dense_and_rewritten(setup):
     """The check measures something: the dense model finds the key at every depth, and so does ours."""
     for i, depth in enumerate((0.1, 0.5, 0.9)):
-        p = retrieval.passkey_prompt(setup["tok"], 1024, depth, seed=i)
+        p = metrics.passkey_prompt(setup["tok"], 1024, depth, seed=i)
         for name in ("dense", "ours"):
-            hidden = setup[name].run(None, lm_eval.feeds(p.ids))[0][0]
-            assert retrieval.forced_correct(hidden, setup["lm_head"], p), (name, depth)
+            hidden = setup[name].run(None, metrics.feeds(p.ids))[0][0]
+            assert metrics.forced_correct(hidden, setup["lm_head"], p), (name, depth)
 
 
 def test_genai_form_matches_transformers():

@@ -9,11 +9,10 @@ import onnxruntime as ort
 import pytest
 from iceformer.models import export_smollm2
 from iceformer.ops import session_options
-from iceformer.tools import lm_eval
 
-from iceformer import RewriteOptions, rewrite
+from iceformer import RewriteOptions, metrics, rewrite
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.models, pytest.mark.exports]
 
 TOKENS = 2048
 # Measured: text perplexity 19.547 -> 19.545 (-0.01%), agreement 99.17%; repeat test 1.1892 -> 1.1912 (+0.17%),
@@ -33,12 +32,12 @@ def setup(tmp_path_factory):
         "dense": ort.InferenceSession(str(src), plain, providers=["CPUExecutionProvider"]),
         "knn": ort.InferenceSession(str(dst), session_options(2), providers=["CPUExecutionProvider"]),
         "lm_head": np.load(src.parent / "lm_head.npy"),
-        "tok": lm_eval.tokenizer(),
+        "tok": metrics.tokenizer(),
     }
 
 
 def _hidden(sess, ids):
-    return sess.run(None, lm_eval.feeds(ids))[0][0]
+    return sess.run(None, metrics.feeds(ids))[0][0]
 
 
 def test_every_layer_rewritten_with_gqa_stripped_and_mask_bypassed(setup):
@@ -52,10 +51,10 @@ def test_every_layer_rewritten_with_gqa_stripped_and_mask_bypassed(setup):
 @pytest.mark.parametrize("which", ["text", "repeat"])
 def test_knn_forced_perplexity_and_agreement(setup, which):
     tok = setup["tok"]
-    ids = lm_eval.text_ids(tok, TOKENS) if which == "text" else lm_eval.repeat_ids(tok, TOKENS)
+    ids = metrics.text_ids(tok, TOKENS) if which == "text" else metrics.repeat_ids(tok, TOKENS)
     start = len(ids) // 2 if which == "repeat" else 0
-    ppl_d, pred_d = lm_eval.perplexity(_hidden(setup["dense"], ids), setup["lm_head"], ids, start)
-    ppl_k, pred_k = lm_eval.perplexity(_hidden(setup["knn"], ids), setup["lm_head"], ids, start)
+    ppl_d, pred_d = metrics.perplexity(_hidden(setup["dense"], ids), setup["lm_head"], ids, start)
+    ppl_k, pred_k = metrics.perplexity(_hidden(setup["knn"], ids), setup["lm_head"], ids, start)
     change, agreement = ppl_k / ppl_d - 1, float(np.mean(pred_d == pred_k))
     max_change, min_agreement = LIMITS[which]
     assert abs(change) <= max_change and agreement >= min_agreement, (which, ppl_d, ppl_k, change, agreement)

@@ -7,9 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import knn_session
 from iceformer.ops import _library, knn_attention_reference
-from iceformer.tools.cases import AttentionCase
+from iceformer.ops.cases import AttentionCase
+
+from tests.support.ops import knn_session
 
 
 def f32(*shape):

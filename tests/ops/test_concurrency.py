@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from iceformer.ops import _library, make_gqa_model, make_knn_attention_model, session_options
-from iceformer.tools.cases import AttentionCase
+from iceformer.ops.cases import AttentionCase
 from iceformer.tools.e2e_worker import rss_mib
 
 KNN = dict(top_k=8, local_window=8, num_sink=2, max_candidates=8, tail_samples=64, tail_limit=1.0, min_keys=0, seed=3)

@@ -1,4 +1,4 @@
-"""The contract is stated once (Python); the native registration and the README must agree with it."""
+"""The contract is stated once (Python); the native registration and docs/contract.md must agree with it."""
 
 import json
 import os
@@ -10,7 +10,6 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import run_case
 from iceformer.ops import (
     contract,
     make_gqa_model,
@@ -21,10 +20,12 @@ from iceformer.ops import (
     simd_variant,
 )
 from iceformer.ops._library import SIMD_TIERS
-from iceformer.tools.cases import AttentionCase
+from iceformer.ops.cases import AttentionCase
 from iceformer.tools.docs import render
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+from tests.support.ops import run_case
+
+CONTRACT_DOC = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
 
 
 def test_native_registration_matches_python_contract():
@@ -40,10 +41,10 @@ def test_gqa_shares_the_knn_attributes():
     assert len(set(names)) == len(names)
 
 
-def test_readme_carries_the_contract_table():
-    text = README.read_text()
+def test_contract_doc_carries_the_contract_tables():
+    text = CONTRACT_DOC.read_text()
     assert contract.markdown() in text and contract.markdown(gqa=True) in text
-    assert render(text) == text  # regenerate with: python -m iceformer.tools.docs README.md
+    assert render(text) == text  # regenerate with: python -m iceformer.tools.docs docs/contract.md
 
 
 def test_simd_variant_is_the_best_tier_this_cpu_runs():

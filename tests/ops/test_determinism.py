@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from iceformer.ops import make_gqa_model, make_knn_attention_model, session_options, simd_tiers, simd_variant
-from iceformer.tools.cases import AttentionCase
+from iceformer.ops.cases import AttentionCase
 
 KNN = dict(top_k=8, local_window=8, num_sink=2, max_candidates=8, tail_samples=64, tail_limit=1.0, min_keys=0, seed=7)
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import knn_session, run_case
 from iceformer.ops import knn_attention_reference, make_attention_model, simd_tiers
 from iceformer.ops._library import _kth_largest_int
-from iceformer.tools.cases import AttentionCase
+from iceformer.ops.cases import AttentionCase
 from onnx.reference import ReferenceEvaluator
+
+from tests.support.ops import knn_session, run_case
 
 # Float32 kernel vs float64 reference: |error| <= ATOL + RTOL |ref| elementwise.
 ATOL, RTOL = 2e-5, 1e-4
@@ -160,11 +161,11 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
     sets, a rank of 7 whose last 4-dimension group is padded; causal and not, T not a multiple of the 16-key panel;
     with key padding, which scans through per-row lists instead of the union kernel) agree between all variants
     (the k-NN cases within the bfloat16 rounding of their P V)."""
-    tests_dir = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the child imports tests.support from the repository root (its cwd)
     code = (
-        "import numpy as np, sys; sys.path.insert(0, %r)\n"
-        "from conftest import run_case\n"
-        "from iceformer.tools.cases import AttentionCase\n"
+        "import numpy as np\n"
+        "from tests.support.ops import run_case\n"
+        "from iceformer.ops.cases import AttentionCase\n"
         "from iceformer.ops import simd_variant\n"
         "c = AttentionCase(Hq=4, Hkv=2, S=77, T=301, is_causal=1, D=48, Dv=24)\n"
         "k = AttentionCase(Hq=2, Hkv=1, S=128, T=2048, is_causal=1, D=48, Dv=24,\n"
@@ -178,7 +179,7 @@ def test_scalar_and_vector_kernels_agree(tmp_path):
         path = tmp_path / f"{variant}.npy"
         env = dict(os.environ, ICEFORMER_SIMD=variant)
         res = subprocess.run(
-            [sys.executable, "-c", code % (str(tests_dir), str(path))], env=env, capture_output=True, text=True
+            [sys.executable, "-c", code % str(path)], env=env, capture_output=True, text=True, cwd=root
         )
         assert res.returncode == 0, res.stderr
         outs[variant] = (np.load(path), res.stdout.strip())

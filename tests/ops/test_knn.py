@@ -4,11 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_close_bf16_pv, knn_session, run_case
-from iceformer.ops import knn_attention_reference
+from iceformer.ops import contract, knn_attention_reference
 from iceformer.ops._library import knn_select
+from iceformer.ops.cases import AttentionCase
 from iceformer.ops.reference import topk_attention_reference
-from iceformer.tools.cases import AttentionCase
+
+from tests.support.ops import assert_close_bf16_pv, knn_session, run_case
 
 # Settings that make every visible key a candidate. The DCI walk (search=1) is then exhaustive and must equal the
 # perfect-search reference (top_k + window + sinks) up to float32 rounding; the low-rank search (search=0) attends
@@ -98,6 +99,23 @@ def test_topk_covering_all_keys_takes_the_exact_path(tmp_stats):
     np.testing.assert_allclose(got, knn_attention_reference(**case.inputs(), **case.op_attrs()), atol=2e-5)
     call = json.loads(tmp_stats.read_text().splitlines()[-1])
     assert call["path"] == "exact" and call["reason"].startswith("too few keys")
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [{"top_k": 16, "min_keys": 0, "local_window": 8, "num_sink": 2}, {"top_k": 8, "min_keys": 300}],
+    ids=["by top_k + local_window + num_sink + 1", "by min_keys"],
+)
+def test_native_knn_threshold_is_the_contracts(tmp_stats, attrs):
+    """The driver takes the k-NN path from exactly contract.knn_threshold(attrs) keys (non-causal: every row sees T),
+    and the causal rows below it attend to every key."""
+    threshold = contract.knn_threshold(attrs)
+    for T, path in ((threshold - 1, "exact"), (threshold, "knn")):
+        run_case(AttentionCase(Hq=2, Hkv=1, S=64, T=T, attrs=attrs))
+        assert json.loads(tmp_stats.read_text().splitlines()[-1])["path"] == path, T
+    run_case(AttentionCase(Hq=2, Hkv=1, S=64, T=threshold + 20, is_causal=1, attrs=attrs))
+    call = json.loads(tmp_stats.read_text().splitlines()[-1])
+    assert call["path"] == "knn" and call["knn_rows"] == 2 * 21  # rows seeing threshold .. threshold + 20 keys
 
 
 def test_bias_mask_runs_exact_and_says_so(tmp_stats):
@@ -212,7 +230,7 @@ def test_tail_limit_zero_sends_every_row_with_a_tail_to_exact(tmp_stats):
 
 def test_synthetic_peaked_recall():
     """Clustered keys, queries near a cluster: low-rank retrieval at default budgets finds the exact top-k."""
-    from iceformer.tools.recall import recall_at_k
+    from iceformer.metrics import recall_at_k
 
     rng = np.random.default_rng(0)
     n, d = 3000, 64
@@ -227,7 +245,7 @@ def test_lowrank_retrieval_follows_the_queries_not_only_the_keys():
     """Keys vary 10x more in dims 0-47 than in 48-63, and the queries live in dims 48-63 only: the best 16 directions
     of the keys alone carry none of the logits (retrieval would be by chance, recall ~ the attended share), the
     query-aware factorisation keeps exactly the 16 that matter."""
-    from iceformer.tools.recall import recall_at_k
+    from iceformer.metrics import recall_at_k
 
     rng = np.random.default_rng(3)
     n, d = 4000, 64

@@ -19,9 +19,12 @@ import pytest
 
 # Under tests/ops/test_sanitizers.py's harness the host's ASan runtime is preloaded into every child, which the
 # emulators cannot take; these tests run in the ordinary suite.
-pytestmark = pytest.mark.skipif(
-    "libasan" in os.environ.get("LD_PRELOAD", ""), reason="sanitizer harness: ASan preloaded, emulators cannot run"
-)
+pytestmark = [
+    pytest.mark.cross,
+    pytest.mark.skipif(
+        "libasan" in os.environ.get("LD_PRELOAD", ""), reason="sanitizer harness: ASan preloaded, emulators cannot run"
+    ),
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 OPS = ROOT / "ops"
@@ -85,9 +88,9 @@ def test_kernels_on_arm64(tmp_path):
 _SCRIPT = """
 import sys
 import numpy as np
-from conftest import run_case
+from tests.support.ops import run_case
 from iceformer.ops import knn_attention_reference, simd_variant
-from iceformer.tools.cases import AttentionCase
+from iceformer.ops.cases import AttentionCase
 knn = dict(top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, rank=7, tail_samples=32, tail_limit=1.0)
 exact = [AttentionCase(Hq=4, Hkv=2, S=77, T=301, is_causal=1, D=48, Dv=24),
          AttentionCase(Hq=2, Hkv=1, S=70, T=700, is_causal=0, D=64, Dv=64, key_padding_mask="bool")]

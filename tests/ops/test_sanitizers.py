@@ -22,6 +22,7 @@ OPS_TESTS = ROOT / "tests" / "ops"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.sanitizer,
     pytest.mark.skipif(
         shutil.which("cmake") is None or shutil.which("g++") is None,
         reason="the sanitizer build needs cmake and g++ on PATH",

@@ -3,30 +3,16 @@
 import warnings
 
 import pytest
-from tiny import BERT, DECODER, build, build_sliding, export
 
-MODELS = {
-    # name: (factory, opset, attention cores expected[, exporter (default dynamo)])
-    "llama_gqa": ("llama", 18, 2),
-    "gpt2": ("gpt2", 18, 2),
-    "bert": ("bert", 18, 2),
-    "llama_attention23": ("llama_sdpa", 23, 2),
-    "bert_torchscript17": ("bert", 17, 2, "torchscript"),
-    "bert_torchscript14": ("bert", 14, 2, "torchscript"),  # Shape has no start/end before opset 15
-    # encoder self (padding), decoder self (causal from positions), cross-attention (padding, S != T): 2 layers each
-    "bart_torchscript17": ("bart", 17, 6, "torchscript"),
-}
-# Not covered: GPT-2 and LLaMA through the TorchScript exporter (torch 2.13 + transformers 4.57 fail inside the
-# exporter with "unordered_map::at", in transformers' mask construction); BART through dynamo (torch.export fails in
-# transformers' decoder mask with dynamic shapes).
+from tests.support.tiny_models import BERT, DECODER, MODELS, SLIDING, build, build_sliding, export
 
 
-# Sliding-window decoders (window 3, GQA 4/2), dynamo at opset 18: name -> (factory, window per core in graph order).
-SLIDING = {
-    "mistral": ("mistral", [3, 3]),  # every layer windowed
-    "qwen2_window": ("qwen2_window", [-1, 3]),  # layers from max_window_layers = 1 on
-    "gemma3": ("gemma3", [3, -1]),  # sliding, then global
-}
+@pytest.hookimpl(tryfirst=True)  # before the tier selection of tests/conftest.py
+def pytest_collection_modifyitems(items):
+    """A test that uses one of the export fixtures below belongs to the full tier (marker `exports`)."""
+    for item in items:
+        if any(name.startswith("exported") for name in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.exports)
 
 
 @pytest.fixture(scope="session")

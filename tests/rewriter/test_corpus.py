@@ -1,11 +1,14 @@
-"""The coverage corpus (corpus.py): every tiny model x exporter x opset (x ORT's optimizer) has its expected cores
+"""The coverage corpus (tests/support/corpus.py): every tiny model x exporter x opset (x ORT's optimizer) has its expected cores
 replaced with default options and gives the original's outputs with our library and without it."""
 
 import numpy as np
 import pytest
-from corpus import CASES, LEFT_OUT, NEW, WINDOW, Case, _valid, check
+
+from tests.support.corpus import CASES, LEFT_OUT, NEW, WINDOW, Case, _valid, check
 
 
+@pytest.mark.corpus
+@pytest.mark.exports
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_corpus_case(case, tmp_path):
     results = check(case, tmp_path)

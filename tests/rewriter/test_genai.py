@@ -3,13 +3,14 @@ rewritten folder generates exactly the original's greedy tokens with k-NN off; f
 
 import json
 
-import genai_tiny
 import numpy as np
 import onnx
 import pytest
 from iceformer.ops import contract
 from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
+
+from tests.support import genai_tiny
 
 og = pytest.importorskip("onnxruntime_genai")
 
@@ -31,6 +32,7 @@ def genai_models(tmp_path_factory):
     }
 
 
+@pytest.mark.genai
 @pytest.mark.parametrize("model", ["plain", "window", "interleaved"])
 def test_rewritten_folder_generates_the_original_tokens(genai_models, tmp_path, model):
     src = genai_models[model]
@@ -48,6 +50,7 @@ def test_rewritten_folder_generates_the_original_tokens(genai_models, tmp_path, 
         assert got == want, name
 
 
+@pytest.mark.genai
 def test_defaults_and_knn_attributes_reach_the_nodes(genai_models, tmp_path):
     out = tmp_path / "r"
     assert cli([str(genai_models["plain"]), str(out), "--attr", "min_keys=4096", "--layers", "1"]) == 0

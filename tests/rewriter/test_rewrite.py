@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import MODELS, SLIDING
 from iceformer.ops import contract, simd_variant
 from iceformer.rewriter import AlreadyRewritten, RewriteError, RewriteOptions, rewrite
 from iceformer.rewriter._cli import main as cli
 
 import iceformer
+from tests.support.tiny_models import MODELS, SLIDING
 
 
 def _feeds(seq=24):

@@ -4,8 +4,8 @@ clustered data, sets of 8 keys."""
 import numpy as np
 import onnx
 import pytest
+from iceformer.ops.cases import AttentionCase
 from iceformer.tools import calibrate as cal
-from iceformer.tools.cases import AttentionCase
 
 ATTRS = dict(
     is_causal=0, top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, tail_samples=32, tail_limit=1.0

@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 from iceformer.ops import make_knn_attention_model
 from iceformer.tools import eval as ice_eval
-from iceformer.tools import lm_eval
-from iceformer.tools.memory import peak_rss_mib
+
+from iceformer import metrics
+from iceformer.metrics import peak_rss_mib
 
 
 def test_perplexity_of_a_known_distribution():
     lm_head = np.eye(4, dtype=np.float32)
     hidden = np.log(np.full((3, 4), 0.25, np.float32))  # uniform over 4 tokens: perplexity 4
-    ppl, preds = lm_eval.perplexity(hidden, lm_head, [0, 1, 2], 0)
+    ppl, preds = metrics.perplexity(hidden, lm_head, [0, 1, 2], 0)
     assert ppl == pytest.approx(4.0, rel=1e-5) and preds.shape == (2,)
 
 
@@ -29,6 +30,8 @@ def test_memory_probe_runs_in_a_child_and_reports_failure(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.models
+@pytest.mark.exports
 def test_ice_eval_minilm_writes_json_and_cosines(tmp_path):
     assert ice_eval.main(["--tokens", "--minilm", "--attrs", '{"min_keys": 0}', "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import iceformer.tools
 import numpy as np
+from iceformer.ops.cases import AttentionCase
 from iceformer.tools import bench_op, eval_knn
-from iceformer.tools.cases import AttentionCase
 
 FIXTURE = Path(iceformer.tools.__file__).resolve().parent / "data" / "smollm2_qkv_2048.npz"
 

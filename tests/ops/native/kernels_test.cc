@@ -1,6 +1,6 @@
 // Every kernel of every SIMD tier this CPU runs against the scalar reference (simd.h contracts), without ONNX Runtime:
 // built by CMake (ICEFORMER_KERNEL_TESTS=ON) natively and for ARM64, where it runs under qemu-aarch64
-// (tests/ops/test_kernels_native.py). Exact where the contract is exact (integer scans, selection, counts, packing,
+// (tests/ops/test_portability.py). Exact where the contract is exact (integer scans, selection, counts, packing,
 // bfloat16 pair words, the bfloat16 P V whose products are exact), else within stated float32 tolerances.
 // Prints one line per tier and "kernels: N tiers, M checks, 0 failures"; exits 1 on any failure.
 #include <cmath>

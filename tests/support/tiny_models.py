@@ -1,5 +1,5 @@
 """Tiny random-weight Hugging Face models (torch 2.13 CPU + transformers) and their exports: the builders shared by
-the rewriter's fixtures (conftest.py) and its coverage corpus (corpus.py)."""
+the rewriter's fixtures (tests/rewriter/conftest.py) and its coverage corpus (corpus.py)."""
 
 import warnings
 from pathlib import Path
@@ -142,3 +142,27 @@ def save_with_head(kind: str, folder: Path) -> Path:
     model = getattr(transformers, HEADS[kind])._from_config(config, attn_implementation="eager")
     model.eval().save_pretrained(folder)
     return folder
+
+
+MODELS = {
+    # name: (factory, opset, attention cores expected[, exporter (default dynamo)])
+    "llama_gqa": ("llama", 18, 2),
+    "gpt2": ("gpt2", 18, 2),
+    "bert": ("bert", 18, 2),
+    "llama_attention23": ("llama_sdpa", 23, 2),
+    "bert_torchscript17": ("bert", 17, 2, "torchscript"),
+    "bert_torchscript14": ("bert", 14, 2, "torchscript"),  # Shape has no start/end before opset 15
+    # encoder self (padding), decoder self (causal from positions), cross-attention (padding, S != T): 2 layers each
+    "bart_torchscript17": ("bart", 17, 6, "torchscript"),
+}
+# Not covered: GPT-2 and LLaMA through the TorchScript exporter (torch 2.13 + transformers 4.57 fail inside the
+# exporter with "unordered_map::at", in transformers' mask construction); BART through dynamo (torch.export fails in
+# transformers' decoder mask with dynamic shapes).
+
+
+# Sliding-window decoders (window 3, GQA 4/2), dynamo at opset 18: name -> (factory, window per core in graph order).
+SLIDING = {
+    "mistral": ("mistral", [3, 3]),  # every layer windowed
+    "qwen2_window": ("qwen2_window", [-1, 3]),  # layers from max_window_layers = 1 on
+    "gemma3": ("gemma3", [3, -1]),  # sliding, then global
+}

@@ -2,7 +2,7 @@
 each file rewritten with default options, its replaced cores counted and its outputs compared with the original's
 in onnxruntime, with our library and without it, beyond every sliding window and with padding.
 
-tests/rewriter/test_corpus.py asserts every case; `python tests/rewriter/corpus.py [--only SUBSTRING]` prints the
+tests/rewriter/test_corpus.py asserts every case; `python -m tests.support.corpus [--only SUBSTRING]` (from the repository root) prints the
 coverage table (model x exporter x opset: cores expected / replaced / equal). Exports are cached under
 $ICEFORMER_CACHE_DIR/corpus/<versions> (a new torch, transformers, optimum or onnxruntime starts a new cache)."""
 
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from tiny import build_any, export, save_with_head  # noqa: E402
+from tests.support.tiny_models import build_any, export, save_with_head
 
 RECIPE = 1  # bump when an export recipe below changes, so cached exports are rebuilt
 
