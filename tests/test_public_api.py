@@ -38,6 +38,35 @@ def test_ops_api():
     )
 
 
+def test_metrics_api():
+    import iceformer.metrics
+
+    assert sorted(iceformer.metrics.__all__) == sorted(
+        [
+            "feeds",
+            "nll_sum",
+            "logits_stats",
+            "perplexity",
+            "tokenizer",
+            "text_ids",
+            "repeat_ids",
+            "RetrievalPrompt",
+            "passkey_prompt",
+            "line_prompt",
+            "generated_correct",
+            "forced_predictions",
+            "forced_correct",
+            "answer_token_accuracy",
+            "recall_at_k",
+            "eligible_rows",
+            "relative_error",
+            "peak_rss_mib",
+        ]
+    )
+    for name in iceformer.metrics.__all__:
+        assert hasattr(iceformer.metrics, name), name
+
+
 def test_library_path_and_session_options():
     path = iceformer.get_library_path()
     assert path.endswith("libiceformer_ops.so")

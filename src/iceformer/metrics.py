@@ -28,6 +28,27 @@ from .models import corpus
 from .ops import contract
 from .ops._library import knn_select
 
+__all__ = [
+    "feeds",
+    "nll_sum",
+    "logits_stats",
+    "perplexity",
+    "tokenizer",
+    "text_ids",
+    "repeat_ids",
+    "RetrievalPrompt",
+    "passkey_prompt",
+    "line_prompt",
+    "generated_correct",
+    "forced_predictions",
+    "forced_correct",
+    "answer_token_accuracy",
+    "recall_at_k",
+    "eligible_rows",
+    "relative_error",
+    "peak_rss_mib",
+]
+
 # --- language-model metrics -------------------------------------------------------------------------------------
 
 
