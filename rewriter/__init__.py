@@ -4,8 +4,9 @@ from iceformer.rewriter import rewrite, RewriteOptions
 report = rewrite("model.onnx", "model.knn.onnx", RewriteOptions(attributes={"top_k": 128}))
 """
 
+from ._api import rewrite
 from ._errors import AlreadyRewritten, RewriteError
-from ._rewrite import RewriteOptions, RewriteReport, Skip, rewrite, rewrite_model
+from ._rewrite import RewriteOptions, RewriteReport, Skip, rewrite_model
 from ._settings import apply_settings, knn_cores
 
 __all__ = [

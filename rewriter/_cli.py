@@ -11,8 +11,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..ops import contract
-from ._errors import AlreadyRewritten
-from ._rewrite import RewriteError, RewriteOptions, rewrite
+from ._api import rewrite
+from ._errors import AlreadyRewritten, RewriteError
+from ._rewrite import RewriteOptions
 
 
 def _attr(text: str) -> tuple[str, float | int]:

@@ -19,7 +19,9 @@ import onnx
 
 from ..ops import get_library_path
 from . import _rewrite
+from ._errors import RewriteError
 from ._load import load_model
+from ._output import save_atomic
 
 CONFIG = "genai_config.json"
 LIBRARY = "libiceformer_ops.so"
@@ -35,7 +37,7 @@ def _model_files(folder: Path, filename: str) -> set[Path]:
     try:
         proto = onnx.load(folder / filename, load_external_data=False)
     except Exception as e:
-        raise _rewrite.RewriteError(f"{folder / filename}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+        raise RewriteError(f"{folder / filename}: not a readable ONNX model ({type(e).__name__}: {e})") from e
     for tensor in proto.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
@@ -50,13 +52,13 @@ def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _r
         decoder = config["model"]["decoder"]
         filename = decoder["filename"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _rewrite.RewriteError(f"{src / CONFIG}: not a genai config with model.decoder.filename ({e})") from e
+        raise RewriteError(f"{src / CONFIG}: not a genai config with model.decoder.filename ({e})") from e
     if (
         not options.dry_run
         and dst.exists()
         and (dst.resolve() == src.resolve() or not dst.is_dir() or any(dst.iterdir()))
     ):
-        raise _rewrite.RewriteError(f"{dst}: exists (the output folder must be new or empty; never the input)")
+        raise RewriteError(f"{dst}: exists (the output folder must be new or empty; never the input)")
     model = load_model(src / filename)
     model, report = _rewrite.rewrite_model(model, options)
     report.input = str(src)
@@ -71,7 +73,7 @@ def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _r
             if item in replaced or item.name == CONFIG:
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
-        note = _rewrite._save_atomic(model, tmp / filename, src / filename)
+        note = save_atomic(model, tmp / filename, src / filename)
         if note:
             report.notes.append(note)
         shutil.copy2(get_library_path(), tmp / LIBRARY)

@@ -1,4 +1,4 @@
-"""Pass: com.microsoft.GroupQueryAttention nodes (onnxruntime-genai's decoder layers) become
+"""com.microsoft.GroupQueryAttention nodes (onnxruntime-genai's decoder layers) become
 iceformer.GroupQueryAttention with the same inputs, outputs and attributes plus the k-NN attributes.
 
 The two ops share the contract (ops/contract.py: GQA_*), so the node keeps its KV-cache wiring, rotary and window;
@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx_ir as ir
-from onnx_ir.passes import InPlacePass, PassResult
 
 from ..ops import contract
 
@@ -63,31 +62,23 @@ def find(model: ir.Model) -> list[GqaNode]:
     ]
 
 
-class GqaToIceformerPass(InPlacePass):
-    """Switches the given nodes to iceformer.GroupQueryAttention and sets `attributes` (k-NN settings) on them."""
-
-    def __init__(self, nodes: list[ir.Node], attributes: dict):
-        super().__init__()
-        self.nodes = nodes
-        self.attributes = attributes
-
-    def call(self, model: ir.Model) -> PassResult:
-        for node in self.nodes:
-            node.domain = contract.DOMAIN
-            for name in (
-                "kv_cache_bit_width",
-                "k_quant_type",
-                "v_quant_type",
-                "qk_norm_epsilon",
-                "q_norm_epsilon",
-                "k_norm_epsilon",
-            ):
-                node.attributes.pop(name, None)  # ORT-only, at their "off" values (checked by find)
-            for name, value in self.attributes.items():
-                spec = contract.gqa_attribute(name)
-                node.attributes[name] = (
-                    ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
-                )
-        if self.nodes:
-            model.opset_imports[contract.DOMAIN] = contract.VERSION
-        return PassResult(model, bool(self.nodes))
+def switch(model: ir.Model, nodes: list[ir.Node], attributes: dict) -> None:
+    """Switches `nodes` to iceformer.GroupQueryAttention and sets `attributes` (k-NN settings) on them."""
+    for node in nodes:
+        node.domain = contract.DOMAIN
+        for name in (
+            "kv_cache_bit_width",
+            "k_quant_type",
+            "v_quant_type",
+            "qk_norm_epsilon",
+            "q_norm_epsilon",
+            "k_norm_epsilon",
+        ):
+            node.attributes.pop(name, None)  # ORT-only, at their "off" values (checked by find)
+        for name, value in attributes.items():
+            spec = contract.gqa_attribute(name)
+            node.attributes[name] = (
+                ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
+            )
+    if nodes:
+        model.opset_imports[contract.DOMAIN] = contract.VERSION

@@ -1,6 +1,7 @@
-"""The rewrite's graph stages as onnx-ir passes, in order: canonicalise the graph, rewrite every attention core
-into the canonical node (carrying its layer index), lower each canonical node into our op once, attach the
-reference function. Each stage's result is a `PassResult`; the last two check what they promise in `ensures`."""
+"""The rewrite's graph stages as onnx-ir passes, in order: switch ORT's GroupQueryAttention nodes to ours (genai
+folders), canonicalise the graph, rewrite every attention core into the canonical node (carrying its layer index),
+lower each canonical node into our op once, attach the reference function. Each stage's result is a `PassResult`;
+the last two check what they promise in `ensures`."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from onnx_ir.passes.common import IdentityEliminationPass, RemoveUnusedNodesPass
 from onnxscript.rewriter import MatchingTracer, MatchStatus
 
 from ..ops import contract
-from . import _canonical, _function, _lower, _maskcheck, _rules, _shapes
+from . import _canonical, _function, _gqa, _lower, _maskcheck, _rules, _shapes
 from ._errors import RewriteError
 
 RULE_TAG = "pkg.onnxscript.rewriter.rule_name"  # onnxscript names the rule on the nodes it writes
@@ -45,6 +46,58 @@ def parse_layers(spec: str | None, count: int) -> list[int]:
             raise RewriteError(f"bad layer spec {spec!r}: range {part!r} is empty or negative")
         chosen.update(range(a, min(b, count - 1) + 1))
     return sorted(chosen)
+
+
+def selected(count: int, layers: str | None, skip_first: int) -> set[int]:
+    """Indices of the cores --layers / --skip-first choose among `count` found."""
+    return {i for i in parse_layers(layers, count) if i >= skip_first}
+
+
+def not_selected(i: int, node: ir.Node, layers: str | None, skip_first: int) -> Skip:
+    return Skip(
+        "selection", node.name or node.op_type, f"core {i} not selected (layers={layers!r}, skip_first={skip_first})"
+    )
+
+
+@dataclass
+class GqaResult(PassResult):
+    cores: list[_lower.LoweredCore] = field(default_factory=list)  # switched nodes, in graph order
+    skipped: list[Skip] = field(default_factory=list)
+
+
+class GqaNodesPass(InPlacePass):
+    """com.microsoft.GroupQueryAttention -> iceformer.GroupQueryAttention (same inputs, outputs and attributes, plus
+    the k-NN attributes); numbered by --layers among themselves. A node using what ours refuses stays and is a skip."""
+
+    def __init__(self, attributes: dict, layers: str | None, skip_first: int):
+        super().__init__()
+        self.attributes, self.layers, self.skip_first = attributes, layers, skip_first
+
+    def call(self, model: ir.Model) -> GqaResult:
+        found = _gqa.find(model)
+        if not found:  # --layers numbers the decomposed cores instead
+            return GqaResult(model, False)
+        chosen = selected(len(found), self.layers, self.skip_first)
+        cores, skipped, nodes = [], [], []
+        for i, g in enumerate(found):
+            name = g.node.name or g.node.op_type
+            if i not in chosen:
+                skipped.append(not_selected(i, g.node, self.layers, self.skip_first))
+            elif g.reason:
+                skipped.append(Skip("GroupQueryAttention", name, g.reason))
+            else:
+                nodes.append(g.node)
+                a = g.node.attributes
+                scale, causal, window = (
+                    a.get_float("scale", 0.0),
+                    a.get_int("causal", 1),
+                    a.get_int("local_window_size", -1),
+                )
+                cores.append(
+                    _lower.LoweredCore(name, scale, causal, False, "none", "none", False, layer=i, window=window)
+                )
+        _gqa.switch(model, nodes, self.attributes)
+        return GqaResult(model, bool(nodes), cores, skipped)
 
 
 def _canonical_nodes(model: ir.Model) -> list[ir.Node]:
@@ -126,17 +179,11 @@ class CoreRulesPass(InPlacePass):
         found = _matched_roots(every, model)
         tracer = MatchingTracer()
         _rules.rules(self.allow_bias).apply_to_model(model, tracer=tracer)
-        chosen = {i for i in parse_layers(self.layers, len(found)) if i >= self.skip_first}
+        chosen = selected(len(found), self.layers, self.skip_first)
         excluded = frozenset(id(n) for i, n in enumerate(found) if i not in chosen)
         accepted = {id(n) for n in _matched_roots(tracer, model)}
         skipped = _skips(tracer, model, accepted) + [
-            Skip(
-                "selection",
-                n.name or n.op_type,
-                f"core {i} not selected (layers={self.layers!r}, skip_first={self.skip_first})",
-            )
-            for i, n in enumerate(found)
-            if id(n) in excluded
+            not_selected(i, n, self.layers, self.skip_first) for i, n in enumerate(found) if id(n) in excluded
         ]
         for i, root in enumerate(found):
             root.metadata_props[LAYER_TAG] = str(i)

@@ -12,7 +12,7 @@ import onnx_ir as ir
 from ..ops import contract
 from ._errors import RewriteError
 from ._load import load_model
-from ._rewrite import _save_atomic
+from ._output import save_atomic
 
 
 def knn_cores(model: ir.Model) -> list[ir.Node]:
@@ -49,5 +49,5 @@ def apply_settings(
                 cores[i].attributes[name] = _attr(name, value)
             except KeyError as e:
                 raise RewriteError(f"core {i}: {e}") from e
-    _save_atomic(model, dst, src)
+    save_atomic(model, dst, src)
     return len(per_core)

@@ -1,3 +1,4 @@
-"""Command-line tools: benchmarks, demo and accuracy evaluation."""
+"""Command-line tools only (benchmarks, accuracy evaluation, capture, calibration, fuzzing); their shared metrics live in
+iceformer.metrics."""
 
 __all__: list[str] = []

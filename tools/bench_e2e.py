@@ -8,6 +8,8 @@ runtimes take turns prompt by prompt (interleaved). Per prompt length, one table
   the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) with the same weight format;
 - peak resident memory of the runtime's process during the prompt (weights included), max over the prompts;
 - retrieval: answers that greedy generation gets right (teacher forcing for the ONNX exports, see iceformer.metrics);
+- decode tok/s of the generating runtimes (genai, OpenVINO): greedy tokens per second after the first, median over
+  the prompts (--new-tokens sets how many);
 - against dense attention (`onnx-dense`, the export without iceformer, up to --dense-max tokens; above it our
   exact path `ours-exact`): perplexity change over the prompt and next-token agreement where the runtime
   exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's.
@@ -18,7 +20,8 @@ Runtimes (--runtimes); activations and attention are fp32 everywhere:
   onnx-dense                            the same export without iceformer (ONNX Runtime's own kernels)
   genai, genai-ours, genai-ours-knn     onnxruntime-genai: the folder in the builder's form (GroupQueryAttention),
                                         and that folder rewritten by ice-rewrite (defaults; k-NN forced)
-  genai-int4, genai-int4-ours, ...      the same with int4 weights (MatMulNBits, blocks of 32, as `-p int4`)
+  genai-int4, genai-int4-ours, ...      the same with int4 weights (MatMulNBits, blocks of 32, as `-p int4`);
+                                        --genai-folder uses a folder you built (genai's model builder) instead
   ov-dense, ov-xattention               OpenVINO GenAI (PagedAttention), dense and XAttention sparse prefill,
   ov-int8-*, ov-int4-*                  fp32 / int8 / int4 weights (optimum-cli --weight-format), f32 inference
                                         precision and KV cache: needs --ov-python, a Python with openvino-genai
@@ -26,6 +29,8 @@ Runtimes (--runtimes); activations and attention are fp32 everywhere:
 Writes --json, and beside it the tables as markdown (.md) and time against length (.png).
 
   ice-bench-e2e --model qwen2.5-coder-0.5b --tokens 4096 8192 16384 --ov-python /opt/ov/bin/python
+  ice-bench-e2e --model smollm2 --tokens 4096 8192 --runtimes genai genai-ours genai-ours-knn \
+      --genai-folder smollm2-genai --new-tokens 32     # a builder-made folder against its rewritten copies
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class Record:
     agreement: float | None = None  # greedy next-token agreement with the dense reference, over the prompt
     first_same: bool | None = None  # first generated token equals the dense reference's
     error: str | None = None
+    decode_tok_s: float | None = None  # generating runtimes: greedy tokens per second after the first
 
 
 def _is_peer(runtime: str) -> bool:
@@ -88,7 +94,7 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
     """{runtime: (python, kind, spec)}: exports, rewrites and conversions (cached where they can be)."""
     import sys
 
-    from ..models import export, export_genai
+    from ..models import export
     from ..ops import get_library_path
     from ..rewriter import RewriteOptions, rewrite
 
@@ -109,7 +115,7 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
             out[r] = (sys.executable, "onnx", {**base, "model": str(dst), "library": str(get_library_path())})
     for r in (r for r in wanted if r in GENAI_RUNTIMES):
         precision, attrs = GENAI_RUNTIMES[r]
-        folder = export_genai(args.model, max_length=GENAI_MAX_LENGTH, precision=precision, console=console)
+        folder = _genai_folder(args, precision, console, tmp)
         if attrs is not None:
             dst, folder = folder, tmp / r
             with console.status(f"ice-rewrite -> {r}"):
@@ -128,6 +134,23 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
             {**base, "model": str(_openvino_model(args, fmt, console)), "sparse": sparse},
         )
     return out
+
+
+def _genai_folder(args, precision: str, console: Console, tmp: Path) -> Path:
+    """The model's genai folder: --genai-folder (e.g. built by genai's model builder; int4 quantised from it here),
+    else ice-export's (cached)."""
+    from ..models import export_genai
+    from ..models.genai_form import quantize_int4
+
+    if args.genai_folder is None:
+        return export_genai(args.model, max_length=GENAI_MAX_LENGTH, precision=precision, console=console)
+    if precision == "fp32":
+        return args.genai_folder
+    dst = tmp / "genai-int4"
+    if not dst.exists():
+        with console.status("int4 weights of --genai-folder"):
+            quantize_int4(args.genai_folder, dst)
+    return dst
 
 
 def _openvino_model(args, weight_format: str, console: Console) -> Path:
@@ -200,6 +223,7 @@ COLUMNS = [
     "perplexity",
     "agreement",
     "first token = dense",
+    "decode tok/s",
 ]
 
 
@@ -234,6 +258,9 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
                 ),
                 fmt([r.agreement for r in ok if r.agreement is not None], lambda v: f"{100 * statistics.mean(v):.2f}%"),
                 fmt([r.first_same for r in ok if r.first_same is not None], lambda v: f"{sum(v)}/{len(v)}"),
+                fmt(
+                    [r.decode_tok_s for r in ok if r.decode_tok_s is not None], lambda v: f"{statistics.median(v):.1f}"
+                ),
             ]
         )
     return out, best
@@ -285,7 +312,7 @@ def _plot(records: list[Record], path: Path, args) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="ice-bench-e2e", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -304,6 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--line-depths", type=float, nargs="*", default=[0.5])
     ap.add_argument("--knn-min-keys", type=int, default=1024, help="k-NN forced from this many keys (ours-knn)")
     ap.add_argument(
+        "--new-tokens",
+        type=int,
+        default=0,
+        help="greedy tokens the generating runtimes produce per prompt (0: the answer's length); "
+        "more makes the decode tok/s column meaningful",
+    )
+    ap.add_argument(
+        "--genai-folder",
+        type=Path,
+        help="the model's onnxruntime-genai folder to use for the genai runtimes (e.g. built by genai's model "
+        "builder), instead of ice-export --form genai",
+    )
+    ap.add_argument(
         "--dense-max",
         type=int,
         default=8192,
@@ -318,82 +358,110 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--json", type=Path, default=Path("bench_e2e.json"))
     args = ap.parse_args(argv)
-    if max(args.tokens) + 16 > GENAI_MAX_LENGTH and any(r in GENAI_RUNTIMES for r in args.runtimes):
-        ap.error(f"genai folders hold {GENAI_MAX_LENGTH} positions: prompt lengths up to {GENAI_MAX_LENGTH - 16}")
+    if max(args.tokens) + max(16, args.new_tokens) > GENAI_MAX_LENGTH and any(
+        r in GENAI_RUNTIMES for r in args.runtimes
+    ):
+        ap.error(f"genai folders hold {GENAI_MAX_LENGTH} positions: prompt + new tokens must fit")
+    return args
 
-    from .. import metrics
 
-    console = Console(width=170)
-    scratch = tempfile.TemporaryDirectory(prefix="ice-bench-e2e-")  # rewritten models etc.: removed when the run ends
-    tmp = Path(scratch.name)
-    specs = _prepare(args, console, tmp)
-    tok = metrics.tokenizer(args.model)
-    from ..models import export
+class _Run:
+    """The runtimes' workers and the shared inputs of one benchmark run."""
 
-    lm_head = np.load(export(args.model).parent / "lm_head.npy")
-    warm_ids = tok("Warm up the runtime with a short prompt.").input_ids * 8
+    def __init__(self, args, console: Console, tmp: Path):
+        from .. import metrics
+        from ..models import export
 
-    def start(rt: str) -> Worker:
-        python, kind, spec = specs[rt]
-        with console.status(f"loading {rt}"):
+        self.args, self.console, self.tmp = args, console, tmp
+        self.specs = _prepare(args, console, tmp)
+        self.tok = metrics.tokenizer(args.model)
+        self.lm_head = np.load(export(args.model).parent / "lm_head.npy")
+        self.warm_ids = self.tok("Warm up the runtime with a short prompt.").input_ids * 8
+        # Resident: every runtime loaded once (fast, but all their memory at once). Otherwise each runtime is loaded
+        # for its turn and closed after it: one runtime in memory at a time, its peak measured from a fresh start.
+        self.workers = {rt: self.start(rt) for rt in self.specs} if args.resident else {}
+
+    def start(self, rt: str) -> Worker:
+        python, kind, spec = self.specs[rt]
+        with self.console.status(f"loading {rt}"):
             w = Worker(python, kind, spec)
-            w(warm_ids, 2)  # session set-up and first-run costs stay out of the timings
+            w(self.warm_ids, 2)  # session set-up and first-run costs stay out of the timings
         return w
 
-    # Resident: every runtime loaded once (fast, but all their memory at once). Otherwise each runtime is loaded
-    # for its turn and closed after it: one runtime in memory at a time, and its peak is measured from a fresh start.
-    workers = {rt: start(rt) for rt in specs} if args.resident else {}
-    records: list[Record] = []
-    order = sorted(specs, key=lambda rt: (rt not in ("onnx-dense", "ours-exact"), rt != "onnx-dense"))
-    try:
-        for n in args.tokens:
-            for p in _prompts(tok, n, args):
-                label = f"{p.kind}@{p.depth:.2f}"
-                ref = None
-                for rt in order:  # the dense reference first; then every runtime on this prompt
-                    if rt == "onnx-dense" and n > args.dense_max:
-                        continue
-                    rec = Record(n, rt, label)
-                    hidden_path = str(tmp / "hidden.npy")
-                    is_onnx = specs[rt][1] == "onnx"
-                    worker = None
-                    try:
-                        worker = workers.get(rt) or start(rt)
-                        ans = worker(p.ids if is_onnx else p.prompt, len(p.answer), hidden_path if is_onnx else None)
-                    except RuntimeError as e:  # the worker died (e.g. killed for memory): a failed record
-                        ans, worker = {"error": str(e)}, None
-                        workers.pop(rt, None)
-                    finally:
-                        if worker is not None and not args.resident:
-                            worker.close()
-                    rec.error = ans.get("error")
-                    rec.ttft_s, rec.peak_rss_mib = ans.get("ttft_s"), ans.get("peak_rss_mib")
-                    if rec.error is None and is_onnx:
-                        mine = _score_hidden(rec, np.load(hidden_path), p, lm_head, ref)
-                        if ref is None and rt in ("onnx-dense", "ours-exact"):
-                            ref = mine  # dense attention: the ONNX Runtime kernels, or above --dense-max our exact path
-                    elif rec.error is None:
-                        from ..metrics import generated_correct
-
-                        rec.correct = generated_correct(p, ans["tokens"])
-                        rec.first_same = ans["tokens"][:1] == [ref["first"]] if ref else None
-                    records.append(rec)
-                    console.log(
-                        f"{n} {label} {rt}: "
-                        + (rec.error or f"{rec.ttft_s:.2f} s, {rec.peak_rss_mib:.0f} MiB, correct {rec.correct}")
-                    )
-            console.print(_table(records, n, args))
-            args.json.write_text(
-                json.dumps(
-                    {"args": {k: str(v) for k, v in vars(args).items()}, "records": [asdict(r) for r in records]},
-                    indent=1,
-                )
-            )
-            args.json.with_suffix(".md").write_text(markdown(records))
-    finally:
-        for w in workers.values():
+    def close(self) -> None:
+        for w in self.workers.values():
             if w is not None:
                 w.close()
+
+    def prompt(self, n: int, p) -> list[Record]:
+        """Every runtime on prompt p (the dense reference first)."""
+        from ..metrics import generated_correct
+
+        label, ref, out = f"{p.kind}@{p.depth:.2f}", None, []
+        order = sorted(self.specs, key=lambda rt: (rt not in ("onnx-dense", "ours-exact"), rt != "onnx-dense"))
+        for rt in order:
+            if rt == "onnx-dense" and n > self.args.dense_max:
+                continue
+            rec = Record(n, rt, label)
+            hidden_path = str(self.tmp / "hidden.npy")
+            is_onnx = self.specs[rt][1] == "onnx"
+            new = max(len(p.answer), self.args.new_tokens)
+            ans = self._ask(rt, p.ids if is_onnx else p.prompt, len(p.answer) if is_onnx else new, is_onnx, hidden_path)
+            rec.error = ans.get("error")
+            rec.ttft_s, rec.peak_rss_mib = ans.get("ttft_s"), ans.get("peak_rss_mib")
+            if rec.error is None and is_onnx:
+                mine = _score_hidden(rec, np.load(hidden_path), p, self.lm_head, ref)
+                if ref is None and rt in ("onnx-dense", "ours-exact"):
+                    ref = mine  # dense attention: the ONNX Runtime kernels, or above --dense-max our exact path
+            elif rec.error is None:
+                rec.correct = generated_correct(p, ans["tokens"])
+                rec.first_same = ans["tokens"][:1] == [ref["first"]] if ref else None
+                rec.decode_tok_s = ans.get("decode_tok_s")
+            out.append(rec)
+            self.console.log(
+                f"{n} {label} {rt}: "
+                + (rec.error or f"{rec.ttft_s:.2f} s, {rec.peak_rss_mib:.0f} MiB, correct {rec.correct}")
+            )
+        return out
+
+    def _ask(self, rt: str, ids: list[int], new_tokens: int, is_onnx: bool, hidden_path: str) -> dict:
+        worker = None
+        try:
+            worker = self.workers.get(rt) or self.start(rt)
+            return worker(ids, new_tokens, hidden_path if is_onnx else None)
+        except RuntimeError as e:  # the worker died (e.g. killed for memory): a failed record
+            worker = None
+            self.workers.pop(rt, None)
+            return {"error": str(e)}
+        finally:
+            if worker is not None and not self.args.resident:
+                worker.close()
+
+
+def _report(records: list[Record], n: int, args, console: Console) -> None:
+    console.print(_table(records, n, args))
+    args.json.write_text(
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "records": [asdict(r) for r in records]},
+            indent=1,
+        )
+    )
+    args.json.with_suffix(".md").write_text(markdown(records))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    console = Console(width=170)
+    scratch = tempfile.TemporaryDirectory(prefix="ice-bench-e2e-")  # rewritten models etc.: removed when the run ends
+    run = _Run(args, console, Path(scratch.name))
+    records: list[Record] = []
+    try:
+        for n in args.tokens:
+            for p in _prompts(run.tok, n, args):  # interleaved: every runtime on this prompt before the next
+                records += run.prompt(n, p)
+            _report(records, n, args, console)
+    finally:
+        run.close()
     _plot(records, args.json.with_suffix(".png"), args)
     return 0
 

@@ -188,7 +188,7 @@ def run_decode_row(past: int, Hq: int, Hkv: int, D: int, threads: int, reps: int
     return DecodeRow(past, Hq, Hkv, D, {k: statistics.median(v[1:]) for k, v in times.items()})
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="ice-bench-op", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -247,13 +247,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    stats_path = os.path.join(tempfile.mkdtemp(prefix="ice-bench-"), "stats.jsonl")
-    os.environ["ICEFORMER_STATS"] = stats_path
+
+def _cases(args) -> list[AttentionCase]:
+    """The calls to time: the capture's layers (--data) or synthetic data per layout, causal and n."""
     causal_list = {"no": [0], "yes": [1], "both": [0, 1]}[args.causal]
-    rows: list[Row] = []
-    console = Console(width=200)
     cases = []
     if args.data:
         cases = [
@@ -272,13 +271,10 @@ def main(argv: list[str] | None = None) -> None:
                 for c in causal_list
                 for n in args.n
             ]
-    for case in cases:
-        rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path, tuple(args.ort_kernels)))
-        console.log(
-            f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
-            + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items())
-        )
+    return cases
 
+
+def _table(rows: list[Row], args) -> Table:
     names = knn_names(args.knn)
     table = Table(
         title=f"attention per call, median of {args.reps}, {args.threads} threads, D={args.head_dim} "
@@ -330,27 +326,46 @@ def main(argv: list[str] | None = None) -> None:
             f"{100 * ks['fallback_rows'] / max(1, ks['knn_rows']):.1f}" if ks else "-",
             f"{100 * ks['build_ms'] / ks['total_ms']:.1f}" if ks and ks.get("total_ms") else "-",
         )
-    console.print(table)
+    return table
+
+
+def _decode_table(decode: list, args) -> Table:
+    dt = Table(
+        title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
+        "(ratio = ORT time / our time)"
+    )
+    for col in ["cached keys", "tier", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
+        dt.add_column(col, justify="right")
+    for d in decode:
+        dt.add_row(
+            str(d.past),
+            d.simd,
+            f"{d.Hq}:{d.Hkv}",
+            f"{d.times_ms['ours-gqa']:.3f}",
+            f"{d.times_ms['ort-gqa']:.3f}",
+            f"{d.times_ms['ort-gqa'] / d.times_ms['ours-gqa']:.2f}",
+        )
+    return dt
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    stats_path = os.path.join(tempfile.mkdtemp(prefix="ice-bench-"), "stats.jsonl")
+    os.environ["ICEFORMER_STATS"] = stats_path
+    console = Console(width=200)
+    cases, rows = _cases(args), []
+    for case in cases:
+        rows.append(run_row(case, args.threads, args.reps, args.knn, stats_path, tuple(args.ort_kernels)))
+        console.log(
+            f"{rows[-1].data} H{case.Hq}/{case.Hkv} causal={case.is_causal} n={case.T}: "
+            + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items())
+        )
+    console.print(_table(rows, args))
     decode = [
         run_decode_row(p, cases[0].Hq, cases[0].Hkv, cases[0].D, args.threads, max(args.reps, 9)) for p in args.decode
     ]
     if decode:
-        dt = Table(
-            title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
-            "(ratio = ORT time / our time)"
-        )
-        for col in ["cached keys", "tier", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
-            dt.add_column(col, justify="right")
-        for d in decode:
-            dt.add_row(
-                str(d.past),
-                d.simd,
-                f"{d.Hq}:{d.Hkv}",
-                f"{d.times_ms['ours-gqa']:.3f}",
-                f"{d.times_ms['ort-gqa']:.3f}",
-                f"{d.times_ms['ort-gqa'] / d.times_ms['ours-gqa']:.2f}",
-            )
-        console.print(dt)
+        console.print(_decode_table(decode, args))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

@@ -4,7 +4,7 @@
   ice-capture-qk qwen32k.npz --model qwen2.5-coder-0.5b --tokens 32768 --layers 2 12 22 --float32
 
 Saves float16 arrays Q [layers, Hq_sel, T, D], K and V [layers, Hkv_sel, T, D] (query heads of the selected
-KV heads only), plus `layers`, `kv_heads`, `group`. tools/data/smollm2_qkv_2048.npz (shipped for tests and the demo) was made with the line above.
+KV heads only), plus `layers`, `kv_heads`, `group`. tools/data/smollm2_qkv_2048.npz (shipped for tests and ice-eval-knn) was made with the line above.
 """
 
 from __future__ import annotations

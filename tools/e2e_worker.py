@@ -8,7 +8,7 @@ Kinds:
 - onnx: an ONNX decoder with last_hidden_state output (our eager export, rewritten or not); the hidden states go
   to request["out"] (.npy) for the caller's metrics; time = one session.run over the ids.
 - genai: an onnxruntime-genai folder; time to first token = append_tokens(prompt); then new_tokens greedy tokens
-  (and their decode speed). ice-bench-genai drives the same class in process.
+  (and their decode speed).
 - openvino: an OpenVINO GenAI LLMPipeline (dense, or XAttention sparse prefill); time to first token from its
   perf metrics; new_tokens greedy tokens.
 Each answer carries peak_rss_mib: the process's peak resident memory during that request (VmHWM after resetting

@@ -56,7 +56,7 @@ def _dense_fits(model: str, n: int) -> bool:
     return need < avail / 2
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="ice-main", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -66,16 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="folder for the exported and rewritten models")
     ap.add_argument("--calibrate", action="store_true", help="add the default rewrite calibrated by ice-calibrate")
     ap.add_argument("--inputs", nargs="+", choices=["text", "repeat"], default=["text", "repeat"])
-    args = ap.parse_args(argv)
-    console = Console(width=170)
-    out = args.out or cache_dir("main-job")
-    model_path = export(args.model, args.out, console=console)
-    out.mkdir(parents=True, exist_ok=True)
-    n = args.tokens
-    dense = _dense_fits(args.model, n)
-    ref = "original (ONNX Runtime dense)" if dense else "rewritten, exact attention (reference)"
-    # label -> (file stem suffix, attributes; None: the original, not rewritten)
-    plan = {
+    return ap.parse_args(argv)
+
+
+def _variants(args, model_path: Path, out: Path, ref: str, dense: bool, console: Console) -> dict:
+    """label -> (model path, attributes; None: the original): the reference, the rewrites, the calibrated one."""
+    plan = {  # label -> (file stem suffix, attributes; None: the original, not rewritten)
         ref: (None, None) if dense else ("exact", {"top_k": 0}),
         "rewritten, default attributes": ("knn", {}),
         "rewritten, k-NN from 1024 keys": ("knn1024", KNN_FORCED),
@@ -100,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         report = calibrate(
             variants["rewritten, default attributes"][0],
             dst,
-            metrics.text_ids(tok, n, start=calibrate_text),
+            metrics.text_ids(tok, args.tokens, start=calibrate_text),
             CALIBRATION_BUDGET,
             args.threads,
             console=console,
@@ -111,22 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             + ", ".join(f"{r.core}:{json.dumps(r.chosen)}" for r in report.cores if r.chosen)
         )
         variants["rewritten, calibrated"] = (dst, report.cores[0].chosen)
-    if not dense:
-        console.print(
-            f"the original's attention scores at {n} tokens would not fit in memory: the reference is "
-            f"the rewritten model with exact attention (equal to ONNX Runtime's to ~1e-5)"
-        )
+    return variants
 
-    with console.status("tokenising Brown Corpus text"):
-        tok = metrics.tokenizer(args.model)
-        text_ids = metrics.text_ids(tok, n)
-        repeat_ids = metrics.repeat_ids(tok, n)
-    lm_head = np.load(model_path.parent / "lm_head.npy")
-    scratch = tempfile.TemporaryDirectory(prefix="ice-main-")  # rewritten models etc.: removed when the run ends
-    tmp = Path(scratch.name)
+
+def _run(args, variants: dict, inputs: dict, lm_head: np.ndarray, tmp: Path, console: Console):
+    """Every variant on every input, interleaved: {input: {label: (seconds, peak MiB, perplexity, predictions)}},
+    and the op's statistics lines per (input, label)."""
     stats_path = tmp / "stats.jsonl"
     os.environ["ICEFORMER_STATS"] = str(stats_path)  # the workers inherit it; the op appends one line per call
-
     workers = {}
     for label, (path, attrs) in variants.items():
         with console.status(f"loading {label}"):
@@ -134,9 +122,30 @@ def main(argv: list[str] | None = None) -> int:
             if attrs is not None:
                 spec["library"] = str(get_library_path())
             workers[label] = Worker(sys.executable, "onnx", spec)
-            workers[label](text_ids[:256])  # warm-up (session init, arena) on a short prompt
+            workers[label](next(iter(inputs.values()))[:256])  # warm-up (session init, arena) on a short prompt
+    results, op_stats = {}, {}
+    try:
+        for which, ids in inputs.items():
+            results[which] = {}
+            for label, worker in workers.items():
+                with console.status(f"{which}: {label}"):
+                    stats_path.write_text("")
+                    ans = worker(ids, 0, str(tmp / "hidden.npy"))
+                    if "error" in ans:
+                        raise RuntimeError(f"{label}: {ans['error']}")
+                    if variants[label][1] is not None:
+                        op_stats[(which, label)] = [json.loads(x) for x in stats_path.read_text().splitlines()]
+                    start = len(ids) // 2 if which == "repeat" else 0
+                    ppl, pred = perplexity(np.load(tmp / "hidden.npy"), lm_head, ids, start)
+                    results[which][label] = (ans["ttft_s"], ans["peak_rss_mib"], ppl, pred)
+    finally:
+        for w in workers.values():
+            w.close()
+    return results, op_stats
 
-    table = Table(title=f"{args.model} prefill, {n} tokens of Brown Corpus text, {args.threads} threads")
+
+def _report(args, results: dict, op_stats: dict, ref: str, console: Console) -> None:
+    table = Table(title=f"{args.model} prefill, {args.tokens} tokens of Brown Corpus text, {args.threads} threads")
     for col in [
         "input",
         "model",
@@ -148,36 +157,19 @@ def main(argv: list[str] | None = None) -> int:
         "next-token agreement",
     ]:
         table.add_column(col, justify="right")
-    op_stats = {}
-    try:
-        for which, ids in [x for x in (("text", text_ids), ("repeat", repeat_ids)) if x[0] in args.inputs]:
-            results = {}
-            for label, worker in workers.items():
-                with console.status(f"{which}: {label}"):
-                    stats_path.write_text("")
-                    ans = worker(ids, 0, str(tmp / "hidden.npy"))
-                    if "error" in ans:
-                        raise RuntimeError(f"{label}: {ans['error']}")
-                    if variants[label][1] is not None:
-                        op_stats[(which, label)] = [json.loads(x) for x in stats_path.read_text().splitlines()]
-                    start = len(ids) // 2 if which == "repeat" else 0
-                    ppl, pred = perplexity(np.load(tmp / "hidden.npy"), lm_head, ids, start)
-                    results[label] = (ans["ttft_s"], ans["peak_rss_mib"], ppl, pred)
-            base_t, _, base_ppl, base_pred = results[ref]
-            for label, (t, peak, ppl, pred) in results.items():
-                table.add_row(
-                    which,
-                    label,
-                    f"{t:.2f}",
-                    f"{base_t / t:.2f}x",
-                    f"{peak:.0f}",
-                    f"{ppl:.3f}",
-                    f"{100 * (ppl / base_ppl - 1):+.2f}%",
-                    f"{100 * np.mean(pred == base_pred):.2f}%",
-                )
-    finally:
-        for w in workers.values():
-            w.close()
+    for which, by_label in results.items():
+        base_t, _, base_ppl, base_pred = by_label[ref]
+        for label, (t, peak, ppl, pred) in by_label.items():
+            table.add_row(
+                which,
+                label,
+                f"{t:.2f}",
+                f"{base_t / t:.2f}x",
+                f"{peak:.0f}",
+                f"{ppl:.3f}",
+                f"{100 * (ppl / base_ppl - 1):+.2f}%",
+                f"{100 * np.mean(pred == base_pred):.2f}%",
+            )
     console.print(table)
     for (which, label), lines in op_stats.items():
         knn = [x for x in lines if x["path"] == "knn"]
@@ -191,6 +183,30 @@ def main(argv: list[str] | None = None) -> int:
                 else ""
             )
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    console = Console(width=170)
+    out = args.out or cache_dir("main-job")
+    model_path = export(args.model, args.out, console=console)
+    out.mkdir(parents=True, exist_ok=True)
+    dense = _dense_fits(args.model, args.tokens)
+    ref = "original (ONNX Runtime dense)" if dense else "rewritten, exact attention (reference)"
+    variants = _variants(args, model_path, out, ref, dense, console)
+    if not dense:
+        console.print(
+            f"the original's attention scores at {args.tokens} tokens would not fit in memory: the reference is "
+            f"the rewritten model with exact attention (equal to ONNX Runtime's to ~1e-5)"
+        )
+    with console.status("tokenising Brown Corpus text"):
+        tok = metrics.tokenizer(args.model)
+        all_inputs = {"text": metrics.text_ids(tok, args.tokens), "repeat": metrics.repeat_ids(tok, args.tokens)}
+    inputs = {which: ids for which, ids in all_inputs.items() if which in args.inputs}
+    lm_head = np.load(model_path.parent / "lm_head.npy")
+    scratch = tempfile.TemporaryDirectory(prefix="ice-main-")  # rewritten models etc.: removed when the run ends
+    results, op_stats = _run(args, variants, inputs, lm_head, Path(scratch.name), console)
+    _report(args, results, op_stats, ref, console)
     return 0
 
 

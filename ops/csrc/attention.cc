@@ -18,7 +18,9 @@
 #include "lowrank.h"
 #include "masking.h"
 #include "parallel.h"
+#include "stats_log.h"
 #include "union_attention.h"
+#include "validate.h"
 
 namespace iceformer {
 namespace {
@@ -319,6 +321,13 @@ Status run_attention(const AttentionParams& params, const Parallel& par, const H
   }
   stats->total_ms = ms_since(t0);
   return st;
+}
+
+Status run_knn_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem) {
+  CallStats stats;
+  if (Status s = run_attention(p, par, mem, &stats); !s.ok()) return s;
+  log_call_stats(p, stats);
+  return Status();
 }
 
 }  // namespace iceformer

@@ -23,16 +23,6 @@ struct CallStats {
   double build_ms = 0, search_ms = 0, softmax_ms = 0, total_ms = 0;
 };
 
-// Shapes of Q, K, V -> AttentionShape, or an error naming the input, axis, expected and actual values.
-Status resolve_shape(const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
-                     AttentionShape* out);
-// attn_mask dims (rank 1..4, right-aligned broadcast to [B,Hq,S,T]) -> element strides.
-Status resolve_mask(const std::vector<int64_t>& dims, const AttentionShape& s, MaskView* out);
-// key_padding_mask dims must be [B,T].
-Status check_key_padding(const std::vector<int64_t>& dims, const AttentionShape& s);
-// Attribute values (ranges; relations that need no shapes).
-Status check_settings(const KnnSettings& k);
-
 // Fewest visible keys for which a query row takes the k-NN path.
 int64_t knn_threshold(const KnnSettings& k);
 // The first row of [i0, i1) of (b, hq) that takes the k-NN path (i1: none); the rows before it see too few keys
@@ -47,5 +37,9 @@ inline Status in_call(const Status& s, const AttentionShape& sh) {
 
 // Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status.
 Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats);
+
+// One KnnAttention call: run_attention, then its statistics line (ICEFORMER_STATS). run_gqa is
+// GroupQueryAttention's counterpart; the registration calls only these two, so both ops log at one level.
+Status run_knn_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem);
 
 }  // namespace iceformer

@@ -13,6 +13,7 @@
 #include "parallel.h"
 #include "rotary.h"
 #include "stats_log.h"
+#include "validate.h"
 
 namespace iceformer {
 namespace {
@@ -104,12 +105,6 @@ Status write_present(const GqaParams& g, const std::vector<int64_t>& past, const
   });
   if (!ran.ok()) return in_call(ran, g);
   return Status();
-}
-
-std::string dims_str(const std::vector<int64_t>& d) {
-  std::string s = "[";
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
-  return s + "]";
 }
 
 Status bad_shape(const char* input, const std::string& expected, const std::vector<int64_t>& got) {

@@ -11,6 +11,7 @@
 #include "knn_settings.h"
 #include "masking.h"
 #include "simd.h"
+#include "validate.h"
 
 #define ICE_EXPORT __attribute__((visibility("default")))
 

@@ -18,7 +18,7 @@
 #include "gqa_attention.h"
 #include "host_buffer.h"
 #include "simd.h"
-#include "stats_log.h"
+#include "validate.h"
 
 namespace {
 
@@ -198,10 +198,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
 
     iceformer::Parallel par{&ctx, host_parallel_for};
     SessionArena arena(context);
-    iceformer::CallStats stats;
-    Status s = iceformer::run_attention(p, par, arena.mem, &stats);
-    if (!s.ok()) return make_error(s);
-    iceformer::log_call_stats(p, stats);
+    if (Status s = iceformer::run_knn_attention(p, par, arena.mem); !s.ok()) return make_error(s);
     return nullptr;
   } catch (const Ort::Exception& e) {
     return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());

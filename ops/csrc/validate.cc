@@ -1,20 +1,14 @@
-// Input checks with messages that say what, where, expected vs actual.
+#include "validate.h"
+
 #include <sstream>
 
-#include "attention.h"
-
 namespace iceformer {
-namespace {
 
 std::string dims_str(const std::vector<int64_t>& d) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < d.size(); ++i) o << (i ? "," : "") << d[i];
-  o << "]";
-  return o.str();
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
+  return s + "]";
 }
-
-}  // namespace
 
 Status resolve_shape(const std::vector<int64_t>& q, const std::vector<int64_t>& k, const std::vector<int64_t>& v,
                      AttentionShape* out) {

@@ -1,6 +1,6 @@
 """The k-NN path on real activations: Q, K, V of SmolLM2-135M on Brown-corpus text (2048 tokens, layers 0, 13,
 24, KV head 0 and its 3 query heads), captured by `ice-capture-qk` into tools/data/smollm2_qkv_2048.npz
-(shipped in the package for the demo)."""
+(shipped in the package; ice-eval-knn runs on it by default)."""
 
 import json
 from pathlib import Path

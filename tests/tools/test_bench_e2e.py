@@ -1,4 +1,4 @@
-"""tools/bench_e2e.py: the summary a reader sees (medians, speedup against the fastest peer with the same weights,
+"""ice-bench-e2e: the summary a reader sees (medians, speedup against the fastest peer with the same weights,
 retrieval counts, agreement) from known records; and the worker protocol on a one-node model."""
 
 import sys
@@ -17,8 +17,8 @@ def _records():
         R(4096, "ours-exact", "passkey@0.50", 22.0, 2100, True),
         R(4096, "ours-knn", "passkey@0.10", 10.0, 1900, True, 0.001, 0.99, True),
         R(4096, "ours-knn", "passkey@0.50", 12.0, 1950, False, 0.003, 0.97, False),
-        R(4096, "genai", "passkey@0.10", 30.0, 2500, True, None, None, True),
-        R(4096, "genai", "passkey@0.50", 34.0, 2600, True, None, None, True),
+        R(4096, "genai", "passkey@0.10", 30.0, 2500, True, None, None, True, decode_tok_s=20.0),
+        R(4096, "genai", "passkey@0.50", 34.0, 2600, True, None, None, True, decode_tok_s=24.0),
         R(4096, "ov-xattention", "passkey@0.10", 24.0, 3000, False, None, None, False),
         R(4096, "ov-xattention", "passkey@0.50", 20.0, 3100, True, None, None, True),
         R(4096, "genai-int4", "passkey@0.10", 15.0, 900, True),
@@ -33,6 +33,7 @@ def test_summary_medians_speedups_and_counts():
     by = {r[0]: r for r in rows}
     assert by["ours-knn"][1:8] == ["11.00", "2.00x", "1950", "1/2", "+0.20%", "98.00%", "1/2"]
     assert by["ours-exact"][2] == "1.05x" and by["genai"][2] == "0.69x"
+    assert by["genai"][8] == "22.0" and by["ours-knn"][8] == "-"  # decode: generating runtimes only, median
     assert by["genai-int4-ours"][2] == "3.00x"  # against the int4 peer, not the fp32 one
     assert by["ov-int8-dense"][1:5] == ["-", "-", "-", "0/1"]  # the failed run is counted, not timed
     md = bench_e2e.markdown(_records())
