@@ -26,7 +26,7 @@ class LoweredCore:
     is_causal: int
     gqa_stripped: bool
     mask: str  # what the core had: "none" | "additive" | "boolean" | "boolean+additive"
-    mask_kind: str  # what its additive mask is made of: a _masks.Mask value
+    mask_kind: str  # what its additive mask is made of: a _masks.MaskKind value
     bypassed: bool  # the additive mask replaced by key_padding_mask (+ is_causal, + local_window_size)
     layer: int = -1  # position among the attention cores found, in graph order (what --layers selects)
     exact_only: bool = False  # a bias mask (allow_bias): top_k = 0
@@ -140,7 +140,7 @@ class _MaskPlan:
     """How a core's mask is lowered: what it is made of, whether it is bypassed (proven), and what the op's
     attributes become."""
 
-    kind: _masks.MaskKind | None
+    mask: _masks.MaskFacts | None  # None: the core has no mask
     bypass: bool
     is_causal: int
     window: int
@@ -158,7 +158,7 @@ def _plan_mask(
     """Classify the additive mask; a padding (+ causal) mask is bypassed only when the probes prove it equal to
     key_padding_mask + is_causal (+ local_window_size); anything else keeps its mask (exact and correct)."""
     mk = _masks.classify(mask, graph) if mask is not None else None
-    bypassable = _masks.BYPASSABLE if causal != "off" else (_masks.Mask.PADDING,)
+    bypassable = _masks.BYPASSABLE if causal != "off" else (_masks.MaskKind.PADDING,)
     bypass = mask_bypass and mk is not None and mk.kind in bypassable
     node_causal = node.attributes.get_int("is_causal", 0)
     is_causal = 1 if causal == "on" else node_causal
@@ -203,7 +203,7 @@ def _op_mask(
 
 def _op_key_padding(graph: ir.Graph, node: ir.Node, base: str, plan: _MaskPlan, k: ir.Value) -> ir.Value:
     """key_padding_mask: the model's 2-D attention_mask (int64) when the bypass reads one, else [B,T] ones."""
-    kpm = plan.kind.padding_input if plan.bypass and plan.kind is not None else None
+    kpm = plan.mask.padding_input if plan.bypass and plan.mask is not None else None
     if kpm is None:
         return _ones_like_keys(graph, node, k, base)
     if kpm.dtype != ir.DataType.INT64:
@@ -240,7 +240,7 @@ def _lower_node(
     base = (out.name or f"attention_{counter[0]}").replace("/", "_").strip("_")
     counter[0] += 1
     plan = _plan_mask(graph, node, mask, checker, mask_bypass, causal)
-    exact_only = plan.kind is not None and plan.kind.kind == _masks.Mask.BIAS
+    exact_only = plan.mask is not None and plan.mask.kind == _masks.MaskKind.BIAS
     kpm = _op_key_padding(graph, node, base, plan, k)
     op_mask, kind = _op_mask(graph, node, base, cond, mask, plan.bypass)
     scale = node.attributes.get_float("scale")
@@ -273,7 +273,7 @@ def _lower_node(
         plan.is_causal,
         stripped,
         kind,
-        (plan.kind.kind if plan.kind else _masks.Mask.NONE).value,
+        (plan.mask.kind if plan.mask else _masks.MaskKind.NONE).value,
         plan.bypass,
         layer=int(new.metadata_props[_canonical.LAYER_TAG]),
         exact_only=exact_only,

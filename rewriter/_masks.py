@@ -19,7 +19,7 @@ _COMPARE = {"LessOrEqual", "Less", "GreaterOrEqual", "Greater"}
 _MAX_NODES = 400
 
 
-class Mask(str, Enum):
+class MaskKind(str, Enum):
     """What an additive mask is made of (a str: the report and its JSON show the value)."""
 
     NONE = "none"  # no mask
@@ -30,12 +30,18 @@ class Mask(str, Enum):
     OTHER = "other"
 
 
-BYPASSABLE = (Mask.PADDING, Mask.PADDING_CAUSAL, Mask.CAUSAL)  # what key_padding_mask + is_causal can express
+BYPASSABLE = (
+    MaskKind.PADDING,
+    MaskKind.PADDING_CAUSAL,
+    MaskKind.CAUSAL,
+)  # what key_padding_mask + is_causal can express
 
 
 @dataclass(frozen=True)
-class MaskKind:
-    kind: Mask
+class MaskFacts:
+    """What classify() found: the kind, and for padding kinds the model's 2-D attention_mask input."""
+
+    kind: MaskKind
     padding_input: ir.Value | None = None
 
 
@@ -48,7 +54,7 @@ def _has_range_ancestor(v: ir.Value, depth: int = 12) -> bool:
     return any(i is not None and _has_range_ancestor(i, depth - 1) for i in node.inputs)
 
 
-def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
+def classify(mask: ir.Value, graph: ir.Graph) -> MaskFacts:
     inputs = {v.name: v for v in graph.inputs}
     seen: set[int] = set()
     stack = [mask]
@@ -60,7 +66,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
             continue
         seen.add(id(v))
         if len(seen) > _MAX_NODES:
-            return MaskKind(Mask.OTHER)
+            return MaskFacts(MaskKind.OTHER)
         if v.name in inputs and inputs[v.name] is v:
             reached.append(v)
             continue
@@ -70,7 +76,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
                 arr.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
                 and np.prod(arr.shape.numpy()) > 1
             ):
-                return MaskKind(Mask.BIAS)
+                return MaskFacts(MaskKind.BIAS)
             continue
         node = v.producer()
         if node is None or node.op_type == "Shape":
@@ -86,7 +92,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
             if attr.type == ir.AttributeType.TENSOR:
                 t = attr.value
                 if t.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) and np.prod(t.shape.numpy()) > 1:
-                    return MaskKind(Mask.BIAS)
+                    return MaskFacts(MaskKind.BIAS)
     padding = [
         v
         for v in reached
@@ -95,7 +101,7 @@ def classify(mask: ir.Value, graph: ir.Graph) -> MaskKind:
         and v.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL)
     ]
     if len(padding) == 1 and len(reached) == 1:
-        return MaskKind(Mask.PADDING_CAUSAL if causal else Mask.PADDING, padding[0])
+        return MaskFacts(MaskKind.PADDING_CAUSAL if causal else MaskKind.PADDING, padding[0])
     if causal and not reached:  # built from positions alone (a decoder without its own attention_mask input)
-        return MaskKind(Mask.CAUSAL)
-    return MaskKind(Mask.OTHER)
+        return MaskFacts(MaskKind.CAUSAL)
+    return MaskFacts(MaskKind.OTHER)

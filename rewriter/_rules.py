@@ -124,7 +124,7 @@ class _CoreRule(pattern.RewriteRuleClassBase):
             return result.fail("not selected (layer selection: --layers / --skip-first)")
         if mask is not None and not self._allow_bias and mask.dtype != ir.DataType.BOOL:
             graph = context.graph_or_function
-            if isinstance(graph, ir.Graph) and _masks.classify(mask, graph).kind == _masks.Mask.BIAS:
+            if isinstance(graph, ir.Graph) and _masks.classify(mask, graph).kind == _masks.MaskKind.BIAS:
                 return result.fail(
                     "the mask is a bias (relative positions / ALiBi): top-k cannot honour it; "
                     "left unchanged (allow_bias maps it to an exact-only op)"

@@ -78,7 +78,7 @@ Status run_exact(const AttentionParams& p, const Parallel& par, const HostAlloca
 
 // A float attn_mask holding anything but 0 / -inf is a bias top-k cannot honour.
 bool mask_is_bias(const AttentionParams& p) {
-  if (p.mask.kind != MaskKind::kFloat) return false;
+  if (p.mask.kind != MaskDtype::kFloat) return false;
   const int64_t full[4] = {p.shape.B, p.shape.Hq, p.shape.S, p.shape.T};
   int64_t n = 1;
   for (int a = 0; a < 4; ++a) n *= p.mask.stride[a] ? full[a] : 1;
@@ -90,7 +90,7 @@ bool mask_is_bias(const AttentionParams& p) {
 
 // Fewest visible keys for which a query takes the k-NN path.
 int64_t knn_threshold(const KnnSettings& k) {
-  return std::max<int64_t>(k.min_keys, k.top_k + k.local_window + k.num_sink + 1);
+  return std::max<int64_t>(k.min_keys, k.top_k + k.recent_keys + k.num_sink + 1);
 }
 
 int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int64_t b, int64_t hq, int64_t i0,
@@ -130,7 +130,7 @@ struct KnnIndex {
 Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* ix) {
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
-  ix->dci = ks.search == 1;
+  ix->dci = ks.search == kSearchDci;
   ix->lists = ix->dci ? ks.num_composite * ks.num_simple : 0;
   ix->dirs = make_directions(ks.seed, ix->lists, sh.D);
   ix->per_head = packed_keys_size(sh);
@@ -290,7 +290,7 @@ Status run_attention(const AttentionParams& params, const Parallel& par, const H
     if (all_real) p.key_padding.kind = KeyPaddingKind::kNone;
   }
   HostBuffer<int64_t> mask_last(mem);
-  if (p.mask.kind != MaskKind::kNone) {
+  if (p.mask.kind != MaskDtype::kNone) {
     if (Status s = compute_mask_last(p, par, &mask_last); !s.ok()) return s;
     p.mask_last = mask_last.data();
   }

@@ -35,7 +35,7 @@ thread_local RowScratch t_row;
 
 // Sinks (j < num_sink) and the local window (last - local_window < j <= last) are attended by every row.
 inline bool is_forced(const KnnSettings& ks, int64_t last, int64_t j) {
-  return j < ks.num_sink || j > last - ks.local_window;
+  return j < ks.num_sink || j > last - ks.recent_keys;
 }
 
 // Retrieves the row's candidates by the DCI walk, scores them exactly and keeps the top_k in sc.top / sc.chosen.
@@ -78,10 +78,10 @@ void attend_band(const AttentionParams& p, const PackedHead& head, int64_t b, in
   const int64_t rows = i1 - i0, Dv = p.shape.Dv, ldo = padded_dv(Dv);
   if (sc.band_o.size() < static_cast<size_t>(rows * ldo)) sc.band_o.resize(rows * ldo);
   if (sc.band.size() < static_cast<size_t>(rows)) sc.band.resize(rows);
-  if (ks.num_sink > 0 || ks.local_window > 0) {
+  if (ks.num_sink > 0 || ks.recent_keys > 0) {
     sc.rows.resize(rows);
     for (int64_t r = 0; r < rows; ++r) sc.rows[r] = i0 + r;
-    attend_tiles(p, head, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.local_window}, sc.band_o.data(), ldo,
+    attend_tiles(p, head, b, hq, sc.rows.data(), rows, KeyBand{ks.num_sink, ks.recent_keys}, sc.band_o.data(), ldo,
                  sc.band.data());
     return;
   }
@@ -99,7 +99,7 @@ std::pair<int64_t, int64_t> visible_counts(const AttentionParams& p, const int64
   int64_t n_vis = 0, n_forced = 0;
   if (last < 0) return {0, 0};
   if (plain) {
-    const int64_t lo = std::max<int64_t>(0, last - ks.local_window + 1);
+    const int64_t lo = std::max<int64_t>(0, last - ks.recent_keys + 1);
     return {last + 1, lo <= ks.num_sink ? last + 1 : std::min(ks.num_sink, last + 1) + (last + 1 - lo)};
   }
   n_vis = real_prefix[last + 1];
@@ -108,7 +108,7 @@ std::pair<int64_t, int64_t> visible_counts(const AttentionParams& p, const int64
     for (int64_t j = 0; j <= last; ++j) n_vis += visible(j) ? 1 : 0;
   }
   for (int64_t j = 0; j <= last && j < ks.num_sink; ++j) n_forced += visible(j) ? 1 : 0;
-  for (int64_t j = std::max(ks.num_sink, last - ks.local_window + 1); j <= last; ++j) n_forced += visible(j) ? 1 : 0;
+  for (int64_t j = std::max(ks.num_sink, last - ks.recent_keys + 1); j <= last; ++j) n_forced += visible(j) ? 1 : 0;
   return {n_vis, n_forced};
 }
 
@@ -153,7 +153,7 @@ void dci_rows(const AttentionParams& p, const PackedHead& head, const DciIndexVi
   const int64_t D = sh.D, Dv = sh.Dv, T = sh.T, hkv = hq / sh.group();
   const float* K = p.key_rows(b, hkv);
   const float* V = p.value_rows(b, hkv);
-  const bool any_mask = p.mask.kind != MaskKind::kNone;  // pure 0/-inf masks only: biases run exact
+  const bool any_mask = p.mask.kind != MaskDtype::kNone;  // pure 0/-inf masks only: biases run exact
   const bool plain = !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0;
   RowScratch& sc = t_row;
 

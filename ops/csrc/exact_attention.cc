@@ -115,7 +115,7 @@ inline void mask_tile_row(const AttentionParams& p, int64_t b, int64_t hq, int64
     }
   if (p.key_padding.kind != KeyPaddingKind::kNone)
     for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], key_bias[c]);
-  if (p.mask.kind != MaskKind::kNone) {
+  if (p.mask.kind != MaskDtype::kNone) {
     const MaskRow mr = mask_row(p.mask, b, hq, i);
     for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], mr.value(j0 + c));
   }

@@ -24,7 +24,7 @@ constexpr KnnField kKnnFields[] = {
     {"max_candidates", &KnnSettings::max_candidates, nullptr},
     {"candidate_fraction", nullptr, &KnnSettings::candidate_fraction},
     {"min_keys", &KnnSettings::min_keys, nullptr},
-    {"local_window", &KnnSettings::local_window, nullptr},
+    {"local_window", &KnnSettings::recent_keys, nullptr},
     {"num_sink", &KnnSettings::num_sink, nullptr},
     {"tail_samples", &KnnSettings::tail_samples, nullptr},
     {"tail_limit", nullptr, &KnnSettings::tail_limit},

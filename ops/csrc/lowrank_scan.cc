@@ -175,7 +175,7 @@ void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_
     last_any = std::max(last_any, sc.last[t]);
   }
   if (last_any < 0 || budget <= 0) return;
-  const bool any_mask = p.mask.kind != MaskKind::kNone;
+  const bool any_mask = p.mask.kind != MaskDtype::kNone;
   ScanBlock blk{p,        b,
                 hq,       i0,
                 rows,     set.panels.data() + bh * set.per_head,

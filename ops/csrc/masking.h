@@ -74,18 +74,18 @@ inline bool key_is_real(const KeyPaddingView& kp, int64_t T, int64_t b, int64_t 
 
 // One query row's view of attn_mask: value(j) is the additive logit term (0, a bias, or -inf).
 struct MaskRow {
-  MaskKind kind = MaskKind::kNone;
+  MaskDtype kind = MaskDtype::kNone;
   const uint8_t* b8 = nullptr;
   const float* f32 = nullptr;
   int64_t stride = 0;
 
   float value(int64_t j) const {
     switch (kind) {
-      case MaskKind::kNone:
+      case MaskDtype::kNone:
         return 0.f;
-      case MaskKind::kBool:
+      case MaskDtype::kBool:
         return b8[j * stride] ? 0.f : kNegInf;
-      case MaskKind::kFloat: {
+      case MaskDtype::kFloat: {
         const float v = f32[j * stride];
         return v <= kMaskedBelow ? kNegInf : v;
       }
@@ -104,8 +104,8 @@ inline MaskRow mask_row(const MaskView& m, int64_t b, int64_t h, int64_t i) {
   r.kind = m.kind;
   r.stride = m.stride[3];
   const int64_t off = b * m.stride[0] + h * m.stride[1] + i * m.stride[2];
-  if (m.kind == MaskKind::kBool) r.b8 = static_cast<const uint8_t*>(m.data) + off;
-  if (m.kind == MaskKind::kFloat) r.f32 = static_cast<const float*>(m.data) + off;
+  if (m.kind == MaskDtype::kBool) r.b8 = static_cast<const uint8_t*>(m.data) + off;
+  if (m.kind == MaskDtype::kFloat) r.f32 = static_cast<const float*>(m.data) + off;
   return r;
 }
 

@@ -26,12 +26,12 @@ struct AttentionShape {
   }
 };
 
-enum class MaskKind { kNone, kBool, kFloat };
+enum class MaskDtype { kNone, kBool, kFloat };
 
 // attn_mask broadcast to [B,Hq,S,T]: element (b,h,i,j) sits at b*stride[0] + h*stride[1] + i*stride[2] + j*stride[3]
 // (stride 0 on broadcast axes). kBool: nonzero = attend. kFloat: added to the scaled logits.
 struct MaskView {
-  MaskKind kind = MaskKind::kNone;
+  MaskDtype kind = MaskDtype::kNone;
   const void* data = nullptr;
   int64_t stride[4] = {0, 0, 0, 0};
 };
@@ -47,19 +47,23 @@ struct KeyPaddingView {
 
 // Settings of the k-NN path (low-rank scoring or Prioritized DCI). The defaults are the contract's (contract.h
 // kAttrs; knn_settings.h checks them at compile time).
+// The `search` attribute's values: which retrieval finds each query's candidate keys.
+constexpr int64_t kSearchLowRank = 0;  // low-rank scoring, shared key sets per block of 64 queries (default)
+constexpr int64_t kSearchDci = 1;      // Prioritized DCI, a key set per query
+
 struct KnnSettings {
-  int64_t top_k = 128;             // 0: exact attention
-  int64_t search = 0;              // candidate retrieval: 0 low-rank scoring, 1 Prioritized DCI
-  int64_t rank = 32;               // low-rank scoring: dimensions kept
-  int64_t num_composite = 4;       // L
-  int64_t num_simple = 2;          // m
-  int64_t max_candidates = 256;    // absolute cap on candidates scored per query (0: derived from fraction)
-  float candidate_fraction = 0.f;  // cap as a fraction of the visible keys (0: unused)
-  int64_t min_keys = 8192;         // fewer visible keys than this: every key
-  int64_t local_window = 64;       // most recent visible keys always attended
-  int64_t num_sink = 4;            // first keys always attended
-  int64_t tail_samples = 1024;     // systematic samples of unretrieved keys estimating the dropped mass
-  float tail_limit = 0.5f;         // rows whose estimated unretrieved share of the mass exceeds this go exact
+  int64_t top_k = 128;              // 0: exact attention
+  int64_t search = kSearchLowRank;  // candidate retrieval (attribute search)
+  int64_t rank = 32;                // low-rank scoring: dimensions kept
+  int64_t num_composite = 4;        // L
+  int64_t num_simple = 2;           // m
+  int64_t max_candidates = 256;     // absolute cap on candidates scored per query (0: derived from fraction)
+  float candidate_fraction = 0.f;   // cap as a fraction of the visible keys (0: unused)
+  int64_t min_keys = 8192;          // fewer visible keys than this: every key
+  int64_t recent_keys = 64;         // attribute local_window: most recent visible keys always attended
+  int64_t num_sink = 4;             // first keys always attended
+  int64_t tail_samples = 1024;      // systematic samples of unretrieved keys estimating the dropped mass
+  float tail_limit = 0.5f;          // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
 };
 

@@ -153,17 +153,17 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
         const auto info = m.GetTensorTypeAndShapeInfo();
         const auto et = info.GetElementType();
         if (et == ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL) {
-          p.mask.kind = iceformer::MaskKind::kBool;
+          p.mask.kind = iceformer::MaskDtype::kBool;
         } else if (et == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-          p.mask.kind = iceformer::MaskKind::kFloat;
+          p.mask.kind = iceformer::MaskDtype::kFloat;
         } else {
           return make_error("KnnAttention: attn_mask must be bool or float32, got element type " +
                             std::to_string(static_cast<int>(et)));
         }
         if (Status s = iceformer::resolve_mask(info.GetShape(), sh, &p.mask); !s.ok()) return make_error(s);
         p.mask.data = m.GetTensorRawData();
-        if (iceformer::is_no_mask(p.mask.kind == iceformer::MaskKind::kFloat, info.GetElementCount(), p.mask.data))
-          p.mask.kind = iceformer::MaskKind::kNone;
+        if (iceformer::is_no_mask(p.mask.kind == iceformer::MaskDtype::kFloat, info.GetElementCount(), p.mask.data))
+          p.mask.kind = iceformer::MaskDtype::kNone;
       }
     }
     if (n_in > 4) {

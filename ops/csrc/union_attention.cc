@@ -37,7 +37,7 @@ void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch&
                  int64_t rows, int64_t c0, int64_t c1, float w) {
   const Kernels& kern = kernels();
   const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = padded_dv(Dv);
-  const bool any_mask = p.mask.kind != MaskKind::kNone;
+  const bool any_mask = p.mask.kind != MaskDtype::kNone;
   for (int64_t t0 = c0; t0 < c1; t0 += kExactBlockK) {
     const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
     const int64_t width = npanels * kPanel;
@@ -188,8 +188,8 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
     if (key_is_real(p.key_padding, T, b, j)) sc.in.mark(j);
   };
   for (int64_t j = first_min; j < std::min(ks.num_sink, last_any + 1); ++j) add(j);
-  if (ks.local_window > 0)
-    for (int64_t j = std::max<int64_t>({first_min, ks.num_sink, last_min - ks.local_window + 1}); j <= last_any; ++j)
+  if (ks.recent_keys > 0)
+    for (int64_t j = std::max<int64_t>({first_min, ks.num_sink, last_min - ks.recent_keys + 1}); j <= last_any; ++j)
       add(j);
   const int64_t budget = candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1] - real_prefix[first_min]);
   lowrank_union(p, lowrank, real_prefix, b, hq, i0, i1, budget, &sc.in);

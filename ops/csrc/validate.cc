@@ -87,7 +87,8 @@ Status check_settings(const KnnSettings& k) {
                          " is invalid, expected " + expected);
   };
   if (k.top_k < 0) return bad("top_k", k.top_k, ">= 0 (0 = exact attention)");
-  if (k.search != 0 && k.search != 1) return bad("search", k.search, "0 (low-rank scoring) or 1 (Prioritized DCI)");
+  if (k.search != kSearchLowRank && k.search != kSearchDci)
+    return bad("search", k.search, "0 (low-rank scoring) or 1 (Prioritized DCI)");
   if (k.rank < 1 || k.rank > 4096) return bad("rank", k.rank, "1..4096");
   if (k.num_composite < 1 || k.num_composite > 64) return bad("L", k.num_composite, "1..64");
   if (k.num_simple < 1 || k.num_simple > 64) return bad("m", k.num_simple, "1..64");
@@ -96,7 +97,7 @@ Status check_settings(const KnnSettings& k) {
     return Status::Error("KnnAttention: attribute candidate_fraction=" + std::to_string(k.candidate_fraction) +
                          " is invalid, expected 0..1");
   if (k.min_keys < 0) return bad("min_keys", k.min_keys, ">= 0");
-  if (k.local_window < 0) return bad("local_window", k.local_window, ">= 0");
+  if (k.recent_keys < 0) return bad("local_window", k.recent_keys, ">= 0");
   if (k.num_sink < 0) return bad("num_sink", k.num_sink, ">= 0");
   if (k.tail_samples < 0) return bad("tail_samples", k.tail_samples, ">= 0");
   if (!(k.tail_limit >= 0.f && k.tail_limit <= 1.f))
@@ -105,7 +106,7 @@ Status check_settings(const KnnSettings& k) {
   constexpr int64_t kHuge = int64_t(1) << 40;
   if (k.top_k > kHuge) return bad("top_k", k.top_k, "<= 2^40");
   if (k.max_candidates > kHuge) return bad("max_candidates", k.max_candidates, "<= 2^40");
-  if (k.local_window > kHuge) return bad("local_window", k.local_window, "<= 2^40");
+  if (k.recent_keys > kHuge) return bad("local_window", k.recent_keys, "<= 2^40");
   if (k.num_sink > kHuge) return bad("num_sink", k.num_sink, "<= 2^40");
   if (k.tail_samples > kHuge) return bad("tail_samples", k.tail_samples, "<= 2^40");
   return Status();
