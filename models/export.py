@@ -115,27 +115,19 @@ def _export(name: str, path: Path, exporter: str, opset: int, output: str, conso
         try:
             if exporter == "dynamo":
                 batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=max_seq)
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(path),
-                    input_names=in_names,
-                    output_names=out_names,
-                    dynamo=True,
-                    opset_version=opset,
-                    dynamic_shapes={n: {0: batch, 1: seq} for n in in_names},
-                )
+                dynamic = {"dynamic_shapes": {n: {0: batch, 1: seq} for n in in_names}}
             else:
-                torch.onnx.export(
-                    module,
-                    args,
-                    str(path),
-                    input_names=in_names,
-                    output_names=out_names,
-                    dynamo=False,
-                    opset_version=opset,
-                    dynamic_axes={n: {0: "batch", 1: "seq"} for n in in_names},
-                )
+                dynamic = {"dynamic_axes": {n: {0: "batch", 1: "seq"} for n in in_names}}
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=in_names,
+                output_names=out_names,
+                dynamo=exporter == "dynamo",
+                opset_version=opset,
+                **dynamic,
+            )
         except Exception as e:  # exporter failures come in many types; report, never leave a half-written cache
             raise ExportError(
                 f"{name}: the {exporter} exporter failed at opset {opset}: {type(e).__name__}: {e}"

@@ -73,32 +73,31 @@ def knn_attention_reference(
     **_knn,
 ) -> np.ndarray:
     """Exact attention per the contract, in float64. Rows with no visible key are zeros."""
-    Q = np.asarray(Q, dtype=np.float64)
-    V = np.asarray(V, dtype=np.float64)
-    B, Hq, S, _ = Q.shape
-    Hkv, T = V.shape[1], V.shape[2]
+    Q, V = np.asarray(Q, dtype=np.float64), np.asarray(V, dtype=np.float64)
     vis = visibility(
-        B,
-        Hq,
-        S,
-        T,
+        *Q.shape[:3],
+        V.shape[2],
         is_causal=is_causal,
         attn_mask=attn_mask,
         key_padding_mask=key_padding_mask,
         local_window_size=local_window_size,
     )
-    z = np.where(vis, logits(Q, K, scale=scale, attn_mask=attn_mask), -np.inf)
+    return _softmax_pv(logits(Q, K, scale=scale, attn_mask=attn_mask), vis, V)
+
+
+def _softmax_pv(z: np.ndarray, sel: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """sum_j softmax_j(z over the selected keys) V_j per row ([B,Hq,S,T] logits and selection, V [B,Hkv,T,Dv]).
+    A row with no selected key gives zeros; a NaN or inf logit makes its row NaN, as IEEE arithmetic does."""
+    B, Hq, S, T = z.shape
+    z = np.where(sel, z, -np.inf)
     mx = z.max(axis=-1, keepdims=True) if T else np.zeros((B, Hq, S, 1))
     safe = np.where(np.isfinite(mx), mx, 0.0)
     with np.errstate(invalid="ignore"):
-        p = np.where(vis, np.exp(z - safe), 0.0)
+        p = np.where(sel, np.exp(z - safe), 0.0)
     den = p.sum(axis=-1, keepdims=True)
-    Vq = np.repeat(V, Hq // Hkv, axis=1)
-    num = np.einsum("bhst,bhtd->bhsd", p, Vq)
-    # den == 0 only when no key is visible (zeros); a NaN or inf logit makes the row NaN, as IEEE arithmetic does
+    num = np.einsum("bhst,bhtd->bhsd", p, np.repeat(V, Hq // V.shape[1], axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
-    return out
+        return np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
 
 
 def topk_attention_reference(
@@ -119,10 +118,9 @@ def topk_attention_reference(
     """What the k-NN path computes when its search is perfect and there is no tail estimate: softmax over the
     visible keys among the sinks (j < num_sink) and the local window (last(i) - local_window < j <= last(i),
     last(i) = the last key the causal limit and attn_mask allow), and the `top_k` best other visible keys."""
-    Q = np.asarray(Q, dtype=np.float64)
-    V = np.asarray(V, dtype=np.float64)
+    Q, V = np.asarray(Q, dtype=np.float64), np.asarray(V, dtype=np.float64)
     B, Hq, S, _ = Q.shape
-    Hkv, T = V.shape[1], V.shape[2]
+    T = V.shape[2]
     vis = visibility(
         B,
         Hq,
@@ -143,13 +141,7 @@ def topk_attention_reference(
     order = np.argsort(-rest, axis=-1, kind="stable")[..., :top_k]
     chosen = np.zeros_like(vis)
     np.put_along_axis(chosen, order, True, axis=-1)
-    sel = forced | (chosen & vis & ~forced)
-    zz = np.where(sel, z, -np.inf)
-    mx = zz.max(axis=-1, keepdims=True)
-    p = np.where(sel, np.exp(zz - np.where(np.isfinite(mx), mx, 0.0)), 0.0)
-    den = p.sum(axis=-1, keepdims=True)
-    num = np.einsum("bhst,bhtd->bhsd", p, np.repeat(V, Hq // Hkv, axis=1))
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+    return _softmax_pv(z, forced | (chosen & vis & ~forced), V)
 
 
 __all__ = ["knn_attention_reference", "topk_attention_reference", "visibility", "logits", "contract"]

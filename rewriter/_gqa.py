@@ -15,6 +15,16 @@ import onnx_ir as ir
 from ..ops import contract
 
 MS_DOMAIN = "com.microsoft"
+# ORT's attributes that ours does not take; a node may carry them only at their "off" values (quantized KV cache
+# off, no QK norm), and the switch drops them.
+ORT_ONLY_ATTRIBUTES = (
+    "kv_cache_bit_width",
+    "k_quant_type",
+    "v_quant_type",
+    "qk_norm_epsilon",
+    "q_norm_epsilon",
+    "k_norm_epsilon",
+)
 
 
 @dataclass(frozen=True)
@@ -40,14 +50,7 @@ def _why_not(node: ir.Node) -> str:
         if node.attributes.get_string(name, "NONE") not in ("NONE", ""):
             return f"{name} is set (quantized KV cache)"
     for name in [a for a in node.attributes if a not in {s.name for s in contract.GQA_ATTRIBUTES}]:
-        if name not in (
-            "kv_cache_bit_width",
-            "k_quant_type",
-            "v_quant_type",
-            "qk_norm_epsilon",
-            "q_norm_epsilon",
-            "k_norm_epsilon",
-        ):
+        if name not in ORT_ONLY_ATTRIBUTES:
             return f"attribute {name} is not known"
     return ""
 
@@ -66,15 +69,8 @@ def switch(model: ir.Model, nodes: list[ir.Node], attributes: dict) -> None:
     """Switches `nodes` to iceformer.GroupQueryAttention and sets `attributes` (k-NN settings) on them."""
     for node in nodes:
         node.domain = contract.DOMAIN
-        for name in (
-            "kv_cache_bit_width",
-            "k_quant_type",
-            "v_quant_type",
-            "qk_norm_epsilon",
-            "q_norm_epsilon",
-            "k_norm_epsilon",
-        ):
-            node.attributes.pop(name, None)  # ORT-only, at their "off" values (checked by find)
+        for name in ORT_ONLY_ATTRIBUTES:
+            node.attributes.pop(name, None)  # at their "off" values (checked by find)
         for name, value in attributes.items():
             spec = contract.gqa_attribute(name)
             node.attributes[name] = (

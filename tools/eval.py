@@ -307,25 +307,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="right")
+    for row in rows:
+        t.add_row(*row)
+    return t
+
+
 def _print_tables(result: dict, console) -> None:
     if result.get("lm"):
-        t = Table(
-            title=f"SmolLM2-135M, rewritten with {json.dumps(result['attrs'])} vs dense, {result['threads']} threads"
-        )
-        for c in [
-            "tokens",
-            "input",
-            "ppl dense",
-            "ppl rewritten",
-            "change",
-            "next-token agreement",
-            "dense s",
-            "rewritten s",
-            "speedup",
-        ]:
-            t.add_column(c, justify="right")
-        for r in result["lm"]:
-            t.add_row(
+        title = f"SmolLM2-135M, rewritten with {json.dumps(result['attrs'])} vs dense, {result['threads']} threads"
+        columns = ["tokens", "input", "ppl dense", "ppl rewritten", "change", "next-token agreement"]
+        columns += ["dense s", "rewritten s", "speedup"]
+        rows = [
+            [
                 str(r["tokens"]),
                 r["input"],
                 f"{r['ppl_dense']:.3f}",
@@ -335,43 +332,40 @@ def _print_tables(result: dict, console) -> None:
                 f"{r['dense_s']:.2f}",
                 f"{r['knn_s']:.2f}",
                 f"{r['dense_s'] / r['knn_s']:.2f}x",
-            )
-        console.print(t)
+            ]
+            for r in result["lm"]
+        ]
+        console.print(_table(title, columns, rows))
     if result.get("lines"):
-        t = Table(title="line retrieval (LongEval style)")
-        for c in [
-            "tokens",
-            "questions",
-            "exact dense",
-            "exact rewritten",
-            "answer tokens dense",
-            "answer tokens rewritten",
-        ]:
-            t.add_column(c, justify="right")
-        for r in result["lines"]:
-            t.add_row(
+        columns = ["tokens", "questions", "exact dense", "exact rewritten", "answer tokens dense"]
+        columns.append("answer tokens rewritten")
+        rows = [
+            [
                 str(r["tokens"]),
                 str(r["questions"]),
                 f"{r['exact_dense']:.2f}",
                 f"{r['exact_knn']:.2f}",
                 f"{r['token_acc_dense']:.3f}",
                 f"{r['token_acc_knn']:.3f}",
-            )
-        console.print(t)
+            ]
+            for r in result["lines"]
+        ]
+        console.print(_table("line retrieval (LongEval style)", columns, rows))
     if result.get("layers"):
         L = result["layers"]
-        t = Table(title="per layer (mean over query heads; worst head in brackets)")
-        for c in ["layer", "recall@k", "mass captured", "rel. error"]:
-            t.add_column(c, justify="right")
+        rows = []
         for li in sorted({r["layer"] for r in L}):
             rs = [r for r in L if r["layer"] == li]
-            t.add_row(
-                str(li),
-                f"{np.mean([r['recall'] for r in rs]):.3f} ({min(r['recall'] for r in rs):.3f})",
-                f"{np.mean([r['mass'] for r in rs]):.3f} ({min(r['mass'] for r in rs):.3f})",
-                f"{np.mean([r['rel_err'] for r in rs]):.4f} ({max(r['rel_err'] for r in rs):.4f})",
+            rows.append(
+                [
+                    str(li),
+                    f"{np.mean([r['recall'] for r in rs]):.3f} ({min(r['recall'] for r in rs):.3f})",
+                    f"{np.mean([r['mass'] for r in rs]):.3f} ({min(r['mass'] for r in rs):.3f})",
+                    f"{np.mean([r['rel_err'] for r in rs]):.4f} ({max(r['rel_err'] for r in rs):.4f})",
+                ]
             )
-        console.print(t)
+        title = "per layer (mean over query heads; worst head in brackets)"
+        console.print(_table(title, ["layer", "recall@k", "mass captured", "rel. error"], rows))
 
 
 if __name__ == "__main__":

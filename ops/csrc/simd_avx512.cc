@@ -7,6 +7,7 @@
 
 #include "simd_avx512_common.h"
 #include "simd_avx512_i8.h"
+#include "kth_bisect.h"
 
 #include <algorithm>
 #include <cmath>
@@ -196,17 +197,9 @@ int64_t count_ge(const float* x, int64_t n, float thr) {
   return m;
 }
 
-// Largest integer m in [lo, hi] with count(x >= m) >= k, given count(x >= lo) >= k (x integer-valued: m is then
-// the k-th largest value itself).
+// kth_bisect.h's bisection over x[0, n) with this tier's count.
 int32_t bisect_int(const float* x, int64_t n, int64_t k, int32_t lo, int32_t hi) {
-  while (lo < hi) {
-    const int32_t mid = lo + (hi - lo + 1) / 2;
-    if (count_ge(x, n, static_cast<float>(mid)) >= k)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
+  return iceformer::bisect_int([=](int32_t t) { return count_ge(x, n, static_cast<float>(t)); }, k, lo, hi);
 }
 
 // Two levels: the lane maxima of G = ceil(k / 16) runs of vectors are 16 G distinct elements, so their k-th largest

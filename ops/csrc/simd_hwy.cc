@@ -7,6 +7,7 @@
 #include <limits>
 
 #include "bf16.h"
+#include "kth_bisect.h"
 #include "simd.h"
 
 #undef HWY_TARGET_INCLUDE

@@ -104,17 +104,9 @@ int64_t CountGe(const float* x, int64_t n, float thr) {
   return m;
 }
 
-// Largest integer m in [lo, hi] with count(x >= m) >= k, given count(x >= lo) >= k (x integer-valued: m is then the
-// k-th largest value itself).
+// kth_bisect.h's bisection over x[0, n) with this target's count.
 HWY_INLINE int32_t bisect_int(const float* x, int64_t n, int64_t k, int32_t lo, int32_t hi) {
-  while (lo < hi) {
-    const int32_t mid = lo + (hi - lo + 1) / 2;
-    if (CountGe(x, n, static_cast<float>(mid)) >= k)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  return lo;
+  return iceformer::bisect_int([=](int32_t t) { return CountGe(x, n, static_cast<float>(t)); }, k, lo, hi);
 }
 
 // Two levels as in the AVX-512 kernel: the lane maxima of G = ceil(k / kN) runs of >= 2 vectors are kN G distinct
