@@ -1,18 +1,17 @@
 """A batch job: documents in (JSONL or Parquet), per-document results out (Parquet shards with the document id),
-on Ray Data or serially in this process.
+on Ray Data (a local instance or a cluster) or serially in this process.
 
 Resume: results already in the output folder are read first and their ids skipped; a shard that does not read back
-(a job killed while writing it) is moved aside as `_incomplete.*` (pyarrow and Ray skip names starting with "_"
-or ".") and its documents are run again. Faults: a
-document that fails is an error row (see _scorer); an actor that dies is restarted by Ray and its batch retried
-(`max_restarts`, `max_task_retries`: Ray's own mechanisms, configured here, not re-implemented).
+is moved aside as `_incomplete.*` and its documents are run again (see _output). Faults: a document that fails is an
+error row (see _scorer); an actor that dies, alone or with its node, is restarted by Ray and its batch retried
+(`max_restarts`, `max_task_retries`: Ray's own mechanisms, configured here, not re-implemented); the summary says
+which documents were retried and which worker, on which node and SIMD tier, scored the rest (see _workers).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ._model import BatchError, ModelSpec, inspect
+from ._output import ResultStore
 from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions
 from ._tokenizer import TokenizerSpec, build_spec
+from ._workers import Ledger, ReportingScorer, WorkerReport, ledger_actor
 
 ACTOR_RESTARTS = 3  # an actor that dies is replaced up to this many times, and its unfinished batch retried
 SAMPLE_DOCUMENTS = 16  # documents the ONNX tokenizer is checked on against the Hugging Face one
@@ -44,6 +45,8 @@ class BatchOptions:
     cpus_per_actor: int = 1
     batch_size: int = 4  # documents per task
     address: str | None = None  # a Ray cluster ("auto" or host:port); None: a local Ray started here
+    runtime_env: dict | None = None  # Ray's runtime_env for the job (env_vars, py_modules, pip, working_dir)
+    shard_rows: int = SHARD_ROWS  # result rows per Parquet shard: what a killed driver can lose at most
     serial: bool = False  # no Ray: the same scorer in this process (the reference, and for small jobs)
     limit: int | None = None  # the first N input documents only
 
@@ -58,6 +61,8 @@ class BatchSummary:
     shards: list[str] = field(default_factory=list)  # written in this run
     tokenizer: str = ""  # which tokenizer the workers used, and why
     set_aside: list[str] = field(default_factory=list)  # unreadable shards moved aside (re-run)
+    workers: list[WorkerReport] = field(default_factory=list)  # who scored this run's documents, and on which tier
+    retried: list[str] = field(default_factory=list)  # ids whose batch ran again after its actor or node was lost
 
     @property
     def documents_per_second(self) -> float:
@@ -169,114 +174,93 @@ def _tokenizer_spec(options: BatchOptions, model: ModelSpec, samples: list) -> T
     return build_spec(AutoTokenizer.from_pretrained(name), name, samples, add_special_tokens=model.task == "embed")
 
 
-def _done_ids(out: Path) -> tuple[set[str], list[str]]:
-    """Ids already written, and the unreadable shards moved aside (a killed job's hidden temporary file is removed)."""
-    for stale in out.glob(".*.parquet.tmp"):
-        stale.unlink()
-    done, aside = set(), []
-    for shard in sorted(out.glob("*.parquet")):
-        try:
-            done.update(pq.read_table(shard, columns=["id"])["id"].to_pylist())
-        except (pa.ArrowInvalid, OSError):
-            shard.rename(shard.with_name(f"_incomplete.{shard.name}"))  # "_": readers of the folder skip it
-            aside.append(shard.name)
-    return done, aside
-
-
 def run_batch(options: BatchOptions, scorer: type = DocumentScorer) -> BatchSummary:
     """Runs the job; `scorer` is the per-worker class (DocumentScorer, or a subclass of it)."""
     t0 = time.perf_counter()
     if options.overflow not in OVERFLOW:
         raise BatchError(f"--overflow must be one of {', '.join(OVERFLOW)}, got {options.overflow!r}")
-    if options.actors < 1 or options.cpus_per_actor < 1 or options.batch_size < 1:
-        raise BatchError("--actors, --cpus-per-actor and --batch-size must be >= 1")
+    if min(options.actors, options.cpus_per_actor, options.batch_size, options.shard_rows) < 1:
+        raise BatchError("--actors, --cpus-per-actor, --batch-size and --shard-rows must be >= 1")
     model = inspect(options.model)
     max_tokens = options.max_tokens or model.max_tokens or RECIPES.get(options.tokenizer or "")
     if not max_tokens:
         raise BatchError("--max-tokens is needed (the model's context length is not known here)")
     table = read_input(options.input, options.id_column, options.text_column, options.limit)
-    out = Path(options.output)
-    out.mkdir(parents=True, exist_ok=True)
-    done, aside = _done_ids(out)
+    try:
+        store = ResultStore(options.output, "serial" if options.serial else "ray", options.shard_rows)
+    except (OSError, pa.ArrowInvalid, ValueError) as e:
+        raise BatchError(f"{options.output}: cannot open the output folder ({type(e).__name__}: {e})") from e
+    done, aside = store.done_ids()
     todo = table.filter(pc.invert(pc.is_in(table["id"], value_set=pa.array(sorted(done), pa.string()))))
-    skipped = len(table) - len(todo)
     samples = [t for t in table["text"].slice(0, SAMPLE_DOCUMENTS).to_pylist() if t is not None]
     tok = _tokenizer_spec(options, model, samples)
     score = ScoreOptions(max_tokens, options.overflow, options.cpus_per_actor if options.serial else None)
-    writer = _ShardWriter(out, "serial" if options.serial else "ray")
+    workers, retried = [], []
     if len(todo):
-        (_run_serial if options.serial else _run_ray)(options, todo, writer, scorer, (model, tok, score))
+        run = _run_serial if options.serial else _run_ray
+        workers, retried = run(options, todo, store, (scorer, (model, tok, score)))
     return BatchSummary(
-        writer.documents,
-        skipped,
-        writer.errors,
-        writer.tokens,
+        store.documents,
+        len(table) - len(todo),
+        store.errors,
+        store.tokens,
         time.perf_counter() - t0,
-        writer.shards,
+        store.shards,
         tok.note,
         aside,
+        workers,
+        retried,
     )
 
 
-class _ShardWriter:
-    """Result rows -> Parquet shards of about SHARD_ROWS rows, each written to a hidden temporary name and renamed,
-    so a killed job leaves whole shards (and at most one hidden .tmp file, never read)."""
-
-    def __init__(self, out: Path, prefix: str):
-        self.out, self.prefix, self.parts, self.rows, self.shards = out, prefix, [], 0, []
-        self.documents = self.errors = self.tokens = 0  # totals of what this writer was given (the summary)
-
-    def add(self, table: pa.Table) -> None:
-        self.parts.append(table)
-        self.rows += len(table)
-        self.documents += len(table)
-        self.errors += len(table) - table["error"].null_count
-        self.tokens += int(pc.sum(table["tokens"]).as_py() or 0)
-        if self.rows >= SHARD_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.parts:
-            return
-        name = f"{self.prefix}-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = self.out / f".{name}.tmp"  # hidden from readers of the folder until renamed
-        pq.write_table(pa.concat_tables(self.parts), tmp)
-        tmp.rename(self.out / name)
-        self.shards.append(name)
-        self.parts, self.rows = [], 0
+def _blocks(options: BatchOptions, todo: pa.Table) -> list[pa.Table]:
+    return [todo.slice(s, options.batch_size) for s in range(0, len(todo), options.batch_size)]
 
 
-def _run_serial(options: BatchOptions, todo: pa.Table, writer: _ShardWriter, scorer: type, args: tuple) -> None:
-    worker = scorer(*args)
-    for start in range(0, len(todo), options.batch_size):
-        part = todo.slice(start, options.batch_size)
-        writer.add(worker({c: part[c].to_numpy(zero_copy_only=False) for c in part.column_names}))
-    writer.flush()
+def _run_serial(options: BatchOptions, todo: pa.Table, store: ResultStore, work: tuple) -> tuple[list, list]:
+    ledger = Ledger()
+    worker = ReportingScorer(*work, ledger)
+    for part in _blocks(options, todo):
+        store.add(worker({c: part[c].to_numpy(zero_copy_only=False) for c in part.column_names}))
+    store.flush()
+    return ledger.report()
 
 
-def _run_ray(options: BatchOptions, todo: pa.Table, writer: _ShardWriter, scorer: type, args: tuple) -> None:
-    """One block per batch (no repartition task), a fixed pool of actors; the results stream back to this process,
-    which writes the shards (no write tasks competing with the actors for CPUs: on a 2-CPU machine with 2 actors
-    they would never be scheduled)."""
+def _run_ray(options: BatchOptions, todo: pa.Table, store: ResultStore, work: tuple) -> tuple[list, list]:
+    """One block per batch (no repartition task), a fixed pool of actors spread over the nodes; the results stream
+    back to this process, which writes the shards (no write tasks competing with the actors for CPUs: on a 2-CPU
+    machine with 2 actors they would never be scheduled). An actor whose process or node dies is restarted where
+    there is room and its unfinished batches retried (Ray's max_restarts / max_task_retries); a node that joins
+    during the job takes actors the pool could not place before."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
-    blocks = [todo.slice(s, options.batch_size) for s in range(0, len(todo), options.batch_size)]
+        ray.init(  # "local": a new instance here, never a cluster another process left in /tmp/ray
+            address=options.address or "local",
+            runtime_env=options.runtime_env,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    ledger = ledger_actor()
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for these actor options yet (the pinned version; its default is to
         # restart without limit, which would loop on a document that kills its actor every time).
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        results = ray.data.from_arrow(blocks).map_batches(
-            scorer,
-            fn_constructor_args=args,
+        warnings.filterwarnings("ignore", message="The argument ``concurrency`` is deprecated")
+        results = ray.data.from_arrow(_blocks(options, todo)).map_batches(
+            ReportingScorer,
+            fn_constructor_args=(*work, ledger),
             batch_size=options.batch_size,
             batch_format="numpy",
             concurrency=options.actors,
             num_cpus=options.cpus_per_actor,
+            scheduling_strategy="SPREAD",
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
         )
     for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
-        writer.add(table)
-    writer.flush()
+        store.add(table)
+    store.flush()
+    workers, retried = ray.get(ledger.report.remote())
+    ray.kill(ledger)
+    return workers, retried

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = decoder(args.tokenizer).tokenizer()
     cpus = os.cpu_count() or 1
     console = Console(stderr=True)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     configs = {
         "serial, one session": dict(serial=True, cpus_per_actor=cpus),
         f"Ray, 1 actor x {cpus} CPUs": dict(actors=1, cpus_per_actor=cpus),
