@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=4, help="documents per Ray task")
     ap.add_argument("--address", help="Ray cluster address ('auto', host:port); default: start Ray locally")
     ap.add_argument(
+        "--actor-resources",
+        type=_json_object,
+        help="custom Ray resources each actor needs, as JSON, e.g. '{\"batch\": 1}' (nodes started with them)",
+    )
+    ap.add_argument(
         "--runtime-env",
         type=_json_object,
         help='Ray runtime_env as JSON, e.g. \'{"py_modules": ["iceformer-0.1.0-...whl"]}\' (see docs/batch.md)',

@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 
 from ._model import BatchError, ModelSpec, inspect
 from ._output import ResultStore
-from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions
+from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions, result_schema
 from ._tokenizer import TokenizerSpec, build_spec
 from ._workers import Ledger, ReportingScorer, WorkerReport, ledger_actor
 
 ACTOR_RESTARTS = 3  # an actor that dies is replaced up to this many times, and its unfinished batch retried
+ROUNDS = 3  # passes over the documents whose batches Ray gave up on (see _run_ray)
 SAMPLE_DOCUMENTS = 16  # documents the ONNX tokenizer is checked on against the Hugging Face one
 SHARD_ROWS = 64  # result rows per Parquet shard
 
@@ -45,6 +46,7 @@ class BatchOptions:
     cpus_per_actor: int = 1
     batch_size: int = 4  # documents per task
     address: str | None = None  # a Ray cluster ("auto" or host:port); None: a local Ray started here
+    actor_resources: dict | None = None  # custom Ray resources each actor needs (places actors on such nodes)
     runtime_env: dict | None = None  # Ray's runtime_env for the job (env_vars, py_modules, pip, working_dir)
     shard_rows: int = SHARD_ROWS  # result rows per Parquet shard: what a killed driver can lose at most
     serial: bool = False  # no Ray: the same scorer in this process (the reference, and for small jobs)
@@ -229,19 +231,65 @@ def _run_serial(options: BatchOptions, todo: pa.Table, store: ResultStore, work:
 def _run_ray(options: BatchOptions, todo: pa.Table, store: ResultStore, work: tuple) -> tuple[list, list]:
     """One block per batch (no repartition task), a fixed pool of actors spread over the nodes; the results stream
     back to this process, which writes the shards (no write tasks competing with the actors for CPUs: on a 2-CPU
-    machine with 2 actors they would never be scheduled). An actor whose process or node dies is restarted where
-    there is room and its unfinished batches retried (Ray's max_restarts / max_task_retries); a node that joins
-    during the job takes actors the pool could not place before."""
+    machine with 2 actors they would never be scheduled). A node that joins during the job takes actors the pool
+    could not place before.
+
+    Losses, two layers: an actor whose process dies is restarted and its batch retried by Ray (max_restarts /
+    max_task_retries). A node that dies can outlast those retries (its actors are "unavailable", not dead, until the
+    cluster declares the node dead, and the retries are spent meanwhile), so a batch Ray gives up on is dropped from
+    that round rather than failing the job, and its documents run again in a new round, up to ROUNDS rounds; a
+    document lost in every round gets an error row saying so."""
     import ray
 
     if not ray.is_initialized():
+        _connect(options)
+    ledger = ledger_actor()
+    context = ray.data.DataContext.get_current()
+    errored_blocks, context.max_errored_blocks = context.max_errored_blocks, -1  # lost batches: the next round
+    rerun: set[str] = set()
+    try:
+        for _ in range(ROUNDS):
+            for table in _ray_round(options, todo, work, ledger):
+                store.add(table)
+                todo = todo.filter(pc.invert(pc.is_in(todo["id"], value_set=table["id"])))
+            if not len(todo):
+                break
+            rerun.update(todo["id"].to_pylist())
+        else:
+            store.add(_lost_rows(todo, work[1][0].task))
+    finally:
+        context.max_errored_blocks = errored_blocks
+    store.flush()
+    workers, retried = ray.get(ledger.report.remote())
+    ray.kill(ledger)
+    return workers, sorted(rerun.union(retried))
+
+
+def _connect(options: BatchOptions) -> None:
+    import ray
+
+    try:
         ray.init(  # "local": a new instance here, never a cluster another process left in /tmp/ray
             address=options.address or "local",
             runtime_env=options.runtime_env,
             include_dashboard=False,
             log_to_driver=False,
         )
-    ledger = ledger_actor()
+    except ConnectionError as e:
+        why = e.__cause__ or e
+        hint = ""
+        if isinstance(why, ray.exceptions.AuthenticationError):
+            hint = (
+                " - the cluster uses token authentication: run with RAY_AUTH_MODE=token and the cluster's token in "
+                "RAY_AUTH_TOKEN (or the file ~/.ray/auth_token, or RAY_AUTH_TOKEN_PATH)"
+            )
+        raise BatchError(f"cannot connect to the Ray cluster at {options.address}: {why}{hint}") from e
+
+
+def _ray_round(options: BatchOptions, todo: pa.Table, work: tuple, ledger):
+    """The result tables of one pass of the actor pool over `todo`."""
+    import ray
+
     with warnings.catch_warnings():
         # Ray 2.60 has no named parameter for these actor options yet (the pinned version; its default is to
         # restart without limit, which would loop on a document that kills its actor every time).
@@ -254,13 +302,25 @@ def _run_ray(options: BatchOptions, todo: pa.Table, store: ResultStore, work: tu
             batch_format="numpy",
             concurrency=options.actors,
             num_cpus=options.cpus_per_actor,
+            resources=options.actor_resources,
             scheduling_strategy="SPREAD",
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
         )
-    for table in results.iter_batches(batch_format="pyarrow", batch_size=None):
-        store.add(table)
-    store.flush()
-    workers, retried = ray.get(ledger.report.remote())
-    ray.kill(ledger)
-    return workers, retried
+    yield from results.iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+def _lost_rows(todo: pa.Table, task: str) -> pa.Table:
+    schema = result_schema(task)
+    n = len(todo)
+    why = f"not scored: its batch was lost in all {ROUNDS} rounds (actors or nodes died); run the command again"
+    cols = {f.name: pa.nulls(n, f.type) for f in schema}
+    cols.update(
+        id=todo["id"].combine_chunks(),
+        tokens=pa.array([0] * n, pa.int64()),
+        scored=pa.array([0] * n, pa.int64()),
+        windows=pa.array([0] * n, pa.int64()),
+        error=pa.array([why] * n, pa.string()),
+        seconds=pa.array([0.0] * n),
+    )
+    return pa.table(cols, schema=schema)

@@ -4,7 +4,6 @@ written; an actor that dies is replaced and its batch retried; the ONNX tokenize
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -13,46 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 from iceformer.batch import BatchError, BatchOptions, DocumentScorer, read_input, run_batch
 from iceformer.batch._cli import main as cli
-from iceformer.models import corpus, export_genai, export_smollm2
-from iceformer.rewriter import rewrite
+from iceformer.models import corpus, export_genai
+
+from tests.support.batch import BAD, GOOD, options, results
 
 ray = pytest.importorskip("ray")
-# Every test scores documents with rewritten SmolLM2 (real weights, exported once per module).
+# Every test scores documents with rewritten SmolLM2 (real weights, exported once per session: tests/batch/conftest.py).
 pytestmark = [pytest.mark.models, pytest.mark.exports]
-
-GOOD = 10
-BAD = {  # id -> (raw JSON line or document, the error row's reason)
-    "empty": ({"id": "empty", "text": ""}, "no tokens (empty document)"),
-    "null": ({"id": "null", "text": None}, "no text (null or missing)"),
-    "number": ({"id": "number", "text": 42}, "text is int, not a string"),
-    "surrogate": ('{"id": "surrogate", "text": "x\\ud800y"}', "text is not valid Unicode (surrogates not allowed"),
-    "line-15": (b'{"id": "bad-utf8", "text": "ab\xff"}', "line 15 is not valid UTF-8 JSON"),
-    "too-long": ({"id": "too-long", "text": " ".join(["word"] * 400)}, "400 tokens, more than --max-tokens 320"),
-}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("batch-model")
-    src = export_smollm2()
-    rewrite(src, out / "smollm2.knn.onnx")
-    os.symlink(src.parent / "lm_head.npy", out / "lm_head.npy")
-    return out / "smollm2.knn.onnx"
-
-
-@pytest.fixture(scope="module")
-def docs(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("batch-docs") / "docs.jsonl"
-    with open(path, "wb") as f:
-        for i in range(GOOD):  # about 40-280 tokens
-            f.write(
-                json.dumps({"id": f"doc{i}", "text": corpus.brown_text(start=3 * i, count=1)[: 200 + 120 * i]}).encode()
-                + b"\n"
-            )
-        for line, _ in BAD.values():
-            f.write(line if isinstance(line, bytes) else (line if isinstance(line, str) else json.dumps(line)).encode())
-            f.write(b"\n")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -60,24 +26,6 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-def options(docs, model, out, **kw) -> BatchOptions:
-    return BatchOptions(str(docs), str(out), str(model), "smollm2", **{"max_tokens": 320, "batch_size": 3, **kw})
-
-
-def results(out: Path):
-    table = pq.read_table(out).drop(["seconds"]).sort_by("id")
-    return {r["id"]: r for r in table.to_pylist()}
-
-
-@pytest.fixture(scope="module")
-def serial(docs, model, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("serial")
-    summary = run_batch(options(docs, model, out, serial=True, cpus_per_actor=1))  # the Ray actors: 1 CPU each
-    assert (summary.documents, summary.errors, summary.skipped) == (GOOD + len(BAD), len(BAD), 0)
-    assert summary.tokenizer.startswith("ONNX tokenizer (onnxruntime-extensions): ids equal Hugging Face's")
-    return results(out)
 
 
 def test_error_rows_say_why_and_good_rows_are_scored(serial):
@@ -136,6 +84,21 @@ def test_a_dead_actor_is_replaced_and_its_batch_retried(serial, docs, model, tmp
     assert Path(CrashOnce.marker).read_text() == "crashed"
     assert summary.documents == GOOD + len(BAD)
     assert results(tmp_path / "out") == serial
+    batch = next(b for b in ([f"doc{i}" for i in range(j, j + 3)] for j in range(0, GOOD, 3)) if "doc4" in b)
+    assert summary.retried == sorted(batch)  # the batch that killed its actor, started twice; nothing else
+    assert sum(w.restarted for w in summary.workers) == 1
+    assert sum(w.documents for w in summary.workers) == GOOD + len(BAD)  # finished batches: the lost one is not
+
+
+def test_output_on_a_pyarrow_filesystem_uri_and_resume_there(serial, docs, model, tmp_path):
+    uri = (tmp_path / "out").as_uri()  # file:///...: the same code path as s3:// or gs://
+    first = run_batch(options(docs, model, uri, serial=True, limit=5, shard_rows=2))
+    assert (first.documents, len(first.shards)) == (5, 2)  # a shard once 2 rows wait: batches of 3, then 2
+    second = run_batch(options(docs, model, uri, serial=True))
+    assert (second.skipped, second.documents) == (5, GOOD + len(BAD) - 5)
+    assert results(tmp_path / "out") == serial
+    with pytest.raises(BatchError, match="cannot open the output folder"):
+        run_batch(options(docs, model, "nosuchscheme://x/y", serial=True))
 
 
 def test_windows_and_truncation(docs, model, tmp_path):
