@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ class Ledger:
     def finished(self, worker: dict, documents: int) -> None:
         key = (worker["node"], worker["pid"])
         r = self.workers.get(key) or WorkerReport(**worker)
-        self.workers[key] = WorkerReport(
-            **{**r.__dict__, "batches": r.batches + 1, "documents": r.documents + documents}
-        )
+        self.workers[key] = replace(r, batches=r.batches + 1, documents=r.documents + documents)
 
     def report(self) -> tuple[list[WorkerReport], list[str]]:
         """(workers in order of first batch, ids of documents whose batch was started more than once)."""

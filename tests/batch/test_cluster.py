@@ -232,10 +232,10 @@ def wait_for_nodes(address: str, nodes: int) -> None:
         time.sleep(1)
 
 
-def test_ray_start_cluster_with_token_authentication(serial, docs, model, tmp_path, monkeypatch):
+def test_ray_start_cluster_with_token_authentication_and_a_runtime_env(serial, docs, model, tmp_path, monkeypatch):
     """`ray start --head` and `ray start --address` with token authentication on (RAY_AUTH_MODE=token, the token
     in RAY_AUTH_TOKEN on every node): a driver without the token gets an error that says how to pass it; with it,
-    the job runs on the worker node."""
+    the job runs on the worker node, with the environment of `--runtime-env`."""
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
@@ -254,8 +254,12 @@ def test_ray_start_cluster_with_token_authentication(serial, docs, model, tmp_pa
         )
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "cannot connect to the Ray cluster" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr
-        accepted = ice_batch(*args)
+        env = '{"env_vars": {"ICEFORMER_SIMD": "scalar"}}'  # reaches the actors: their library runs that tier
+        accepted = ice_batch(*args, "--runtime-env", env, "--summary", str(tmp_path / "summary.json"))
         log, _ = accepted.communicate(timeout=WAIT)
         assert accepted.returncode == 0, log
+    assert {w["simd"] for w in json.loads((tmp_path / "summary.json").read_text())["workers"]} == {"scalar"}
     got = results(tmp_path / "out")
-    assert len(got) == 3 and got == {i: serial[i] for i in got}
+    assert got.keys() == {"doc0", "doc1", "doc2"}
+    for doc_id, row in got.items():
+        assert row["perplexity"] == pytest.approx(serial[doc_id]["perplexity"], rel=1e-4)
