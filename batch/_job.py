@@ -249,9 +249,12 @@ def _run_ray(options: BatchOptions, todo: pa.Table, store: ResultStore, work: tu
     rerun: set[str] = set()
     try:
         for _ in range(ROUNDS):
+            scored: list = []  # id chunks of this round's results; one filter per round (the corpus can be large)
             for table in _ray_round(options, todo, work, ledger):
                 store.add(table)
-                todo = todo.filter(pc.invert(pc.is_in(todo["id"], value_set=table["id"])))
+                scored.extend(table["id"].chunks)
+            if scored:
+                todo = todo.filter(pc.invert(pc.is_in(todo["id"], value_set=pa.concat_arrays(scored))))
             if not len(todo):
                 break
             rerun.update(todo["id"].to_pylist())
