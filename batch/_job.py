@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ._model import BatchError, ModelSpec, inspect
 from ._output import ResultStore
-from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions, result_schema
+from ._scorer import OVERFLOW, DocumentScorer, ScoreOptions, result_schema, result_table
 from ._tokenizer import TokenizerSpec, build_spec
 from ._workers import Ledger, ReportingScorer, WorkerReport, ledger_actor
 
@@ -314,16 +314,12 @@ def _ray_round(options: BatchOptions, todo: pa.Table, work: tuple, ledger):
 
 
 def _lost_rows(todo: pa.Table, task: str) -> pa.Table:
-    schema = result_schema(task)
-    n = len(todo)
     why = f"not scored: its batch was lost in all {ROUNDS} rounds (actors or nodes died); run the command again"
-    cols = {f.name: pa.nulls(n, f.type) for f in schema}
-    cols.update(
-        id=todo["id"].combine_chunks(),
-        tokens=pa.array([0] * n, pa.int64()),
-        scored=pa.array([0] * n, pa.int64()),
-        windows=pa.array([0] * n, pa.int64()),
-        error=pa.array([why] * n, pa.string()),
-        seconds=pa.array([0.0] * n),
-    )
-    return pa.table(cols, schema=schema)
+    row = {f.name: None for f in result_schema(task)} | {
+        "tokens": 0,
+        "scored": 0,
+        "windows": 0,
+        "error": why,
+        "seconds": 0.0,
+    }
+    return result_table(task, todo["id"].to_pylist(), [row] * len(todo))

@@ -92,11 +92,16 @@ class DocumentScorer:
     def __call__(self, batch: dict[str, np.ndarray]):
         """A batch of read_input rows (Ray Data's numpy format: id, text, input_error) -> a pyarrow table of results (one schema for every
         batch, so shards written by different actors and runs read back as one dataset)."""
-        schema = result_schema(self.task)
         rows = [self.score_text(t, e) for t, e in zip(batch["text"], batch["input_error"])]
-        cols = {"id": [str(i) for i in batch["id"]]}
-        cols.update({f.name: [r[f.name] for r in rows] for f in schema if f.name != "id"})
-        return pa.Table.from_pydict(cols, schema=schema)
+        return result_table(self.task, [str(i) for i in batch["id"]], rows)
+
+
+def result_table(task: str, ids: list[str], rows: list[dict]) -> pa.Table:
+    """Result rows (dicts of the result columns but the id) of the documents `ids` as a table of result_schema."""
+    schema = result_schema(task)
+    cols = {"id": ids}
+    cols.update({f.name: [r[f.name] for r in rows] for f in schema if f.name != "id"})
+    return pa.Table.from_pydict(cols, schema=schema)
 
 
 def result_schema(task: str) -> pa.Schema:
