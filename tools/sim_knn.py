@@ -1,0 +1,184 @@
+"""Simulate k-NN attention estimators in float64 on captured activations (ice-capture-qk), before building one.
+
+For sampled query blocks of every query head of each captured layer (causal), each candidate's output rows are
+compared with exact attention: relative error per row (mean, worst head's mean, and over the capture's last 256
+rows, which decide the next token), exactly scored keys per row, block summaries per row, and a modelled cost
+relative to exact attention over the same rows (multiply-adds; tools/_sim_knn.py states the model). The
+candidates and their parameters are in tools/_sim_knn.py; docs/decisions.md has the table this tool wrote.
+
+  ice-sim-knn                                   # the shipped SmolLM2 capture, the default candidates
+  ice-sim-knn qwen16k.npz --from 8192 --blocks 6 --json sim.json
+  ice-sim-knn qwen16k.npz --candidate '{"kind": "union", "tail": "summary", "budget": 128}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from . import _sim_knn as sim
+
+SHIPPED = Path(__file__).resolve().parent / "data" / "smollm2_qkv_2048.npz"
+
+DEFAULT_CANDIDATES = [
+    {"name": "today (sample 1024)", "kind": "union"},
+    {"name": "today, 256 samples", "kind": "union", "samples": 256},
+    {"name": "summary order 0", "kind": "union", "tail": "summary", "order": 0},
+    {"name": "summary order 1", "kind": "union", "tail": "summary", "order": 1},
+    {"name": "summary order 2", "kind": "union", "tail": "summary", "order": 2},
+    {"name": "scan mass", "kind": "union", "tail": "scan"},
+    {"name": "oracle block mass", "kind": "union", "tail": "oracle"},
+    {"name": "top set only", "kind": "union", "tail": "none"},
+    {"name": "scan mass 0.9 (adaptive top set)", "kind": "union", "mass": 0.9},
+    {"name": "blocks mass 0.9", "kind": "blocks", "mass": 0.9},
+]
+
+
+def query_blocks(T: int, start: int, n: int, last_rows: int = 256) -> list[int]:
+    """First rows of n query blocks spread over [start, T - last_rows) and of the blocks covering the last rows
+    (T: the rows simulated; causal, so the first T rows of a longer capture are a T-token prompt)."""
+    start = max(start, sim.BLOCK) // sim.BLOCK * sim.BLOCK
+    tail = (T - last_rows) // sim.BLOCK * sim.BLOCK
+    spread = np.linspace(start, max(start, tail - sim.BLOCK), n).astype(int) // sim.BLOCK * sim.BLOCK if n else []
+    return sorted(set(int(x) for x in spread) | set(range(tail, T - sim.BLOCK + 1, sim.BLOCK)))
+
+
+def simulate(
+    path: str,
+    candidates: list[dict],
+    start: int,
+    n_blocks: int,
+    layers: list[int] | None = None,
+    rank: int = 32,
+    tokens: int | None = None,
+    console: Console | None = None,
+) -> list[dict]:
+    """One row per (candidate, layer) with the metrics of the module docstring, on the first `tokens` rows and keys
+    (default: all)."""
+    data = np.load(path)
+    Q, K, V = (data[n][:, :, :tokens] for n in ("Q", "K", "V"))
+    group, layer_ids = int(data["group"]), [int(x) for x in data["layers"]]
+    Hq, T, D = Q.shape[1:]
+    scale = D**-0.5
+    starts = query_blocks(T, start, n_blocks)
+    last = {i0 for i0 in starts if i0 >= T - 256}
+    rows = []
+    for li in range(len(layer_ids)) if layers is None else [layer_ids.index(x) for x in layers]:
+        heads = [sim.head_data(Q[li, k * group : (k + 1) * group], K[li, k], V[li, k], rank) for k in range(K.shape[1])]
+        acc = [{"err": [], "head": [], "last": [], "exact": 0.0, "summ": 0.0, "cost": 0.0} for _ in candidates]
+        visible = 0.0
+        for hq in range(Hq):
+            h = heads[hq // group]
+            for i0 in starts:
+                q = Q[li, hq, i0 : i0 + sim.BLOCK].astype(np.float64)
+                ref = sim.exact_rows(q, h, i0, scale)
+                norm = np.linalg.norm(ref, axis=1)
+                visible += float(np.arange(i0 + 1, i0 + len(q) + 1).sum())
+                for spec, a in zip(candidates, acc):
+                    res = sim.run_candidate({k: v for k, v in spec.items() if k != "name"}, q, h, i0, scale)
+                    err = np.linalg.norm(res.out - ref, axis=1) / norm
+                    a["err"].append(err)
+                    a["head"].append(np.full(len(err), hq))
+                    if i0 in last:
+                        a["last"].append(err)
+                    a["exact"] += sum(c.exact for c in res.cost)
+                    a["summ"] += sum(c.summaries for c in res.cost)
+                    a["cost"] += sum(c.total for c in res.cost)
+        n_rows = Hq * len(starts) * sim.BLOCK
+        for spec, a in zip(candidates, acc):
+            err, head = np.concatenate(a["err"]), np.concatenate(a["head"])
+            rows.append(
+                {
+                    "candidate": spec.get("name", json.dumps(spec)),
+                    "spec": spec,
+                    "layer": layer_ids[li],
+                    "err_mean": float(err.mean()),
+                    "err_worst_head": float(max(err[head == x].mean() for x in range(Hq))),
+                    "err_last_rows": float(np.concatenate(a["last"]).mean()) if a["last"] else None,
+                    "exact_keys_per_row": a["exact"] / n_rows,
+                    "summary_cost_per_row": a["summ"] / n_rows,
+                    "visible_keys_per_row": visible / n_rows,
+                    "cost_fraction": a["cost"] / visible,
+                }
+            )
+            if console:
+                r = rows[-1]
+                console.log(
+                    f"layer {r['layer']} {r['candidate']}: err {r['err_mean']:.4f} cost {r['cost_fraction']:.3f}"
+                )
+    return rows
+
+
+def table(rows: list[dict], title: str) -> Table:
+    t = Table(title=title)
+    for col in [
+        "candidate",
+        "layer",
+        "err %",
+        "worst head %",
+        "last 256 rows %",
+        "exact keys / row",
+        "summaries / row (key units)",
+        "cost vs exact",
+        "modelled speed-up",
+    ]:
+        t.add_column(col, justify="right")
+    for r in rows:
+        last = "-" if r["err_last_rows"] is None else f"{100 * r['err_last_rows']:.2f}"
+        t.add_row(
+            r["candidate"],
+            str(r["layer"]),
+            f"{100 * r['err_mean']:.2f}",
+            f"{100 * r['err_worst_head']:.2f}",
+            last,
+            f"{r['exact_keys_per_row']:.0f}",
+            f"{r['summary_cost_per_row']:.0f}",
+            f"{r['cost_fraction']:.3f}",
+            f"{1 / r['cost_fraction']:.2f}x",
+        )
+    return t
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="ice-sim-knn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("data", nargs="?", default=str(SHIPPED), help="npz from ice-capture-qk (default: the shipped one)")
+    ap.add_argument(
+        "--candidate",
+        type=json.loads,
+        action="append",
+        help='{"name": ..., "kind": "union"|"blocks", parameters}; repeatable (default: a preset set)',
+    )
+    ap.add_argument("--from", dest="start", type=int, default=1024, help="first query row simulated (default 1024)")
+    ap.add_argument("--tokens", type=int, help="simulate a prompt of the capture's first TOKENS tokens (causal)")
+    ap.add_argument("--blocks", type=int, default=6, help="query blocks spread over the rows, besides the last 256")
+    ap.add_argument("--layers", type=int, nargs="*", help="captured layer ids (default: all)")
+    ap.add_argument("--rank", type=int, default=32, help="rank of the retrieval basis (the op's `rank`)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    console = Console(width=200)
+    rows = simulate(
+        args.data,
+        args.candidate or DEFAULT_CANDIDATES,
+        args.start,
+        args.blocks,
+        args.layers,
+        args.rank,
+        args.tokens,
+        console,
+    )
+    n = f"first {args.tokens} tokens, " if args.tokens else ""
+    console.print(table(rows, f"Estimators simulated on {args.data} (causal, {n}rows from {args.start}, float64)"))
+    if args.json:
+        out = {"data": args.data, "tokens": args.tokens, "from": args.start, "rows": rows}
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
