@@ -261,7 +261,7 @@ def union_block(
         nsum, exps = nb, np.maximum(exps, np.isfinite(z).sum(1) * (tail == "scan"))
     out = _combine(parts)
     exact = (U[None, :] <= rows[:, None]).sum(1) + taken
-    per_sum = (D + Dv + (rank2 * rank2 if order >= 1 else 0) + (Dv * rank2 if order >= 2 else 0)) / (D + Dv)
+    per_sum = summary_cost(D, Dv, order, rank2)
     scan = ((rows + 1) * h.A.shape[1] / 4 + exps * EXP_MADDS) / (D + Dv)
     return BlockResult(out, [Cost(float(e), nsum * per_sum, float(s)) for e, s in zip(exact, scan)])
 
@@ -291,8 +291,13 @@ def blocks_block(q, h, i0, scale, *, mass=0.9, max_blocks=64, order=0, rank2=8, 
     if not chosen.all():
         parts.append(summary_part(q, h, mom.take(~chosen), scale, order))
     exact = (keys[None, :] <= rows[:, None]).sum(1)
-    per_sum = (D + Dv + (rank2 * rank2 if order >= 1 else 0) + (Dv * rank2 if order >= 2 else 0)) / (D + Dv)
+    per_sum = summary_cost(D, Dv, order, rank2)
     return BlockResult(_combine(parts), [Cost(float(e), nb * per_sum, 0.0) for e in exact])
+
+
+def summary_cost(D: int, Dv: int, order: int, rank2: int) -> float:
+    """One block summary in exactly scored keys (Cost)."""
+    return (D + Dv + (rank2 * rank2 if order >= 1 else 0) + (Dv * rank2 if order >= 2 else 0)) / (D + Dv)
 
 
 CANDIDATES = {"union": union_block, "blocks": blocks_block}
