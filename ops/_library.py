@@ -69,6 +69,7 @@ def _cdll() -> ctypes.CDLL:
     lib.IceformerGqaContractJson.restype = ctypes.c_char_p
     lib.IceformerSimdVariant.restype = ctypes.c_char_p
     lib.IceformerSimdTiers.restype = ctypes.c_char_p
+    lib.IceformerSimdPvBf16.restype = ctypes.c_int
     lib.IceformerKnnSelect.restype = ctypes.c_int
     lib.IceformerKthLargestInt.restype = ctypes.c_int
     lib.IceformerSanitized.restype = ctypes.c_int
@@ -84,7 +85,7 @@ def native_contract(gqa: bool = False) -> dict:
 
 # Every SIMD tier the library knows, best first (simd_dispatch.cc); ICEFORMER_SIMD=<tier> forces one, "auto" (or
 # unset) takes the best this CPU runs. avx512-hwy (Highway's AVX-512 build) is only used when forced.
-SIMD_TIERS = ("avx512-vnni-bf16", "avx512-vnni", "avx512", "avx512-hwy", "avx2", "neon", "scalar")
+SIMD_TIERS = ("avx512-vnni-bf16", "avx512-vnni", "avx512", "avx512-hwy", "avx2-vnni", "avx2", "neon", "scalar")
 SIMD_ENV = "ICEFORMER_SIMD"
 
 
@@ -92,6 +93,12 @@ def simd_variant() -> str:
     """The SIMD tier the library dispatches to in this process (one of SIMD_TIERS: the best this CPU runs, or the
     one ICEFORMER_SIMD forces)."""
     return _cdll().IceformerSimdVariant().decode()
+
+
+def _simd_pv_bf16() -> bool:
+    """Whether the dispatched tier runs the k-NN path's P V in bfloat16 (only where the CPU has bfloat16 dot
+    products; the other tiers run it in fp32)."""
+    return bool(_cdll().IceformerSimdPvBf16())
 
 
 def simd_tiers() -> list[str]:

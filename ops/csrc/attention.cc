@@ -18,6 +18,7 @@
 #include "lowrank.h"
 #include "masking.h"
 #include "parallel.h"
+#include "simd.h"
 #include "stats_log.h"
 #include "union_attention.h"
 #include "validate.h"
@@ -107,11 +108,13 @@ int64_t knn_first_row(const AttentionParams& p, const int64_t* real_prefix, int6
 namespace {
 
 // What every k-NN query block reads, built once per call: per (batch, KV head) the packed keys, the low-rank codes
-// and V as bfloat16 pairs (every P V of the low-rank path runs in bfloat16, its exact rows' too) or the DCI lists
-// (that path stays fp32), and per batch the prefix counts of real keys.
+// and, where the tier runs P V in bfloat16 (Kernels::pv_bf16), V as bfloat16 pairs (then every P V of the low-rank
+// path runs in bfloat16, its exact rows' too), or the DCI lists (that path stays fp32), and per batch the prefix
+// counts of real keys.
 struct KnnIndex {
   explicit KnnIndex(const HostAllocator& mem) : packed(mem), v_pairs(mem) {}
   bool dci = false;
+  bool pairs = false;  // V as bfloat16 pairs (low-rank path on a tier with bfloat16 P V)
   int64_t lists = 0, per_head = 0, pairs_per_head = 0;
   std::vector<float> dirs;
   DciIndexSet set;
@@ -122,7 +125,7 @@ struct KnnIndex {
   std::vector<int64_t> real_prefix;  // [B][T + 1]
 
   PackedHead head(int64_t bkv) const {
-    return PackedHead{packed.data() + bkv * per_head, dci ? nullptr : v_pairs.data() + bkv * pairs_per_head,
+    return PackedHead{packed.data() + bkv * per_head, pairs ? v_pairs.data() + bkv * pairs_per_head : nullptr,
                       v_finite[bkv] != 0};
   }
 };
@@ -131,10 +134,11 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
   const AttentionShape& sh = p.shape;
   const KnnSettings& ks = p.knn;
   ix->dci = ks.search == kSearchDci;
+  ix->pairs = !ix->dci && kernels().pv_bf16;
   ix->lists = ix->dci ? ks.num_composite * ks.num_simple : 0;
   ix->dirs = make_directions(ks.seed, ix->lists, sh.D);
   ix->per_head = packed_keys_size(sh);
-  ix->pairs_per_head = ix->dci ? 0 : value_pairs_size(sh);
+  ix->pairs_per_head = ix->pairs ? value_pairs_size(sh) : 0;
   const int64_t lists = ix->lists, per_head = ix->per_head, pairs_per_head = ix->pairs_per_head;
   // Index bytes: DCI projections + ids, per-batch real-key prefix sums, per-row candidate counts, packed keys
   // and V pairs (the low-rank codes are counted by init_lowrank's own growth; they are r/4 bytes per key).
@@ -169,7 +173,7 @@ Status build_knn_index(const AttentionParams& p, const Parallel& par, KnnIndex* 
     else
       build_lowrank(p, b, h, &ix->lowrank);
     pack_keys(p, b, h, ix->packed.data() + t * per_head);
-    if (!ix->dci) pack_value_pairs(p, b, h, ix->v_pairs.data() + t * pairs_per_head);
+    if (ix->pairs) pack_value_pairs(p, b, h, ix->v_pairs.data() + t * pairs_per_head);
     ix->v_finite[t] = all_finite(p.value_rows(b, h), sh.T * sh.Dv);
   });
   if (!ran.ok()) return ran;

@@ -507,6 +507,9 @@ ICE_EXPORT const char* IceformerGqaContractJson() {
 
 ICE_EXPORT const char* IceformerSimdVariant() { return iceformer::kernels().name; }
 
+// 1 when the dispatched tier runs the k-NN path's P V in bfloat16, else 0 (fp32).
+ICE_EXPORT int IceformerSimdPvBf16() { return iceformer::kernels().pv_bf16 ? 1 : 0; }
+
 // The tiers this CPU runs, best first, comma-separated; and why ICEFORMER_SIMD cannot be honoured ("" if it can).
 ICE_EXPORT const char* IceformerSimdTiers() {
   static const std::string s = iceformer::simd_tiers();

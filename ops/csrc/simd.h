@@ -68,6 +68,9 @@ struct Kernels {
   // pv_tile with P rounded to bfloat16 and V as key-pair words (cols even): o[r*ldo + e] += sum_c p[r*ldp + c] v(c)[e].
   void (*pv_tile_bf16)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv,
                        float* o, int64_t ldo);
+  // Whether the k-NN path runs its P V in bfloat16 (pv_tile_bf16) or fp32 (pv_tile). bfloat16 pays only with a
+  // bfloat16 dot product in hardware (AVX512-BF16); emulated, its splitting costs more than the halved bytes save.
+  bool pv_bf16;
 };
 
 const Kernels& scalar_kernels();
@@ -76,7 +79,10 @@ const Kernels* avx512_vnni_kernels();  // the same with the AVX512-VNNI dot prod
 // The VNNI kernels with AVX512-BF16's dot product for the bfloat16 P V tiles; nullptr when not compiled in.
 const Kernels* avx512_bf16_kernels();
 // Highway's builds of the same source (simd_hwy.cc); nullptr when the target is not compiled in (other architectures).
-const Kernels* avx2_kernels();        // AVX2 + FMA (x86-64-v3)
+const Kernels* avx2_kernels();  // AVX2 + FMA (x86-64-v3)
+// The avx2 table with the low-rank scan on AVX-VNNI's byte dot product (simd_avx2_vnni.cc); nullptr when not compiled
+// in.
+const Kernels* avx2_vnni_kernels();
 const Kernels* avx512_hwy_kernels();  // AVX-512 F/VL/DQ/BW, for comparison with the hand-written AVX-512 kernels
 const Kernels* neon_kernels();        // ARM64 Advanced SIMD
 const Kernels& kernels();             // the dispatch point

@@ -351,7 +351,8 @@ const Kernels* avx512_kernels() {
                          pack_panel,
                          avx512::to_pairs,
                          avx512::repair,
-                         avx512::pv_tile_bf16};
+                         avx512::pv_tile_bf16,
+                         false};
   return &k;
 }
 
@@ -371,6 +372,7 @@ const Kernels* avx512_bf16_kernels() {
     Kernels b = *avx512_vnni_kernels();
     b.name = "avx512-vnni-bf16";
     b.pv_tile_bf16 = avx512::pv_tile_bf16_hw;
+    b.pv_bf16 = true;
     return b;
   }();
   return &k;

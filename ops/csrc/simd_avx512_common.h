@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "row_groups.h"
+
 // GCC 12 reports the intrinsics' internal undefined operands (avx512fintrin.h "__Y") as maybe-uninitialized once
 // bf16_bits is inlined: a false positive.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -27,37 +29,10 @@ inline __m512i bf16_bits(__m512 x) {
   return _mm512_mask_blend_epi32(nan, r, _mm512_srli_epi32(_mm512_or_si512(b, _mm512_set1_epi32(0x400000)), 16));
 }
 
-// Calls f(std::integral_constant<int, R>, row0) over rows in groups of R = 8 (then one group of the remainder):
-// the register-blocked kernels keep R rows' accumulators in registers.
+// The kernels' row groups: 8 rows.
 template <typename F>
 inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& f) {
-  int64_t r = 0;
-  for (; r + 8 <= rows; r += 8) f(std::integral_constant<int, 8>{}, r);
-  switch (rows - r) {
-    case 7:
-      f(std::integral_constant<int, 7>{}, r);
-      break;
-    case 6:
-      f(std::integral_constant<int, 6>{}, r);
-      break;
-    case 5:
-      f(std::integral_constant<int, 5>{}, r);
-      break;
-    case 4:
-      f(std::integral_constant<int, 4>{}, r);
-      break;
-    case 3:
-      f(std::integral_constant<int, 3>{}, r);
-      break;
-    case 2:
-      f(std::integral_constant<int, 2>{}, r);
-      break;
-    case 1:
-      f(std::integral_constant<int, 1>{}, r);
-      break;
-    default:
-      break;
-  }
+  iceformer::by_row_groups<8>(rows, f);
 }
 
 }  // namespace

@@ -42,11 +42,13 @@ bool has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
          __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("f16c");
 }
+bool has_avx_vnni() { return has_avx2() && __builtin_cpu_supports("avxvnni"); }
 #else
 bool has_avx512() { return false; }
 bool has_vnni() { return false; }
 bool has_bf16() { return false; }
 bool has_avx2() { return false; }
+bool has_avx_vnni() { return false; }
 #endif
 bool has_neon() {
 #if defined(__aarch64__)
@@ -63,6 +65,7 @@ constexpr Tier kTiers[] = {
     {"avx512-vnni", nullptr, kX86, avx512_vnni_kernels, has_vnni, true},
     {"avx512", nullptr, kX86, avx512_kernels, has_avx512, true},
     {"avx512-hwy", nullptr, kX86, avx512_hwy_kernels, has_avx512, false},
+    {"avx2-vnni", nullptr, kX86, avx2_vnni_kernels, has_avx_vnni, true},
     {"avx2", nullptr, kX86, avx2_kernels, has_avx2, true},
     {"neon", nullptr, kArm64, neon_kernels, has_neon, true},
     {"scalar", nullptr, true, scalar_table, always, true},

@@ -51,7 +51,8 @@ const Kernels* Table() {
                          PackPanel,
                          ToPairs,
                          Repair,
-                         PvTileBf16};
+                         PvTileBf16,
+                         false};
   return &k;
 }
 

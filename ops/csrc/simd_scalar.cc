@@ -146,7 +146,7 @@ void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const
 const Kernels& scalar_kernels() {
   static const Kernels k{"scalar",    qk_tile,    qk_above_i8, qk_union_i8, pv_tile,         vmax,
                          exp_sum,     dot,        scal,        count_ge,    kth_largest_int, gather_dot,
-                         gather_axpy, pack_panel, to_pairs,    repair,      pv_tile_bf16};
+                         gather_axpy, pack_panel, to_pairs,    repair,      pv_tile_bf16,    false};
   return k;
 }
 

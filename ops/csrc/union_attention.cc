@@ -21,7 +21,8 @@ struct UnionScratch {
   KeyMarks in;
   std::vector<int32_t> keys;  // the gathered columns: U, padding, sample, padding
   std::vector<float> kp, q, s, o, m1, s1;
-  std::vector<uint32_t> vw;  // V as bfloat16 key-pair words (simd.h)
+  std::vector<uint32_t> vw;  // V as bfloat16 key-pair words (simd.h), where the head has pairs
+  std::vector<float> vf;     // V rows, where it has not (fp32 P V)
   std::vector<OnlineSoftmax> st;
   std::vector<int64_t> last, seen, fallback;
 };
@@ -61,8 +62,10 @@ void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch&
       sc.seen[r] += vis - lo;
       sc.st[r].add_tile_row(sr, width, kern, w);
     }
-    if (head.v_finite)
+    if (head.v_finite && head.v_pairs != nullptr)
       kern.pv_tile_bf16(sc.s.data(), kExactBlockK, rows, cols, sc.vw.data() + (t0 / 2) * Dv, Dv, sc.o.data(), ldo);
+    else if (head.v_finite)
+      kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.vf.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
     else
       pv_nonzero(sc.s.data(), kExactBlockK, rows, cols, p.value_rows(b, hq / p.shape.group()), Dv, key, sc.o.data(),
                  ldo);
@@ -81,12 +84,26 @@ struct Columns {
   double h = 1.0;
 };
 
+// out = the rows keys[c] of V (Dv floats each), zero for padding.
+void gather_values(const float* V, int64_t Dv, const std::vector<int32_t>& keys, std::vector<float>* out) {
+  out->resize(keys.size() * Dv);
+  float* dst = out->data();
+  for (const int32_t key : keys) {
+    if (key == kPadKey)
+      std::fill(dst, dst + Dv, 0.f);
+    else
+      std::copy_n(V + static_cast<int64_t>(key) * Dv, Dv, dst);
+    dst += Dv;
+  }
+}
+
 // Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
 // h times the sum over its visible sampled keys estimates the sum over its visible keys outside U. Gathered into
 // sc: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), fp32 for exact scores; V as
-// bfloat16 pairs of keys, re-paired from head's pairs of consecutive keys (the weights are rounded to bfloat16 too:
-// P V in bfloat16 changed the output of SmolLM2's layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost
-// up to 0.8%; docs/decisions.md). Padding columns are zero.
+// fp32 rows, or where the head has V in pairs (tiers with bfloat16 P V) as bfloat16 pairs of keys re-paired from
+// head's pairs of consecutive keys (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of
+// SmolLM2's layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md).
+// Padding columns are zero.
 Columns gather_columns(const AttentionParams& p, const PackedHead& head, UnionScratch& sc,
                        const std::vector<int32_t>& u, int64_t b, int64_t hq, int64_t i0, int64_t first_min,
                        int64_t last_any) {
@@ -110,6 +127,10 @@ Columns gather_columns(const AttentionParams& p, const PackedHead& head, UnionSc
   sc.kp.resize(n * D);
   pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
   pack_panels(K, D, sc.keys.data() + cols.c_s, n_samp, sc.kp.data() + cols.c_s * D);
+  if (head.v_pairs == nullptr) {
+    gather_values(p.value_rows(b, hkv), Dv, sc.keys, &sc.vf);
+    return cols;
+  }
   sc.vw.resize(n / 2 * Dv);
   const Kernels& kern = kernels();
   auto words = [&](int64_t c) {  // the pair words holding key c's values, or nullptr for padding
