@@ -108,7 +108,7 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         "min_keys",
         "int",
         8192,
-        "queries seeing fewer keys than this attend to every key (with `search` 0, P V in bfloat16 as for the rest)",
+        "queries seeing fewer keys than this attend to every key (with `search` 0, P V in the precision of the rest)",
     ),
     AttrSpec(
         "local_window",

@@ -7,6 +7,8 @@
 #if defined(__AVXVNNI__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 
+#include <algorithm>
+
 #include "row_groups.h"
 
 namespace iceformer {
@@ -76,11 +78,24 @@ void qk_union_i8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb
                  const int64_t* vis, const int32_t* thr, uint16_t* bits) {
   by_row_groups<kScanRows>(rows, [&](auto R, int64_t r0) {
     constexpr int kR = decltype(R)::value;
+    int64_t vmin = vis[r0];
+    for (int t = 1; t < kR; ++t) vmin = std::min(vmin, vis[r0 + t]);
     for (int64_t p = 0; p < npanels; ++p) {
       __m256i a[kR][2];
       scan_panel<kR>(q + r0 * ldq, ldq, kb + p * R4 * 64, R4, a);
       uint32_t m = 0;
-      for (int t = 0; t < kR; ++t) m |= above_bits(a[t], thr[r0 + t]) & lanes_below(vis[r0 + t] - p * kPanel);
+      if ((p + 1) * kPanel <= vmin) {  // every row sees the whole panel: OR the compares, one mask extraction
+        __m256i any[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int t = 0; t < kR; ++t) {
+          const __m256i th = _mm256_set1_epi32(thr[r0 + t]);
+          any[0] = _mm256_or_si256(any[0], _mm256_cmpgt_epi32(a[t][0], th));
+          any[1] = _mm256_or_si256(any[1], _mm256_cmpgt_epi32(a[t][1], th));
+        }
+        m = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(any[0]))) |
+            static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(any[1]))) << 8;
+      } else {
+        for (int t = 0; t < kR; ++t) m |= above_bits(a[t], thr[r0 + t]) & lanes_below(vis[r0 + t] - p * kPanel);
+      }
       bits[p] |= static_cast<uint16_t>(m);
     }
   });

@@ -82,12 +82,22 @@ void QkUnionI8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, 
   const DI di;
   by_row_groups<kScanRows>(rows, [&](auto R, int64_t r0) {
     constexpr int kR = decltype(R)::value;
+    int64_t vmin = vis[r0];
+    for (int t = 1; t < kR; ++t) vmin = std::min(vmin, vis[r0 + t]);
     for (int64_t p = 0; p < npanels; ++p) {
       VI a[kR][kVP];
       scan_panel<kR>(q + r0 * ldq, ldq, kb + p * R4 * 64, R4, a);
       uint32_t m = 0;
-      for (int t = 0; t < kR; ++t)
-        m |= above_bits(di, a[t], hn::Set(di, thr[r0 + t])) & lanes_below(vis[r0 + t] - p * kPanel);
+      if ((p + 1) * kPanel <= vmin) {  // every row sees the whole panel: OR the masks, one extraction
+        for (int64_t v = 0; v < kVP; ++v) {
+          auto any = hn::Gt(a[0][v], hn::Set(di, thr[r0]));
+          for (int t = 1; t < kR; ++t) any = hn::Or(any, hn::Gt(a[t][v], hn::Set(di, thr[r0 + t])));
+          m |= static_cast<uint32_t>(hn::BitsFromMask(di, any)) << (v * kN);
+        }
+      } else {
+        for (int t = 0; t < kR; ++t)
+          m |= above_bits(di, a[t], hn::Set(di, thr[r0 + t])) & lanes_below(vis[r0 + t] - p * kPanel);
+      }
       bits[p] |= static_cast<uint16_t>(m);
     }
   });

@@ -29,9 +29,9 @@ def run_case(case, threads: int = 2, **model_kw) -> np.ndarray:
     return knn_session(case, threads, **model_kw).run(None, case.inputs())[0]
 
 
-# The k-NN path's shared key sets multiply P V in bfloat16 (weights and values rounded to 8 significant bits,
-# relative error <= 2^-8 each; ops/csrc/simd.h): an output is then within 2^-7 of the weighted mean of |v| (the
-# softmax of the same logits applied to |V|) of the float64 answer.
+# The k-NN path's P V on the tier with bfloat16 P V (avx512-vnni-bf16; the others run it in fp32) rounds weights and
+# values to 8 significant bits (relative error <= 2^-8 each; ops/csrc/simd.h): an output is then within 2^-7 of the
+# weighted mean of |v| (the softmax of the same logits applied to |V|) of the float64 answer, on every tier.
 BF16_PV_REL = 2.0**-7
 
 
