@@ -86,6 +86,19 @@ void merge_row(const float* partials, int64_t nchunks, int64_t stride, int64_t d
 
 }  // namespace
 
+void decode_group_exact(const AttentionParams& p, int64_t b, int64_t hkv, std::vector<float>* partials) {
+  const AttentionShape& sh = p.shape;
+  const int64_t g = sh.group(), rows = g * sh.S, row_floats = sh.Dv + 2;
+  const int64_t nchunks = (sh.T + kDecodeChunk - 1) / kDecodeChunk;
+  partials->resize(static_cast<size_t>(std::max<int64_t>(1, nchunks * rows * row_floats)));
+  for (int64_t c = 0; c < nchunks; ++c)
+    decode_chunk(p, b, hkv, c * kDecodeChunk, std::min(sh.T, (c + 1) * kDecodeChunk),
+                 partials->data() + c * rows * row_floats);
+  for (int64_t r = 0; r < rows; ++r)
+    merge_row(partials->data() + r * row_floats, nchunks, rows * row_floats, sh.Dv,
+              p.y + ((b * sh.Hq + hkv * g + r / sh.S) * sh.S + r % sh.S) * sh.Dv);
+}
+
 Status run_decode(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
   const AttentionShape& sh = p.shape;
   const int64_t g = sh.group(), rows = g * sh.S, row_floats = sh.Dv + 2;

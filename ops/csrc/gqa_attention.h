@@ -1,13 +1,15 @@
 // GroupQueryAttention with com.microsoft.GroupQueryAttention's contract (version 1, the CPU subset genai's
 // builder emits): packed QKV or separate Q/K/V [B,S,H*D]; past / present KV [B,Hkv,rows,D], present aliasing past
 // (past_present_share_buffer) or separate; per-batch valid lengths L_b = seqlens_k[b] + 1; rotary inside; hard
-// window; softcap. Prefill (S >= 32) runs the KnnAttention driver (exact or k-NN) over the cache; shorter steps the
-// decode kernel. Free of ONNX Runtime types.
+// window; softcap. Prefill (S >= 32) runs the KnnAttention driver (exact or k-NN) over the cache and builds the decode
+// index; shorter steps run k-NN decode (decode_knn.h) from min_keys cached keys on, flash decoding below. Free of ONNX
+// Runtime types.
 #pragma once
 #include <cstdint>
 #include <vector>
 
 #include "attention.h"
+#include "decode_index.h"
 #include "params.h"
 #include "status.h"
 
@@ -35,6 +37,8 @@ struct GqaParams {
   int64_t window = -1;  // local_window_size: keys j > position - window (-1: none)
   KnnSettings knn;
   float* output = nullptr;  // [B,S,Hq*D]
+  // The kernel instance's persistent decode indexes (decode_index.h); nullptr: decode steps run flash decoding.
+  DecodeIndexCache* indexes = nullptr;
 };
 
 // Input shapes as given (absent inputs: empty, has_* false).

@@ -1,14 +1,16 @@
-// What both k-NN paths (the low-rank block sets, union_attention.h, and the Prioritized-DCI rows,
-// dci_attention.h) share: the candidate budget of the contract, the tail estimate's sample and its tail_limit test,
-// and the statistics code of a row sent to exact.
+// What the k-NN paths (the low-rank block sets, union_attention.h, the Prioritized-DCI rows, dci_attention.h, and
+// the k-NN decode steps, decode_knn.h) share: the candidate budget of the contract, the tail estimate's sample and
+// its tail_limit test, the gathered columns' padding and value rows, and the statistics code of a row sent to exact.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "params.h"
 #include "rng.h"
+#include "simd.h"
 
 namespace iceformer {
 
@@ -41,6 +43,26 @@ double systematic_sample(Rng& rng, int64_t samples, int64_t lo, int64_t hi, Take
   const double start = static_cast<double>(lo) + rng.uniform() * h;
   for (int64_t t = 0; t < n; ++t) take(std::min<int64_t>(hi, static_cast<int64_t>(start + static_cast<double>(t) * h)));
   return h;
+}
+
+// A gathered column that holds no key (panel padding): beyond every row's last key, zero K and V.
+constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();
+
+inline void pad_to_panel(std::vector<int32_t>& keys) {
+  while (keys.size() % kPanel != 0) keys.push_back(kPadKey);
+}
+
+// out = the rows keys[c] of V (Dv floats each), zero for padding.
+inline void gather_values(const float* V, int64_t Dv, const std::vector<int32_t>& keys, std::vector<float>* out) {
+  out->resize(keys.size() * Dv);
+  float* dst = out->data();
+  for (const int32_t key : keys) {
+    if (key == kPadKey)
+      std::fill(dst, dst + Dv, 0.f);
+    else
+      std::copy_n(V + static_cast<int64_t>(key) * Dv, Dv, dst);
+    dst += Dv;
+  }
 }
 
 // The tail_limit test: whether the estimated share of a row's softmax mass outside its retrieved keys exceeds

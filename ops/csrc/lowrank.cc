@@ -94,13 +94,25 @@ void finish_moment(std::vector<double>& G, int64_t D, int64_t count) {
   for (int64_t a = 0; a < D; ++a) G[a * D + a] += 1e-6 * trace / static_cast<double>(D);
 }
 
+// Key j's code from its projection kr[0, r): round(kr_d / s_d) clamped to [-127, 127], + 128, at its panel slot
+// (simd.h layout); non-finite coordinates as 0.
+void store_code(LowRankSet* set, int64_t bh, int64_t j, const float* kr) {
+  uint8_t* dst = set->panels.data() + bh * set->per_head + (j / kPanel) * set->r4 * 64 + 4 * (j % kPanel);
+  const float* scale = set->kscale.data() + bh * set->r;
+  for (int64_t c = 0; c < set->r; ++c) {
+    const float x = kr[c] / scale[c];
+    const float v = std::isfinite(x) ? std::min(127.f, std::max(-127.f, std::nearbyint(x))) : 0.f;
+    dst[(c / 4) * 64 + c % 4] = static_cast<uint8_t>(static_cast<int>(v) + 128);
+  }
+}
+
 }  // namespace
 
-void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set) {
+void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set, int64_t capacity) {
   const AttentionShape& sh = p.shape;
   set->r = std::max<int64_t>(1, std::min(rank, sh.D));
   set->r4 = (set->r + 3) / 4;
-  set->per_head = ((sh.T + kPanel - 1) / kPanel) * set->r4 * 64;
+  set->per_head = ((std::max(capacity, sh.T) + kPanel - 1) / kPanel) * set->r4 * 64;
   set->kscale.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r), 1.f);
   set->kbasis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
   set->qbasis.assign(static_cast<size_t>(sh.B * sh.Hkv * set->r * sh.D), 0.f);
@@ -163,13 +175,19 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   }
   for (int64_t c = 0; c < r; ++c) scale[c] = scale[c] > 0.f ? scale[c] / 127.f : 1.f;
   std::fill(panels, panels + set->per_head, uint8_t{128});
-  for (int64_t j = 0; j < T; ++j) {
-    uint8_t* dst = panels + (j / kPanel) * set->r4 * 64 + 4 * (j % kPanel);
-    for (int64_t c = 0; c < r; ++c) {
-      const float x = sc.kr[j * r + c] / scale[c];
-      const float v = std::isfinite(x) ? std::min(127.f, std::max(-127.f, std::nearbyint(x))) : 0.f;
-      dst[(c / 4) * 64 + c % 4] = static_cast<uint8_t>(static_cast<int>(v) + 128);
-    }
+  for (int64_t j = 0; j < T; ++j) store_code(set, bh, j, sc.kr.data() + j * r);
+}
+
+void code_keys(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1, LowRankSet* set) {
+  const Kernels& kern = kernels();
+  const int64_t D = p.shape.D, r = set->r, bh = b * p.shape.Hkv + hkv;
+  const float* K = p.key_rows(b, hkv);
+  const float* kbasis = set->kbasis.data() + bh * r * D;
+  std::vector<float>& kr = t_build.kr;
+  kr.resize(r);
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t c = 0; c < r; ++c) kr[c] = kern.dot(K + j * D, kbasis + c * D, D);
+    store_code(set, bh, j, kr.data());
   }
 }
 

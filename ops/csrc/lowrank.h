@@ -23,10 +23,13 @@ struct LowRankSet {
   std::vector<uint8_t> panels;          // [B*Hkv][per_head]: K X in 8 bits, panels of 16 keys (simd.h)
 };
 
-// Sizes the set for p (rank min(rank, D)).
-void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set);
+// Sizes the set for p (rank min(rank, D)), with room for max(capacity, T) keys per (b, hkv).
+void init_lowrank(const AttentionParams& p, int64_t rank, LowRankSet* set, int64_t capacity = 0);
 // Basis and projected keys of (b, hkv).
 void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet* set);
+// Codes the keys [j0, j1) of (b, hkv) with its existing basis and scales (coordinates beyond 127 steps clamp): a KV
+// cache's new rows (decode_index.h).
+void code_keys(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1, LowRankSet* set);
 // Marks in `in` the keys visible to some query row of [i0, i1) of (b, hq) whose approximate score is
 // among that row's best ~`budget` (a per-row threshold estimated from a sample of the keys, aimed slightly above
 // budget; no trim). real_prefix[j] = real (unpadded) keys of batch row b in [0, j).

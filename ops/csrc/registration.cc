@@ -286,6 +286,7 @@ struct GqaKernel {
   explicit GqaKernel(const GqaConfig& c) : cfg(c) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
   GqaConfig cfg;
+  iceformer::DecodeIndexCache indexes;  // the k-NN decode path's state between runs, freed with the session
 };
 
 OrtStatusPtr gqa_error(const std::string& msg) { return make_error("GroupQueryAttention: " + msg); }
@@ -306,6 +307,7 @@ OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
     iceformer::GqaParams g;
     g.Hq = cfg.Hq, g.Hkv = cfg.Hkv, g.rotary = cfg.rotary, g.interleaved = cfg.interleaved, g.causal = cfg.causal;
     g.scale = cfg.scale, g.softcap = cfg.softcap, g.window = cfg.window, g.knn = cfg.knn;
+    g.indexes = &indexes;
     gqa_input(ctx, 0, &d.query);
     d.has_key = gqa_input(ctx, 1, &d.key);
     d.has_value = gqa_input(ctx, 2, &d.value);

@@ -15,8 +15,6 @@
 namespace iceformer {
 namespace {
 
-constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();  // panel padding: beyond every row's last key
-
 struct UnionScratch {
   KeyMarks in;
   std::vector<int32_t> keys;  // the gathered columns: U, padding, sample, padding
@@ -27,10 +25,6 @@ struct UnionScratch {
   std::vector<int64_t> last, seen, fallback;
 };
 thread_local UnionScratch t_union;
-
-void pad_to_panel(std::vector<int32_t>& keys) {
-  while (keys.size() % kPanel != 0) keys.push_back(kPadKey);
-}
 
 // Adds columns [c0, c1) of the gathered set (c0 on a panel boundary) to every row's state, each exp(score)
 // counted w times; seen[r] += columns row r may see.
@@ -83,19 +77,6 @@ struct Columns {
   int64_t c_s = 0, n = 0;
   double h = 1.0;
 };
-
-// out = the rows keys[c] of V (Dv floats each), zero for padding.
-void gather_values(const float* V, int64_t Dv, const std::vector<int32_t>& keys, std::vector<float>* out) {
-  out->resize(keys.size() * Dv);
-  float* dst = out->data();
-  for (const int32_t key : keys) {
-    if (key == kPadKey)
-      std::fill(dst, dst + Dv, 0.f);
-    else
-      std::copy_n(V + static_cast<int64_t>(key) * Dv, Dv, dst);
-    dst += Dv;
-  }
-}
 
 // Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
 // h times the sum over its visible sampled keys estimates the sum over its visible keys outside U. Gathered into

@@ -1,0 +1,211 @@
+#include "decode_knn.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "decode_attention.h"
+#include "exact_attention.h"
+#include "key_marks.h"
+#include "knn_common.h"
+#include "masking.h"
+#include "online_softmax.h"
+#include "parallel.h"
+#include "simd.h"
+
+namespace iceformer {
+namespace {
+
+struct KnnDecodeScratch {
+  KeyMarks in;
+  std::vector<int64_t> prefix, last, first;
+  std::vector<int32_t> keys;  // U, padding, sample, padding
+  std::vector<float> kp, vf, q, s, o, m1, s1, partials;
+  std::vector<OnlineSoftmax> st;
+};
+thread_local KnnDecodeScratch t_kd;
+
+enum class Outcome { kKnn, kExact, kStale };
+
+struct GroupResult {
+  Outcome outcome = Outcome::kExact;
+  int64_t columns = 0;  // keys scored exactly per row (U and sample), k-NN groups
+};
+
+// The group's rows: r = (query head hkv * g + r / S, query r % S); their visible keys [first[r], last[r]].
+struct Group {
+  const AttentionParams& p;
+  int64_t b, hkv, len, rows;
+  int64_t first_min, last_min, last_any;
+};
+
+// U: sinks, the recent window and every row's low-rank retrieval; into sc.keys (ascending, padded to a panel).
+// Returns |U|.
+int64_t retrieve(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc) {
+  const AttentionParams& p = gr.p;
+  const KnnSettings& ks = p.knn;
+  const int64_t T = p.shape.T, g = p.shape.group();
+  sc.prefix.resize(T + 1);
+  for (int64_t j = 0; j <= T; ++j) sc.prefix[j] = std::min(j, gr.len);  // real keys before j: the first L_b
+  sc.in.begin(T);
+  for (int64_t j = gr.first_min; j < std::min(ks.num_sink, gr.last_any + 1); ++j) sc.in.mark(j);
+  if (ks.recent_keys > 0)
+    for (int64_t j = std::max({gr.first_min, ks.num_sink, gr.last_min - ks.recent_keys + 1}); j <= gr.last_any; ++j)
+      sc.in.mark(j);
+  const int64_t visible = gr.last_any + 1 - gr.first_min;
+  const int64_t budget = std::min(visible, kDecodeBudgetScale * candidate_budget(ks, visible));
+  for (int64_t hq = gr.hkv * g; hq < (gr.hkv + 1) * g; ++hq)
+    lowrank_union(p, index.codes(), sc.prefix.data(), gr.b, hq, 0, p.shape.S, budget, &sc.in);
+  const std::vector<int32_t>& u = sc.in.collect(gr.last_any + 1);
+  sc.keys.assign(u.begin(), u.end());
+  pad_to_panel(sc.keys);
+  return static_cast<int64_t>(u.size());
+}
+
+// Adds the gathered columns [c0, c1) to every row's state, each exp(score) counted w times.
+void add_columns(const Group& gr, KnnDecodeScratch& sc, int64_t c0, int64_t c1, float w) {
+  const Kernels& kern = kernels();
+  const AttentionParams& p = gr.p;
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = padded_dv(Dv);
+  for (int64_t t0 = c0; t0 < c1; t0 += kExactBlockK) {
+    const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
+    const int64_t width = npanels * kPanel;
+    const int32_t* key = sc.keys.data() + t0;
+    kern.qk_tile(sc.q.data(), D, gr.rows, sc.kp.data() + t0 * D, D, npanels, sc.s.data(), kExactBlockK);
+    for (int64_t r = 0; r < gr.rows; ++r) {
+      float* sr = sc.s.data() + r * kExactBlockK;
+      // Keys ascend (padding last): the row's visible columns are [lo, vis).
+      const int64_t vis = std::upper_bound(key, key + width, static_cast<int32_t>(sc.last[r])) - key;
+      const int64_t lo = std::min(vis, std::lower_bound(key, key + width, static_cast<int32_t>(sc.first[r])) - key);
+      std::fill(sr + vis, sr + width, kNegInf);
+      std::fill(sr, sr + lo, kNegInf);
+      if (p.softcap > 0.f) apply_softcap(sr + lo, vis - lo, p.softcap);
+      sc.st[r].add_tile_row(sr, width, kern, w);
+    }
+    kern.pv_tile(sc.s.data(), kExactBlockK, gr.rows, cols, sc.vf.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
+  }
+}
+
+GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc) {
+  const AttentionParams& p = gr.p;
+  const KnnSettings& ks = p.knn;
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, S = p.shape.S, g = p.shape.group(), rows = gr.rows;
+  const int64_t visible = gr.last_any + 1 - gr.first_min;
+  const int64_t n_u = retrieve(gr, index, sc);
+  const int64_t c_s = static_cast<int64_t>(sc.keys.size());
+  const int64_t samples = ks.tail_samples > 0 ? std::min(ks.tail_samples, visible) : 0;
+  if (static_cast<double>(c_s + samples) > kMaxDecodeShare * static_cast<double>(visible)) return {};
+  double h = 1.0;
+  if (samples > 0) {
+    Rng rng(row_seed(ks.seed, gr.b, gr.hkv, gr.len));
+    h = systematic_sample(rng, ks.tail_samples, gr.first_min, gr.last_any, [&](int64_t j) {
+      if (!sc.in.contains(j)) sc.keys.push_back(static_cast<int32_t>(j));
+    });
+  }
+  const int64_t n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
+  pad_to_panel(sc.keys);
+  const int64_t n = static_cast<int64_t>(sc.keys.size());
+  // Every key row read must be the one that was coded: a mismatch means the cache changed under the index.
+  const float* K = p.key_rows(gr.b, gr.hkv);
+  for (const int32_t j : sc.keys)
+    if (j != kPadKey && !index.row_matches(K + static_cast<int64_t>(j) * D, D, gr.b, gr.hkv, j))
+      return {Outcome::kStale, 0};
+  sc.kp.resize(n * D);
+  pack_panels(K, D, sc.keys.data(), n_u, sc.kp.data());  // zero up to the panel boundary: U's padding
+  pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
+  gather_values(p.value_rows(gr.b, gr.hkv), Dv, sc.keys, &sc.vf);
+
+  const int64_t ldo = padded_dv(Dv);
+  sc.q.resize(rows * D);
+  sc.s.resize(rows * kExactBlockK);
+  sc.o.assign(rows * ldo, 0.f);
+  sc.st.resize(rows);
+  sc.m1.resize(rows);
+  sc.s1.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    p.scaled_query(gr.b, gr.hkv * g + r / S, r % S, sc.q.data() + r * D);
+    sc.st[r] = OnlineSoftmax::empty(sc.o.data() + r * ldo, Dv);
+  }
+  add_columns(gr, sc, 0, c_s, 1.f);
+  for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
+  if (n > c_s) add_columns(gr, sc, c_s, n, static_cast<float>(h));
+  for (int64_t r = 0; r < rows; ++r)
+    if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], sc.st[r].max, sc.st[r].sum)) return {};
+  for (int64_t r = 0; r < rows; ++r) {
+    float* y = p.y + ((gr.b * p.shape.Hq + gr.hkv * g + r / S) * S + r % S) * Dv;
+    sc.st[r].finish(y);
+    if (!all_finite(y, Dv)) return {};  // a non-finite key or value: flash decoding says where it reaches
+  }
+  return {Outcome::kKnn, n_u + n_samp};
+}
+
+// One (b, hkv) task: the k-NN group when it sees enough keys, else (or when it declines) flash decoding.
+GroupResult decode_group(const AttentionParams& p, DecodeIndex& index, int64_t b, int64_t hkv, bool* rebuilt) {
+  const AttentionShape& sh = p.shape;
+  const int64_t g = sh.group(), len = static_cast<const int64_t*>(p.key_padding.data)[b];
+  KnnDecodeScratch& sc = t_kd;
+  Group gr{p, b, hkv, len, g * sh.S, sh.T, sh.T, -1};
+  sc.last.resize(gr.rows);
+  sc.first.resize(gr.rows);
+  for (int64_t r = 0; r < gr.rows; ++r) {
+    const int64_t i = r % sh.S;
+    sc.last[r] = std::min(row_last(p, b, hkv * g, i), len - 1);
+    sc.first[r] = row_first(p, b, i);
+    gr.first_min = std::min(gr.first_min, sc.first[r]);
+    gr.last_min = std::min(gr.last_min, sc.last[r]);
+    gr.last_any = std::max(gr.last_any, sc.last[r]);
+  }
+  GroupResult res;
+  if (gr.last_any + 1 - gr.first_min >= p.knn.min_keys) {
+    *rebuilt = index.refresh(p, b, hkv, p.q_offset[b], len);
+    res = knn_group(gr, index, sc);
+    if (res.outcome == Outcome::kStale) {
+      index.drop(b, hkv);
+      *rebuilt = index.refresh(p, b, hkv, p.q_offset[b], len);
+    }
+  }
+  if (res.outcome != Outcome::kKnn) decode_group_exact(p, b, hkv, &sc.partials);
+  return res;
+}
+
+}  // namespace
+
+Status run_decode_knn(const AttentionParams& p, DecodeIndex& index, const Parallel& par, CallStats* stats) {
+  const AttentionShape& sh = p.shape;
+  index.layout(p, p.knn.rank);
+  std::vector<GroupResult> res(static_cast<size_t>(sh.B * sh.Hkv));
+  std::vector<char> rebuilt(res.size(), 0);
+  Status ran = parallel_dynamic(par, res.size(), "the k-NN decode groups", [&](size_t t) {
+    bool rb = false;
+    res[t] = decode_group(p, index, static_cast<int64_t>(t) / sh.Hkv, static_cast<int64_t>(t) % sh.Hkv, &rb);
+    rebuilt[t] = rb;
+  });
+  if (!ran.ok()) return in_call(ran, sh);
+  int64_t knn_groups = 0, columns = 0;
+  for (size_t t = 0; t < res.size(); ++t) {
+    knn_groups += res[t].outcome == Outcome::kKnn;
+    columns += res[t].outcome == Outcome::kKnn ? res[t].columns : 0;
+    stats->index_rebuilds += rebuilt[t];
+  }
+  stats->index_bytes = index.bytes();
+  stats->knn_rows = knn_groups * sh.group() * sh.S;
+  stats->mean_candidates = knn_groups > 0 ? static_cast<double>(columns) / static_cast<double>(knn_groups) : 0.0;
+  stats->path = knn_groups > 0 ? PathTaken::kKnn : PathTaken::kExact;
+  stats->reason = knn_groups > 0 ? "decode: k-NN over the persistent index"
+                                 : "decode: flash decoding (too few keys, or the k-NN groups declined)";
+  return Status();
+}
+
+Status build_decode_index(const AttentionParams& p, DecodeIndex& index, const Parallel& par) {
+  const AttentionShape& sh = p.shape;
+  index.layout(p, p.knn.rank);
+  const int64_t* len = static_cast<const int64_t*>(p.key_padding.data);
+  Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), "the decode index", [&](size_t t) {
+    const int64_t b = static_cast<int64_t>(t) / sh.Hkv;
+    index.build(p, b, static_cast<int64_t>(t) % sh.Hkv, len[b]);
+  });
+  if (!ran.ok()) return in_call(ran, sh);
+  return Status();
+}
+
+}  // namespace iceformer
