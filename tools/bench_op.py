@@ -11,11 +11,12 @@ thread count, medians reported with ratios (time of ORT's kernel / time of ours:
                CPU attention, flash-style causal prefill); the headline for causal rows
   ort-mha      com.microsoft.MultiHeadAttention (causal = unidirectional=1; GQA: K/V repeated to Hq heads first)
   ort-attn23   standard ONNX Attention, opset 23 (is_causal=1 for causal)
-With --decode P...: one-token decode steps over P cached keys, our GroupQueryAttention against ORT's, both with
-past and present bound to one buffer (IOBinding, as genai runs them).
+With --decode P...: one-token decode steps from P cached keys on, our GroupQueryAttention exact (flash decoding) and
+k-NN against ORT's, past and present bound to one buffer per layer (IOBinding, as genai runs them); with --data the
+rows of the capture's layer (ours-knn's error is against ORT's exact output).
 
   ice-bench-op --n 1024 4096 8192 --causal both --threads 2 --json out.json
-  ice-bench-op --n 2048 --causal yes --decode 4096 16384 32768
+  ice-bench-op --n 2048 --causal yes --ort-kernels gqa --data qwen32k.npz --decode 16384 32704
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from rich.console import Console
 from rich.table import Table
@@ -150,42 +152,131 @@ class DecodeRow:
     Hq: int
     Hkv: int
     D: int
-    times_ms: dict[str, float] = field(default_factory=dict)
+    data: str  # "synthetic", or "capture layer L"
+    layers: int  # GroupQueryAttention nodes per step, each over its own cache (a model's layers)
+    steps: int
+    times_ms: dict[str, float] = field(default_factory=dict)  # per node and step, median over steps
+    # ours-knn: [mean relative output error vs ort-gqa over heads, layers and steps, worst step's mean]
+    errors: dict[str, list[float]] = field(default_factory=dict)
+    knn_stats: dict | None = None  # the last k-NN step's statistics line
     simd: str = field(default_factory=simd_variant)
 
 
-def run_decode_row(past: int, Hq: int, Hkv: int, D: int, threads: int, reps: int) -> DecodeRow:
-    """One new token over `past` cached keys: ours vs ORT's GroupQueryAttention, each on its own shared KV buffer."""
+def _decode_model(domain: str, Hq: int, Hkv: int, layers: int, **attrs) -> onnx.ModelProto:
+    """`layers` GroupQueryAttention nodes on one new token, node l over its own buffer past_key_l / present_key_l (as a
+    model's layers are in one decode step); outputs output_l."""
+    one = make_gqa_model(domain=domain, num_heads=Hq, kv_num_heads=Hkv, past=True, **attrs)
+    node = one.graph.node[0]
+    shared = ["query", "key", "value", "seqlens_k", "total_sequence_length"]
+    own = lambda name, layer: name if name in shared else f"{name}_{layer}"  # noqa: E731
+    nodes, inputs, outputs = [], [i for i in one.graph.input if i.name in shared], []
+    for layer in range(layers):
+        n = onnx.NodeProto()
+        n.CopyFrom(node)
+        n.name = f"gqa_{layer}"
+        n.input[:] = [own(x, layer) for x in node.input]
+        n.output[:] = [own(x, layer) for x in node.output]
+        nodes.append(n)
+        for v, dst in ((one.graph.input, inputs), (one.graph.output, outputs)):
+            for info in v:
+                if info.name not in shared:
+                    c = onnx.ValueInfoProto()
+                    c.CopyFrom(info)
+                    c.name = own(info.name, layer)
+                    dst.append(c)
+    graph = onnx.helper.make_graph(nodes, "decode", inputs, outputs)
+    model = onnx.helper.make_model(graph, opset_imports=list(one.opset_import))
+    model.ir_version = one.ir_version
+    return model
+
+
+def _decode_rows(data: str | None, layer: int, past: int, steps: int, Hq: int, Hkv: int, D: int):
+    """Q, K, V [H, past + steps, D]: a capture layer's first rows, or Gaussian rows."""
+    if data:
+        d = np.load(data)
+        if d["Q"].shape[2] < past + steps:
+            raise SystemExit(f"{data} holds {d['Q'].shape[2]} tokens; --decode {past} needs {past + steps}")
+        return tuple(np.ascontiguousarray(d[n][layer][:, : past + steps], np.float32) for n in ("Q", "K", "V"))
     rng = np.random.default_rng(past)
-    feeds = {
-        "query": rng.standard_normal((1, 1, Hq * D)).astype(np.float32),
-        "key": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
-        "value": rng.standard_normal((1, 1, Hkv * D)).astype(np.float32),
-        "seqlens_k": np.array([past], np.int32),
-        "total_sequence_length": np.array([past + 1], np.int32),
+    return tuple(rng.standard_normal((h, past + steps, D)).astype(np.float32) for h in (Hq, Hkv, Hkv))
+
+
+def run_decode_row(args, past: int, Hq: int, Hkv: int, D: int, stats_path: str) -> DecodeRow:
+    """Decode steps over `past` cached keys, then past + 1, ...: our GroupQueryAttention exact (flash decoding) and
+    k-NN (defaults, or the first --knn) against ORT's, each over its own shared KV buffers (IOBinding, as genai runs
+    them), `--decode-layers` nodes per step, interleaved step by step. The exact variants' caches are filled directly;
+    ours-knn runs the prompt through the op first, so its index is built as in generation. Between two runs a 256 MB
+    buffer is written: a real step streams the weights and the other layers' caches through the CPU caches."""
+    layer = args.data_layers[0]
+    L, steps = args.decode_layers, args.decode_steps
+    Q, K, V = _decode_rows(args.data, layer, past, steps, Hq, Hkv, D)
+    Hq, Hkv, D = Q.shape[0], K.shape[0], Q.shape[2]
+    tok = lambda x, a, b: np.ascontiguousarray(x[:, a:b].transpose(1, 0, 2).reshape(1, b - a, -1))  # noqa: E731
+    variants = {
+        "ours-knn": ("iceformer", (args.knn or [{}])[0]),
+        "ours-exact": ("iceformer", {"top_k": 0}),
+        "ort-gqa": ("com.microsoft", {}),
     }
-    cache = rng.standard_normal((1, Hkv, past + 1, D)).astype(np.float32)
     runs = {}
-    for name, domain in (("ours-gqa", "iceformer"), ("ort-gqa", "com.microsoft")):
-        sess = _session(
-            make_gqa_model(domain=domain, num_heads=Hq, kv_num_heads=Hkv, past=True), threads, domain == "iceformer"
-        )
+    for name, (domain, attrs) in variants.items():
+        sess = _session(_decode_model(domain, Hq, Hkv, L, **attrs), args.threads, domain == "iceformer")
+        kv = []
+        for _ in range(L):
+            cache = np.zeros((2, 1, Hkv, past + steps, D), np.float32)
+            if name != "ours-knn":
+                cache[0, 0, :, :past], cache[1, 0, :, :past] = K[:, :past], V[:, :past]
+            kv.append([ort.OrtValue.ortvalue_from_numpy(cache[i]) for i in range(2)])
+        runs[name] = (sess, kv)
+
+    def step(name: str, a: int, b: int) -> tuple[list[np.ndarray], float]:
+        sess, kv = runs[name]
         io = sess.io_binding()
-        for k, v in feeds.items():
-            io.bind_cpu_input(k, v)
-        kv = [ort.OrtValue.ortvalue_from_numpy(cache.copy()) for _ in range(2)]
-        for i, (a, b) in enumerate((("past_key", "present_key"), ("past_value", "present_value"))):
-            io.bind_ortvalue_input(a, kv[i])
-            io.bind_ortvalue_output(b, kv[i])
-        io.bind_output("output")
-        runs[name] = (sess, io, kv)
+        for n, x in (("query", Q), ("key", K), ("value", V)):
+            io.bind_cpu_input(n, tok(x, a, b))
+        io.bind_cpu_input("seqlens_k", np.array([b - 1], np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array([b], np.int32))
+        for i in range(L):  # outputs first: copy_outputs_to_cpu returns them in binding order
+            io.bind_output(f"output_{i}")
+        for i, (k_buf, v_buf) in enumerate(kv):
+            io.bind_ortvalue_input(f"past_key_{i}", k_buf)
+            io.bind_ortvalue_input(f"past_value_{i}", v_buf)
+            io.bind_ortvalue_output(f"present_key_{i}", k_buf)
+            io.bind_ortvalue_output(f"present_value_{i}", v_buf)
+        t0 = time.perf_counter()
+        sess.run_with_iobinding(io)
+        return io.copy_outputs_to_cpu()[:L], (time.perf_counter() - t0) * 1e3 / L
+
+    step("ours-knn", 0, past)  # the prompt: builds our index
+    flush = np.zeros(64 << 20, np.float32)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(reps + 1):  # the first round warms up
-        for name, (sess, io, _) in runs.items():
-            t0 = time.perf_counter()
-            sess.run_with_iobinding(io)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return DecodeRow(past, Hq, Hkv, D, {k: statistics.median(v[1:]) for k, v in times.items()})
+    errs = []
+    for r in range(steps):
+        outs = {}
+        for name in runs:
+            flush += 1.0
+            outs[name], ms = step(name, past + r, past + r + 1)
+            times[name].append(ms)
+        for got, ref in zip(outs["ours-knn"], outs["ort-gqa"]):
+            g, w = got.reshape(Hq, D).astype(np.float64), ref.reshape(Hq, D).astype(np.float64)
+            errs.append(np.mean(np.linalg.norm(g - w, axis=-1) / np.maximum(np.linalg.norm(w, axis=-1), 1e-30)))
+    per_step = np.asarray(errs).reshape(steps, L).mean(axis=1)
+    row = DecodeRow(
+        past,
+        Hq,
+        Hkv,
+        D,
+        f"capture layer {layer}" if args.data else "synthetic",
+        L,
+        steps,
+        {k: statistics.median(v[1:] if len(v) > 1 else v) for k, v in times.items()},
+        {"ours-knn": [float(np.mean(errs)), float(per_step.max())]},
+    )
+    if os.path.exists(stats_path):
+        lines = [json.loads(x) for x in open(stats_path).read().splitlines()]
+        knn = [x for x in lines if x.get("S") == 1 and x.get("top_k", 0) > 0]
+        row.knn_stats = knn[-1] if knn else None
+        os.remove(stats_path)
+    return row
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -242,8 +333,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         nargs="*",
         default=[],
-        help="also time one-token decode steps over these numbers of cached keys (GroupQueryAttention, "
-        "ours vs ORT's; heads and head dim of the first case)",
+        help="also time one-token decode steps from these numbers of cached keys (GroupQueryAttention: ours exact and "
+        "k-NN vs ORT's; with --data the first --data-layers layer's rows, else Gaussian rows with the first case's heads)",
+    )
+    ap.add_argument("--decode-steps", type=int, default=16, help="decode steps timed per number of cached keys")
+    ap.add_argument(
+        "--decode-layers", type=int, default=4, help="GroupQueryAttention nodes per step, each over its own cache"
     )
     ap.add_argument("--json", help="write the rows as JSON to this file")
     ap.add_argument("--plot", help="write a log-log PNG of time against n (ORT dense, our exact, our k-NN)")
@@ -331,19 +426,26 @@ def _table(rows: list[Row], args) -> Table:
 
 def _decode_table(decode: list, args) -> Table:
     dt = Table(
-        title=f"decode step (S = 1) over a shared KV buffer, median, {args.threads} threads "
-        "(ratio = ORT time / our time)"
+        title=f"decode steps over shared KV buffers, median per layer and step, {args.threads} threads "
+        "(ratio = other time / ours-knn time)"
     )
-    for col in ["cached keys", "tier", "layout", "ours-gqa ms", "ort-gqa ms", "ort/ours"]:
+    cols = ["cached keys", "data", "tier", "Hq:Hkv", "ours-knn ms", "ours-exact ms", "ort-gqa ms"]
+    for col in cols + ["exact/knn", "ort/knn", "ort/exact", "error % (worst step)", "keys read"]:
         dt.add_column(col, justify="right")
     for d in decode:
+        t, e = d.times_ms, d.errors["ours-knn"]
+        read = d.knn_stats["mean_candidates"] if d.knn_stats else 0
         dt.add_row(
             str(d.past),
+            d.data,
             d.simd,
             f"{d.Hq}:{d.Hkv}",
-            f"{d.times_ms['ours-gqa']:.3f}",
-            f"{d.times_ms['ort-gqa']:.3f}",
-            f"{d.times_ms['ort-gqa'] / d.times_ms['ours-gqa']:.2f}",
+            *(f"{t[k]:.3f}" for k in ("ours-knn", "ours-exact", "ort-gqa")),
+            f"{t['ours-exact'] / t['ours-knn']:.2f}",
+            f"{t['ort-gqa'] / t['ours-knn']:.2f}",
+            f"{t['ort-gqa'] / t['ours-exact']:.2f}",
+            f"{100 * e[0]:.2f} ({100 * e[1]:.2f})",
+            f"{read:.0f}",
         )
     return dt
 
@@ -361,9 +463,9 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{k} {v:.1f} ms" for k, v in rows[-1].times_ms.items())
         )
     console.print(_table(rows, args))
-    decode = [
-        run_decode_row(p, cases[0].Hq, cases[0].Hkv, cases[0].D, args.threads, max(args.reps, 9)) for p in args.decode
-    ]
+    decode = [run_decode_row(args, p, cases[0].Hq, cases[0].Hkv, cases[0].D, stats_path) for p in args.decode]
+    for d in decode:
+        console.log(f"decode {d.past}: " + ", ".join(f"{k} {v:.3f} ms" for k, v in d.times_ms.items()))
     if decode:
         console.print(_decode_table(decode, args))
     if args.json:

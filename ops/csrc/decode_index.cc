@@ -10,7 +10,7 @@ namespace iceformer {
 namespace {
 
 constexpr int64_t kCheckRecent = 256;  // most recent coded rows verified each call (where beams and rewinds differ)
-constexpr int64_t kCheckSampled = 16;  // seeded rows of the rest verified each call
+constexpr int64_t kCheckSampled = 32;  // seeded rows of the rest verified each call
 
 }  // namespace
 

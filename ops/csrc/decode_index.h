@@ -3,9 +3,11 @@
 // coded key row. ONNX Runtime gives an op no state between runs, so the GroupQueryAttention kernel instance owns a
 // DecodeIndexCache: a few indexes, each checked out by one call at a time (two generators on one session, or two
 // threads running it, never share one). An index is trusted only as far as its hashes say: every call rewinds it
-// to the rows the call says were cached before it, checks a seeded sample of them plus the most recent rows, and
-// the decode path re-checks every key row it gathers; any mismatch rebuilds the (batch, KV head) from the cache.
-// A stale index is rebuilt, never read.
+// to the rows the call says were cached before it, checks the 256 most recent rows and 32 seeded others, and the
+// decode path re-checks every key row it gathers; any mismatch rebuilds the (batch, KV head) from the cache. What
+// generation does to a buffer (a new prompt, a rewind, beams reordered, a buffer reused or moved) rewrites a suffix
+// or everything and is caught. Not caught: one row rewritten mid-cache outside the op that no check samples and the
+// retrieval does not pick (its contribution is then estimated from its old code, as a retrieval miss would be).
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -31,6 +31,10 @@ def test_bench_op_writes_rows_and_plot(tmp_path):
             '{"top_k": 0}',
             "--decode",
             "700",
+            "--decode-steps",
+            "2",
+            "--decode-layers",
+            "2",
             "--json",
             str(out),
             "--plot",
@@ -43,7 +47,10 @@ def test_bench_op_writes_rows_and_plot(tmp_path):
     assert set(rows[0]["times_ms"]) == {"ours-exact", "ours-knn", "ours-knn-2", "ort-gqa", "ort-mha", "ort-attn23"}
     assert rows[0]["errors"]["ours-knn-2"] == [0.0, 0.0]  # top_k 0 is the exact path: bit-identical
     assert rows[0]["errors"]["ours-knn"][0] <= rows[0]["errors"]["ours-knn"][1]  # the mean within the worst head
-    assert [(d["past"], set(d["times_ms"])) for d in result["decode"]] == [(700, {"ours-gqa", "ort-gqa"})]
+    (dec,) = result["decode"]
+    assert (dec["past"], dec["layers"], dec["steps"]) == (700, 2, 2)
+    assert set(dec["times_ms"]) == {"ours-knn", "ours-exact", "ort-gqa"}
+    assert 0.0 <= dec["errors"]["ours-knn"][0] <= dec["errors"]["ours-knn"][1]  # the mean within the worst step
     assert rows[0]["knn_stats"]["path"] == "knn" and 0.0 <= rows[0]["recall"] <= 1.0
     assert png.stat().st_size > 10_000
 
