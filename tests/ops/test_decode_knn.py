@@ -5,13 +5,11 @@ threads. SmolLM2 layer activations (3 query heads on 1 KV head, 2048 tokens), de
 
 import json
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 from iceformer.ops import make_gqa_model, session_options
-
-from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "tools" / "data" / "smollm2_qkv_2048.npz"
 
