@@ -272,7 +272,8 @@ def run_decode_row(args, past: int, Hq: int, Hkv: int, D: int, stats_path: str) 
         {"ours-knn": [float(np.mean(errs)), float(per_step.max())]},
     )
     if os.path.exists(stats_path):
-        lines = [json.loads(x) for x in open(stats_path).read().splitlines()]
+        with open(stats_path) as f:
+            lines = [json.loads(x) for x in f.read().splitlines()]
         knn = [x for x in lines if x.get("S") == 1 and x.get("top_k", 0) > 0]
         row.knn_stats = knn[-1] if knn else None
         os.remove(stats_path)
