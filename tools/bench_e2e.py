@@ -8,8 +8,9 @@ runtimes take turns prompt by prompt (interleaved). Per prompt length, one table
   the speedup against the fastest peer (onnxruntime-genai, OpenVINO GenAI) with the same weight format;
 - peak resident memory of the runtime's process during the prompt (weights included), max over the prompts;
 - retrieval: answers that greedy generation gets right (teacher forcing for the ONNX exports, see iceformer.metrics);
-- decode tok/s of the generating runtimes (genai, OpenVINO): greedy tokens per second after the first, median over
-  the prompts (--new-tokens sets how many);
+- decode of the generating runtimes (genai, OpenVINO): greedy tokens per second after the first, and ms per token
+  (median over the steps, p90 in brackets; OpenVINO reports only its mean), medians over the prompts (--new-tokens
+  sets how many), and whether the tokens equal those of onnxruntime-genai with the same weights;
 - against dense attention (`onnx-dense`, the export without iceformer, up to --dense-max tokens; above it our
   exact path `ours-exact`): perplexity change over the prompt and next-token agreement where the runtime
   exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's.
@@ -79,6 +80,10 @@ class Record:
     first_same: bool | None = None  # first generated token equals the dense reference's
     error: str | None = None
     decode_tok_s: float | None = None  # generating runtimes: greedy tokens per second after the first
+    decode_ms: float | None = None  # median ms per generated token after the first (OpenVINO: its mean)
+    decode_p90_ms: float | None = None
+    generated: list[int] | None = None  # the greedy tokens
+    same_as_peer: bool | None = None  # generated tokens equal those of the peer with the same weights (genai)
 
 
 def _is_peer(runtime: str) -> bool:
@@ -224,6 +229,8 @@ COLUMNS = [
     "agreement",
     "first token = dense",
     "decode tok/s",
+    "decode ms/token (p90)",
+    "tokens = peer's",
 ]
 
 
@@ -261,6 +268,18 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
                 fmt(
                     [r.decode_tok_s for r in ok if r.decode_tok_s is not None], lambda v: f"{statistics.median(v):.1f}"
                 ),
+                fmt(
+                    [r for r in ok if r.decode_ms is not None],
+                    lambda v: (
+                        f"{statistics.median(r.decode_ms for r in v):.1f}"
+                        + (
+                            f" ({statistics.median(r.decode_p90_ms for r in v):.1f})"
+                            if all(r.decode_p90_ms is not None for r in v)
+                            else ""
+                        )
+                    ),
+                ),
+                fmt([r.same_as_peer for r in ok if r.same_as_peer is not None], lambda v: f"{sum(v)}/{len(v)}"),
             ]
         )
     return out, best
@@ -417,11 +436,18 @@ class _Run:
                 rec.correct = generated_correct(p, ans["tokens"])
                 rec.first_same = ans["tokens"][:1] == [ref["first"]] if ref else None
                 rec.decode_tok_s = ans.get("decode_tok_s")
+                rec.decode_ms, rec.decode_p90_ms = ans.get("decode_ms"), ans.get("decode_p90_ms")
+                rec.generated = ans["tokens"]
             out.append(rec)
             self.console.log(
                 f"{n} {label} {rt}: "
                 + (rec.error or f"{rec.ttft_s:.2f} s, {rec.peak_rss_mib:.0f} MiB, correct {rec.correct}")
             )
+        peers = {_weights(r.runtime): r for r in out if _is_peer(r.runtime) and r.runtime.startswith("genai")}
+        for r in out:
+            peer = peers.get(_weights(r.runtime))
+            if r.generated is not None and peer is not None and peer is not r and peer.generated is not None:
+                r.same_as_peer = r.generated == peer.generated
         return out
 
     def _ask(self, rt: str, ids: list[int], new_tokens: int, is_onnx: bool, hidden_path: str) -> dict:

@@ -87,12 +87,21 @@ class Genai:
         t0 = time.perf_counter()
         gen.append_tokens(np.asarray(ids, np.int32))
         ttft = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        steps = []  # seconds per generated token after the first (the prompt's call also yields the first)
         while not gen.is_done():
+            t1 = time.perf_counter()
             gen.generate_next_token()
+            steps.append(time.perf_counter() - t1)
         tokens = [int(t) for t in gen.get_sequence(0)[len(ids) :]]
-        dt = time.perf_counter() - t1
-        return {"ttft_s": ttft, "tokens": tokens, "decode_tok_s": len(tokens) / dt if dt > 0 else float("nan")}
+        dt = sum(steps)
+        ms = sorted(1e3 * x for x in steps[1:]) or [float("nan")]
+        return {
+            "ttft_s": ttft,
+            "tokens": tokens,
+            "decode_tok_s": len(tokens) / dt if dt > 0 else float("nan"),
+            "decode_ms": float(np.median(ms)),
+            "decode_p90_ms": float(np.percentile(ms, 90)),
+        }
 
 
 class OpenVino:
@@ -122,7 +131,11 @@ class OpenVino:
         cfg = self.ov_genai.GenerationConfig()
         cfg.max_new_tokens, cfg.min_new_tokens, cfg.do_sample = new_tokens, new_tokens, False
         res = self.pipe.generate(inputs, cfg)
-        return {"ttft_s": res.perf_metrics.get_ttft().mean / 1000.0, "tokens": [int(t) for t in res.tokens[0]]}
+        return {
+            "ttft_s": res.perf_metrics.get_ttft().mean / 1000.0,
+            "tokens": [int(t) for t in res.tokens[0]],
+            "decode_ms": float(res.perf_metrics.get_tpot().mean),  # mean time per output token (no per-token times)
+        }
 
 
 class Worker:

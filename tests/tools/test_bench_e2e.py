@@ -17,12 +17,38 @@ def _records():
         R(4096, "ours-exact", "passkey@0.50", 22.0, 2100, True),
         R(4096, "ours-knn", "passkey@0.10", 10.0, 1900, True, 0.001, 0.99, True),
         R(4096, "ours-knn", "passkey@0.50", 12.0, 1950, False, 0.003, 0.97, False),
-        R(4096, "genai", "passkey@0.10", 30.0, 2500, True, None, None, True, decode_tok_s=20.0),
-        R(4096, "genai", "passkey@0.50", 34.0, 2600, True, None, None, True, decode_tok_s=24.0),
+        R(
+            4096,
+            "genai",
+            "passkey@0.10",
+            30.0,
+            2500,
+            True,
+            None,
+            None,
+            True,
+            decode_tok_s=20.0,
+            decode_ms=50.0,
+            decode_p90_ms=60.0,
+        ),
+        R(
+            4096,
+            "genai",
+            "passkey@0.50",
+            34.0,
+            2600,
+            True,
+            None,
+            None,
+            True,
+            decode_tok_s=24.0,
+            decode_ms=40.0,
+            decode_p90_ms=44.0,
+        ),
         R(4096, "ov-xattention", "passkey@0.10", 24.0, 3000, False, None, None, False),
         R(4096, "ov-xattention", "passkey@0.50", 20.0, 3100, True, None, None, True),
         R(4096, "genai-int4", "passkey@0.10", 15.0, 900, True),
-        R(4096, "genai-int4-ours", "passkey@0.10", 5.0, 800, True),
+        R(4096, "genai-int4-ours", "passkey@0.10", 5.0, 800, True, decode_ms=10.0, same_as_peer=True),
         R(4096, "ov-int8-dense", "passkey@0.10", None, None, None, error="killed"),
     ]
 
@@ -34,6 +60,8 @@ def test_summary_medians_speedups_and_counts():
     assert by["ours-knn"][1:8] == ["11.00", "2.00x", "1950", "1/2", "+0.20%", "98.00%", "1/2"]
     assert by["ours-exact"][2] == "1.05x" and by["genai"][2] == "0.69x"
     assert by["genai"][8] == "22.0" and by["ours-knn"][8] == "-"  # decode: generating runtimes only, median
+    assert by["genai"][9] == "45.0 (52.0)" and by["genai-int4-ours"][9] == "10.0"  # ms/token (p90 where known)
+    assert by["genai-int4-ours"][10] == "1/1" and by["genai"][10] == "-"  # tokens against the peer's
     assert by["genai-int4-ours"][2] == "3.00x"  # against the int4 peer, not the fp32 one
     assert by["ov-int8-dense"][1:5] == ["-", "-", "-", "0/1"]  # the failed run is counted, not timed
     md = bench_e2e.markdown(_records())
