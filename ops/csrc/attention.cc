@@ -15,6 +15,7 @@
 #include "host_buffer.h"
 #include "dci_attention.h"
 #include "dci_index.h"
+#include "decode_knn.h"
 #include "lowrank.h"
 #include "masking.h"
 #include "parallel.h"
@@ -27,10 +28,11 @@ namespace iceformer {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr int64_t kMinQueriesForIndex = 32;  // decode-like calls: an index built per call cannot pay
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 }  // namespace
+
+bool exact_forced() { return std::getenv("ICEFORMER_FORCE_EXACT") != nullptr; }
 
 const char* path_name(PathTaken p) {
   switch (p) {
@@ -224,7 +226,8 @@ void summarise_scored(const std::vector<int32_t>& scored, CallStats* stats) {
 
 }  // namespace
 
-Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
+Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats,
+               LowRankSet* keep_codes) {
   const AttentionShape& sh = p.shape;
   const auto t0 = Clock::now();
   KnnIndex ix(mem);
@@ -247,6 +250,7 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   stats->search_ms = ms_since(t1);
   summarise_scored(scored, stats);
   stats->path = PathTaken::kKnn;
+  if (keep_codes != nullptr && !ix.dci) *keep_codes = std::move(ix.lowrank);
   return Status();
 }
 
@@ -270,7 +274,8 @@ Status compute_mask_last(const AttentionParams& p, const Parallel& par, HostBuff
   return Status();
 }
 
-Status run_attention(const AttentionParams& params, const Parallel& par, const HostAllocator& mem, CallStats* stats) {
+Status run_attention(const AttentionParams& params, const Parallel& par, const HostAllocator& mem, CallStats* stats,
+                     LowRankSet* keep_codes) {
   const auto t0 = Clock::now();
   AttentionParams p = params;
   const AttentionShape& sh = p.shape;
@@ -316,20 +321,30 @@ Status run_attention(const AttentionParams& params, const Parallel& par, const H
     why = "softcap (the k-NN path does not cap logits)";
   }
   Status st;
-  if (why != nullptr || std::getenv("ICEFORMER_FORCE_EXACT") != nullptr) {
+  if (why != nullptr || exact_forced()) {
     st = run_exact(p, par, mem, stats);
     stats->reason = why != nullptr ? why : "ICEFORMER_FORCE_EXACT";
   } else {
-    st = run_knn(p, par, mem, stats);
+    st = run_knn(p, par, mem, stats, keep_codes);
     stats->reason = "top_k search";
   }
   stats->total_ms = ms_since(t0);
   return st;
 }
 
-Status run_knn_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem) {
+Status run_knn_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem,
+                         DecodeIndexCache* indexes) {
   CallStats stats;
-  if (Status s = run_attention(p, par, mem, &stats); !s.ok()) return s;
+  std::vector<int64_t> len, offset;
+  if (indexes != nullptr && cache_view(p, &len, &offset)) {
+    AttentionParams c = p;
+    c.key_padding = KeyPaddingView{KeyPaddingKind::kLength, len.data()};
+    c.q_offset = offset.data();
+    if (Status s = attend_with_index(c, *indexes, p.is_causal && p.shape.S == p.shape.T, par, mem, &stats); !s.ok())
+      return s;
+  } else if (Status s = run_attention(p, par, mem, &stats); !s.ok()) {
+    return s;
+  }
   log_call_stats(p, stats);
   return Status();
 }

@@ -25,6 +25,13 @@ struct CallStats {
   int64_t index_rebuilds = 0;  // k-NN decode: (batch, KV head) indexes rebuilt from the cache by this call
 };
 
+// Calls with fewer query rows are decode-like: an index built for the call cannot pay; they run flash decoding, or
+// k-NN decode over a persistent index (decode_knn.h).
+constexpr int64_t kMinQueriesForIndex = 32;
+
+// ICEFORMER_FORCE_EXACT is set: every call runs exact attention.
+bool exact_forced();
+
 // Fewest visible keys for which a query row takes the k-NN path.
 int64_t knn_threshold(const KnnSettings& k);
 // The first row of [i0, i1) of (b, hq) that takes the k-NN path (i1: none); the rows before it see too few keys
@@ -37,11 +44,20 @@ inline Status in_call(const Status& s, const AttentionShape& sh) {
   return s.wrapped("KnnAttention: ", " (" + sh.text() + ")");
 }
 
-// Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status.
-Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats);
+struct LowRankSet;
 
-// One KnnAttention call: run_attention, then its statistics line (ICEFORMER_STATS). run_gqa is
-// GroupQueryAttention's counterpart; the registration calls only these two, so both ops log at one level.
-Status run_knn_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem);
+// Computes p.y. Never throws; errors (e.g. out of memory) come back as a Status. keep_codes: receives the low-rank
+// codes of the keys when the low-rank k-NN path ran (the decode index adopts them).
+Status run_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem, CallStats* stats,
+                     LowRankSet* keep_codes = nullptr);
+
+class DecodeIndexCache;
+
+// One KnnAttention call: run_attention, or with the kernel instance's indexes (nullptr: none) and a cache view of the
+// keys (decode_knn.h: no attn_mask, each batch row's real keys a prefix) attend_with_index; then its statistics line
+// (ICEFORMER_STATS). run_gqa is GroupQueryAttention's counterpart; the registration calls only these two, so both
+// ops log at one level.
+Status run_knn_attention(const AttentionParams& p, const Parallel& par, const HostAllocator& mem,
+                         DecodeIndexCache* indexes);
 
 }  // namespace iceformer

@@ -61,6 +61,18 @@ void DecodeIndex::build(const AttentionParams& p, int64_t b, int64_t hkv, int64_
   coded_[bh] = len;
 }
 
+void DecodeIndex::adopt(const AttentionParams& p, const LowRankSet& prefill, int64_t b, int64_t hkv, int64_t len) {
+  const int64_t bh = b * hkv_ + hkv, r = set_.r;
+  std::copy_n(prefill.panels.data() + bh * prefill.per_head, std::min(prefill.per_head, set_.per_head),
+              set_.panels.data() + bh * set_.per_head);
+  std::copy_n(prefill.kbasis.data() + bh * r * D_, r * D_, set_.kbasis.data() + bh * r * D_);
+  std::copy_n(prefill.qbasis.data() + bh * r * D_, r * D_, set_.qbasis.data() + bh * r * D_);
+  std::copy_n(prefill.kscale.data() + bh * r, r, set_.kscale.data() + bh * r);
+  const float* K = p.key_rows(b, hkv);
+  for (int64_t j = 0; j < len; ++j) hashes_[bh * capacity_ + j] = key_row_hash(K + j * D_, D_);
+  coded_[bh] = len;
+}
+
 bool DecodeIndex::refresh(const AttentionParams& p, int64_t b, int64_t hkv, int64_t past, int64_t len) {
   const int64_t bh = b * hkv_ + hkv;
   int64_t n = std::min(coded_[bh], past);  // rows from `past` on are this call's (a rewind rewrites them)

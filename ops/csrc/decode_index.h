@@ -29,6 +29,9 @@ class DecodeIndex {
   // Rebuilds (b, hkv) from the cache rows [0, len): basis fitted to the keys and p's queries (lowrank.cc), codes,
   // hashes.
   void build(const AttentionParams& p, int64_t b, int64_t hkv, int64_t len);
+  // Takes (b, hkv)'s basis and codes from the prefill's k-NN path (what build would compute from the same call) and
+  // hashes the rows [0, len).
+  void adopt(const AttentionParams& p, const LowRankSet& prefill, int64_t b, int64_t hkv, int64_t len);
   // Makes (b, hkv) cover the cache rows [0, len) of which [0, past) were cached before this call: rewinds to past,
   // verifies a seeded sample and the most recent coded rows against their hashes (rebuilds on a mismatch or when
   // nothing is built), then codes the rows [coded, len) with the head's basis. Returns whether it rebuilt.
@@ -72,6 +75,24 @@ class DecodeIndexCache {
   std::mutex mu_;
   std::vector<Entry> entries_;
   uint64_t clock_ = 0;
+};
+
+// An index lent by a kernel instance's cache for one call, returned however the call ends.
+class LentIndex {
+ public:
+  LentIndex(DecodeIndexCache& cache, const void* buffer, bool prompt)
+      : cache_(cache), buffer_(buffer), index_(cache.checkout(buffer, prompt)) {}
+  ~LentIndex() {
+    if (index_ != nullptr) cache_.checkin(index_, buffer_);
+  }
+  LentIndex(const LentIndex&) = delete;
+  LentIndex& operator=(const LentIndex&) = delete;
+  DecodeIndex* get() const { return index_; }
+
+ private:
+  DecodeIndexCache& cache_;
+  const void* buffer_;
+  DecodeIndex* index_;
 };
 
 }  // namespace iceformer

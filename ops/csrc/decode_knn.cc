@@ -168,8 +168,7 @@ GroupResult decode_group(const AttentionParams& p, DecodeIndex& index, int64_t b
   return res;
 }
 
-}  // namespace
-
+// p's decode call over the index: per (b, hkv) a k-NN group or flash decoding.
 Status run_decode_knn(const AttentionParams& p, DecodeIndex& index, const Parallel& par, CallStats* stats) {
   const AttentionShape& sh = p.shape;
   index.layout(p, p.knn.rank);
@@ -196,16 +195,59 @@ Status run_decode_knn(const AttentionParams& p, DecodeIndex& index, const Parall
   return Status();
 }
 
-Status build_decode_index(const AttentionParams& p, DecodeIndex& index, const Parallel& par) {
+// After a prompt: the index of every (batch, KV head), taken from the prefill's low-rank codes when its k-NN path
+// made them (prefill: r > 0), else built from the cache and the prompt's queries (the same result).
+Status build_decode_index(const AttentionParams& p, const LowRankSet& prefill, DecodeIndex& index,
+                          const Parallel& par) {
   const AttentionShape& sh = p.shape;
   index.layout(p, p.knn.rank);
+  const bool adopt = prefill.r == index.codes().r && !prefill.panels.empty();
   const int64_t* len = static_cast<const int64_t*>(p.key_padding.data);
   Status ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hkv), "the decode index", [&](size_t t) {
-    const int64_t b = static_cast<int64_t>(t) / sh.Hkv;
-    index.build(p, b, static_cast<int64_t>(t) % sh.Hkv, len[b]);
+    const int64_t b = static_cast<int64_t>(t) / sh.Hkv, hkv = static_cast<int64_t>(t) % sh.Hkv;
+    if (adopt)
+      index.adopt(p, prefill, b, hkv, len[b]);
+    else
+      index.build(p, b, hkv, len[b]);
   });
   if (!ran.ok()) return in_call(ran, sh);
   return Status();
+}
+
+}  // namespace
+
+Status attend_with_index(const AttentionParams& p, DecodeIndexCache& indexes, bool prompt, const Parallel& par,
+                         const HostAllocator& mem, CallStats* stats) {
+  const KnnSettings& ks = p.knn;
+  const bool knn = ks.top_k > 0 && ks.search == kSearchLowRank && !exact_forced();
+  if (p.shape.S >= kMinQueriesForIndex) {
+    LowRankSet prefill;
+    if (Status st = run_attention(p, par, mem, stats, &prefill); !st.ok()) return st;
+    if (!knn || !prompt || p.kv_stride() < ks.min_keys) return Status();
+    LentIndex index(indexes, p.k, true);
+    return index.get() != nullptr ? build_decode_index(p, prefill, *index.get(), par) : Status();
+  }
+  if (knn && p.shape.T >= ks.min_keys) {
+    LentIndex index(indexes, p.k, prompt);
+    if (index.get() != nullptr) return run_decode_knn(p, *index.get(), par, stats);
+  }
+  return run_decode(p, par, mem, stats);
+}
+
+bool cache_view(const AttentionParams& p, std::vector<int64_t>* len, std::vector<int64_t>* offset) {
+  const AttentionShape& sh = p.shape;
+  if (p.mask.kind != MaskDtype::kNone || p.key_padding.kind == KeyPaddingKind::kLength) return false;
+  len->assign(sh.B, sh.T);
+  offset->assign(sh.B, sh.T - sh.S);
+  if (p.key_padding.kind == KeyPaddingKind::kNone) return true;
+  for (int64_t b = 0; b < sh.B; ++b) {
+    int64_t n = 0;
+    while (n < sh.T && key_is_real(p.key_padding, sh.T, b, n)) ++n;
+    for (int64_t j = n; j < sh.T; ++j)
+      if (key_is_real(p.key_padding, sh.T, b, j)) return false;  // not a prefix (left padding, holes)
+    (*len)[b] = n;
+  }
+  return true;
 }
 
 }  // namespace iceformer

@@ -10,6 +10,8 @@
 // would not read less than kMaxDecodeShare of its keys, when a row's tail is too heavy (tail_limit), when a gathered
 // key row fails its hash (the index is then rebuilt), or when its output is not finite.
 #pragma once
+#include <vector>
+
 #include "attention.h"
 #include "decode_index.h"
 #include "params.h"
@@ -24,10 +26,17 @@ constexpr double kMaxDecodeShare = 0.5;
 // (docs/decisions.md).
 constexpr int64_t kDecodeBudgetScale = 4;
 
-// p: GroupQueryAttention's decode call (kLength key padding with the lengths L_b, q_offset the cached rows P_b).
-Status run_decode_knn(const AttentionParams& p, DecodeIndex& index, const Parallel& par, CallStats* stats);
+// Attention over a KV cache with the kernel instance's indexes. p: kLength key padding (L_b real keys per batch row, a
+// prefix) and q_offset (the position of query row 0); prompt: the call starts a sequence. Calls of
+// kMinQueriesForIndex rows or more run the KnnAttention driver, then, after a prompt on the k-NN path's settings
+// (top_k > 0, search 0) with a cache that can reach min_keys, build the index from the cache and the prompt's
+// queries; shorter calls run k-NN decode from min_keys visible keys on, flash decoding below.
+Status attend_with_index(const AttentionParams& p, DecodeIndexCache& indexes, bool prompt, const Parallel& par,
+                         const HostAllocator& mem, CallStats* stats);
 
-// After a prompt (prefill) call: builds the index of every (batch, KV head) from the cache and the prompt's queries.
-Status build_decode_index(const AttentionParams& p, DecodeIndex& index, const Parallel& par);
+// KnnAttention's view of its keys as a cache (exports that feed it Concat(past, new)): lengths L_b and query offsets
+// T - S, when nothing but causality, a hard window and right padding limits the keys (no attn_mask; a
+// key_padding_mask whose real keys are a prefix of each batch row). False: no such view.
+bool cache_view(const AttentionParams& p, std::vector<int64_t>* len, std::vector<int64_t>* offset);
 
 }  // namespace iceformer

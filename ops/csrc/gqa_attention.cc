@@ -19,8 +19,6 @@
 namespace iceformer {
 namespace {
 
-constexpr int64_t kMinPrefillRows = 32;  // shorter steps: flash decoding over the cache in place
-
 Status bad_length(int64_t b, const std::string& what) {
   return Status::Error("GroupQueryAttention: batch row " + std::to_string(b) + ": " + what);
 }
@@ -113,45 +111,6 @@ Status bad_shape(const char* input, const std::string& expected, const std::vect
                        dims_str(got));
 }
 
-// An index lent by the kernel instance for one call, returned however the call ends.
-class LentIndex {
- public:
-  LentIndex(DecodeIndexCache* cache, const void* buffer, bool prompt)
-      : cache_(cache), buffer_(buffer), index_(cache->checkout(buffer, prompt)) {}
-  ~LentIndex() {
-    if (index_ != nullptr) cache_->checkin(index_, buffer_);
-  }
-  LentIndex(const LentIndex&) = delete;
-  LentIndex& operator=(const LentIndex&) = delete;
-  DecodeIndex* get() const { return index_; }
-
- private:
-  DecodeIndexCache* cache_;
-  const void* buffer_;
-  DecodeIndex* index_;
-};
-
-// Attention over the cache: prefill by the KnnAttention driver (then the decode index, when the k-NN path is on and
-// the buffer can reach min_keys), steps by k-NN decode or flash decoding.
-Status attend(const GqaParams& g, const AttentionParams& p, const Parallel& par, const HostAllocator& mem,
-              CallStats* stats) {
-  const bool knn = g.indexes != nullptr && g.knn.top_k > 0 && g.knn.search == kSearchLowRank;
-  bool prompt = true;
-  for (int64_t b = 0; b < g.B; ++b) prompt = prompt && p.q_offset[b] == 0;
-  if (g.S >= kMinPrefillRows) {
-    if (Status st = run_attention(p, par, mem, stats); !st.ok()) return st;
-    if (!knn || !prompt || g.present_rows < g.knn.min_keys) return Status();
-    LentIndex index(g.indexes, g.present_key, true);
-    if (index.get() == nullptr) return Status();
-    return build_decode_index(p, *index.get(), par);
-  }
-  if (knn && p.shape.T >= g.knn.min_keys) {
-    LentIndex index(g.indexes, g.present_key, prompt);
-    if (index.get() != nullptr) return run_decode_knn(p, *index.get(), par, stats);
-  }
-  return run_decode(p, par, mem, stats);
-}
-
 }  // namespace
 
 Status resolve_gqa_shapes(const GqaInputDims& d, GqaParams* g) {
@@ -236,7 +195,12 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   p.softcap = g.softcap;
   p.scale = g.scale != 0.f ? g.scale : 1.f / std::sqrt(static_cast<float>(g.D));
   p.knn = g.knn;
-  if (Status st = attend(g, p, par, mem, stats); !st.ok()) return st;
+  bool prompt = true;  // the call starts the sequences: nothing cached before it
+  for (int64_t b = 0; b < g.B; ++b) prompt = prompt && past[b] == 0;
+  Status st = g.indexes != nullptr         ? attend_with_index(p, *g.indexes, prompt, par, mem, stats)
+              : g.S >= kMinQueriesForIndex ? run_attention(p, par, mem, stats)
+                                           : run_decode(p, par, mem, stats);
+  if (!st.ok()) return st;
   log_call_stats(p, *stats);
   ran = parallel_dynamic(
       par, static_cast<size_t>(g.B * g.S), "the output transpose", [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]

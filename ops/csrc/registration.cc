@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "contract.h"
+#include "decode_index.h"
 #include "knn_settings.h"
 #include "masking.h"
 #include "gqa_attention.h"
@@ -94,6 +95,7 @@ struct KnnAttentionKernel {
   explicit KnnAttentionKernel(const KernelConfig& c) : cfg(c) {}
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
   KernelConfig cfg;
+  iceformer::DecodeIndexCache indexes;  // the k-NN decode path's state between runs, freed with the session
 };
 
 void host_parallel_for(void* host, void (*fn)(void*, size_t), size_t n, void* data) {
@@ -198,7 +200,7 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
 
     iceformer::Parallel par{&ctx, host_parallel_for};
     SessionArena arena(context);
-    if (Status s = iceformer::run_knn_attention(p, par, arena.mem); !s.ok()) return make_error(s);
+    if (Status s = iceformer::run_knn_attention(p, par, arena.mem, &indexes); !s.ok()) return make_error(s);
     return nullptr;
   } catch (const Ort::Exception& e) {
     return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), e.what());

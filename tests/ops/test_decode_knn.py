@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 from iceformer.ops import make_gqa_model, session_options
 
 DATA = Path(__file__).resolve().parents[2] / "tools" / "data" / "smollm2_qkv_2048.npz"
@@ -298,3 +299,28 @@ def test_random_sequences_of_prompts_steps_rewinds_and_outside_writes(tmp_stats)
         n += 1
     assert max(errs) < 0.10, errs
     assert any(c["index_rebuilds"] > 0 for c in _calls(tmp_stats))  # the walk did invalidate the index
+
+
+@pytest.mark.parametrize("padding", [None, "int64"])
+def test_knn_attention_over_concatenated_caches(padding, tmp_stats):
+    """KnnAttention as exports with past inputs use it (K and V = Concat(past, new) each step, a new buffer every
+    call; key_padding_mask from the model's attention_mask): the prompt's k-NN index serves the steps (no rebuild),
+    every step takes the k-NN path and stays within 2% of ORT's exact GroupQueryAttention."""
+    from iceformer.ops import make_knn_attention_model
+
+    model = make_knn_attention_model(is_causal=1, key_padding_mask=padding, **KNN)
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(2), providers=["CPUExecutionProvider"])
+    exact = Generator(_session("com.microsoft"))
+    exact.run((Q, K, V), 0, PROMPT)
+
+    def run(a, b):
+        feeds = {"Q": Q[None, :, a:b], "K": K[None, :, :b], "V": V[None, :, :b]}
+        if padding:
+            feeds["key_padding_mask"] = np.ones((1, b), np.int64)
+        return sess.run(None, feeds)[0][0].transpose(1, 0, 2)  # [S, HQ, D]
+
+    run(0, PROMPT)
+    errs = [_rel_err(run(t, t + 1), exact.run((Q, K, V), t, t + 1)) for t in range(PROMPT, PROMPT + 8)]
+    steps = [c for c in _calls(tmp_stats) if c["S"] == 1]
+    assert len(steps) == 8 and all(c["path"] == "knn" and c["index_rebuilds"] == 0 for c in steps)
+    assert np.mean(errs) < 0.02, errs
