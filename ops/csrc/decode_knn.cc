@@ -19,11 +19,19 @@ namespace {
 struct KnnDecodeScratch {
   KeyMarks in;
   std::vector<int64_t> prefix, last, first;
+  int64_t prefix_len = 0;
   std::vector<int32_t> keys;  // U, padding, sample, padding
   std::vector<float> kp, vf, q, s, o, m1, s1, partials;
   std::vector<OnlineSoftmax> st;
 };
 thread_local KnnDecodeScratch t_kd;
+
+constexpr int64_t kPrefetchAhead = 16;  // gathered rows requested ahead of their hash check
+
+// Asks for the cache lines of a row of n floats.
+void prefetch_row(const float* row, int64_t n) {
+  for (int64_t e = 0; e < n; e += 16) __builtin_prefetch(row + e);
+}
 
 enum class Outcome { kKnn, kExact, kStale };
 
@@ -45,8 +53,12 @@ int64_t retrieve(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc
   const AttentionParams& p = gr.p;
   const KnnSettings& ks = p.knn;
   const int64_t T = p.shape.T, g = p.shape.group();
-  sc.prefix.resize(T + 1);
-  for (int64_t j = 0; j <= T; ++j) sc.prefix[j] = std::min(j, gr.len);  // real keys before j: the first L_b
+  // prefix[j] = real keys before j = min(j, L_b). Kept per thread with the invariant prefix[j] = min(j, prefix_len):
+  // only the entries past the smaller length change (one or two per step of a growing sequence).
+  const int64_t from = std::min<int64_t>(std::min(sc.prefix_len, gr.len), static_cast<int64_t>(sc.prefix.size()));
+  sc.prefix.resize(std::max<size_t>(sc.prefix.size(), T + 1));
+  for (int64_t j = from; j < static_cast<int64_t>(sc.prefix.size()); ++j) sc.prefix[j] = std::min(j, gr.len);
+  sc.prefix_len = gr.len;
   sc.in.begin(T);
   for (int64_t j = gr.first_min; j < std::min(ks.num_sink, gr.last_any + 1); ++j) sc.in.mark(j);
   if (ks.recent_keys > 0)
@@ -105,11 +117,21 @@ GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc)
   const int64_t n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
   pad_to_panel(sc.keys);
   const int64_t n = static_cast<int64_t>(sc.keys.size());
-  // Every key row read must be the one that was coded: a mismatch means the cache changed under the index.
+  // Every key row read must be the one that was coded: a mismatch means the cache changed under the index. The rows
+  // are scattered over a cache far larger than the CPU's caches: each check first asks for the K and V rows
+  // kPrefetchAhead columns on, so that many row fetches are in flight instead of one (the gathers below then hit).
   const float* K = p.key_rows(gr.b, gr.hkv);
-  for (const int32_t j : sc.keys)
+  const float* Vr = p.value_rows(gr.b, gr.hkv);
+  for (int64_t c = 0; c < n; ++c) {
+    if (c + kPrefetchAhead < n && sc.keys[c + kPrefetchAhead] != kPadKey) {
+      const int64_t ahead = sc.keys[c + kPrefetchAhead];
+      prefetch_row(K + ahead * D, D);
+      prefetch_row(Vr + ahead * Dv, Dv);
+    }
+    const int32_t j = sc.keys[c];
     if (j != kPadKey && !index.row_matches(K + static_cast<int64_t>(j) * D, D, gr.b, gr.hkv, j))
       return {Outcome::kStale, 0};
+  }
   sc.kp.resize(n * D);
   pack_panels(K, D, sc.keys.data(), n_u, sc.kp.data());  // zero up to the panel boundary: U's padding
   pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
