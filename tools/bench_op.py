@@ -67,12 +67,14 @@ def knn_names(knn: list[dict] | None) -> list[str]:
     return ["ours-knn" if i == 0 else f"ours-knn-{i + 1}" for i in range(len(knn or []))]
 
 
-def _session(model, threads: int, custom: bool) -> ort.InferenceSession:
+def _session(model, threads: int, custom: bool, spin: bool = True) -> ort.InferenceSession:
     if custom:
         so = session_options(threads)
     else:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+    if not spin:  # idle sessions' pool threads would spin on the cores the next session's run needs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -206,7 +208,8 @@ def run_decode_row(args, past: int, Hq: int, Hkv: int, D: int, stats_path: str) 
     k-NN (defaults, or the first --knn) against ORT's, each over its own shared KV buffers (IOBinding, as genai runs
     them), `--decode-layers` nodes per step, interleaved step by step. The exact variants' caches are filled directly;
     ours-knn runs the prompt through the op first, so its index is built as in generation. Between two runs a 256 MB
-    buffer is read: a real step streams the weights and the other layers' caches through the CPU caches."""
+    buffer is read: a real step streams the weights and the other layers' caches through the CPU caches. The pool
+    threads do not spin (three sessions take turns on the same cores)."""
     layer = args.data_layers[0]
     L, steps = args.decode_layers, args.decode_steps
     Q, K, V = _decode_rows(args.data, layer, past, steps, Hq, Hkv, D)
@@ -219,7 +222,7 @@ def run_decode_row(args, past: int, Hq: int, Hkv: int, D: int, stats_path: str) 
     }
     runs = {}
     for name, (domain, attrs) in variants.items():
-        sess = _session(_decode_model(domain, Hq, Hkv, L, **attrs), args.threads, domain == "iceformer")
+        sess = _session(_decode_model(domain, Hq, Hkv, L, **attrs), args.threads, domain == "iceformer", spin=False)
         kv = []
         for _ in range(L):
             cache = np.zeros((2, 1, Hkv, past + steps, D), np.float32)
@@ -244,7 +247,8 @@ def run_decode_row(args, past: int, Hq: int, Hkv: int, D: int, stats_path: str) 
             io.bind_ortvalue_output(f"present_value_{i}", v_buf)
         t0 = time.perf_counter()
         sess.run_with_iobinding(io)
-        return io.copy_outputs_to_cpu()[:L], (time.perf_counter() - t0) * 1e3 / L
+        ms = (time.perf_counter() - t0) * 1e3 / L
+        return [io.get_outputs()[i].numpy() for i in range(L)], ms
 
     step("ours-knn", 0, past)  # the prompt: builds our index
     flush = np.ones(64 << 20, np.float32)
