@@ -27,6 +27,8 @@ struct KnnDecodeScratch {
 thread_local KnnDecodeScratch t_kd;
 
 constexpr int64_t kPrefetchAhead = 16;  // gathered rows requested ahead of their hash check
+constexpr float kWideShare = 0.25f;     // estimated tail share of some row above which the sample is redrawn wider
+constexpr int64_t kWideScale = 4;
 
 // Asks for the cache lines of a row of n floats.
 void prefetch_row(const float* row, int64_t n) {
@@ -37,7 +39,7 @@ enum class Outcome { kKnn, kExact, kStale };
 
 struct GroupResult {
   Outcome outcome = Outcome::kExact;
-  int64_t columns = 0;  // keys scored exactly per row (U and sample), k-NN groups
+  int64_t columns = 0;  // key rows read (U and sample), k-NN groups
 };
 
 // The group's rows: r = (query head hkv * g + r / S, query r % S); their visible keys [first[r], last[r]].
@@ -98,44 +100,62 @@ void add_columns(const Group& gr, KnnDecodeScratch& sc, int64_t c0, int64_t c1, 
   }
 }
 
+// Appends the tail sample to sc.keys: `samples` systematic positions of the group's visible keys outside U (from
+// column c_s on, padded to a panel); returns the sampling step h.
+double draw_sample(const Group& gr, KnnDecodeScratch& sc, int64_t c_s, int64_t samples, uint64_t seed) {
+  sc.keys.resize(c_s);
+  Rng rng(seed);
+  const double h = systematic_sample(rng, samples, gr.first_min, gr.last_any, [&](int64_t j) {
+    if (!sc.in.contains(j)) sc.keys.push_back(static_cast<int32_t>(j));
+  });
+  return h;
+}
+
+// Gathers the columns [c0, end) of sc.keys (c0 on a panel boundary; `real` keys, then padding): K packed in panels,
+// V rows. Every key row read must be the one that was coded (a mismatch means the cache changed under the index:
+// false). The rows are scattered over a cache far larger than the CPU's caches: each check first asks for the K and
+// V rows kPrefetchAhead columns on, so that many row fetches are in flight instead of one.
+bool gather(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc, int64_t c0, int64_t real) {
+  const AttentionParams& p = gr.p;
+  const int64_t D = p.shape.D, Dv = p.shape.Dv;
+  const float* K = p.key_rows(gr.b, gr.hkv);
+  const float* V = p.value_rows(gr.b, gr.hkv);
+  pad_to_panel(sc.keys);
+  const int32_t* keys = sc.keys.data() + c0;
+  for (int64_t c = 0; c < real; ++c) {
+    if (c + kPrefetchAhead < real) {
+      prefetch_row(K + static_cast<int64_t>(keys[c + kPrefetchAhead]) * D, D);
+      prefetch_row(V + static_cast<int64_t>(keys[c + kPrefetchAhead]) * Dv, Dv);
+    }
+    if (!index.row_matches(K + static_cast<int64_t>(keys[c]) * D, D, gr.b, gr.hkv, keys[c])) return false;
+  }
+  sc.kp.resize(sc.keys.size() * D);
+  pack_panels(K, D, keys, real, sc.kp.data() + c0 * D);  // zero up to the panel boundary
+  gather_values(V, Dv, sc.keys, &sc.vf, static_cast<size_t>(c0));
+  return true;
+}
+
+// The largest estimated share of a row's softmax mass outside U (states after U: m1, s1; now: st).
+float tail_share(const KnnDecodeScratch& sc, int64_t rows) {
+  float worst = 0.f;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float kept = sc.s1[r] * std::exp(sc.m1[r] - sc.st[r].max);
+    if (sc.st[r].sum > kept) worst = std::max(worst, 1.f - kept / sc.st[r].sum);
+  }
+  return worst;
+}
+
 GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc) {
   const AttentionParams& p = gr.p;
   const KnnSettings& ks = p.knn;
-  const int64_t D = p.shape.D, Dv = p.shape.Dv, S = p.shape.S, g = p.shape.group(), rows = gr.rows;
+  const int64_t Dv = p.shape.Dv, D = p.shape.D, S = p.shape.S, g = p.shape.group(), rows = gr.rows;
   const int64_t visible = gr.last_any + 1 - gr.first_min;
   const int64_t n_u = retrieve(gr, index, sc);
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   const int64_t samples = ks.tail_samples > 0 ? std::min(ks.tail_samples, visible) : 0;
   if (static_cast<double>(c_s + samples) > kMaxDecodeShare * static_cast<double>(visible)) return {};
-  double h = 1.0;
-  if (samples > 0) {
-    Rng rng(row_seed(ks.seed, gr.b, gr.hkv, gr.len));
-    h = systematic_sample(rng, ks.tail_samples, gr.first_min, gr.last_any, [&](int64_t j) {
-      if (!sc.in.contains(j)) sc.keys.push_back(static_cast<int32_t>(j));
-    });
-  }
-  const int64_t n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
-  pad_to_panel(sc.keys);
-  const int64_t n = static_cast<int64_t>(sc.keys.size());
-  // Every key row read must be the one that was coded: a mismatch means the cache changed under the index. The rows
-  // are scattered over a cache far larger than the CPU's caches: each check first asks for the K and V rows
-  // kPrefetchAhead columns on, so that many row fetches are in flight instead of one (the gathers below then hit).
-  const float* K = p.key_rows(gr.b, gr.hkv);
-  const float* Vr = p.value_rows(gr.b, gr.hkv);
-  for (int64_t c = 0; c < n; ++c) {
-    if (c + kPrefetchAhead < n && sc.keys[c + kPrefetchAhead] != kPadKey) {
-      const int64_t ahead = sc.keys[c + kPrefetchAhead];
-      prefetch_row(K + ahead * D, D);
-      prefetch_row(Vr + ahead * Dv, Dv);
-    }
-    const int32_t j = sc.keys[c];
-    if (j != kPadKey && !index.row_matches(K + static_cast<int64_t>(j) * D, D, gr.b, gr.hkv, j))
-      return {Outcome::kStale, 0};
-  }
-  sc.kp.resize(n * D);
-  pack_panels(K, D, sc.keys.data(), n_u, sc.kp.data());  // zero up to the panel boundary: U's padding
-  pack_panels(K, D, sc.keys.data() + c_s, n_samp, sc.kp.data() + c_s * D);
-  gather_values(p.value_rows(gr.b, gr.hkv), Dv, sc.keys, &sc.vf);
+  sc.keys.resize(n_u);
+  if (!gather(gr, index, sc, 0, n_u)) return {Outcome::kStale, 0};
 
   const int64_t ldo = padded_dv(Dv);
   sc.q.resize(rows * D);
@@ -150,15 +170,34 @@ GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc)
   }
   add_columns(gr, sc, 0, c_s, 1.f);
   for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
-  if (n > c_s) add_columns(gr, sc, c_s, n, static_cast<float>(h));
-  for (int64_t r = 0; r < rows; ++r)
-    if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], sc.st[r].max, sc.st[r].sum)) return {};
+  int64_t read = n_u;  // key rows gathered (both samples where the tail was redrawn)
+  if (samples > 0) {
+    // The sample's error grows with the share of the mass it estimates: where that share is large (diffuse heads)
+    // and the cache is large enough, the sample is redrawn kWideScale times as large.
+    const std::vector<float> o_u = sc.o;  // the states after U, to restart the tail from
+    const uint64_t seed = row_seed(ks.seed, gr.b, gr.hkv, gr.len);
+    for (int64_t scale = 1;; scale *= kWideScale) {
+      const double h = draw_sample(gr, sc, c_s, scale * samples, seed + static_cast<uint64_t>(scale));
+      const int64_t n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
+      read += n_samp;
+      if (!gather(gr, index, sc, c_s, n_samp)) return {Outcome::kStale, 0};
+      add_columns(gr, sc, c_s, static_cast<int64_t>(sc.keys.size()), static_cast<float>(h));
+      for (int64_t r = 0; r < rows; ++r)  // either sample finding too heavy a tail sends the group exact
+        if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], sc.st[r].max, sc.st[r].sum)) return {};
+      const bool wider =
+          scale == 1 && tail_share(sc, rows) > kWideShare &&
+          static_cast<double>(c_s + kWideScale * samples) <= kMaxDecodeShare * static_cast<double>(visible);
+      if (!wider) break;
+      sc.o = o_u;
+      for (int64_t r = 0; r < rows; ++r) sc.st[r] = OnlineSoftmax{sc.m1[r], sc.s1[r], sc.o.data() + r * ldo, Dv};
+    }
+  }
   for (int64_t r = 0; r < rows; ++r) {
     float* y = p.y + ((gr.b * p.shape.Hq + gr.hkv * g + r / S) * S + r % S) * Dv;
     sc.st[r].finish(y);
     if (!all_finite(y, Dv)) return {};  // a non-finite key or value: flash decoding says where it reaches
   }
-  return {Outcome::kKnn, n_u + n_samp};
+  return {Outcome::kKnn, read};
 }
 
 // One (b, hkv) task: the k-NN group when it sees enough keys, else (or when it declines) flash decoding.

@@ -52,11 +52,13 @@ inline void pad_to_panel(std::vector<int32_t>& keys) {
   while (keys.size() % kPanel != 0) keys.push_back(kPadKey);
 }
 
-// out = the rows keys[c] of V (Dv floats each), zero for padding.
-inline void gather_values(const float* V, int64_t Dv, const std::vector<int32_t>& keys, std::vector<float>* out) {
+// out[c] = the row keys[c] of V (Dv floats each) for c >= from (out keeps its rows before), zero for padding.
+inline void gather_values(const float* V, int64_t Dv, const std::vector<int32_t>& keys, std::vector<float>* out,
+                          size_t from = 0) {
   out->resize(keys.size() * Dv);
-  float* dst = out->data();
-  for (const int32_t key : keys) {
+  float* dst = out->data() + from * Dv;
+  for (size_t c = from; c < keys.size(); ++c) {
+    const int32_t key = keys[c];
     if (key == kPadKey)
       std::fill(dst, dst + Dv, 0.f);
     else

@@ -270,9 +270,10 @@ def test_threads_and_concurrent_runs_give_identical_steps():
 
 def test_random_sequences_of_prompts_steps_rewinds_and_outside_writes(tmp_stats):
     """A seeded random walk over what generation does to a buffer (steps, rewinds, new prompts from another layer's
-    rows, caches rewritten outside the op as beam search and buffer reuse do: the last rows, or all of them, from
-    another sequence): every step stays within 10% of flash decoding over the same cache (the k-NN error of these
-    small test budgets on such spliced caches reaches ~6%; a stale index read measured 34-98%)."""
+    rows, caches rewritten outside the op as beam search and buffer reuse do: the last rows from another continuation,
+    or all of them from another sequence that then continues): every step stays within 10% of flash decoding over the
+    same cache (the k-NN error of these small test budgets reaches ~6% on such caches; stale index reads measured
+    34-98%)."""
     rng = np.random.default_rng(7)
     layers = [_rows(layer=i) for i in range(3)]
     g, flash = Generator(_session(**KNN)), Generator(_session(top_k=0))
@@ -280,18 +281,23 @@ def test_random_sequences_of_prompts_steps_rewinds_and_outside_writes(tmp_stats)
     g.run(rows, 0, n)
     errs = []
     for _ in range(24):
-        action = rng.choice(["step", "step", "rewind", "prompt", "outside"])
+        action = rng.choice(["step", "step", "rewind", "prompt", "outside", "reuse"])
         if action == "rewind":
             n -= int(rng.integers(1, 40))
         elif action == "prompt":
             rows, n = layers[int(rng.integers(3))], int(rng.integers(600, PROMPT))
             g.run(rows, 0, n)
-        elif action == "outside":
-            src = layers[int(rng.integers(3))]
-            j = int(rng.choice([0, n - int(rng.integers(1, 300))]))  # everything, or a suffix
+        elif action == "outside":  # beams reordered: the last rows now hold another continuation (shifted rows)
+            j, shift = n - int(rng.integers(1, 300)), int(rng.integers(1, 200))
             for b in range(2):
                 buf = g.buf[b].numpy()
-                buf[0, :, j:n] = src[1 + b][:, j:n]
+                buf[0, :, j:n] = rows[1 + b][:, j + shift : n + shift]
+                g.buf[b].update_inplace(buf)
+        elif action == "reuse":  # the buffer now holds another sequence, which continues
+            rows = layers[int(rng.integers(3))]
+            for b in range(2):
+                buf = g.buf[b].numpy()
+                buf[0, :, :n] = rows[1 + b][:, :n]
                 g.buf[b].update_inplace(buf)
         _copy_cache(flash, g)
         got, want = g.run(rows, n, n + 1), flash.run(rows, n, n + 1)
