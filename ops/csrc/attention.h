@@ -21,7 +21,7 @@ struct CallStats {
   int64_t knn_rows = 0;       // query rows that took the k-NN path (fallback rows included)
   int64_t fallback_rows = 0;  // of those, rows recomputed exactly because their tail was too heavy
   double build_ms = 0, search_ms = 0, softmax_ms = 0, total_ms = 0;
-  int64_t index_bytes = 0;     // k-NN decode: bytes of the kernel instance's persistent indexes (decode_index.h)
+  int64_t index_bytes = 0;     // k-NN decode: bytes of the persistent index the call used (decode_index.h)
   int64_t index_rebuilds = 0;  // k-NN decode: (batch, KV head) indexes rebuilt from the cache by this call
 };
 

@@ -133,11 +133,4 @@ void DecodeIndexCache::checkin(DecodeIndex* index, const void* buffer) {
     if (e.index.get() == index) e.lent = false, e.buffer = buffer, e.last_used = ++clock_;
 }
 
-int64_t DecodeIndexCache::bytes() {
-  std::lock_guard<std::mutex> lock(mu_);
-  int64_t n = 0;
-  for (const Entry& e : entries_) n += e.index->bytes();
-  return n;
-}
-
 }  // namespace iceformer

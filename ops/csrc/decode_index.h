@@ -63,7 +63,6 @@ class DecodeIndexCache {
   // out (the call then decodes exactly). Any index may hold another sequence: refresh() decides what is reusable.
   DecodeIndex* checkout(const void* buffer, bool prompt);
   void checkin(DecodeIndex* index, const void* buffer);
-  int64_t bytes();
 
  private:
   struct Entry {
