@@ -340,7 +340,7 @@ Status run_knn_attention(const AttentionParams& p, const Parallel& par, const Ho
     AttentionParams c = p;
     c.key_padding = KeyPaddingView{KeyPaddingKind::kLength, len.data()};
     c.q_offset = offset.data();
-    if (Status s = attend_with_index(c, *indexes, p.is_causal && p.shape.S == p.shape.T, par, mem, &stats); !s.ok())
+    if (Status s = attend_with_index(c, indexes, p.is_causal && p.shape.S == p.shape.T, par, mem, &stats); !s.ok())
       return s;
   } else if (Status s = run_attention(p, par, mem, &stats); !s.ok()) {
     return s;

@@ -53,11 +53,16 @@ void DecodeIndex::layout(const AttentionParams& p, int64_t rank) {
   hashes_.assign(static_cast<size_t>(B_ * hkv_ * capacity_), 0);
 }
 
+void DecodeIndex::hash_rows(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1) {
+  const float* K = p.key_rows(b, hkv);
+  uint64_t* h = hashes_.data() + (b * hkv_ + hkv) * capacity_;
+  for (int64_t j = j0; j < j1; ++j) h[j] = key_row_hash(K + j * D_, D_);
+}
+
 void DecodeIndex::build(const AttentionParams& p, int64_t b, int64_t hkv, int64_t len) {
   const int64_t bh = b * hkv_ + hkv;
   build_lowrank(p, b, hkv, &set_);
-  const float* K = p.key_rows(b, hkv);
-  for (int64_t j = 0; j < len; ++j) hashes_[bh * capacity_ + j] = key_row_hash(K + j * D_, D_);
+  hash_rows(p, b, hkv, 0, len);
   coded_[bh] = len;
 }
 
@@ -68,8 +73,7 @@ void DecodeIndex::adopt(const AttentionParams& p, const LowRankSet& prefill, int
   std::copy_n(prefill.kbasis.data() + bh * r * D_, r * D_, set_.kbasis.data() + bh * r * D_);
   std::copy_n(prefill.qbasis.data() + bh * r * D_, r * D_, set_.qbasis.data() + bh * r * D_);
   std::copy_n(prefill.kscale.data() + bh * r, r, set_.kscale.data() + bh * r);
-  const float* K = p.key_rows(b, hkv);
-  for (int64_t j = 0; j < len; ++j) hashes_[bh * capacity_ + j] = key_row_hash(K + j * D_, D_);
+  hash_rows(p, b, hkv, 0, len);
   coded_[bh] = len;
 }
 
@@ -91,7 +95,7 @@ bool DecodeIndex::refresh(const AttentionParams& p, int64_t b, int64_t hkv, int6
     return true;
   }
   code_keys(p, b, hkv, n, len, &set_);
-  for (int64_t j = n; j < len; ++j) hashes_[bh * capacity_ + j] = key_row_hash(K + j * D_, D_);
+  hash_rows(p, b, hkv, n, len);
   coded_[bh] = len;
   return false;
 }

@@ -47,7 +47,8 @@ class DecodeIndex {
   int64_t bytes() const;
 
  private:
-  void code_rows(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1);
+  // hashes of the cache rows [j0, j1) of (b, hkv)
+  void hash_rows(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1);
   int64_t B_ = -1, hkv_ = -1, D_ = -1, rank_ = -1, capacity_ = -1;
   LowRankSet set_;                // per_head sized for capacity_ keys
   std::vector<int64_t> coded_;    // [B*Hkv]: rows coded and hashed, -1: nothing built

@@ -277,19 +277,19 @@ Status build_decode_index(const AttentionParams& p, const LowRankSet& prefill, D
 
 }  // namespace
 
-Status attend_with_index(const AttentionParams& p, DecodeIndexCache& indexes, bool prompt, const Parallel& par,
+Status attend_with_index(const AttentionParams& p, DecodeIndexCache* indexes, bool prompt, const Parallel& par,
                          const HostAllocator& mem, CallStats* stats) {
   const KnnSettings& ks = p.knn;
-  const bool knn = ks.top_k > 0 && ks.search == kSearchLowRank && !exact_forced();
+  const bool knn = indexes != nullptr && ks.top_k > 0 && ks.search == kSearchLowRank && !exact_forced();
   if (p.shape.S >= kMinQueriesForIndex) {
     LowRankSet prefill;
     if (Status st = run_attention(p, par, mem, stats, &prefill); !st.ok()) return st;
     if (!knn || !prompt || p.kv_stride() < ks.min_keys) return Status();
-    LentIndex index(indexes, p.k, true);
+    LentIndex index(*indexes, p.k, true);
     return index.get() != nullptr ? build_decode_index(p, prefill, *index.get(), par) : Status();
   }
   if (knn && p.shape.T >= ks.min_keys) {
-    LentIndex index(indexes, p.k, prompt);
+    LentIndex index(*indexes, p.k, prompt);
     if (index.get() != nullptr) return run_decode_knn(p, *index.get(), par, stats);
   }
   return run_decode(p, par, mem, stats);

@@ -26,12 +26,12 @@ constexpr double kMaxDecodeShare = 0.5;
 // (docs/decisions.md).
 constexpr int64_t kDecodeBudgetScale = 4;
 
-// Attention over a KV cache with the kernel instance's indexes. p: kLength key padding (L_b real keys per batch row, a
-// prefix) and q_offset (the position of query row 0); prompt: the call starts a sequence. Calls of
-// kMinQueriesForIndex rows or more run the KnnAttention driver, then, after a prompt on the k-NN path's settings
-// (top_k > 0, search 0) with a cache that can reach min_keys, build the index from the cache and the prompt's
-// queries; shorter calls run k-NN decode from min_keys visible keys on, flash decoding below.
-Status attend_with_index(const AttentionParams& p, DecodeIndexCache& indexes, bool prompt, const Parallel& par,
+// Attention over a KV cache with the kernel instance's indexes (nullptr: none kept). p: kLength key padding (L_b real
+// keys per batch row, a prefix) and q_offset (the position of query row 0); prompt: the call starts a sequence.
+// Calls of kMinQueriesForIndex rows or more run the KnnAttention driver, then, after a prompt on the k-NN path's
+// settings (top_k > 0, search 0) with a cache that can reach min_keys, build the index from the cache and the
+// prompt's queries; shorter calls run k-NN decode from min_keys visible keys on, flash decoding below.
+Status attend_with_index(const AttentionParams& p, DecodeIndexCache* indexes, bool prompt, const Parallel& par,
                          const HostAllocator& mem, CallStats* stats);
 
 // KnnAttention's view of its keys as a cache (exports that feed it Concat(past, new)): lengths L_b and query offsets

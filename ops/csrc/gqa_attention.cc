@@ -8,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "decode_attention.h"
 #include "decode_knn.h"
 #include "host_buffer.h"
 #include "parallel.h"
@@ -197,10 +196,7 @@ Status run_gqa(const GqaParams& g, const Parallel& par, const HostAllocator& mem
   p.knn = g.knn;
   bool prompt = true;  // the call starts the sequences: nothing cached before it
   for (int64_t b = 0; b < g.B; ++b) prompt = prompt && past[b] == 0;
-  Status st = g.indexes != nullptr         ? attend_with_index(p, *g.indexes, prompt, par, mem, stats)
-              : g.S >= kMinQueriesForIndex ? run_attention(p, par, mem, stats)
-                                           : run_decode(p, par, mem, stats);
-  if (!st.ok()) return st;
+  if (Status st = attend_with_index(p, g.indexes, prompt, par, mem, stats); !st.ok()) return st;
   log_call_stats(p, *stats);
   ran = parallel_dynamic(
       par, static_cast<size_t>(g.B * g.S), "the output transpose", [&](size_t t) {  // [B,Hq,S,D] -> [B,S,Hq*D]
