@@ -67,11 +67,15 @@ class Generator:
         io.bind_output("present_value")
         self.sess.run_with_iobinding(io)
         out, pk, pv = io.copy_outputs_to_cpu()
-        for buf, new in zip(self.buf, (pk, pv)):
-            x = buf.numpy()
-            x[:, :, :b] = new[:, :, :b]
-            buf.update_inplace(x)
+        for which, new in enumerate((pk, pv)):
+            self.write(which, 0, b, new[0, :, :b])
         return out.reshape(b - a, HQ, D)
+
+    def write(self, which, j0, j1, rows):
+        """Cache rows [j0, j1) of K (which 0) or V (1) set to rows [HKV, j1 - j0, D], behind the op's back."""
+        x = self.buf[which].numpy()
+        x[0, :, j0:j1] = rows
+        self.buf[which].update_inplace(x)
 
 
 def _calls(stats):
@@ -138,25 +142,18 @@ def test_rows_changed_behind_the_op_are_detected(tmp_stats):
     g.run(rows, 0, PROMPT)
     g.run(rows, PROMPT, PROMPT + 1)
     other = _rows(layer=2)
-    for i, x in enumerate((other[1], other[2])):  # the whole cache now holds layer 2's rows
-        buf = g.buf[i].numpy()
-        buf[0, :, : PROMPT + 1] = x[:, : PROMPT + 1]
-        g.buf[i].update_inplace(buf)
+    for i in range(2):  # the whole cache now holds layer 2's rows
+        g.write(i, 0, PROMPT + 1, other[1 + i][:, : PROMPT + 1])
     got = g.run(other, PROMPT + 1, PROMPT + 2)
     assert _calls(tmp_stats)[-1]["index_rebuilds"] == HKV
     fresh = Generator(_session(**KNN))
-    for i, x in enumerate((other[1], other[2])):
-        buf = fresh.buf[i].numpy()
-        buf[0, :, : PROMPT + 1] = x[:, : PROMPT + 1]
-        fresh.buf[i].update_inplace(buf)
+    _copy_cache(fresh, g)
     np.testing.assert_array_equal(got, fresh.run(other, PROMPT + 1, PROMPT + 2))
 
 
 def _copy_cache(dst, src):
-    for b in range(2):
-        x = dst.buf[b].numpy()
-        x[:] = src.buf[b].numpy()
-        dst.buf[b].update_inplace(x)
+    for which in range(2):
+        dst.write(which, 0, CAPACITY, src.buf[which].numpy()[0])
 
 
 def test_a_changed_key_row_that_is_read_is_caught(tmp_stats):
@@ -166,9 +163,7 @@ def test_a_changed_key_row_that_is_read_is_caught(tmp_stats):
     g = Generator(_session(**KNN))
     rows = (Q, K, V)
     g.run(rows, 0, PROMPT)
-    buf = g.buf[0].numpy()
-    buf[0, :, 2] = -4.0 * buf[0, :, 2]
-    g.buf[0].update_inplace(buf)
+    g.write(0, 2, 3, -4.0 * g.buf[0].numpy()[0, :, 2:3])
     flash, fresh = Generator(_session(top_k=0)), Generator(_session(**KNN))
     for other in (flash, fresh):
         _copy_cache(other, g)
@@ -186,9 +181,7 @@ def test_a_changed_value_row_needs_no_rebuild(tmp_stats):
     changed[2][:, 2] *= -4.0
     g = Generator(_session(**KNN))
     g.run(rows, 0, PROMPT)
-    buf = g.buf[1].numpy()
-    buf[0, :, 2] = changed[2][:, 2]
-    g.buf[1].update_inplace(buf)
+    g.write(1, 2, 3, changed[2][:, 2:3])
     got = g.run(changed, PROMPT, PROMPT + 1)
     assert _calls(tmp_stats)[-1]["index_rebuilds"] == 0
     np.testing.assert_array_equal(got, _reference(changed, PROMPT, [PROMPT])[0])
@@ -289,16 +282,12 @@ def test_random_sequences_of_prompts_steps_rewinds_and_outside_writes(tmp_stats)
             g.run(rows, 0, n)
         elif action == "outside":  # beams reordered: the last rows now hold another continuation (shifted rows)
             j, shift = n - int(rng.integers(1, 300)), int(rng.integers(1, 200))
-            for b in range(2):
-                buf = g.buf[b].numpy()
-                buf[0, :, j:n] = rows[1 + b][:, j + shift : n + shift]
-                g.buf[b].update_inplace(buf)
+            for which in range(2):
+                g.write(which, j, n, rows[1 + which][:, j + shift : n + shift])
         elif action == "reuse":  # the buffer now holds another sequence, which continues
             rows = layers[int(rng.integers(3))]
-            for b in range(2):
-                buf = g.buf[b].numpy()
-                buf[0, :, :n] = rows[1 + b][:, :n]
-                g.buf[b].update_inplace(buf)
+            for which in range(2):
+                g.write(which, 0, n, rows[1 + which][:, :n])
         _copy_cache(flash, g)
         got, want = g.run(rows, n, n + 1), flash.run(rows, n, n + 1)
         errs.append(_rel_err(got, want))
