@@ -88,11 +88,7 @@ void add_columns(const Group& gr, KnnDecodeScratch& sc, int64_t c0, int64_t c1, 
     kern.qk_tile(sc.q.data(), D, gr.rows, sc.kp.data() + t0 * D, D, npanels, sc.s.data(), kExactBlockK);
     for (int64_t r = 0; r < gr.rows; ++r) {
       float* sr = sc.s.data() + r * kExactBlockK;
-      // Keys ascend (padding last): the row's visible columns are [lo, vis).
-      const int64_t vis = std::upper_bound(key, key + width, static_cast<int32_t>(sc.last[r])) - key;
-      const int64_t lo = std::min(vis, std::lower_bound(key, key + width, static_cast<int32_t>(sc.first[r])) - key);
-      std::fill(sr + vis, sr + width, kNegInf);
-      std::fill(sr, sr + lo, kNegInf);
+      const auto [lo, vis] = mask_to_visible(key, width, sc.first[r], sc.last[r], sr);
       if (p.softcap > 0.f) apply_softcap(sr + lo, vis - lo, p.softcap);
       sc.st[r].add_tile_row(sr, width, kern, w);
     }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <utility>
 #include <vector>
 
 #include "params.h"
@@ -50,6 +51,18 @@ constexpr int32_t kPadKey = std::numeric_limits<int32_t>::max();
 
 inline void pad_to_panel(std::vector<int32_t>& keys) {
   while (keys.size() % kPanel != 0) keys.push_back(kPadKey);
+}
+
+// Masks a score row over gathered columns whose keys ascend (padding last) to the keys a query row may see, [first,
+// last]: the columns outside become -inf. Returns the visible columns [lo, vis).
+inline std::pair<int64_t, int64_t> mask_to_visible(const int32_t* key, int64_t width, int64_t first, int64_t last,
+                                                   float* s) {
+  const int64_t vis =
+      std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(last, kPadKey - 1))) - key;
+  const int64_t lo = std::min<int64_t>(vis, std::lower_bound(key, key + width, static_cast<int32_t>(first)) - key);
+  std::fill(s + vis, s + width, -std::numeric_limits<float>::infinity());
+  std::fill(s, s + lo, -std::numeric_limits<float>::infinity());
+  return {lo, vis};
 }
 
 // out[c] = the row keys[c] of V (Dv floats each) for c >= from (out keeps its rows before), zero for padding.

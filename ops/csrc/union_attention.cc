@@ -43,12 +43,7 @@ void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch&
       float* sr = sc.s.data() + r * kExactBlockK;
       // Keys are ascending (padding last): the row's visible columns are a range [lo, vis), lo > 0 only under a
       // hard window.
-      const int64_t vis =
-          std::upper_bound(key, key + width, static_cast<int32_t>(std::min<int64_t>(sc.last[r], kPadKey - 1))) - key;
-      const int64_t lo = std::min<int64_t>(
-          vis, std::lower_bound(key, key + width, static_cast<int32_t>(row_first(p, b, i0 + r))) - key);
-      for (int64_t c = vis; c < width; ++c) sr[c] = kNegInf;
-      for (int64_t c = 0; c < lo; ++c) sr[c] = kNegInf;
+      const auto [lo, vis] = mask_to_visible(key, width, row_first(p, b, i0 + r), sc.last[r], sr);
       if (any_mask) {
         const MaskRow mr = mask_row(p.mask, b, hq, i0 + r);
         for (int64_t c = 0; c < vis; ++c) sr[c] = add_mask(sr[c], mr.value(key[c]));
