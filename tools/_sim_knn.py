@@ -227,10 +227,42 @@ def retrieve(
     return np.flatnonzero(inset), approx
 
 
+def _systematic(rest: np.ndarray, n: int, seed: list[int]) -> tuple[np.ndarray, float]:
+    """(picked keys, step): a systematic sample of n of `rest` (ids), each standing for `step` keys."""
+    n = min(n, len(rest))
+    step = len(rest) / n
+    at = (np.random.default_rng(seed).uniform() + np.arange(n)) * step
+    return rest[np.minimum(len(rest) - 1, at.astype(np.int64))], step
+
+
+def _tail_share(zu: np.ndarray, zt: np.ndarray) -> np.ndarray:
+    """Per row, the share of the estimated softmax mass held by the tail (log-weights zt) next to U's (zu)."""
+    mx = np.maximum(zu.max(1, initial=-np.inf), zt.max(1, initial=-np.inf))[:, None]
+    su, st = np.exp(zu - mx).sum(1), np.exp(zt - mx).sum(1)
+    return st / np.maximum(su + st, 1e-300)
+
+
 def union_block(
-    q, h, i0, scale, *, tail="sample", budget=256, mass=1.0, sinks=4, window=64, samples=1024, order=0, rank2=8, seed=0
+    q,
+    h,
+    i0,
+    scale,
+    *,
+    tail="sample",
+    budget=256,
+    mass=1.0,
+    sinks=4,
+    window=64,
+    samples=1024,
+    order=0,
+    rank2=8,
+    seed=0,
+    wide_share=None,
+    wide_samples=4096,
 ) -> BlockResult:
-    """Rows i0 .. i0 + R - 1 of one query head: exact over U, the rest by `tail` (module docstring)."""
+    """Rows i0 .. i0 + R - 1 of one query head: exact over U, the rest by `tail` (module docstring). With
+    `wide_share`, a block any of whose rows puts more than that share of its mass in the `samples` sample draws
+    `wide_samples` instead (the op's rule for decode; both samples are counted in the cost)."""
     R, D, Dv = len(q), h.K.shape[1], h.V.shape[1]
     rows = np.arange(i0, i0 + R)
     U, approx = retrieve(q, h, i0, scale, budget=budget, sinks=sinks, window=window, mass=mass)
@@ -239,13 +271,14 @@ def union_block(
     taken, nsum, exps = np.zeros(R), 0.0, (rows + 1.0) * (mass < 1.0)
     nb = (i0 + R + BLOCK - 1) // BLOCK
     if tail == "sample" and samples and len(rest):
-        n = min(samples, len(rest))
-        step = len(rest) / n
-        at = (np.random.default_rng([seed, i0]).uniform() + np.arange(n)) * step
-        pick = rest[np.minimum(len(rest) - 1, at.astype(np.int64))]
+        pick, step = _systematic(rest, samples, [seed, i0])
         z = _logits(q, h, pick, i0, scale) + np.log(step)
+        if wide_share is not None and _tail_share(parts[0][0], z).max() > wide_share:
+            taken = np.isfinite(z).sum(1)  # the op scores the first sample too
+            pick, step = _systematic(rest, wide_samples, [seed, i0])
+            z = _logits(q, h, pick, i0, scale) + np.log(step)
         parts.append((z, h.V[pick]))
-        taken = np.isfinite(z).sum(1)
+        taken = taken + np.isfinite(z).sum(1)
     elif tail == "summary":
         mom = block_moments(h, i0 // BLOCK, U, rank2)
         parts.append(summary_part(q, h, mom, scale, order))

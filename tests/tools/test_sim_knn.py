@@ -38,6 +38,25 @@ def test_union_is_exact_when_it_holds_every_key(rng):
     assert _err(sim.union_block(q, h, i0, SCALE, budget=8, tail="none").out, ref) > 1e-3
 
 
+def test_adaptive_sample_widens_only_above_its_share_and_pays_for_both(rng):
+    T, D = 2048, 16
+    K, V, Q = rng.normal(size=(T, D)), rng.normal(size=(T, D)), rng.normal(size=(T, D))
+    h = _head(K, V, Q)
+    i0 = 1984
+    q = Q[i0:]
+    kw = dict(budget=16, samples=64)
+    small = sim.union_block(q, h, i0, SCALE, **kw)
+    wide = sim.union_block(q, h, i0, SCALE, budget=16, samples=512)
+    # a share no row exceeds (a share is <= 1): the first sample stands, at its own cost
+    never = sim.union_block(q, h, i0, SCALE, wide_share=1.0, wide_samples=512, **kw)
+    assert np.array_equal(never.out, small.out) and never.cost == small.cost
+    # random keys leave most of the mass outside U: share 0 widens, the output is the wide sample's and each row
+    # pays for the 64 columns it scored first (every row sees more than 64 keys outside U)
+    always = sim.union_block(q, h, i0, SCALE, wide_share=0.0, wide_samples=512, **kw)
+    assert np.array_equal(always.out, wide.out)
+    assert [c.exact - w.exact for c, w in zip(always.cost, wide.cost)] == [64.0] * len(q)
+
+
 def test_block_estimators_are_exact_on_blocks_of_equal_keys(rng):
     """Keys equal within each key block: every key of a block has the same weight, so mass n e^{s q.k} and the
     block's mean value are exact, at every order (S = 0, C = 0), and so is the oracle."""
