@@ -13,7 +13,10 @@ runtimes take turns prompt by prompt (interleaved). Per prompt length, one table
   sets how many), and whether the tokens equal those of onnxruntime-genai with the same weights;
 - against dense attention (`onnx-dense`, the export without iceformer, up to --dense-max tokens; above it our
   exact path `ours-exact`): perplexity change over the prompt and next-token agreement where the runtime
-  exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's.
+  exposes every position's hidden state; for generating runtimes, whether the first generated token is dense's;
+- with --score-tokens N, generation's accuracy: a Brown text of n + N tokens, its last N fed to the genai runtimes
+  one decode step at a time (teacher forcing) and scored from each step's logits: their perplexity, its change
+  against onnxruntime-genai with the same weights (dense attention) and how often the greedy predictions agree.
 
 Runtimes (--runtimes); activations and attention are fp32 everywhere:
   ours-exact, ours-defaults, ours-knn   the eager ONNX export (fp32) rewritten by ice-rewrite: exact (top_k 0),
@@ -84,6 +87,16 @@ class Record:
     decode_p90_ms: float | None = None
     generated: list[int] | None = None  # the greedy tokens
     same_as_peer: bool | None = None  # generated tokens equal those of the peer with the same weights (genai)
+    decode_ppl: float | None = None  # --score-tokens: perplexity of the continuation scored step by step
+    decode_ppl_change: float | None = None  # ... against the peer with the same weights (genai)
+    decode_agreement: float | None = None  # ... greedy predictions equal to the peer's, per step
+    nll: list[float] | None = None  # ... per step
+    preds: list[int] | None = None  # ... per step
+
+
+def _is_scoring(r: Record) -> bool:
+    """A --score-tokens record (a text scored step by step, not a retrieval prompt)."""
+    return r.prompt.startswith("text+")
 
 
 def _is_peer(runtime: str) -> bool:
@@ -231,12 +244,14 @@ COLUMNS = [
     "decode tok/s",
     "decode ms/token (p90)",
     "tokens = peer's",
+    "decode ppl (vs peer, agreement)",
 ]
 
 
 def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, str]]:
     """The rows (COLUMNS) of the table at prompt length n, and {weight format: its fastest peer}."""
-    rows = [r for r in records if r.tokens == n]
+    rows = [r for r in records if r.tokens == n and not _is_scoring(r)]
+    scored = [r for r in records if r.tokens == n and _is_scoring(r) and r.error is None]
     by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows)}
     med = {
         rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None)
@@ -280,9 +295,20 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
                     ),
                 ),
                 fmt([r.same_as_peer for r in ok if r.same_as_peer is not None], lambda v: f"{sum(v)}/{len(v)}"),
+                fmt([r for r in scored if r.runtime == rt], _decode_ppl),
             ]
         )
     return out, best
+
+
+def _decode_ppl(rs: list[Record]) -> str:
+    """The --score-tokens cell: perplexity (change against the peer, agreement with it), means over the texts."""
+    ppl = f"{statistics.mean(r.decode_ppl for r in rs):.3f}"
+    vs = [r for r in rs if r.decode_ppl_change is not None]
+    if not vs:
+        return ppl
+    change = 100 * statistics.mean(r.decode_ppl_change for r in vs)
+    return f"{ppl} ({change:+.2f}%, {100 * statistics.mean(r.decode_agreement for r in vs):.1f}%)"
 
 
 def _table(records: list[Record], n: int, args) -> Table:
@@ -368,6 +394,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=8192,
         help="onnx-dense only up to this length (its [Hq, S, S] scores: 15 GB at 16k on Qwen)",
     )
+    ap.add_argument(
+        "--score-tokens",
+        type=int,
+        default=0,
+        help="score this many tokens of a text continuing an n-token prompt step by step (genai runtimes): "
+        "decode perplexity and agreement against genai with the same weights",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--ov-python", help="python of an environment with openvino-genai and optimum-intel")
     ap.add_argument(
@@ -377,7 +410,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--json", type=Path, default=Path("bench_e2e.json"))
     args = ap.parse_args(argv)
-    if max(args.tokens) + max(16, args.new_tokens) > GENAI_MAX_LENGTH and any(
+    if max(args.tokens) + max(16, args.new_tokens, args.score_tokens) > GENAI_MAX_LENGTH and any(
         r in GENAI_RUNTIMES for r in args.runtimes
     ):
         ap.error(f"genai folders hold {GENAI_MAX_LENGTH} positions: prompt + new tokens must fit")
@@ -450,11 +483,37 @@ class _Run:
                 r.same_as_peer = r.generated == peer.generated
         return out
 
-    def _ask(self, rt: str, ids: list[int], new_tokens: int, is_onnx: bool, hidden_path: str) -> dict:
+    def score(self, n: int) -> list[Record]:
+        """The genai runtimes on an n-token Brown text, its next --score-tokens tokens scored step by step."""
+        from .. import metrics
+
+        k = self.args.score_tokens
+        ids = metrics.text_ids(self.tok, n + k, start=500)
+        out = []
+        for rt in (rt for rt in self.specs if rt in GENAI_RUNTIMES):
+            rec = Record(n, rt, f"text+{k}")
+            ans = self._ask(rt, ids[:n], 0, False, "", score=ids[n:])
+            rec.error = ans.get("error")
+            if rec.error is None:
+                rec.nll, rec.preds = ans["score_nll"], ans["score_preds"]
+                rec.decode_ppl = float(np.exp(np.mean(rec.nll)))
+            out.append(rec)
+            self.console.log(f"{n} text+{k} {rt}: " + (rec.error or f"decode perplexity {rec.decode_ppl:.3f}"))
+        peers = {_weights(r.runtime): r for r in out if _is_peer(r.runtime) and r.error is None}
+        for r in out:
+            peer = peers.get(_weights(r.runtime))
+            if r.error is None and peer is not None and peer is not r:
+                r.decode_ppl_change = r.decode_ppl / peer.decode_ppl - 1
+                r.decode_agreement = float(np.mean(np.asarray(r.preds) == np.asarray(peer.preds)))
+        return out
+
+    def _ask(
+        self, rt: str, ids: list[int], new_tokens: int, is_onnx: bool, hidden_path: str, score: list[int] | None = None
+    ) -> dict:
         worker = None
         try:
             worker = self.workers.get(rt) or self.start(rt)
-            return worker(ids, new_tokens, hidden_path if is_onnx else None)
+            return worker(ids, new_tokens, hidden_path if is_onnx else None, score)
         except RuntimeError as e:  # the worker died (e.g. killed for memory): a failed record
             worker = None
             self.workers.pop(rt, None)
@@ -485,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.tokens:
             for p in _prompts(run.tok, n, args):  # interleaved: every runtime on this prompt before the next
                 records += run.prompt(n, p)
+            if args.score_tokens:
+                records += run.score(n)
             _report(records, n, args, console)
     finally:
         run.close()

@@ -8,7 +8,8 @@ Kinds:
 - onnx: an ONNX decoder with last_hidden_state output (our eager export, rewritten or not); the hidden states go
   to request["out"] (.npy) for the caller's metrics; time = one session.run over the ids.
 - genai: an onnxruntime-genai folder; time to first token = append_tokens(prompt); then new_tokens greedy tokens
-  (and their decode speed).
+  (and their decode speed), or with request["score"] those tokens fed one decode step at a time (teacher forcing),
+  each scored from the logits before it: their negative log-likelihoods and greedy predictions.
 - openvino: an OpenVINO GenAI LLMPipeline (dense, or XAttention sparse prefill); time to first token from its
   perf metrics; new_tokens greedy tokens.
 Each answer carries peak_rss_mib: the process's peak resident memory during that request (VmHWM after resetting
@@ -60,7 +61,7 @@ class Onnx:
         so.intra_op_num_threads = spec["threads"]
         self.sess = ort.InferenceSession(spec["model"], so, providers=["CPUExecutionProvider"])
 
-    def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None, score: list[int] | None = None) -> dict:
         feeds = {"input_ids": np.asarray([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
         t0 = time.perf_counter()
         hidden = self.sess.run(None, feeds)[0][0]
@@ -80,7 +81,9 @@ class Genai:
         )
         self.og, self.model = og, og.Model(config)
 
-    def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None, score: list[int] | None = None) -> dict:
+        if score:
+            return self._score(ids, score)
         params = self.og.GeneratorParams(self.model)
         params.set_search_options(max_length=len(ids) + new_tokens, do_sample=False, top_k=1)
         gen = self.og.Generator(self.model, params)
@@ -102,6 +105,22 @@ class Genai:
             "decode_ms": float(np.median(ms)),
             "decode_p90_ms": float(np.percentile(ms, 90)),
         }
+
+    def _score(self, ids: list[int], score: list[int]) -> dict:
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + len(score), do_sample=False, top_k=1)
+        gen = self.og.Generator(self.model, params)
+        t0 = time.perf_counter()
+        gen.append_tokens(np.asarray(ids, np.int32))
+        ttft = time.perf_counter() - t0
+        nll, preds = [], []
+        for t in score:
+            z = gen.get_logits()[0, -1].astype(np.float64)  # the next position's logits
+            m = z.max()
+            nll.append(float(m + np.log(np.exp(z - m).sum()) - z[t]))
+            preds.append(int(z.argmax()))
+            gen.append_tokens(np.asarray([t], np.int32))  # one decode step
+        return {"ttft_s": ttft, "score_nll": nll, "score_preds": preds}
 
 
 class OpenVino:
@@ -125,7 +144,7 @@ class OpenVino:
         self.ov, self.ov_genai = ov, ov_genai
         self.pipe = ov_genai.LLMPipeline(spec["model"], "CPU", scheduler_config=sc, **props)
 
-    def __call__(self, ids: list[int], new_tokens: int, out: str | None) -> dict:
+    def __call__(self, ids: list[int], new_tokens: int, out: str | None, score: list[int] | None = None) -> dict:
         x = np.asarray([ids], np.int64)
         inputs = self.ov_genai.TokenizedInputs(self.ov.Tensor(x), self.ov.Tensor(np.ones_like(x)))
         cfg = self.ov_genai.GenerationConfig()
@@ -157,9 +176,13 @@ class Worker:
             raise RuntimeError(f"the worker exited with code {self.proc.wait()} (its stderr is above)")
         return json.loads(line)
 
-    def __call__(self, ids: list[int], new_tokens: int = 0, out: str | None = None) -> dict:
-        """{"ttft_s", "peak_rss_mib", and "tokens" for generating kinds} or {"error", ...}."""
-        self.proc.stdin.write(json.dumps({"ids": ids, "new_tokens": new_tokens, "out": out}) + "\n")
+    def __call__(
+        self, ids: list[int], new_tokens: int = 0, out: str | None = None, score: list[int] | None = None
+    ) -> dict:
+        """{"ttft_s", "peak_rss_mib", and "tokens" for generating kinds; "score_nll", "score_preds" for genai with
+        score} or {"error", ...}."""
+        req = {"ids": ids, "new_tokens": new_tokens, "out": out, "score": score}
+        self.proc.stdin.write(json.dumps(req) + "\n")
         return self._read()
 
     def close(self) -> None:
@@ -179,7 +202,7 @@ def main() -> None:
         req = json.loads(line)
         _reset_peak()
         try:
-            ans = runner(req["ids"], req["new_tokens"], req.get("out"))
+            ans = runner(req["ids"], req["new_tokens"], req.get("out"), req.get("score"))
         except Exception as e:  # reported to the caller as this request's failure; the worker stays up
             ans = {"error": f"{type(e).__name__}: {e}"}
         ans["peak_rss_mib"] = vm_hwm_mib()

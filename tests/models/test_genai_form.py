@@ -87,3 +87,25 @@ def test_generation_with_knn_decode(folders, tmp_path, monkeypatch):
     assert len(steps) >= PROMPTS * (NEW - 2) * 30 and knn >= 0.9 * len(steps), (knn, len(steps))  # 30 layers
     assert all(c["index_rebuilds"] == 0 for c in steps)  # the prompt built every index
     assert first >= PROMPTS - 1 and same >= 0.5 * PROMPTS * NEW, (first, same)
+
+
+def test_step_by_step_scoring_equals_one_forward_pass(folders):
+    """ice-bench-e2e --score-tokens: the genai worker feeds a continuation one decode step at a time and scores each
+    token from the logits before it; on the original folder that is the transformers model's teacher-forced NLL over
+    the whole text (fp32 in both: within 2e-3 per token) and the same greedy predictions."""
+    import sys
+
+    import torch
+    from iceformer.tools.e2e_worker import Worker
+
+    ids = metrics.text_ids(metrics.tokenizer(), 288, start=700)
+    w = Worker(sys.executable, "genai", {"threads": 2, "model": str(folders["original"])})
+    try:
+        ans = w(ids[:256], 0, None, ids[256:])
+    finally:
+        w.close()
+    with torch.no_grad():
+        logits = smollm2.load("eager")[0](torch.tensor([ids])).logits[0, 255:-1].double()
+    want = (torch.logsumexp(logits, -1) - logits[torch.arange(32), torch.tensor(ids[256:])]).numpy()
+    np.testing.assert_allclose(ans["score_nll"], want, atol=2e-3)
+    assert ans["score_preds"] == logits.argmax(-1).tolist()

@@ -82,3 +82,20 @@ def test_worker_runs_an_onnx_model_and_reports_its_peak(tmp_path):
     finally:
         w.close()
     assert np.isfinite(ans["peak_rss_mib"])
+
+
+def test_scored_texts_fill_their_column_and_nothing_else():
+    """--score-tokens records: the decode perplexity column (mean perplexity, change against the peer, agreement);
+    they count in no retrieval, timing or memory cell."""
+    R = Record
+    recs = _records() + [
+        R(4096, "genai-int4", "text+256", decode_ppl=10.0),
+        R(4096, "genai-int4-ours", "text+256", decode_ppl=10.1, decode_ppl_change=0.01, decode_agreement=0.98),
+        R(4096, "genai", "text+256", error="killed"),
+    ]
+    rows, _ = bench_e2e.summary(recs, 4096)
+    by = {r[0]: r for r in rows}
+    assert by["genai-int4-ours"][11] == "10.100 (+1.00%, 98.0%)" and by["genai-int4"][11] == "10.000"
+    assert by["genai"][11] == "-" and by["ours-knn"][11] == "-"
+    base = {r[0]: r for r in bench_e2e.summary(_records(), 4096)[0]}
+    assert all(by[rt][:11] == base[rt][:11] for rt in base)
