@@ -488,7 +488,7 @@ class _Run:
         from .. import metrics
 
         k = self.args.score_tokens
-        ids = metrics.text_ids(self.tok, n + k, start=500)
+        ids = metrics.text_ids(self.tok, n + k, start=300)
         out = []
         for rt in (rt for rt in self.specs if rt in GENAI_RUNTIMES):
             rec = Record(n, rt, f"text+{k}")

@@ -93,10 +93,13 @@ def text_ids(tok, n: int, start: int = 100, special_tokens: bool = True) -> list
     """n tokens of Brown Corpus text (samples from `start` on); special_tokens=False: none of the tokenizer's own
     (text pieces joined into a longer prompt)."""
     ids: list[int] = []
-    count = 60
+    text, count = "", 60
     while len(ids) < n:
-        ids = tok(corpus.brown_text(start=start, count=count), add_special_tokens=special_tokens).input_ids
-        count *= 2
+        longer = corpus.brown_text(start=start, count=count)
+        if len(longer) == len(text):  # the samples ran out (the corpus has 500)
+            raise ValueError(f"the Brown Corpus from sample {start} on holds {len(ids)} tokens, fewer than {n}")
+        text, count = longer, 2 * count
+        ids = tok(text, add_special_tokens=special_tokens).input_ids
     return ids[:n]
 
 

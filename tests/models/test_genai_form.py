@@ -98,7 +98,7 @@ def test_step_by_step_scoring_equals_one_forward_pass(folders):
     import torch
     from iceformer.tools.e2e_worker import Worker
 
-    ids = metrics.text_ids(metrics.tokenizer(), 288, start=700)
+    ids = metrics.text_ids(metrics.tokenizer(), 288, start=300)
     w = Worker(sys.executable, "genai", {"threads": 2, "model": str(folders["original"])})
     try:
         ans = w(ids[:256], 0, None, ids[256:])

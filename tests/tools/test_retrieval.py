@@ -70,3 +70,13 @@ def test_scorings_agree_on_a_known_model():
     assert metrics.answer_token_accuracy(hidden, lm_head, p) == pytest.approx(2 / 3)
     assert metrics.generated_correct(p, [5, 6, 7, 0]) and not metrics.generated_correct(p, [5, 6])
     assert not metrics.generated_correct(p, [5, 1, 7])
+
+
+@pytest.mark.models
+def test_text_ids_reports_a_corpus_too_short(tok):
+    """Samples from 480 on (of 500) hold fewer than 10**6 tokens: an error naming both, never an endless loop."""
+    assert len(metrics.text_ids(tok, 300, start=480)) == 300
+    with pytest.raises(ValueError, match=r"from sample 480 on holds \d+ tokens, fewer than 1000000"):
+        metrics.text_ids(tok, 10**6, start=480)
+    with pytest.raises(ValueError, match="from sample 700 on holds 0 tokens"):
+        metrics.text_ids(tok, 10, start=700)
