@@ -252,7 +252,8 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
     """The rows (COLUMNS) of the table at prompt length n, and {weight format: its fastest peer}."""
     rows = [r for r in records if r.tokens == n and not _is_scoring(r)]
     scored = [r for r in records if r.tokens == n and _is_scoring(r) and r.error is None]
-    by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows)}
+    # a run may only score (--score-tokens without prompts): its runtimes get rows too
+    by = {rt: [r for r in rows if r.runtime == rt] for rt in dict.fromkeys(r.runtime for r in rows + scored)}
     med = {
         rt: statistics.median(x.ttft_s for x in rs if x.ttft_s is not None)
         for rt, rs in by.items()
@@ -273,7 +274,7 @@ def summary(records: list[Record], n: int) -> tuple[list[list[str]], dict[str, s
                 f"{med[rt]:.2f}" if rt in med else "-",
                 f"{med[best[_weights(rt)]] / med[rt]:.2f}x" if _weights(rt) in best and rt in med else "-",
                 fmt([r.peak_rss_mib for r in ok], lambda v: f"{max(v):.0f}"),
-                f"{sum(bool(r.correct) for r in ok)}/{len(rs)}",
+                f"{sum(bool(r.correct) for r in ok)}/{len(rs)}" if rs else "-",
                 fmt(
                     [r.ppl_change for r in ok if r.ppl_change is not None],
                     lambda v: f"{100 * statistics.mean(v):+.2f}%",
@@ -340,8 +341,11 @@ def _plot(records: list[Record], path: Path, args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    timed = [r for r in records if r.ttft_s]
+    if not timed:  # e.g. a run that only scored a text
+        return
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for rt in dict.fromkeys(r.runtime for r in records):
+    for rt in dict.fromkeys(r.runtime for r in timed):
         pts = sorted({r.tokens for r in records if r.runtime == rt and r.ttft_s is not None})
         ys = [
             statistics.median(r.ttft_s for r in records if r.runtime == rt and r.tokens == n and r.ttft_s) for n in pts

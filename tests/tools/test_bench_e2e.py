@@ -99,3 +99,17 @@ def test_scored_texts_fill_their_column_and_nothing_else():
     assert by["genai"][11] == "-" and by["ours-knn"][11] == "-"
     base = {r[0]: r for r in bench_e2e.summary(_records(), 4096)[0]}
     assert all(by[rt][:11] == base[rt][:11] for rt in base)
+
+
+def test_a_run_that_only_scores_reports_its_runtimes(tmp_path):
+    """--score-tokens without prompts: a row per scoring runtime (only its decode perplexity cell filled) and no plot
+    (no time to first token to draw); measured, the plot raised on the empty log axes."""
+    recs = [
+        Record(16384, "genai", "text+256", decode_ppl=36.649),
+        Record(16384, "genai-ours", "text+256", decode_ppl=36.717, decode_ppl_change=0.00186, decode_agreement=0.95),
+    ]
+    rows, best = bench_e2e.summary(recs, 16384)
+    assert [r[0] for r in rows] == ["genai", "genai-ours"] and best == {}
+    assert rows[1][11] == "36.717 (+0.19%, 95.0%)" and set(rows[1][1:11]) == {"-"}
+    bench_e2e._plot(recs, tmp_path / "e2e.png", None)
+    assert not (tmp_path / "e2e.png").exists()
