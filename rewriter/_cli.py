@@ -1,5 +1,6 @@
 """ice-rewrite: replace the attention cores of an exported ONNX model with iceformer.KnnAttention, and the
-GroupQueryAttention nodes of an onnxruntime-genai model (a file or its folder) with iceformer.GroupQueryAttention."""
+GroupQueryAttention nodes of an onnxruntime-genai model (a file or its folder) with iceformer.GroupQueryAttention.
+A model folder (genai, or an optimum export: config.json and one .onnx) is rewritten into a new folder."""
 
 from __future__ import annotations
 
@@ -35,11 +36,15 @@ def _parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 rewritten; 2 error, nothing written (unreadable or incomplete model, no core found, "
         "--strict); 3 the input is already rewritten, nothing written",
     )
-    ap.add_argument("input", help="exported ONNX model, or an onnxruntime-genai model folder (with genai_config.json)")
+    ap.add_argument(
+        "input",
+        help="exported ONNX model, or a model folder: onnxruntime-genai's (genai_config.json) or an optimum export's "
+        "(config.json and one .onnx)",
+    )
     ap.add_argument(
         "output",
         nargs="?",
-        help="rewritten model, or a new folder for a genai input (written atomically; never the input)",
+        help="rewritten model, or a new folder for a folder input (written atomically; never the input)",
     )
     ap.add_argument("--top-k", type=int, help="KnnAttention top_k for every rewritten core (0: exact)")
     ap.add_argument(

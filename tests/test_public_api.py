@@ -67,6 +67,16 @@ def test_metrics_api():
         assert hasattr(iceformer.metrics, name), name
 
 
+def test_models_api():
+    import iceformer.models
+
+    assert sorted(iceformer.models.__all__) == sorted(
+        ["ExportError", "export", "export_genai", "export_optimum", "export_smollm2"]
+    )
+    for name in iceformer.models.__all__:
+        assert hasattr(iceformer.models, name), name
+
+
 def test_library_path_and_session_options():
     path = iceformer.get_library_path()
     assert path.endswith("libiceformer_ops.so")

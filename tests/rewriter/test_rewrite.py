@@ -469,6 +469,45 @@ def test_optimum_decoder_with_past(exported_optimum, tmp_path):
     assert len(_assert_past_decoder_rewritten_exactly(exported_optimum, tmp_path, feeds)) == 5
 
 
+def test_optimum_folder_generates_through_ort_model_for_causal_lm(exported_optimum, tmp_path):
+    """The export folder as a whole (config.json beside model.onnx): rewritten into a new folder that
+    ORTModelForCausalLM loads with our session options; 12 greedy tokens after 40 equal the original folder's (exact:
+    the tiny prompt is below min_keys); the input folder is untouched."""
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    src, dst = exported_optimum.parent, tmp_path / "ice"
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    report = rewrite(src, dst)
+    assert len(report.replaced) == 2 and any("ORTModelForCausalLM" in n for n in report.notes)
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    assert sorted(p.name for p in dst.iterdir()) == sorted(before)
+    ids = torch.tensor([np.random.default_rng(0).integers(0, 100, 40).tolist()])
+    tokens = []
+    for folder, opts in ((src, ort.SessionOptions()), (dst, iceformer.session_options(1))):
+        model = ORTModelForCausalLM.from_pretrained(folder, session_options=opts, use_cache=True)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False)
+        tokens.append(out[0, 40:].tolist())
+    assert tokens[0] == tokens[1] and len(tokens[0]) == 12
+
+
+def test_export_folder_with_several_models_is_refused(tmp_path):
+    """An export folder is rewritten only when it holds one .onnx (which of several is loaded is not ours to
+    guess); the error names them and nothing is written."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text("{}")
+    for name in ("decoder_model.onnx", "decoder_with_past_model.onnx"):
+        (src / name).write_bytes(b"")
+    with pytest.raises(RewriteError, match="exactly one .onnx model.*decoder_model.onnx, decoder_with_past_model.onnx"):
+        rewrite(src, tmp_path / "dst")
+    (src / "decoder_model.onnx").unlink()
+    (src / "decoder_with_past_model.onnx").unlink()
+    with pytest.raises(RewriteError, match=r"found none"):
+        rewrite(src, tmp_path / "dst")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def _padded_feeds(seq: int, left: int = 3, right: int = 2):
     """Batch of 3: no padding, left padding, right padding; token ids seeded."""
     rng = np.random.default_rng(1)
