@@ -337,6 +337,12 @@ CANDIDATES = {"union": union_block, "blocks": blocks_block}
 
 
 def run_candidate(spec: dict, q, h: HeadData, i0: int, scale: float) -> BlockResult:
-    """spec: {"kind": "union" | "blocks", **keyword arguments of that function}."""
+    """spec: {"kind": "union" | "blocks", "rows": R, **keyword arguments of that function}. `rows` (a divisor of
+    BLOCK; default BLOCK) splits the query block into sub-blocks of R rows, each with its own exact set and tail:
+    a smaller union per row, less of the neighbours' retrievals."""
     kw = dict(spec)
-    return CANDIDATES[kw.pop("kind", "union")](q, h, i0, scale, **kw)
+    run, sub = CANDIDATES[kw.pop("kind", "union")], kw.pop("rows", BLOCK)
+    if BLOCK % sub:
+        raise ValueError(f"rows must divide {BLOCK}, got {sub}")
+    parts = [run(q[a : a + sub], h, i0 + a, scale, **kw) for a in range(0, len(q), sub)]
+    return BlockResult(np.concatenate([r.out for r in parts]), [c for r in parts for c in r.cost])

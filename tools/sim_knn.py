@@ -76,24 +76,25 @@ def simulate(
         heads = [sim.head_data(Q[li, k * group : (k + 1) * group], K[li, k], V[li, k], rank) for k in range(K.shape[1])]
         shape = (1, Hq, len(starts) * sim.BLOCK, V.shape[-1])
         ref = np.zeros(shape)
-        acc = [{"out": np.zeros(shape), "exact": 0.0, "summ": 0.0, "cost": 0.0} for _ in candidates]
-        visible = 0.0
+        acc = [{"out": np.zeros(shape), "exact": 0.0, "summ": 0.0, "cost": np.zeros(Hq)} for _ in candidates]
+        visible_head = np.zeros(Hq)
         for hq in range(Hq):
             h = heads[hq // group]
             for bi, i0 in enumerate(starts):
                 at = (0, hq, slice(bi * sim.BLOCK, (bi + 1) * sim.BLOCK))
                 q = Q[li, hq, i0 : i0 + sim.BLOCK].astype(np.float64)
                 ref[at] = sim.exact_rows(q, h, i0, scale)
-                visible += float(np.arange(i0 + 1, i0 + len(q) + 1).sum())
+                visible_head[hq] += float(np.arange(i0 + 1, i0 + len(q) + 1).sum())
                 for spec, a in zip(candidates, acc):
                     res = sim.run_candidate({k: v for k, v in spec.items() if k != "name"}, q, h, i0, scale)
                     a["out"][at] = res.out
                     a["exact"] += sum(c.exact for c in res.cost)
                     a["summ"] += sum(c.summaries for c in res.cost)
-                    a["cost"] += sum(c.total for c in res.cost)
-        n_rows = Hq * len(starts) * sim.BLOCK
+                    a["cost"][hq] += sum(c.total for c in res.cost)
+        n_rows, visible = Hq * len(starts) * sim.BLOCK, visible_head.sum()
         for spec, a in zip(candidates, acc):
             err_mean, err_worst = relative_error(a["out"], ref, picked)
+            per_head = [relative_error(a["out"][:, [hq]], ref[:, [hq]], picked)[0] for hq in range(Hq)]
             rows.append(
                 {
                     "candidate": spec.get("name", json.dumps(spec)),
@@ -105,7 +106,10 @@ def simulate(
                     "exact_keys_per_row": a["exact"] / n_rows,
                     "summary_cost_per_row": a["summ"] / n_rows,
                     "visible_keys_per_row": visible / n_rows,
-                    "cost_fraction": a["cost"] / visible,
+                    "cost_fraction": a["cost"].sum() / visible,
+                    # per query head, for routing (a setting per head): error and cost as above
+                    "err_per_head": per_head,
+                    "cost_per_head": (a["cost"] / visible_head).tolist(),
                 }
             )
             if console:

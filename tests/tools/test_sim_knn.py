@@ -57,6 +57,24 @@ def test_adaptive_sample_widens_only_above_its_share_and_pays_for_both(rng):
     assert [c.exact - w.exact for c, w in zip(always.cost, wide.cost)] == [64.0] * len(q)
 
 
+def test_sub_blocks_run_each_sub_block_alone_and_shrink_the_union(rng):
+    """rows = R: the query block's sub-blocks of R rows, each with its own exact set; equal to calling the estimator
+    on each sub-block, with fewer exact keys per row (each row shares its set with fewer neighbours)."""
+    T, D = 2048, 16
+    K, V, Q = rng.normal(size=(T, D)), rng.normal(size=(T, D)), rng.normal(size=(T, D))
+    h = _head(K, V, Q)
+    i0 = 1984
+    q = Q[i0:]
+    whole = sim.run_candidate({"budget": 32, "samples": 128}, q, h, i0, SCALE)
+    split = sim.run_candidate({"budget": 32, "samples": 128, "rows": 16}, q, h, i0, SCALE)
+    alone = [sim.union_block(q[a : a + 16], h, i0 + a, SCALE, budget=32, samples=128) for a in range(0, 64, 16)]
+    assert np.array_equal(split.out, np.concatenate([r.out for r in alone]))
+    assert split.cost == [c for r in alone for c in r.cost]
+    assert sum(c.exact for c in split.cost) < sum(c.exact for c in whole.cost)
+    with pytest.raises(ValueError, match="rows must divide 64"):
+        sim.run_candidate({"rows": 24}, q, h, i0, SCALE)
+
+
 def test_block_estimators_are_exact_on_blocks_of_equal_keys(rng):
     """Keys equal within each key block: every key of a block has the same weight, so mass n e^{s q.k} and the
     block's mean value are exact, at every order (S = 0, C = 0), and so is the oracle."""
@@ -124,3 +142,7 @@ def test_cli_on_the_shipped_capture(tmp_path):
     assert by["today (sample 1024)"]["cost_fraction"] > 1.0
     assert by["top set only"]["err_mean"] > 0 and by["top set only"]["cost_fraction"] < 1.0
     assert all(r["layer"] == 13 and r["err_last_rows"] is not None for r in rows)
+    # per head: the worst head's error is the largest of them, the costs average to the layer's (equal rows per head)
+    r = by["top set only"]
+    assert max(r["err_per_head"]) == pytest.approx(r["err_worst_head"])
+    assert np.mean(r["cost_per_head"]) == pytest.approx(r["cost_fraction"])
