@@ -9,6 +9,9 @@ candidates and their parameters are in tools/_sim_knn.py; docs/decisions.md has 
   ice-sim-knn                                   # the shipped SmolLM2 capture, the default candidates
   ice-sim-knn qwen16k.npz --from 8192 --blocks 6 --json sim.json
   ice-sim-knn qwen16k.npz --candidate '{"kind": "union", "tail": "summary", "budget": 128}'
+  ice-sim-knn qwen16k.npz --candidate '{"rows": 16, "budget": 256, "samples": 512}'   # an exact set per 16 rows
+
+The --json rows also carry each query head's error and cost (err_per_head, cost_per_head), for per-head settings.
 """
 
 from __future__ import annotations
