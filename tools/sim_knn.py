@@ -10,6 +10,8 @@ candidates and their parameters are in tools/_sim_knn.py; docs/decisions.md has 
   ice-sim-knn qwen16k.npz --from 8192 --blocks 6 --json sim.json
   ice-sim-knn qwen16k.npz --candidate '{"kind": "union", "tail": "summary", "budget": 128}'
   ice-sim-knn qwen16k.npz --candidate '{"rows": 16, "budget": 256, "samples": 512}'   # an exact set per 16 rows
+  ice-sim-knn qwen16k.npz --from 8192 --candidate '{"name": "b64", "budget": 64}' \
+      --candidate '{"name": "b512", "budget": 512}' --route 0.01 0.02   # per-head settings, calibrated at 8k
 
 The --json rows also carry each query head's error and cost (err_per_head, cost_per_head), for per-head settings.
 """
@@ -123,6 +125,36 @@ def simulate(
     return rows
 
 
+def route(calib: list[dict], evaluation: list[dict], target: float) -> list[dict]:
+    """Per-head routing: for each layer and query head, the cheapest candidate whose error on the calibration rows
+    is <= target (none: the most accurate one), then that head's error and cost on the evaluation rows."""
+    out = []
+    for layer in sorted({r["layer"] for r in calib}):
+        cal = [r for r in calib if r["layer"] == layer]
+        ev = {r["candidate"]: r for r in evaluation if r["layer"] == layer}
+        picks = []
+        for h in range(len(cal[0]["err_per_head"])):
+            ok = [r for r in cal if r["err_per_head"][h] <= target]
+            best = min(ok, key=lambda r: r["cost_per_head"][h]) if ok else min(cal, key=lambda r: r["err_per_head"][h])
+            picks.append(best["candidate"])
+        err = [ev[c]["err_per_head"][h] for h, c in enumerate(picks)]
+        cost = [ev[c]["cost_per_head"][h] for h, c in enumerate(picks)]
+        out.append(
+            {
+                "candidate": f"routed, calibration error <= {100 * target:g}%",
+                "layer": layer,
+                "err_mean": float(np.mean(err)),
+                "err_worst_head": float(np.max(err)),
+                "err_last_rows": None,
+                "exact_keys_per_row": float("nan"),
+                "summary_cost_per_row": float("nan"),
+                "cost_fraction": float(np.mean(cost)),
+                "picks": picks,
+            }
+        )
+    return out
+
+
 def table(rows: list[dict], title: str) -> Table:
     t = Table(title=title)
     for col in [
@@ -169,12 +201,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blocks", type=int, default=6, help="query blocks spread over the rows, besides the last 256")
     ap.add_argument("--layers", type=int, nargs="*", help="captured layer ids (default: all)")
     ap.add_argument("--rank", type=int, default=32, help="rank of the retrieval basis (the op's `rank`)")
+    ap.add_argument(
+        "--route",
+        type=float,
+        nargs="*",
+        help="per-head routing at these error targets: each head's cheapest candidate within the target on "
+        "calibration rows (a --calibrate-tokens prompt, rows from a quarter of it), reported on the simulated rows",
+    )
+    ap.add_argument("--calibrate-tokens", type=int, default=8192, help="--route: the calibration prompt's tokens")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     console = Console(width=200)
+    candidates = args.candidate or DEFAULT_CANDIDATES
     rows = simulate(
         args.data,
-        args.candidate or DEFAULT_CANDIDATES,
+        candidates,
         args.start,
         args.blocks,
         args.layers,
@@ -182,6 +223,10 @@ def main(argv: list[str] | None = None) -> None:
         args.tokens,
         console,
     )
+    if args.route:
+        n_cal = args.calibrate_tokens
+        calib = simulate(args.data, candidates, n_cal // 4, args.blocks, args.layers, args.rank, n_cal, console)
+        rows += [r for t in args.route for r in route(calib, rows, t)]
     n = f"first {args.tokens} tokens, " if args.tokens else ""
     console.print(table(rows, f"Estimators simulated on {args.data} (causal, {n}rows from {args.start}, float64)"))
     if args.json:

@@ -126,6 +126,49 @@ def test_gaussian_block_moments_give_the_log_mass_and_weighted_value(rng):
     assert np.abs(v0[0] - value).max() > 0.1
 
 
+def test_route_picks_each_heads_cheapest_candidate_within_the_target():
+    """Head 0 is within 1% on the cheap candidate, head 1 only on the dear one; at 0.1% neither is, so each head
+    takes its most accurate. The routed error and cost are the evaluation rows' of those picks."""
+
+    def row(name, errs, costs, layer=2):
+        return {"candidate": name, "layer": layer, "err_per_head": errs, "cost_per_head": costs}
+
+    calib = [row("cheap", [0.005, 0.03], [0.1, 0.1]), row("dear", [0.002, 0.008], [0.4, 0.4])]
+    evaluation = [row("cheap", [0.006, 0.05], [0.1, 0.12]), row("dear", [0.003, 0.009], [0.3, 0.5])]
+    (r,) = sim_knn.route(calib, evaluation, 0.01)
+    assert r["picks"] == ["cheap", "dear"] and r["layer"] == 2
+    assert r["err_mean"] == pytest.approx((0.006 + 0.009) / 2) and r["err_worst_head"] == pytest.approx(0.009)
+    assert r["cost_fraction"] == pytest.approx((0.1 + 0.5) / 2)
+    assert sim_knn.route(calib, evaluation, 0.001)[0]["picks"] == ["dear", "dear"]
+
+
+def test_cli_routes_on_the_shipped_capture(tmp_path):
+    out = tmp_path / "sim.json"
+    cands = ['{"name": "b16", "budget": 16, "samples": 0}', '{"name": "b256", "budget": 256, "samples": 0}']
+    args = [
+        "--layers",
+        "13",
+        "--blocks",
+        "1",
+        "--calibrate-tokens",
+        "1024",
+        "--route",
+        "0.0",
+        "1.0",
+        "--json",
+        str(out),
+    ]
+    sim_knn.main([a for c in cands for a in ("--candidate", c)] + args)
+    rows = json.loads(out.read_text())["rows"]
+    by = {r["candidate"]: r for r in rows}
+    # no head is exact at either budget: target 0 gives each head its most accurate candidate (the larger budget);
+    # any error passes 1.0, so every head takes the cheaper one and costs what it costs
+    strict, loose = by["routed, calibration error <= 0%"], by["routed, calibration error <= 100%"]
+    assert set(strict["picks"]) == {"b256"} and set(loose["picks"]) == {"b16"}
+    assert loose["cost_fraction"] == pytest.approx(by["b16"]["cost_fraction"])
+    assert strict["err_mean"] == pytest.approx(by["b256"]["err_mean"])
+
+
 def test_query_blocks():
     assert sim_knn.query_blocks(2048, 1024, 2) == [1024, 1728, 1792, 1856, 1920, 1984]
     assert sim_knn.query_blocks(1024, 0, 0) == [768, 832, 896, 960]
