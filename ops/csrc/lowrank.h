@@ -30,10 +30,11 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
 // Codes the keys [j0, j1) of (b, hkv) with its existing basis and scales (coordinates beyond 127 steps clamp): a KV
 // cache's new rows (decode_index.h).
 void code_keys(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1, LowRankSet* set);
-// Marks in `in` the keys visible to some query row of [i0, i1) of (b, hq) whose approximate score is
-// among that row's best ~`budget` (a per-row threshold estimated from a sample of the keys, aimed slightly above
-// budget; no trim). real_prefix[j] = real (unpadded) keys of batch row b in [0, j).
-void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
-                   int64_t i0, int64_t i1, int64_t budget, KeyMarks* in);
+// Marks in `in` the keys visible to some query row of [i0, i1) of (b, hq) for hq in [hq0, hq0 + heads) (one KV
+// group: the rows share its codes, scanned once) whose approximate score is among that row's best ~`budget` (a
+// per-row threshold estimated from a sample of the keys, aimed slightly above budget; no trim). real_prefix[j] =
+// real (unpadded) keys of batch row b in [0, j).
+void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq0,
+                   int64_t heads, int64_t i0, int64_t i1, int64_t budget, KeyMarks* in);
 
 }  // namespace iceformer

@@ -27,14 +27,17 @@ struct ScanScratch {
 };
 thread_local ScanScratch t_scan;
 
-// One query block's scan: rows [i0, i0 + rows) of (b, hq) against the low-rank keys of (b, hq / group).
+// One query block's scan: rows [i0, i0 + n) of each of the query heads [hq0, hq0 + heads) of one KV group against the
+// low-rank keys of (b, hq0 / group); row t is (hq0 + t / n, i0 + t % n), rows = heads * n.
 struct ScanBlock {
   const AttentionParams& p;
-  int64_t b, hq, i0, rows;
+  int64_t b, hq0, i0, n, rows;
   const uint8_t* panels;  // the 8-bit keys of (b, hkv)
   int64_t r4;
   int64_t last_any;
-  bool any_mask, plain;  // plain: visible = the causal limit only (no masks, padding or hard window)
+  bool any_mask, plain;  // plain: visible = [0, last] (no masks, no hard window, padding at most a length)
+  int64_t head(int64_t t) const { return hq0 + t / n; }
+  int64_t query(int64_t t) const { return i0 + t % n; }
   std::vector<MaskRow> masks;
 
   bool visible(const ScanScratch& sc, int64_t t, int64_t j) const {
@@ -53,7 +56,7 @@ void quantise_queries(const ScanBlock& blk, const float* basis, const float* ksc
   sc.qb.assign(blk.rows * r4, 0u);
   sc.qf.resize(blk.rows * r);
   for (int64_t t = 0; t < blk.rows; ++t) {
-    const float* q = blk.p.q + ((blk.b * sh.Hq + blk.hq) * sh.S + blk.i0 + t) * D;
+    const float* q = blk.p.q + ((blk.b * sh.Hq + blk.head(t)) * sh.S + blk.query(t)) * D;
     float top = 0.f;
     for (int64_t c = 0; c < r; ++c) {
       sc.qf[t * r + c] = kern.dot(q, basis + c * D, D);
@@ -161,30 +164,29 @@ void scan_union(const ScanBlock& blk, ScanScratch& sc, KeyMarks* in) {
 
 }  // namespace
 
-void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq,
-                   int64_t i0, int64_t i1, int64_t budget, KeyMarks* in) {
+void lowrank_union(const AttentionParams& p, const LowRankSet& set, const int64_t* real_prefix, int64_t b, int64_t hq0,
+                   int64_t heads, int64_t i0, int64_t i1, int64_t budget, KeyMarks* in) {
   const AttentionShape& sh = p.shape;
-  const int64_t rows = i1 - i0, bh = b * sh.Hkv + hq / sh.group();
+  const int64_t n = i1 - i0, rows = heads * n, bh = b * sh.Hkv + hq0 / sh.group();
+  const bool any_mask = p.mask.kind != MaskDtype::kNone;
+  const bool length = p.key_padding.kind == KeyPaddingKind::kLength;
+  // With padding as a length, "j is real" is j < L_b: folded into each row's last key, the scan stays plain.
+  const int64_t len_last = length ? static_cast<const int64_t*>(p.key_padding.data)[b] - 1 : sh.T;
   ScanScratch& sc = t_scan;
   sc.last.resize(rows);
   sc.first.resize(rows);
   int64_t last_any = -1;
   for (int64_t t = 0; t < rows; ++t) {
-    sc.last[t] = row_last(p, b, hq, i0 + t);
-    sc.first[t] = row_first(p, b, i0 + t);
+    sc.last[t] = std::min(row_last(p, b, hq0 + t / n, i0 + t % n), len_last);
+    sc.first[t] = row_first(p, b, i0 + t % n);
     last_any = std::max(last_any, sc.last[t]);
   }
   if (last_any < 0 || budget <= 0) return;
-  const bool any_mask = p.mask.kind != MaskDtype::kNone;
-  ScanBlock blk{p,        b,
-                hq,       i0,
-                rows,     set.panels.data() + bh * set.per_head,
-                set.r4,   last_any,
-                any_mask, !any_mask && p.key_padding.kind == KeyPaddingKind::kNone && p.window < 0,
-                {}};
+  const bool plain = !any_mask && (p.key_padding.kind == KeyPaddingKind::kNone || length) && p.window < 0;
+  ScanBlock blk{p, b, hq0, i0, n, rows, set.panels.data() + bh * set.per_head, set.r4, last_any, any_mask, plain, {}};
   if (any_mask) {
     blk.masks.resize(static_cast<size_t>(rows));
-    for (int64_t t = 0; t < rows; ++t) blk.masks[t] = mask_row(p.mask, b, hq, i0 + t);
+    for (int64_t t = 0; t < rows; ++t) blk.masks[t] = mask_row(p.mask, b, blk.head(t), blk.query(t));
   }
   quantise_queries(blk, set.qbasis.data() + bh * set.r * sh.D, set.kscale.data() + bh * set.r, set.r, sc);
   row_thresholds(blk, real_prefix, budget, sc);
