@@ -111,6 +111,12 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         "queries seeing fewer keys than this attend to every key (with `search` 0, P V in the precision of the rest)",
     ),
     AttrSpec(
+        "decode_min_keys",
+        "int",
+        24576,
+        "decode steps (S < 32) whose row group sees at least this many cached keys retrieve them from a persistent index of the cache (k-NN decode); fewer: flash decoding over every key",
+    ),
+    AttrSpec(
         "local_window",
         "int",
         64,

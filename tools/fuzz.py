@@ -90,8 +90,9 @@ def _draw_knn(rng, seed: int, index: int) -> Case:
     knn = rng.random() < 0.6
     if knn:  # the k-NN path on these small shapes: engage it from few keys
         attrs["min_keys"] = int(_pick(rng, (0, 1, 16, 64)))
+        attrs["decode_min_keys"] = attrs["min_keys"]  # decode steps too
         for spec in contract.KNN_ATTRIBUTES:
-            if spec.name in ("min_keys",) or rng.random() < 0.6:
+            if spec.name in ("min_keys", "decode_min_keys") or rng.random() < 0.6:
                 continue
             attrs[spec.name] = _knn_value(rng, spec.name)
     if rng.random() < 0.05:  # out of range: the op must refuse it at session creation
@@ -167,6 +168,7 @@ def _draw_gqa(rng, seed: int, index: int) -> Case:
         attrs["softcap"] = float(_pick(rng, (1.0, 30.0)))
     if rng.random() < 0.5:
         attrs["min_keys"] = int(_pick(rng, (0, 32)))
+        attrs["decode_min_keys"] = attrs["min_keys"]
         attrs["top_k"] = int(_pick(rng, (4, 32, 128)))
     extras = {
         "threads": int(_pick(rng, (1, 2, 4))),
@@ -231,7 +233,7 @@ def _inputs_knn(case: Case) -> tuple[dict, dict]:
 
 def _check_knn(case: Case, sess_out: np.ndarray, feeds: dict) -> str | None:
     """None when the output is right for the case's settings, else what is wrong."""
-    from ..ops import knn_attention_reference
+    from ..ops import contract, knn_attention_reference
 
     ref_kw = {k: v for k, v in case.attrs.items() if k in ("is_causal", "scale", "local_window_size")}
     with np.errstate(all="ignore"):
@@ -241,7 +243,9 @@ def _check_knn(case: Case, sess_out: np.ndarray, feeds: dict) -> str | None:
     if sess_out.shape != want.shape:
         return f"output shape {sess_out.shape}, expected {want.shape}"
     rows = np.isfinite(want).all(-1)  # rows whose reference is defined (no NaN/inf reaching them)
-    exact = case.attrs.get("min_keys", 8192) > case.dims["T"] or case.attrs.get("top_k", 128) == 0
+    threshold = "decode_min_keys" if case.dims["S"] < 32 else "min_keys"  # S < 32: the decode path
+    exact = case.attrs.get(threshold, contract.attribute(threshold).default) > case.dims["T"]
+    exact = exact or case.attrs.get("top_k", 128) == 0
     got, ref = sess_out[rows], want[rows]
     if not np.isfinite(got).all():
         return "a non-finite output where the reference is finite"

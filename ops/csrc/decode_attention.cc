@@ -41,14 +41,33 @@ void decode_chunk(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, 
   sc.s.resize(rows * cols);
   for (int64_t r = 0; r < rows; ++r)  // row r = (query head hkv * g + r / S, query r % S)
     p.scaled_query(b, hkv * g + r / sh.S, r % sh.S, sc.q.data() + r * D);
+  // Rows see [first, last] (a row's window and causal end; keys past a length padding are not real): one score tile
+  // over the rows' common span, then each row's outside -inf.
+  const bool ranged = p.key_padding.kind == KeyPaddingKind::kNone || p.key_padding.kind == KeyPaddingKind::kLength;
+  const int64_t real_end =
+      p.key_padding.kind == KeyPaddingKind::kLength ? static_cast<const int64_t*>(p.key_padding.data)[b] : sh.T;
+  int64_t lo = j1, hi = j0 - 1;
+  for (int64_t i = 0; i < sh.S; ++i) {
+    lo = std::min(lo, std::max(row_first(p, b, i), j0));
+    hi = std::max(hi, std::min({row_last(p, b, 0, i), j1 - 1, real_end - 1}));
+  }
+  if (hi >= lo) kern.qk_keys(sc.q.data(), D, rows, K + (lo - j0) * D, D, hi - lo + 1, D, sc.s.data() + (lo - j0), cols);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t i = r % sh.S;
-    const int64_t first = std::max(row_first(p, b, i), j0), last = std::min(row_last(p, b, 0, i), j1 - 1);
+    const int64_t first = std::max(row_first(p, b, i), j0);
+    const int64_t last = std::min({row_last(p, b, 0, i), j1 - 1, real_end - 1});
     float* s = sc.s.data() + r * cols;
-    std::fill(s, s + cols, kNegInf);
-    for (int64_t j = first; j <= last; ++j)
-      if (key_is_real(p.key_padding, sh.T, b, j)) s[j - j0] = kern.dot(sc.q.data() + r * D, K + (j - j0) * D, D);
-    if (p.softcap > 0.f && last >= first) apply_softcap(s + (first - j0), last - first + 1, p.softcap);
+    if (last < first) {
+      std::fill(s, s + cols, kNegInf);
+    } else {
+      std::fill(s, s + (first - j0), kNegInf);
+      std::fill(s + (last + 1 - j0), s + cols, kNegInf);
+      // Softcap before the padding holes: tanh would turn a -inf into -softcap.
+      if (p.softcap > 0.f) apply_softcap(s + (first - j0), last - first + 1, p.softcap);
+      if (!ranged)
+        for (int64_t j = first; j <= last; ++j)
+          if (!key_is_real(p.key_padding, sh.T, b, j)) s[j - j0] = kNegInf;
+    }
     PartialView part{partials + r * (Dv + 2), Dv};
     const float m = kern.max(s, cols);
     part.max() = m;

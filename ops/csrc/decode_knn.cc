@@ -214,7 +214,7 @@ GroupResult decode_group(const AttentionParams& p, DecodeIndex& index, int64_t b
     gr.last_any = std::max(gr.last_any, sc.last[r]);
   }
   GroupResult res;
-  if (gr.last_any + 1 - gr.first_min >= p.knn.min_keys) {
+  if (gr.last_any + 1 - gr.first_min >= p.knn.decode_min_keys) {
     *rebuilt = index.refresh(p, b, hkv, p.q_offset[b], len);
     res = knn_group(gr, index, sc);
     if (res.outcome == Outcome::kStale) {
@@ -281,11 +281,11 @@ Status attend_with_index(const AttentionParams& p, DecodeIndexCache* indexes, bo
   if (p.shape.S >= kMinQueriesForIndex) {
     LowRankSet prefill;
     if (Status st = run_attention(p, par, mem, stats, &prefill); !st.ok()) return st;
-    if (!knn || !prompt || p.kv_stride() < ks.min_keys) return Status();
+    if (!knn || !prompt || p.kv_stride() < ks.decode_min_keys) return Status();
     LentIndex index(*indexes, p.k, true);
     return index.get() != nullptr ? build_decode_index(p, prefill, *index.get(), par) : Status();
   }
-  if (knn && p.shape.T >= ks.min_keys) {
+  if (knn && p.shape.T >= ks.decode_min_keys) {
     LentIndex index(*indexes, p.k, prompt);
     if (index.get() != nullptr) return run_decode_knn(p, *index.get(), par, stats);
   }

@@ -24,6 +24,7 @@ constexpr KnnField kKnnFields[] = {
     {"max_candidates", &KnnSettings::max_candidates, nullptr},
     {"candidate_fraction", nullptr, &KnnSettings::candidate_fraction},
     {"min_keys", &KnnSettings::min_keys, nullptr},
+    {"decode_min_keys", &KnnSettings::decode_min_keys, nullptr},
     {"local_window", &KnnSettings::recent_keys, nullptr},
     {"num_sink", &KnnSettings::num_sink, nullptr},
     {"tail_samples", &KnnSettings::tail_samples, nullptr},

@@ -165,12 +165,12 @@ void build_lowrank(const AttentionParams& p, int64_t b, int64_t hkv, LowRankSet*
   float* scale = set->kscale.data() + bh * r;
   sc.kr.resize(T * r);
   std::fill(scale, scale + r, 0.f);
+  kern.qk_keys(K, D, T, kbasis, D, r, D, sc.kr.data(), r);  // kr[j * r + c] = k_j . basis_c
   for (int64_t j = 0; j < T; ++j) {
-    const bool real = key_is_real(p.key_padding, T, b, j);
+    if (!key_is_real(p.key_padding, T, b, j)) continue;
     for (int64_t c = 0; c < r; ++c) {
-      const float x = kern.dot(K + j * D, kbasis + c * D, D);
-      sc.kr[j * r + c] = x;
-      if (real && std::isfinite(x)) scale[c] = std::max(scale[c], std::fabs(x));
+      const float x = sc.kr[j * r + c];
+      if (std::isfinite(x)) scale[c] = std::max(scale[c], std::fabs(x));
     }
   }
   for (int64_t c = 0; c < r; ++c) scale[c] = scale[c] > 0.f ? scale[c] / 127.f : 1.f;
@@ -184,11 +184,9 @@ void code_keys(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int
   const float* K = p.key_rows(b, hkv);
   const float* kbasis = set->kbasis.data() + bh * r * D;
   std::vector<float>& kr = t_build.kr;
-  kr.resize(r);
-  for (int64_t j = j0; j < j1; ++j) {
-    for (int64_t c = 0; c < r; ++c) kr[c] = kern.dot(K + j * D, kbasis + c * D, D);
-    store_code(set, bh, j, kr.data());
-  }
+  kr.resize(std::max<int64_t>(1, (j1 - j0) * r));
+  if (j1 > j0) kern.qk_keys(K + j0 * D, D, j1 - j0, kbasis, D, r, D, kr.data(), r);
+  for (int64_t j = j0; j < j1; ++j) store_code(set, bh, j, kr.data() + (j - j0) * r);
 }
 
 }  // namespace iceformer

@@ -28,6 +28,10 @@ struct Kernels {
   // s[r*lds + c] = sum_d q[r*ldq + d] * key(c)[d] for r < rows, c < 16*npanels.
   void (*qk_tile)(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t D, int64_t npanels, float* s,
                   int64_t lds);
+  // The same scores with the keys read in place, as rows: s[r*lds + c] = sum_d q[r*ldq + d] * k[c*ldk + d] for
+  // r < rows, c < n (a decode step's few query rows against a cache, where packing panels would cost a copy).
+  void (*qk_keys)(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D,
+                  float* s, int64_t lds);
   // Integer scores (as floats) of rows x 16*npanels low-rank keys (layout above, R4 words each), filtered as they
   // are made: for each row r, the columns c < vis[r] whose score is > thr[r] are appended (column, score) at
   // idx/val[r*cap + count[r]++] (cap >= 16 * npanels).

@@ -337,6 +337,7 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 const Kernels* avx512_kernels() {
   static const Kernels k{"avx512",
                          qk_tile,
+                         avx512::qk_keys,
                          qk_above_i8,
                          qk_union_i8,
                          pv_tile,

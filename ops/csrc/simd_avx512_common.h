@@ -37,6 +37,9 @@ inline __attribute__((always_inline)) void by_row_groups(int64_t rows, const F& 
 
 }  // namespace
 
+// Scores of a few query rows against keys read in place (simd_avx512_keys.cc).
+void qk_keys(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D, float* s,
+             int64_t lds);
 // The bfloat16 P V kernels (simd_avx512_bf16.cc): emulated with fp32 FMAs, and the AVX512-BF16 build (_hw).
 void to_pairs(const float* a, const float* b, int64_t n, uint32_t* out);
 void repair(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uint32_t* out);

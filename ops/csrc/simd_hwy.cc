@@ -37,6 +37,7 @@ const Kernels* Table() {
                          : HWY_TARGET == HWY_AVX3 ? "avx512-hwy"
                                                   : "neon",
                          QkTile,
+                         QkKeys,
                          QkAboveI8,
                          QkUnionI8,
                          PvTile,

@@ -1,4 +1,5 @@
-// Highway kernels of the exact tiles (simd.h contracts): Q K^T over key panels, fp32 P V and bfloat16 P V.
+// Highway kernels of the exact tiles (simd.h contracts): Q K^T over key panels and over keys in place, fp32 P V and
+// bfloat16 P V.
 // Register-blocked like the AVX-512 kernels: each row group keeps its accumulators in registers over the whole
 // reduction. Included once per offered target by simd_hwy.cc (no include guard).
 HWY_BEFORE_NAMESPACE();
@@ -39,6 +40,43 @@ void QkTile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t 
       qk_rows<kR, kQkPanels>(q + r * ldq, ldq, kp, D, p, s + r * lds, lds);
     for (; p < npanels; ++p) qk_rows<kR, 1>(q + r * ldq, ldq, kp, D, p, s + r * lds, lds);
   });
+}
+
+// Keys read in place (QkKeys): R rows x 4 keys per block, a D-long FMA chain per (row, key) and one horizontal sum
+// each at the end (no panel copy); R = 4 where 32 registers hold the 16 accumulators, else 2.
+constexpr int kKeysRows = kRegs >= 32 ? 4 : 2, kKeysCols = 4;
+
+template <int R>
+HWY_INLINE void qk_keys_block(const float* const* q, const float* const* k, int64_t D, int64_t nr, int64_t m, float* s,
+                              int64_t lds) {
+  const DF df;
+  VF a[R][kKeysCols];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kKeysCols; ++c) a[r][c] = hn::Zero(df);
+  for (int64_t d = 0; d < D; d += kN) {
+    VF x[R];
+    for (int r = 0; r < R; ++r) x[r] = load_part<false>(df, q[r] + d, D - d);
+    for (int c = 0; c < kKeysCols; ++c) {
+      const VF kv = load_part<false>(df, k[c] + d, D - d);
+      for (int r = 0; r < R; ++r) a[r][c] = hn::MulAdd(x[r], kv, a[r][c]);
+    }
+  }
+  for (int64_t r = 0; r < nr; ++r)
+    for (int64_t c = 0; c < m; ++c) s[r * lds + c] = hn::ReduceSum(df, a[r][c]);
+}
+
+void QkKeys(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D, float* s,
+            int64_t lds) {
+  for (int64_t r0 = 0; r0 < rows; r0 += kKeysRows) {
+    const int64_t nr = std::min<int64_t>(kKeysRows, rows - r0);
+    const float* qr[kKeysRows];
+    for (int r = 0; r < kKeysRows; ++r) qr[r] = q + std::min<int64_t>(r0 + r, rows - 1) * ldq;  // past rows: repeats
+    for (int64_t c0 = 0; c0 < n; c0 += kKeysCols) {
+      const float* kc[kKeysCols];
+      for (int c = 0; c < kKeysCols; ++c) kc[c] = k + std::min<int64_t>(c0 + c, n - 1) * ldk;
+      qk_keys_block<kKeysRows>(qr, kc, D, nr, std::min<int64_t>(kKeysCols, n - c0), s + r0 * lds + c0, lds);
+    }
+  }
 }
 
 // Two vectors of value columns per step (e0 .. e0 + 2 kN), masked at the dv tail unless kFull.

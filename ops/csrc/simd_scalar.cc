@@ -84,6 +84,12 @@ float dot(const float* a, const float* b, int64_t n) {
   return acc;
 }
 
+void qk_keys(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D, float* s,
+             int64_t lds) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < n; ++c) s[r * lds + c] = dot(q + r * ldq, k + c * ldk, D);
+}
+
 void axpy(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
@@ -144,9 +150,9 @@ void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const
 }  // namespace
 
 const Kernels& scalar_kernels() {
-  static const Kernels k{"scalar",    qk_tile,    qk_above_i8, qk_union_i8, pv_tile,         vmax,
-                         exp_sum,     dot,        scal,        count_ge,    kth_largest_int, gather_dot,
-                         gather_axpy, pack_panel, to_pairs,    repair,      pv_tile_bf16,    false};
+  static const Kernels k{
+      "scalar", qk_tile,         qk_keys,    qk_above_i8, qk_union_i8, pv_tile,  vmax,   exp_sum,      dot,  scal,
+      count_ge, kth_largest_int, gather_dot, gather_axpy, pack_panel,  to_pairs, repair, pv_tile_bf16, false};
   return k;
 }
 

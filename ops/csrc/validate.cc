@@ -97,6 +97,7 @@ Status check_settings(const KnnSettings& k) {
     return Status::Error("KnnAttention: attribute candidate_fraction=" + std::to_string(k.candidate_fraction) +
                          " is invalid, expected 0..1");
   if (k.min_keys < 0) return bad("min_keys", k.min_keys, ">= 0");
+  if (k.decode_min_keys < 0) return bad("decode_min_keys", k.decode_min_keys, ">= 0");
   if (k.recent_keys < 0) return bad("local_window", k.recent_keys, ">= 0");
   if (k.num_sink < 0) return bad("num_sink", k.num_sink, ">= 0");
   if (k.tail_samples < 0) return bad("tail_samples", k.tail_samples, ">= 0");

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 PROMPT, NEW = 3072, 32
 # Small enough that a 3072-token prompt takes the k-NN path in prefill and decode with a set under half the keys.
-KNN = {"min_keys": 1024, "top_k": 64, "max_candidates": 128, "tail_samples": 512}
+KNN = {"min_keys": 1024, "decode_min_keys": 1024, "top_k": 64, "max_candidates": 128, "tail_samples": 512}
 
 
 def _load(folder, ours):

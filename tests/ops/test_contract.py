@@ -109,6 +109,7 @@ OUT_OF_RANGE = {
         "max_candidates": (1 << 41, r"max_candidates=2199023255552 is invalid, expected <= 2\^40"),
         "candidate_fraction": (1.5, r"candidate_fraction=1.5.* is invalid, expected 0..1"),
         "min_keys": (-1, r"min_keys=-1 is invalid, expected >= 0"),
+        "decode_min_keys": (-1, r"decode_min_keys=-1 is invalid, expected >= 0"),
         "local_window": (-1, r"local_window=-1 is invalid, expected >= 0"),
         "num_sink": (-2, r"num_sink=-2 is invalid, expected >= 0"),
         "tail_samples": (-5, r"tail_samples=-5 is invalid, expected >= 0"),

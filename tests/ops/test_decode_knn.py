@@ -15,7 +15,7 @@ from iceformer.ops import make_gqa_model, session_options
 DATA = Path(__file__).resolve().parents[2] / "tools" / "data" / "smollm2_qkv_2048.npz"
 
 # Small enough that 1536 keys take the k-NN decode path with a set well under half of them (decode_knn.h).
-KNN = {"min_keys": 512, "top_k": 16, "max_candidates": 32, "tail_samples": 128}
+KNN = {"min_keys": 512, "decode_min_keys": 512, "top_k": 16, "max_candidates": 32, "tail_samples": 128}
 PROMPT, CAPACITY = 1536, 2048
 
 

@@ -129,7 +129,7 @@ def test_bias_mask_runs_exact_and_says_so(tmp_stats):
 def test_decode_step_on_diffuse_keys_runs_flash_decoding(tmp_stats):
     """A decode step (S = 1) takes the k-NN decode path's index (built here: no prompt came first); on i.i.d. keys
     the retrieved set would cover most keys, so the group declines to flash decoding: the exact answer."""
-    case = AttentionCase(S=1, T=3000, is_causal=1, attrs={"top_k": 8, "min_keys": 0})
+    case = AttentionCase(S=1, T=3000, is_causal=1, attrs={"top_k": 8, "min_keys": 0, "decode_min_keys": 0})
     got = run_case(case)
     np.testing.assert_allclose(
         got, knn_attention_reference(**case.inputs(), **{**case.op_attrs(), "top_k": 0}), atol=2e-5

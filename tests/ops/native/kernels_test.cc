@@ -52,6 +52,14 @@ void tiles(const Kernels& k, const Kernels& s, std::mt19937& g) {
       k.qk_tile(q.data(), ldq, rows, kp.data(), D, np, a.data(), lds);
       s.qk_tile(q.data(), ldq, rows, kp.data(), D, np, b.data(), lds);
       check(close(a, b, 1e-5, std::sqrt(double(D))), k.name, "qk_tile", rows * D);
+      for (int64_t n : {1, 3, 4, 5, 17}) {  // keys in place: whole and partial 4-key blocks
+        const int64_t ldk = D + 2, ldo = n + 3;
+        auto keys = normal(g, n * ldk);
+        std::vector<float> ka(static_cast<size_t>(rows * ldo), 7.f), kb = ka;
+        k.qk_keys(q.data(), ldq, rows, keys.data(), ldk, n, D, ka.data(), ldo);
+        s.qk_keys(q.data(), ldq, rows, keys.data(), ldk, n, D, kb.data(), ldo);
+        check(close(ka, kb, 1e-5, std::sqrt(double(D))), k.name, "qk_keys (the 7s past n untouched)", rows * n);
+      }
     }
     for (int64_t dv : {1, 15, 16, 17, 64, 80}) {
       const int64_t cols = 2 * (rows + 7), ldp = cols + 1, ldv = dv + 2, ldo = dv + 3;
