@@ -107,7 +107,7 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec(
         "min_keys",
         "int",
-        8192,
+        4096,
         "queries seeing fewer keys than this attend to every key (with `search` 0, P V in the precision of the rest)",
     ),
     AttrSpec(

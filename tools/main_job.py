@@ -2,7 +2,7 @@
 
 The decoder (SmolLM2-135M-Instruct at 4096 tokens by default; Qwen2.5-Coder-0.5B-Instruct for prompts up to 32k)
 is exported to ONNX (cached), rewritten by ice-rewrite twice (the op's default attributes, which run exact
-attention below 8192 keys, and the k-NN path forced on from 1024 keys), and run on real text (the Brown Corpus)
+attention below 4096 keys, and the k-NN path forced on from 1024 keys), and run on real text (the Brown Corpus)
 against the original model, same threads, each model in its own process (its peak memory is its own):
 - plain text of N tokens: prefill time and speedup, peak memory, perplexity, greedy next-token agreement with
   the original;

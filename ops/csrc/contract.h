@@ -48,7 +48,7 @@ constexpr AttrSpec kAttrs[] = {
     {"m", 'i', true, 2},
     {"max_candidates", 'i', true, 256},
     {"candidate_fraction", 'f', true, 0.0},
-    {"min_keys", 'i', true, 8192},
+    {"min_keys", 'i', true, 4096},
     {"decode_min_keys", 'i', true, 24576},
     {"local_window", 'i', true, 64},
     {"num_sink", 'i', true, 4},

@@ -59,7 +59,7 @@ struct KnnSettings {
   int64_t num_simple = 2;           // m
   int64_t max_candidates = 256;     // absolute cap on candidates scored per query (0: derived from fraction)
   float candidate_fraction = 0.f;   // cap as a fraction of the visible keys (0: unused)
-  int64_t min_keys = 8192;          // fewer visible keys than this: every key
+  int64_t min_keys = 4096;          // fewer visible keys than this: every key
   int64_t decode_min_keys = 24576;  // decode: a group seeing fewer cached keys than this runs flash decoding
   int64_t recent_keys = 64;         // attribute local_window: most recent visible keys always attended
   int64_t num_sink = 4;             // first keys always attended

@@ -19,7 +19,7 @@ og = pytest.importorskip("onnxruntime_genai")
 pytestmark = [pytest.mark.slow, pytest.mark.models, pytest.mark.exports, pytest.mark.genai]
 
 TOKENS, NEW, PROMPTS = 2048, 32, 4
-# Small enough budgets that 2048 cached keys take k-NN decode (with the defaults it starts at 8192 keys).
+# Small enough budgets that 2048 cached keys take k-NN decode (with the defaults it starts at decode_min_keys, 24576).
 KNN_DECODE = {"min_keys": 1024, "decode_min_keys": 1024, "top_k": 16, "max_candidates": 32, "tail_samples": 256}
 
 

@@ -26,7 +26,7 @@ def real():
 @pytest.mark.parametrize("layer_index", [0, 1, 2])
 def test_recall_of_exact_topk_at_default_settings(real, layer_index):
     """Recall of the exact top-k keys (by q.k, causal) among the keys the default settings attend to (k-NN forced
-    on with min_keys=0: at the default min_keys, 8192, every row of this 2048-token capture runs exact)."""
+    on with min_keys=0: at the default min_keys, 4096, every row of this 2048-token capture runs exact)."""
     q, k = real["Q"][layer_index, 0], real["K"][layer_index, 0]
     recall = recall_at_k(q, k, np.arange(600, q.shape[0], 13), is_causal=1, min_keys=0)
     # Measured 1.000 / 1.000 / 1.000 (layers 0 / 13 / 24): at 2048 keys the block sets of the default budget cover
