@@ -123,7 +123,11 @@ def knn_select(q, k, *, is_causal: int = 0, rows=None, scale: float | None = Non
     from . import contract
 
     a = {**contract.attribute_defaults(), **attrs}
-    values = (ctypes.c_double * len(contract.KNN_ATTRIBUTES))(*(a[spec.name] for spec in contract.KNN_ATTRIBUTES))
+    lists = [spec.name for spec in contract.KNN_ATTRIBUTES if spec.type == "ints" and len(a[spec.name])]
+    if lists:
+        raise ValueError(f"knn_select runs one head: set its values as scalars, not {lists}")
+    scalars = contract.KNN_SCALAR_ATTRIBUTES
+    values = (ctypes.c_double * len(scalars))(*(a[spec.name] for spec in scalars))
     q = np.ascontiguousarray(q, dtype=np.float32)
     k = np.ascontiguousarray(k, dtype=np.float32)
     S, D = q.shape

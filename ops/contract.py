@@ -33,8 +33,8 @@ class TensorSpec:
 @dataclass(frozen=True)
 class AttrSpec:
     name: str
-    type: str  # "int" | "float"
-    default: int | float | None  # None: derived at run time
+    type: str  # "int" | "float" | "ints" (a list, one value per query head; default empty: not given)
+    default: int | float | tuple | None  # None: derived at run time
     doc: str
 
 
@@ -136,6 +136,20 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         "rows whose tail estimate holds more than this share of the softmax mass are recomputed exactly (1: never)",
     ),
     AttrSpec("seed", "int", 0, "seed of the random directions and tail samples"),
+    AttrSpec(
+        "head_budgets",
+        "ints",
+        (),
+        "per query head (Hq values): keys retrieved per query by its k-NN rows, in place of top_k / max_candidates / "
+        "candidate_fraction (0: the head attends to every key); k-NN decode gives a group of heads sharing a KV head "
+        "the largest of theirs (exact if one is 0); written by ice-calibrate --per-head",
+    ),
+    AttrSpec(
+        "head_tail_samples",
+        "ints",
+        (),
+        "per query head (Hq values): its tail_samples (k-NN decode: the group's largest)",
+    ),
 )
 
 
@@ -197,6 +211,8 @@ GQA_REFUSED_INPUTS = (
     "query_seqlens",
 )
 KNN_ATTRIBUTES = tuple(a for a in ATTRIBUTES if a.name not in ("is_causal", "scale", "local_window_size"))
+# The scalar ones (the per-head lists are the last two).
+KNN_SCALAR_ATTRIBUTES = tuple(a for a in KNN_ATTRIBUTES if a.type != "ints")
 GQA_ATTRIBUTES: tuple[AttrSpec, ...] = (
     AttrSpec("num_heads", "int", None, "Hq (required)"),
     AttrSpec("kv_num_heads", "int", None, "Hkv (required; Hq a multiple of it)"),
@@ -253,7 +269,10 @@ def _as_dict(op: str, inputs, outputs, attributes) -> dict:
             for t in inputs
         ],
         "outputs": [{"name": t.name, "shape": ",".join(t.shape), "dtypes": list(t.dtypes)} for t in outputs],
-        "attributes": [{"name": a.name, "type": a.type, "default": a.default} for a in attributes],
+        "attributes": [
+            {"name": a.name, "type": a.type, "default": list(a.default) if a.type == "ints" else a.default}
+            for a in attributes
+        ],
     }
 
 
@@ -286,6 +305,7 @@ def markdown(gqa: bool = False) -> str:
     lines += ["", "| attribute | type | default | meaning |", "|---|---|---|---|"]
     for a in attributes:
         d = ("required" if gqa else "derived") if a.default is None else repr(a.default)
+        d = "[]" if a.type == "ints" else d
         lines.append(f"| `{a.name}` | {a.type} | {d} | {a.doc} |")
     if gqa:
         lines += [

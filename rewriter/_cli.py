@@ -17,13 +17,15 @@ from ._errors import AlreadyRewritten, RewriteError
 from ._rewrite import RewriteOptions
 
 
-def _attr(text: str) -> tuple[str, float | int]:
+def _attr(text: str) -> tuple[str, float | int | list[int]]:
     name, _, value = text.partition("=")
     try:
         spec = contract.attribute(name)
     except KeyError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
     try:
+        if spec.type == "ints":  # comma-separated, one value per query head
+            return name, [int(v) for v in value.split(",")] if value else []
         return name, int(value) if spec.type == "int" else float(value)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"{name} expects a {spec.type}, got {value!r}") from e
@@ -53,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="any KnnAttention attribute, e.g. --attr min_keys=4096 (repeatable)",
+        help="any KnnAttention attribute, e.g. --attr min_keys=4096 (repeatable; lists comma-separated, one value per "
+        "query head: --attr head_budgets=128,256,...)",
     )
     ap.add_argument(
         "--no-reference-function",

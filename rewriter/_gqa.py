@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from ..ops import contract
+from ._settings import contract_attr
 
 MS_DOMAIN = "com.microsoft"
 # ORT's attributes that ours does not take; a node may carry them only at their "off" values (quantized KV cache
@@ -72,9 +73,6 @@ def switch(model: ir.Model, nodes: list[ir.Node], attributes: dict) -> None:
         for name in ORT_ONLY_ATTRIBUTES:
             node.attributes.pop(name, None)  # at their "off" values (checked by find)
         for name, value in attributes.items():
-            spec = contract.gqa_attribute(name)
-            node.attributes[name] = (
-                ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
-            )
+            node.attributes[name] = contract_attr(contract.gqa_attribute(name), value)
     if nodes:
         model.opset_imports[contract.DOMAIN] = contract.VERSION

@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 from ..ops import contract
 from . import _canonical, _maskcheck, _masks
+from ._settings import contract_attr
 
 
 @dataclass
@@ -251,8 +252,7 @@ def _lower_node(
         "local_window_size": ir.AttrInt64("local_window_size", plan.window),
     }
     for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
-        spec = contract.attribute(name)
-        op_attrs[name] = ir.AttrInt64(name, int(value)) if spec.type == "int" else ir.AttrFloat32(name, float(value))
+        op_attrs[name] = contract_attr(contract.attribute(name), value)
     new = ir.Node(
         contract.DOMAIN, contract.OP_TYPE, [q, k, v, op_mask, kpm], op_attrs, name=f"{base}_KnnAttention", num_outputs=1
     )

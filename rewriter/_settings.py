@@ -20,15 +20,21 @@ def knn_cores(model: ir.Model) -> list[ir.Node]:
     return [n for n in model.graph if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
 
 
-def _attr(name: str, value: float) -> ir.Attr:
-    spec = contract.attribute(name)  # KeyError names the unknown attribute
+def contract_attr(spec: contract.AttrSpec, value) -> ir.Attr:
+    """An onnx-ir attribute of the contract's type for `spec` (int, float or a list of ints)."""
+    if spec.type == "ints":
+        return ir.AttrInt64s(spec.name, [int(v) for v in value])
     if spec.type == "int":
-        return ir.AttrInt64(name, int(value))
-    return ir.AttrFloat32(name, float(value))
+        return ir.AttrInt64(spec.name, int(value))
+    return ir.AttrFloat32(spec.name, float(value))
+
+
+def _attr(name: str, value) -> ir.Attr:
+    return contract_attr(contract.attribute(name), value)  # KeyError names the unknown attribute
 
 
 def apply_settings(
-    input_path: str | os.PathLike, output_path: str | os.PathLike, per_core: dict[int, dict[str, int | float]]
+    input_path: str | os.PathLike, output_path: str | os.PathLike, per_core: dict[int, dict[str, int | float | list]]
 ) -> int:
     """Writes `input_path` with per_core[i]'s attributes set on KnnAttention core i; returns the cores changed."""
     src, dst = Path(input_path), Path(output_path)

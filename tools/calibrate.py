@@ -7,7 +7,11 @@ faster than exact; a core where none is gets top_k = 0 (exact). Attention that i
 in others (Qwen2.5-Coder at 16k: the defaults leave 1.7-1.9% error in layers 2 and 12 and 3.6% in layer 22) then
 gets dense, more samples or the defaults where each suffices.
 
-  ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02
+With --per-head, one more candidate per core: per query head settings (head_budgets / head_tail_samples). The core
+runs once per rung of LADDER with every head at that rung; each head gets the cheapest rung whose error on that head
+is within --budget (else 0: the head is exact), and the routed setting is timed and checked like the others.
+
+  ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02 [--per-head]
 
 The output is the input with the chosen attributes on each core (written atomically, never over the input); the
 report (--json) lists every candidate tried per core.
@@ -44,6 +48,17 @@ CANDIDATES: tuple[dict, ...] = (
     {"tail_samples": 2048, "tail_limit": 0.3},
     {"tail_samples": 4096, "tail_limit": 0.15},
 )
+# --per-head: per query head (budget, tail samples) rungs, cheapest first (the ladder ice-sim-knn --route simulated;
+# docs/decisions.md). Each head gets the cheapest rung within the budget on its own rows, else 0 (exact).
+LADDER: tuple[tuple[int, int], ...] = (
+    (64, 256),
+    (128, 256),
+    (128, 512),
+    (256, 512),
+    (256, 1024),
+    (512, 1024),
+    (512, 2048),
+)
 DECODERS = ("smollm2", "qwen2.5-coder-0.5b")
 TEXT_START = 200  # calibration text: Brown samples from 200 on (ice-main and ice-eval evaluate on samples from 100)
 
@@ -57,6 +72,16 @@ class Trial:
 
 
 @dataclass
+class HeadRoute:
+    """--per-head: each rung's error per query head (rows that may take the k-NN path), and the rung each head got."""
+
+    ladder: list[tuple[int, int]]
+    errors: list[list[float]]  # [rung][head]
+    budgets: list[int]  # per head, 0: exact
+    tail_samples: list[int]
+
+
+@dataclass
 class CoreResult:
     core: int
     node: str
@@ -65,6 +90,7 @@ class CoreResult:
     ms: float
     error: float
     trials: list[Trial] = field(default_factory=list)
+    route: HeadRoute | None = None
 
 
 @dataclass
@@ -156,6 +182,7 @@ def calibrate_core(
     reps: int,
     candidates=CANDIDATES,
     overrides: dict | None = None,
+    per_head: bool = False,
 ) -> CoreResult:
     overrides = overrides or {}
     own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -173,11 +200,41 @@ def calibrate_core(
         y, ms = _timed(_core_session(node, tensors, attrs, threads), tensors, reps)
         err, worst = relative_error(y, ref, rows)
         result.trials.append(Trial(attrs, ms, err, worst))
+    if per_head:
+        result.route = route_heads(node, tensors, ref, budget, threads, overrides)
+        attrs = {"head_budgets": result.route.budgets, "head_tail_samples": result.route.tail_samples, **overrides}
+        rows = eligible_rows(Q.shape[2], K.shape[2], causal, {**own, **attrs})
+        y, ms = _timed(_core_session(node, tensors, attrs, threads), tensors, reps)
+        err, worst = relative_error(y, ref, rows)
+        result.trials.append(Trial(attrs, ms, err, worst))
     fits = [t for t in result.trials if t.error <= budget and t.ms < exact_ms]
     if fits:
         best = min(fits, key=lambda t: t.ms)
         result.chosen, result.ms, result.error = dict(best.attrs), best.ms, best.error
     return result
+
+
+def route_heads(
+    node: onnx.NodeProto, tensors: dict, ref: np.ndarray, budget: float, threads: int, overrides: dict, ladder=LADDER
+) -> HeadRoute:
+    """Runs the core once per rung of `ladder` (every head at that rung) and gives each query head the cheapest rung
+    whose error on that head is within `budget` (heads are independent: a head's output under per-head lists is
+    its output under its rung's scalar settings; tests/ops/test_per_head.py), else budget 0 (exact)."""
+    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    Q, K = tensors[node.input[0]], tensors[node.input[1]]
+    causal = bool(own.get("is_causal", 0))
+    errors = []
+    for b, n in ladder:
+        attrs = {"top_k": b, "max_candidates": b, "candidate_fraction": 0.0, "tail_samples": n, **overrides}
+        rows = eligible_rows(Q.shape[2], K.shape[2], causal, {**own, **attrs})
+        y = _core_session(node, tensors, attrs, threads).run(None, tensors)[0]
+        errors.append([relative_error(y[:, [h]], ref[:, [h]], rows)[0] for h in range(Q.shape[1])])
+    budgets, samples = [], []
+    for h in range(Q.shape[1]):
+        fit = next((rung for rung, e in zip(ladder, errors) if e[h] <= budget), (0, 0))
+        budgets.append(fit[0])
+        samples.append(fit[1])
+    return HeadRoute([list(r) for r in ladder], errors, budgets, samples)
 
 
 def calibrate(
@@ -189,6 +246,7 @@ def calibrate(
     reps: int = 1,
     overrides: dict | None = None,
     console: Console | None = None,
+    per_head: bool = False,
 ) -> CalibrationReport:
     console = console or Console(stderr=True)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
@@ -197,7 +255,7 @@ def calibrate(
     cores, tensors = capture_core_inputs(input_path, feeds(ids), threads)
     report = CalibrationReport(str(input_path), str(output_path), len(ids), budget)
     for i, (node, t) in enumerate(zip(cores, tensors)):
-        r = calibrate_core(i, node, t, budget, threads, reps, overrides=overrides)
+        r = calibrate_core(i, node, t, budget, threads, reps, overrides=overrides, per_head=per_head)
         report.cores.append(r)
         console.print(
             f"core {i}: exact {r.exact_ms:.0f} ms; "
@@ -234,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokens", type=int, default=8192, help="calibration length: the prompt length you deploy")
     ap.add_argument("--budget", type=float, default=0.02, help="largest mean relative output error per core")
     ap.add_argument("--min-keys", type=int, help="min_keys for every core (default: each core's own)")
+    ap.add_argument(
+        "--per-head",
+        action="store_true",
+        help="also try per query head settings (head_budgets / head_tail_samples from LADDER, each head the cheapest "
+        "rung within --budget on its own rows, else exact) as one more candidate per core",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1, help="timed runs per candidate (after one warm-up)")
     ap.add_argument("--json", type=Path, help="write the report here")
@@ -244,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {} if args.min_keys is None else {"min_keys": args.min_keys}
     try:
         ids = text_ids(tokenizer(args.model), args.tokens, start=TEXT_START)
-        report = calibrate(args.input, args.output, ids, args.budget, args.threads, args.reps, overrides, console)
+        report = calibrate(
+            args.input, args.output, ids, args.budget, args.threads, args.reps, overrides, console, args.per_head
+        )
     except RewriteError as e:
         console.print(f"[red]ice-calibrate: {e}[/red]")
         return 2

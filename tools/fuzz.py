@@ -94,8 +94,8 @@ def _draw_knn(rng, seed: int, index: int) -> Case:
         for spec in contract.KNN_ATTRIBUTES:
             if spec.name in ("min_keys", "decode_min_keys") or rng.random() < 0.6:
                 continue
-            attrs[spec.name] = _knn_value(rng, spec.name)
-    if rng.random() < 0.05:  # out of range: the op must refuse it at session creation
+            attrs[spec.name] = _knn_value(rng, spec.name, dims["Hq"])
+    if rng.random() < 0.05:  # out of range: the op must refuse it (at session creation or at the call)
         name, value = _pick(
             rng,
             [
@@ -110,6 +110,8 @@ def _draw_knn(rng, seed: int, index: int) -> Case:
                 ("local_window_size", 0),
                 ("tail_samples", -1),
                 ("num_sink", -2),
+                ("head_budgets", [4] * (dims["Hq"] + 1)),  # one per query head, or none
+                ("head_tail_samples", [-1] * dims["Hq"]),
             ],
         )
         attrs[name] = value
@@ -135,7 +137,10 @@ def _draw_knn(rng, seed: int, index: int) -> Case:
     return Case("knn", seed, index, dims, attrs, extras, valid)
 
 
-def _knn_value(rng, name: str):
+def _knn_value(rng, name: str, Hq: int):
+    per_head = {"head_budgets": (0, 1, 4, 32, 128), "head_tail_samples": (0, 1, 64)}
+    if name in per_head:
+        return [int(_pick(rng, per_head[name])) for _ in range(Hq)]
     ranges = {
         "top_k": (0, 1, 4, 32, 128, 1000),
         "search": (0, 1),
@@ -170,6 +175,8 @@ def _draw_gqa(rng, seed: int, index: int) -> Case:
         attrs["min_keys"] = int(_pick(rng, (0, 32)))
         attrs["decode_min_keys"] = attrs["min_keys"]
         attrs["top_k"] = int(_pick(rng, (4, 32, 128)))
+        if rng.random() < 0.3:
+            attrs["head_budgets"] = [int(_pick(rng, (0, 4, 32))) for _ in range(Hq)]
     extras = {
         "threads": int(_pick(rng, (1, 2, 4))),
         "packed": bool(rng.random() < 0.5),

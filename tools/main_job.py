@@ -13,7 +13,7 @@ the reference is the same export rewritten with exact attention (top_k 0), and t
 With --calibrate, a fourth variant: the default rewrite calibrated per layer by ice-calibrate at the same length
 on other text of the corpus (budget 2% relative output error per layer).
 
-  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR] [--calibrate]
+  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR] [--calibrate [--per-head]]
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="folder for the exported and rewritten models")
     ap.add_argument("--calibrate", action="store_true", help="add the default rewrite calibrated by ice-calibrate")
+    ap.add_argument("--per-head", action="store_true", help="with --calibrate: ice-calibrate --per-head")
     ap.add_argument("--inputs", nargs="+", choices=["text", "repeat"], default=["text", "repeat"])
     return ap.parse_args(argv)
 
@@ -100,6 +101,7 @@ def _variants(args, model_path: Path, out: Path, ref: str, dense: bool, console:
             CALIBRATION_BUDGET,
             args.threads,
             console=console,
+            per_head=args.per_head,
         )
         changed = sum(r.chosen != {} for r in report.cores)
         console.print(

@@ -195,13 +195,17 @@ void knn_block(const AttentionParams& p, const KnnIndex& ix, size_t t, int32_t* 
   const int64_t* pre = ix.real_prefix.data() + b * (sh.T + 1);
   const PackedHead head = ix.head(bkv);
   const int64_t split = knn_first_row(p, pre, b, hq, i0, i1);
-  if (split > i0) exact_rows(p, head, b, hq, i0, split);
-  if (split == i1) return;
+  // The head's own settings where the node gives per-head lists; budget 0: the head is exact.
+  AttentionParams own = p;
+  if (p.knn.per_head()) own.knn = p.knn.for_heads(hq);
+  const int64_t exact_to = own.knn.top_k == 0 ? i1 : split;
+  if (exact_to > i0) exact_rows(p, head, b, hq, i0, exact_to);
+  if (exact_to == i1) return;
   int32_t* row_scored = scored + (b * sh.Hq + hq) * sh.S + split;
   if (ix.dci)
-    dci_rows(p, head, ix.set.view(bkv), ix.dirs, pre, b, hq, split, i1, row_scored);
+    dci_rows(own, head, ix.set.view(bkv), ix.dirs, pre, b, hq, split, i1, row_scored);
   else
-    union_rows(p, head, ix.lowrank, pre, b, hq, split, i1, row_scored);
+    union_rows(own, head, ix.lowrank, pre, b, hq, split, i1, row_scored);
 }
 
 // Candidates per k-NN row (scored: c >= 0 scored c keys; -1 not a k-NN row; c < -1 fell back to exact after the

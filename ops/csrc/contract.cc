@@ -20,10 +20,15 @@ const char* dtypes_json(DType d) {
 }
 
 void attr_json(std::ostringstream& o, const AttrSpec& a, bool comma) {
-  o << (comma ? "," : "") << "{\"name\":\"" << a.name << "\",\"type\":\"" << (a.type == 'i' ? "int" : "float")
+  o << (comma ? "," : "") << "{\"name\":\"" << a.name << "\",\"type\":\""
+    << (a.type == 'i'   ? "int"
+        : a.type == 'I' ? "ints"
+                        : "float")
     << "\",\"default\":";
   if (!a.has_default)
     o << "null";
+  else if (a.type == 'I')
+    o << "[]";
   else if (a.type == 'i')
     o << static_cast<long long>(a.default_value);
   else

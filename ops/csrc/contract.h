@@ -32,7 +32,7 @@ constexpr int kNumInputs = sizeof(kInputs) / sizeof(kInputs[0]);
 
 struct AttrSpec {
   const char* name;
-  char type;         // 'i' int, 'f' float
+  char type;         // 'i' int, 'f' float, 'I' list of ints (default: empty)
   bool has_default;  // false: absent means "derived" (scale = 1/sqrt(D))
   double default_value;
 };
@@ -55,6 +55,8 @@ constexpr AttrSpec kAttrs[] = {
     {"tail_samples", 'i', true, 1024},
     {"tail_limit", 'f', true, 0.5},
     {"seed", 'i', true, 0},
+    {"head_budgets", 'I', true, 0},
+    {"head_tail_samples", 'I', true, 0},
 };
 constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);
 
@@ -89,7 +91,8 @@ constexpr AttrSpec kGqaAttrs[] = {
     {"sliding_window_cache", 'i', true, 0},
 };
 constexpr int kGqaNumAttrs = sizeof(kGqaAttrs) / sizeof(kGqaAttrs[0]);
-constexpr int kFirstKnnAttr = 3;  // kAttrs[kFirstKnnAttr..]: top_k ... seed
+constexpr int kFirstKnnAttr = 3;  // kAttrs[kFirstKnnAttr..]: top_k ... seed, then the per-head lists
+constexpr int kNumHeadAttrs = 2;  // the last kAttrs: head_budgets, head_tail_samples (type 'I')
 
 constexpr bool same_name(const char* a, const char* b) {
   while (*a != 0 && *a == *b) ++a, ++b;

@@ -202,7 +202,10 @@ GroupResult decode_group(const AttentionParams& p, DecodeIndex& index, int64_t b
   const AttentionShape& sh = p.shape;
   const int64_t g = sh.group(), len = static_cast<const int64_t*>(p.key_padding.data)[b];
   KnnDecodeScratch& sc = t_kd;
-  Group gr{p, b, hkv, len, g * sh.S, sh.T, sh.T, -1};
+  // The group's settings where the node gives per-head lists (its heads share one key set; budget 0: exact).
+  AttentionParams own = p;
+  if (p.knn.per_head()) own.knn = p.knn.for_heads(hkv * g, g);
+  Group gr{own, b, hkv, len, g * sh.S, sh.T, sh.T, -1};
   sc.last.resize(gr.rows);
   sc.first.resize(gr.rows);
   for (int64_t r = 0; r < gr.rows; ++r) {
@@ -214,7 +217,7 @@ GroupResult decode_group(const AttentionParams& p, DecodeIndex& index, int64_t b
     gr.last_any = std::max(gr.last_any, sc.last[r]);
   }
   GroupResult res;
-  if (gr.last_any + 1 - gr.first_min >= p.knn.decode_min_keys) {
+  if (own.knn.top_k > 0 && gr.last_any + 1 - gr.first_min >= p.knn.decode_min_keys) {
     *rebuilt = index.refresh(p, b, hkv, p.q_offset[b], len);
     res = knn_group(gr, index, sc);
     if (res.outcome == Outcome::kStale) {

@@ -1,8 +1,10 @@
-// KnnSettings from the contract: where each k-NN attribute (kAttrs[kFirstKnnAttr..], in contract order) lands in
-// the struct, checked at compile time against the contract's names, types and defaults. The op's attribute
-// reading (registration.cc) and the introspection entry (introspect.cc) both fill KnnSettings through this table.
+// KnnSettings from the contract: where each scalar k-NN attribute (kAttrs[kFirstKnnAttr..], in contract order) lands
+// in the struct (the per-head lists after them in HeadValues), checked at compile time against the contract's names,
+// types and defaults. The op's attribute reading (registration.cc) and the introspection entry (introspect.cc) both
+// fill KnnSettings through this table.
 #pragma once
 #include <cstdint>
+#include <vector>
 
 #include "contract.h"
 #include "params.h"
@@ -33,8 +35,29 @@ constexpr KnnField kKnnFields[] = {
 };
 constexpr int kNumKnnFields = sizeof(kKnnFields) / sizeof(kKnnFields[0]);
 
+// The per-head list attributes (kAttrs' last kNumHeadAttrs entries) and where each lands in HeadValues.
+struct HeadField {
+  const char* name;
+  std::vector<int64_t> HeadValues::* values;
+};
+constexpr HeadField kHeadFields[] = {
+    {"head_budgets", &HeadValues::budgets},
+    {"head_tail_samples", &HeadValues::tail_samples},
+};
+constexpr int kFirstHeadAttr = kFirstKnnAttr + kNumKnnFields;
+
+constexpr bool head_fields_follow_contract() {
+  if (sizeof(kHeadFields) / sizeof(kHeadFields[0]) != kNumHeadAttrs || kFirstHeadAttr + kNumHeadAttrs != kNumAttrs)
+    return false;
+  for (int i = 0; i < kNumHeadAttrs; ++i)
+    if (!same_name(kAttrs[kFirstHeadAttr + i].name, kHeadFields[i].name) || kAttrs[kFirstHeadAttr + i].type != 'I')
+      return false;
+  return true;
+}
+static_assert(head_fields_follow_contract(), "kHeadFields disagree with the contract's list attributes (kAttrs)");
+
 constexpr bool knn_fields_follow_contract() {
-  if (kNumKnnFields != kNumAttrs - kFirstKnnAttr) return false;
+  if (kNumKnnFields != kNumAttrs - kFirstKnnAttr - kNumHeadAttrs) return false;
   const KnnSettings defaults{};
   for (int i = 0; i < kNumKnnFields; ++i) {
     const AttrSpec& a = kAttrs[kFirstKnnAttr + i];

@@ -1,10 +1,12 @@
 // Plain parameter structs shared by the kernels. No ONNX Runtime types here.
 // Shape vocabulary: B batch, Hq query heads, Hkv key/value heads, S queries, T keys, D head dim, Dv value dim.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace iceformer {
 
@@ -66,6 +68,37 @@ struct KnnSettings {
   int64_t tail_samples = 1024;      // systematic samples of unretrieved keys estimating the dropped mass
   float tail_limit = 0.5f;          // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
+  // Per query head (attributes head_budgets, head_tail_samples): [Hq] values each, or nullptr (the scalars above
+  // for every head). Views of the kernel's HeadValues, bound per call.
+  const int64_t* head_budgets = nullptr;
+  const int64_t* head_tail_samples = nullptr;
+
+  // The settings query heads [h0, h0 + n) run their k-NN rows with (n > 1: decode's group of heads sharing one key
+  // set, which takes the largest of their values and is exact if one of them is): a budget b retrieves b keys per
+  // query (top_k = max_candidates = b, candidate_fraction off; b = 0: exact), and the heads' own tail sample.
+  KnnSettings for_heads(int64_t h0, int64_t n = 1) const {
+    KnnSettings k = *this;
+    k.head_budgets = k.head_tail_samples = nullptr;
+    if (head_budgets != nullptr) {
+      int64_t b = head_budgets[h0];
+      for (int64_t h = h0 + 1; h < h0 + n; ++h) b = b == 0 || head_budgets[h] == 0 ? 0 : std::max(b, head_budgets[h]);
+      k.top_k = k.max_candidates = b;
+      k.candidate_fraction = 0.f;
+    }
+    if (head_tail_samples != nullptr)
+      k.tail_samples = *std::max_element(head_tail_samples + h0, head_tail_samples + h0 + n);
+    return k;
+  }
+  bool per_head() const { return head_budgets != nullptr || head_tail_samples != nullptr; }
+};
+
+// The per-head list attributes as a kernel keeps them (empty: not given); bind() points a KnnSettings at them.
+struct HeadValues {
+  std::vector<int64_t> budgets, tail_samples;
+  void bind(KnnSettings* k) const {
+    k->head_budgets = budgets.empty() ? nullptr : budgets.data();
+    k->head_tail_samples = tail_samples.empty() ? nullptr : tail_samples.data();
+  }
 };
 
 // Signature of a parallel-for supplied by the host (ONNX Runtime's intra-op pool): runs fn(data, i) for

@@ -14,9 +14,9 @@
 #include "attention.h"
 #include "contract.h"
 #include "decode_index.h"
+#include "gqa_attention.h"
 #include "knn_settings.h"
 #include "masking.h"
-#include "gqa_attention.h"
 #include "host_buffer.h"
 #include "simd.h"
 #include "validate.h"
@@ -66,8 +66,46 @@ bool read_attr(const OrtApi& api, const OrtKernelInfo* info, const iceformer::At
   return true;
 }
 
-// The k-NN attributes, read in one loop over the contract, then checked.
-bool read_knn_attrs(const OrtApi& api, const OrtKernelInfo* info, iceformer::KnnSettings* k, std::string* err) {
+// Whether an ORT call succeeded (its status released).
+bool probe(const OrtApi& api, OrtStatus* st) {
+  if (st == nullptr) return true;
+  api.ReleaseStatus(st);
+  return false;
+}
+
+// Reads a list-of-ints attribute (contract type 'I'): its values, or empty when absent. Returns false and sets *err
+// when present with the wrong type.
+bool read_ints_attr(const OrtApi& api, const OrtKernelInfo* info, const iceformer::AttrSpec& spec,
+                    std::vector<int64_t>* out, std::string* err) {
+  out->clear();
+  // A scalar under the name is the wrong type (ORT's list read does not always say so).
+  int64_t scalar = 0;
+  float scalar_f = 0.f;
+  std::string msg = "a scalar";
+  bool ok = !probe(api, api.KernelInfoGetAttribute_int64(info, spec.name, &scalar)) &&
+            !probe(api, api.KernelInfoGetAttribute_float(info, spec.name, &scalar_f));
+  if (ok) {
+    size_t n = 0;
+    OrtStatus* st = api.KernelInfoGetAttributeArray_int64(info, spec.name, nullptr, &n);
+    if (st == nullptr && n > 0) {
+      out->resize(n);
+      st = api.KernelInfoGetAttributeArray_int64(info, spec.name, out->data(), &n);
+    }
+    if (st != nullptr) {
+      msg = api.GetErrorMessage(st);
+      api.ReleaseStatus(st);
+      out->clear();
+      ok = msg.find("No attribute") != std::string::npos;
+    }
+  }
+  if (ok) return true;
+  *err = std::string("KnnAttention: attribute ") + spec.name + " has the wrong type, expected ints (" + msg + ")";
+  return false;
+}
+
+// The k-NN attributes, read in one loop over the contract (scalars into k, per-head lists into heads), then checked.
+bool read_knn_attrs(const OrtApi& api, const OrtKernelInfo* info, iceformer::KnnSettings* k,
+                    iceformer::HeadValues* heads, std::string* err) {
   bool present = false;
   using iceformer::kKnnFields;
   for (int i = 0; i < iceformer::kNumKnnFields; ++i) {
@@ -76,10 +114,15 @@ bool read_knn_attrs(const OrtApi& api, const OrtKernelInfo* info, iceformer::Knn
                                                : read_attr(api, info, spec, &(k->*(kKnnFields[i].f)), &present, err);
     if (!ok) return false;
   }
-  if (Status s = iceformer::check_settings(*k); !s.ok()) {
-    *err = s.message();
-    return false;
-  }
+  for (int i = 0; i < iceformer::kNumHeadAttrs; ++i)
+    if (!read_ints_attr(api, info, iceformer::kAttrs[iceformer::kFirstHeadAttr + i],
+                        &(heads->*(iceformer::kHeadFields[i].values)), err))
+      return false;
+  for (Status s : {iceformer::check_settings(*k), iceformer::check_head_values(*heads, -1)})
+    if (!s.ok()) {
+      *err = s.message();
+      return false;
+    }
   return true;
 }
 
@@ -89,6 +132,7 @@ struct KernelConfig {
   bool has_scale = false;
   float scale = 0.f;
   iceformer::KnnSettings knn;
+  iceformer::HeadValues heads;  // per-head lists; knn's views bound to them per call
 };
 
 struct KnnAttentionKernel {
@@ -197,6 +241,8 @@ OrtStatusPtr KnnAttentionKernel::ComputeV2(OrtKernelContext* context) {
     p.window = cfg.window;
     p.scale = cfg.has_scale ? cfg.scale : 1.0f / std::sqrt(static_cast<float>(sh.D));
     p.knn = cfg.knn;
+    if (Status s = iceformer::check_head_values(cfg.heads, sh.Hq); !s.ok()) return make_error(s);
+    cfg.heads.bind(&p.knn);
 
     iceformer::Parallel par{&ctx, host_parallel_for};
     SessionArena arena(context);
@@ -233,7 +279,7 @@ struct KnnAttentionOp : Ort::CustomOpBase<KnnAttentionOp, KnnAttentionKernel, tr
     if (c.has_scale && !std::isfinite(fv))
       return make_error("KnnAttention: attribute scale=" + std::to_string(fv) + " is invalid, expected a finite float");
     c.scale = fv;
-    if (!read_knn_attrs(api, info, &c.knn, &err)) return make_error(err);
+    if (!read_knn_attrs(api, info, &c.knn, &c.heads, &err)) return make_error(err);
     try {
       *kernel = new KnnAttentionKernel(c);
     } catch (const std::exception& e) {
@@ -282,6 +328,7 @@ struct GqaConfig {
   float scale = 0.f, softcap = 0.f;
   bool rotary = false, interleaved = false, causal = true;
   iceformer::KnnSettings knn;
+  iceformer::HeadValues heads;  // per-head lists (checked against num_heads at creation)
 };
 
 struct GqaKernel {
@@ -309,6 +356,7 @@ OrtStatusPtr GqaKernel::ComputeV2(OrtKernelContext* context) {
     iceformer::GqaParams g;
     g.Hq = cfg.Hq, g.Hkv = cfg.Hkv, g.rotary = cfg.rotary, g.interleaved = cfg.interleaved, g.causal = cfg.causal;
     g.scale = cfg.scale, g.softcap = cfg.softcap, g.window = cfg.window, g.knn = cfg.knn;
+    cfg.heads.bind(&g.knn);
     g.indexes = &indexes;
     gqa_input(ctx, 0, &d.query);
     d.has_key = gqa_input(ctx, 1, &d.key);
@@ -431,7 +479,8 @@ struct GqaOp : Ort::CustomOpBase<GqaOp, GqaKernel, true> {
       return gqa_error("scale and softcap must be finite, softcap >= 0");
     c.rotary = v[3] == 1, c.interleaved = v[4] == 1, c.causal = v[5] == 1;
     if (gqa_refuse(api, info, &err)) return gqa_error(err);
-    if (!read_knn_attrs(api, info, &c.knn, &err)) return gqa_error(err);
+    if (!read_knn_attrs(api, info, &c.knn, &c.heads, &err)) return gqa_error(err);
+    if (Status s = iceformer::check_head_values(c.heads, c.Hq); !s.ok()) return gqa_error(s.message());
     try {
       *kernel = new GqaKernel(c);
     } catch (const std::exception& e) {

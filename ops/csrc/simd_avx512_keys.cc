@@ -65,14 +65,11 @@ inline void block(const float* const* q, const float* const* k, int64_t D, int64
 void qk_keys(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D, float* s,
              int64_t lds) {
   for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-    const int64_t nr = std::min<int64_t>(kRows, rows - r0);
     const float* qr[kRows];
-    for (int r = 0; r < kRows; ++r) qr[r] = q + std::min<int64_t>(r0 + r, rows - 1) * ldq;  // past rows: repeats
+    const int64_t nr = clamped_rows<kRows>(q, ldq, rows, r0, qr);
     for (int64_t c0 = 0; c0 < n; c0 += kKeys) {
-      const int64_t m = std::min<int64_t>(kKeys, n - c0);
       const float* kc[kKeys];
-      for (int c = 0; c < kKeys; ++c) kc[c] = k + std::min<int64_t>(c0 + c, n - 1) * ldk;
-      block(qr, kc, D, nr, m, s + r0 * lds + c0, lds);
+      block(qr, kc, D, nr, clamped_rows<kKeys>(k, ldk, n, c0, kc), s + r0 * lds + c0, lds);
     }
   }
 }

@@ -8,6 +8,7 @@
 
 #include "bf16.h"
 #include "kth_bisect.h"
+#include "row_groups.h"
 #include "simd.h"
 
 #undef HWY_TARGET_INCLUDE

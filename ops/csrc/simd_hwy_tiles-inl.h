@@ -68,13 +68,11 @@ HWY_INLINE void qk_keys_block(const float* const* q, const float* const* k, int6
 void QkKeys(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D, float* s,
             int64_t lds) {
   for (int64_t r0 = 0; r0 < rows; r0 += kKeysRows) {
-    const int64_t nr = std::min<int64_t>(kKeysRows, rows - r0);
     const float* qr[kKeysRows];
-    for (int r = 0; r < kKeysRows; ++r) qr[r] = q + std::min<int64_t>(r0 + r, rows - 1) * ldq;  // past rows: repeats
+    const int64_t nr = clamped_rows<kKeysRows>(q, ldq, rows, r0, qr);
     for (int64_t c0 = 0; c0 < n; c0 += kKeysCols) {
       const float* kc[kKeysCols];
-      for (int c = 0; c < kKeysCols; ++c) kc[c] = k + std::min<int64_t>(c0 + c, n - 1) * ldk;
-      qk_keys_block<kKeysRows>(qr, kc, D, nr, std::min<int64_t>(kKeysCols, n - c0), s + r0 * lds + c0, lds);
+      qk_keys_block<kKeysRows>(qr, kc, D, nr, clamped_rows<kKeysCols>(k, ldk, n, c0, kc), s + r0 * lds + c0, lds);
     }
   }
 }

@@ -1,6 +1,7 @@
 #include "validate.h"
 
 #include <sstream>
+#include <utility>
 
 namespace iceformer {
 
@@ -110,6 +111,21 @@ Status check_settings(const KnnSettings& k) {
   if (k.recent_keys > kHuge) return bad("local_window", k.recent_keys, "<= 2^40");
   if (k.num_sink > kHuge) return bad("num_sink", k.num_sink, "<= 2^40");
   if (k.tail_samples > kHuge) return bad("tail_samples", k.tail_samples, "<= 2^40");
+  return Status();
+}
+
+Status check_head_values(const HeadValues& h, int64_t Hq) {
+  constexpr int64_t kHuge = int64_t(1) << 40;
+  for (const auto& [name, values] : {std::pair<const char*, const std::vector<int64_t>*>{"head_budgets", &h.budgets},
+                                     {"head_tail_samples", &h.tail_samples}}) {
+    if (Hq >= 0 && !values->empty() && static_cast<int64_t>(values->size()) != Hq)
+      return Status::Error(std::string("KnnAttention: attribute ") + name + " has " + std::to_string(values->size()) +
+                           " values, expected one per query head (Hq=" + std::to_string(Hq) + ") or none");
+    for (size_t i = 0; i < values->size(); ++i)
+      if ((*values)[i] < 0 || (*values)[i] > kHuge)
+        return Status::Error(std::string("KnnAttention: attribute ") + name + "[" + std::to_string(i) +
+                             "]=" + std::to_string((*values)[i]) + " is invalid, expected 0..2^40");
+  }
   return Status();
 }
 

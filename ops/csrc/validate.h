@@ -21,5 +21,8 @@ Status resolve_mask(const std::vector<int64_t>& dims, const AttentionShape& s, M
 Status check_key_padding(const std::vector<int64_t>& dims, const AttentionShape& s);
 // Attribute values (ranges; relations that need no shapes).
 Status check_settings(const KnnSettings& k);
+// The per-head lists: each empty or Hq long (Hq < 0: length not known yet, values only); budgets and samples in
+// [0, 2^40].
+Status check_head_values(const HeadValues& h, int64_t Hq);
 
 }  // namespace iceformer

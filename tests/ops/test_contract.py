@@ -115,6 +115,8 @@ OUT_OF_RANGE = {
         "tail_samples": (-5, r"tail_samples=-5 is invalid, expected >= 0"),
         "tail_limit": (-0.5, r"tail_limit=-0.5.* is invalid, expected 0..1"),
         "seed": None,
+        "head_budgets": ([8, -1], r"head_budgets\[1\]=-1 is invalid, expected 0..2\^40"),
+        "head_tail_samples": ([1 << 41], r"head_tail_samples\[0\]=2199023255552 is invalid, expected 0..2\^40"),
     },
     "gqa": {
         "num_heads": (0, r"num_heads = 0 must be a positive multiple of kv_num_heads"),
@@ -157,7 +159,7 @@ def test_every_attribute_has_an_out_of_range_case():
 @pytest.mark.parametrize("op,name", [(op, a.name) for op in ("knn", "gqa") for a in _specs(op)])
 def test_each_attribute_of_the_wrong_type_is_an_ort_error(op, name):
     spec = contract.attribute(name) if op == "knn" else contract.gqa_attribute(name)
-    wrong = 1.5 if spec.type == "int" else 1
+    wrong = {"int": 1.5, "float": 1, "ints": 1}[spec.type]
     with pytest.raises(Exception, match=f"attribute {name} has the wrong type, expected {spec.type}"):
         ort.InferenceSession(_with_attribute(op, name, wrong), session_options(1), providers=["CPUExecutionProvider"])
 

@@ -54,3 +54,35 @@ def test_eligible_rows_and_relative_error():
     y[0, 1, 2] = 1.5  # head 1, row 2: |dy| / |y| = 0.5
     mean, worst = cal.relative_error(y, ref, slice(0, 3))
     assert mean == pytest.approx(0.5 / 6) and worst == pytest.approx(0.5 / 3)
+
+
+LADDER = ((8, 32), (32, 256))
+
+
+def _exact(node, tensors):
+    return cal._core_session(node, tensors, {"top_k": 0}, 1).run(None, tensors)[0]
+
+
+def test_each_head_gets_the_cheapest_rung_within_budget(core):
+    node, tensors = core
+    ref = _exact(node, tensors)
+    r = cal.route_heads(node, tensors, ref, budget=1.0, threads=1, overrides={}, ladder=LADDER)
+    assert len(r.errors) == 2 and all(len(e) == 2 for e in r.errors)  # [rung][head], Hq = 2
+    assert r.errors[1][0] < r.errors[0][0] and r.errors[1][1] < r.errors[0][1]  # the larger rung errs less
+    assert r.budgets == [8, 8] and r.tail_samples == [32, 32]  # every rung fits a budget of 100%
+    # A budget between a head's two rungs' errors moves that head, and only it, to the larger rung.
+    mid = (r.errors[0][1] + r.errors[1][1]) / 2
+    other_fits = r.errors[0][0] <= mid
+    r2 = cal.route_heads(node, tensors, ref, budget=mid, threads=1, overrides={}, ladder=LADDER)
+    assert r2.budgets[1] == 32 and r2.budgets[0] == (8 if other_fits else 32 if r.errors[1][0] <= mid else 0)
+    r3 = cal.route_heads(node, tensors, ref, budget=1e-9, threads=1, overrides={}, ladder=LADDER)
+    assert r3.budgets == [0, 0] and r3.tail_samples == [0, 0]  # nothing fits: exact heads
+
+
+def test_per_head_candidate_is_tried_and_measured_as_one_setting(core):
+    node, tensors = core
+    r = cal.calibrate_core(0, node, tensors, 1.0, 1, 1, candidates=({},), per_head=True)
+    routed = r.trials[-1]
+    assert routed.attrs == {"head_budgets": r.route.budgets, "head_tail_samples": r.route.tail_samples}
+    assert r.route.budgets == [64, 64]  # budget 100%: the cheapest rung of the default ladder for both heads
+    assert 0 < routed.error <= routed.worst_head
