@@ -7,6 +7,7 @@ D head dim, Dv value dim.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 DOMAIN = "iceformer"
@@ -142,7 +143,7 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         (),
         "per query head (Hq values): keys retrieved per query by its k-NN rows, in place of top_k / max_candidates / "
         "candidate_fraction (0: the head attends to every key); k-NN decode gives a group of heads sharing a KV head "
-        "the largest of theirs (exact if one is 0); written by ice-calibrate --per-head",
+        "the largest of theirs (exact if one is 0); written by ice-calibrate",
     ),
     AttrSpec(
         "head_tail_samples",
@@ -245,6 +246,23 @@ def attribute(name: str) -> AttrSpec:
         if a.name == name:
             return a
     raise KeyError(f"KnnAttention has no attribute {name!r}; known: {[a.name for a in ATTRIBUTES]}")
+
+
+def parse_attribute(text: str) -> tuple[str, int | float | list[int]]:
+    """ "NAME=VALUE" -> (name, value of the contract's type); lists comma-separated ("head_budgets=64,128"). Raises
+    argparse.ArgumentTypeError (so that CLIs use it as an argument type) for an unknown name or a wrong value."""
+    name, _, value = text.partition("=")
+    try:
+        spec = attribute(name)
+    except KeyError as e:
+        raise argparse.ArgumentTypeError(str(e).strip('"')) from e
+    try:
+        if spec.type == "ints":
+            return name, [int(v) for v in value.split(",")] if value else []
+        return name, int(value) if spec.type == "int" else float(value)
+    except ValueError as e:
+        kind = {"int": "an int", "float": "a float", "ints": "a list of ints"}[spec.type]
+        raise argparse.ArgumentTypeError(f"{name} expects {kind}, got {value!r}") from e
 
 
 def attribute_defaults() -> dict[str, int | float | None]:

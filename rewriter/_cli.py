@@ -17,20 +17,6 @@ from ._errors import AlreadyRewritten, RewriteError
 from ._rewrite import RewriteOptions
 
 
-def _attr(text: str) -> tuple[str, float | int | list[int]]:
-    name, _, value = text.partition("=")
-    try:
-        spec = contract.attribute(name)
-    except KeyError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
-    try:
-        if spec.type == "ints":  # comma-separated, one value per query head
-            return name, [int(v) for v in value.split(",")] if value else []
-        return name, int(value) if spec.type == "int" else float(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{name} expects a {spec.type}, got {value!r}") from e
-
-
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="ice-rewrite",
@@ -51,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--top-k", type=int, help="KnnAttention top_k for every rewritten core (0: exact)")
     ap.add_argument(
         "--attr",
-        type=_attr,
+        type=contract.parse_attribute,
         action="append",
         default=[],
         metavar="NAME=VALUE",

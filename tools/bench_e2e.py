@@ -52,6 +52,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ..ops import contract
 from .e2e_worker import Worker
 
 ONNX_RUNTIMES = {"ours-exact": {"top_k": 0}, "ours-defaults": {}, "ours-knn": "knn", "onnx-dense": None}
@@ -116,7 +117,7 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
     from ..ops import get_library_path
     from ..rewriter import RewriteOptions, rewrite
 
-    knn = {"min_keys": args.knn_min_keys}
+    knn = {"min_keys": args.knn_min_keys, **dict(args.knn_attr)}
     out: dict[str, tuple[str, str, dict]] = {}
     base = {"threads": args.threads}
     wanted = args.runtimes
@@ -379,6 +380,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--passkey-depths", type=float, nargs="*", default=[0.1, 0.5, 0.9])
     ap.add_argument("--line-depths", type=float, nargs="*", default=[0.5])
     ap.add_argument("--knn-min-keys", type=int, default=1024, help="k-NN forced from this many keys (ours-knn)")
+    ap.add_argument(
+        "--knn-attr",
+        type=contract.parse_attribute,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="more attributes of the *-knn runtimes' rewrite (repeatable), e.g. decode_min_keys=1000000000 with "
+        "--knn-min-keys 4096: the defaults with flash decoding only",
+    )
     ap.add_argument(
         "--new-tokens",
         type=int,

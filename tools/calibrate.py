@@ -7,11 +7,12 @@ faster than exact; a core where none is gets top_k = 0 (exact). Attention that i
 in others (Qwen2.5-Coder at 16k: the defaults leave 1.7-1.9% error in layers 2 and 12 and 3.6% in layer 22) then
 gets dense, more samples or the defaults where each suffices.
 
-With --per-head, one more candidate per core: per query head settings (head_budgets / head_tail_samples). The core
-runs once per rung of LADDER with every head at that rung; each head gets the cheapest rung whose error on that head
-is within --budget (else 0: the head is exact), and the routed setting is timed and checked like the others.
+Per head (on unless --no-per-head), one more candidate per core: a setting per query head (head_budgets /
+head_tail_samples). The core runs once per rung of LADDER with every head at that rung; each head gets the cheapest
+rung whose error on that head is within --budget (else 0: the head is exact), and the routed setting is timed and
+checked like the others. On Qwen2.5-Coder at 16k it won on every core (docs/decisions.md).
 
-  ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02 [--per-head]
+  ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02
 
 The output is the input with the chosen attributes on each core (written atomically, never over the input); the
 report (--json) lists every candidate tried per core.
@@ -246,7 +247,7 @@ def calibrate(
     reps: int = 1,
     overrides: dict | None = None,
     console: Console | None = None,
-    per_head: bool = False,
+    per_head: bool = True,
 ) -> CalibrationReport:
     console = console or Console(stderr=True)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
@@ -294,9 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-keys", type=int, help="min_keys for every core (default: each core's own)")
     ap.add_argument(
         "--per-head",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="also try per query head settings (head_budgets / head_tail_samples from LADDER, each head the cheapest "
-        "rung within --budget on its own rows, else exact) as one more candidate per core",
+        "rung within --budget on its own rows, else exact) as one more candidate per core (default: on)",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1, help="timed runs per candidate (after one warm-up)")

@@ -13,7 +13,7 @@ the reference is the same export rewritten with exact attention (top_k 0), and t
 With --calibrate, a fourth variant: the default rewrite calibrated per layer by ice-calibrate at the same length
 on other text of the corpus (budget 2% relative output error per layer).
 
-  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR] [--calibrate [--per-head]]
+  ice-main [--model smollm2|qwen2.5-coder-0.5b] [--tokens 4096] [--threads 2] [--out DIR] [--calibrate [--no-per-head]]
 """
 
 from __future__ import annotations
@@ -65,7 +65,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="folder for the exported and rewritten models")
     ap.add_argument("--calibrate", action="store_true", help="add the default rewrite calibrated by ice-calibrate")
-    ap.add_argument("--per-head", action="store_true", help="with --calibrate: ice-calibrate --per-head")
+    ap.add_argument(
+        "--per-head",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with --calibrate: per query head settings too (ice-calibrate's default; --no-per-head: per layer only)",
+    )
     ap.add_argument("--inputs", nargs="+", choices=["text", "repeat"], default=["text", "repeat"])
     return ap.parse_args(argv)
 

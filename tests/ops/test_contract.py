@@ -1,5 +1,6 @@
 """The contract is stated once (Python); the native registration and docs/contract.md must agree with it."""
 
+import argparse
 import json
 import os
 import platform
@@ -183,3 +184,16 @@ def test_builder_stores_float_attributes_as_floats():
     assert attrs["tail_limit"].type == onnx.AttributeProto.FLOAT and attrs["tail_limit"].f == 1.0
     assert attrs["top_k"].type == onnx.AttributeProto.INT
     ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+
+
+def test_attribute_text_parses_to_the_contract_type():
+    assert contract.parse_attribute("min_keys=4096") == ("min_keys", 4096)
+    assert contract.parse_attribute("tail_limit=1") == ("tail_limit", 1.0)
+    assert contract.parse_attribute("head_budgets=64,0,512") == ("head_budgets", [64, 0, 512])
+    assert contract.parse_attribute("head_tail_samples=") == ("head_tail_samples", [])
+    with pytest.raises(argparse.ArgumentTypeError, match="top_k expects an int, got '1.5'"):
+        contract.parse_attribute("top_k=1.5")
+    with pytest.raises(argparse.ArgumentTypeError, match="head_budgets expects a list of ints, got '64;128'"):
+        contract.parse_attribute("head_budgets=64;128")
+    with pytest.raises(argparse.ArgumentTypeError, match="KnnAttention has no attribute 'topk'"):
+        contract.parse_attribute("topk=3")
