@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from ..ops import contract
-from ._settings import contract_attr
+from ._settings import check_head_lists, contract_attr
 
 MS_DOMAIN = "com.microsoft"
 # ORT's attributes that ours does not take; a node may carry them only at their "off" values (quantized KV cache
@@ -68,6 +68,8 @@ def find(model: ir.Model) -> list[GqaNode]:
 
 def switch(model: ir.Model, nodes: list[ir.Node], attributes: dict) -> None:
     """Switches `nodes` to iceformer.GroupQueryAttention and sets `attributes` (k-NN settings) on them."""
+    for node in nodes:
+        check_head_lists(attributes, node.attributes.get_int("num_heads"), f"node {node.name!r}")
     for node in nodes:
         node.domain = contract.DOMAIN
         for name in ORT_ONLY_ATTRIBUTES:

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from ..ops import contract
 from . import _canonical, _maskcheck, _masks
-from ._settings import contract_attr
+from ._settings import check_head_lists, contract_attr
 
 
 @dataclass
@@ -251,6 +251,8 @@ def _lower_node(
         "is_causal": ir.AttrInt64("is_causal", plan.is_causal),
         "local_window_size": ir.AttrInt64("local_window_size", plan.window),
     }
+    heads = q.shape[1] if q.shape is not None and len(q.shape) == 4 else None
+    check_head_lists(attrs, heads if isinstance(heads, int) else None, f"attention {base!r}")
     for name, value in {**attrs, **({"top_k": 0} if exact_only else {})}.items():
         op_attrs[name] = contract_attr(contract.attribute(name), value)
     new = ir.Node(

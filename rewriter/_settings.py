@@ -29,6 +29,17 @@ def contract_attr(spec: contract.AttrSpec, value) -> ir.Attr:
     return ir.AttrFloat32(spec.name, float(value))
 
 
+def check_head_lists(attributes: dict, Hq: int | None, where: str) -> None:
+    """Raises RewriteError when a per-head list (head_budgets, head_tail_samples) has other than Hq values: the op
+    would refuse the model at session creation or its first call. Hq None (not static): left to the op."""
+    for spec in contract.KNN_ATTRIBUTES:
+        values = attributes.get(spec.name) if spec.type == "ints" else None
+        if values and Hq is not None and len(values) != Hq:
+            raise RewriteError(
+                f"{where}: {spec.name} has {len(values)} values, expected one per query head (Hq = {Hq})"
+            )
+
+
 def _attr(name: str, value) -> ir.Attr:
     return contract_attr(contract.attribute(name), value)  # KeyError names the unknown attribute
 

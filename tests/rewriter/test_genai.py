@@ -64,6 +64,18 @@ def test_defaults_and_knn_attributes_reach_the_nodes(genai_models, tmp_path):
     assert cli([str(tmp_path / "r2"), str(tmp_path / "r3")]) == 3 and not (tmp_path / "r3").exists()
 
 
+def test_per_head_lists_must_have_one_value_per_query_head(genai_models, tmp_path):
+    """The tiny folder has 4 query heads: a list of 3 is refused at rewrite time (nothing written), 4 reach the nodes."""
+    src, bad, good = genai_models["plain"], tmp_path / "bad", tmp_path / "good"
+    with pytest.raises(RewriteError, match=r"head_budgets has 3 values, expected one per query head \(Hq = 4\)"):
+        rewrite(src, bad, RewriteOptions(attributes={"head_budgets": [8, 8, 8]}))
+    assert not bad.exists()
+    assert cli([str(src), str(good), "--attr", "head_budgets=8,0,16,8", "--attr", "head_tail_samples=4,4,4,4"]) == 0
+    nodes = [n for n in onnx.load(good / "model.onnx").graph.node if n.op_type == "GroupQueryAttention"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nodes[0].attribute}
+    assert attrs["head_budgets"] == [8, 0, 16, 8] and attrs["head_tail_samples"] == [4, 4, 4, 4]
+
+
 def test_folder_refusals_leave_nothing_behind(genai_models, tmp_path):
     src = genai_models["plain"]
     before = sorted(p.name for p in src.iterdir())

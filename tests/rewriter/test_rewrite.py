@@ -558,6 +558,13 @@ def test_sliding_window_kept_as_mask_without_bypass(exported_sliding, tmp_path):
     np.testing.assert_allclose(got[0], want[0], atol=2e-5, rtol=1e-4)
 
 
+def test_per_head_lists_of_the_wrong_length_are_reported(exported, tmp_path):
+    out = tmp_path / "o.onnx"
+    with pytest.raises(RewriteError, match=r"head_tail_samples has 7 values, expected one per query head \(Hq = \d+\)"):
+        rewrite(exported["llama_gqa"][0], out, RewriteOptions(attributes={"head_tail_samples": [64] * 7}))
+    assert not out.exists()
+
+
 def test_window_is_not_an_option(exported, tmp_path):
     with pytest.raises(RewriteError, match="local_window_size is read from each core"):
         rewrite(exported["llama_gqa"][0], tmp_path / "o.onnx", RewriteOptions(attributes={"local_window_size": 8}))
