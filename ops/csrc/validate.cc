@@ -1,7 +1,8 @@
 #include "validate.h"
 
+#include "knn_settings.h"
+
 #include <sstream>
-#include <utility>
 
 namespace iceformer {
 
@@ -116,8 +117,9 @@ Status check_settings(const KnnSettings& k) {
 
 Status check_head_values(const HeadValues& h, int64_t Hq) {
   constexpr int64_t kHuge = int64_t(1) << 40;
-  for (const auto& [name, values] : {std::pair<const char*, const std::vector<int64_t>*>{"head_budgets", &h.budgets},
-                                     {"head_tail_samples", &h.tail_samples}}) {
+  for (const HeadField& f : kHeadFields) {
+    const char* name = f.name;
+    const std::vector<int64_t>* values = &(h.*(f.values));
     if (Hq >= 0 && !values->empty() && static_cast<int64_t>(values->size()) != Hq)
       return Status::Error(std::string("KnnAttention: attribute ") + name + " has " + std::to_string(values->size()) +
                            " values, expected one per query head (Hq=" + std::to_string(Hq) + ") or none");
