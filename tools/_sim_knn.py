@@ -14,6 +14,9 @@ how the visible keys outside U enter the softmax:
   (v, k'). Block b is one pseudo-key of log-weight s q . mu + log n (+ s^2 q'^T S q' / 2 at `order` >= 1) and
   value nu (+ s C q' at order 2): for jointly Gaussian (k', v) those are exactly log E-sums of e^{s q.k} and the
   e^{s q.k}-weighted mean value (Stein's lemma); order 0 is SparQ-style mean-value reallocation per block.
+- "importance": a systematic sample of `samples` draws of those keys with probabilities from `proposal`
+  (_proposal: the block's mean query scored by the scan, each row's scan scores, or the true scores), mixed with
+  uniform (`mix`), each draw weighted 1 / (samples x its probability) (unbiased; MagicPIG's idea on the scan).
 - "scan": block b's mass from the scan's own scores, sum over its keys outside U of e^{s q'.k'}, with value nu.
 - "oracle": block b's true mass outside U with value nu: the floor of every estimator that gives a block one
   value per row and gets its mass right.
@@ -235,6 +238,31 @@ def _systematic(rest: np.ndarray, n: int, seed: list[int]) -> tuple[np.ndarray, 
     return rest[np.minimum(len(rest) - 1, at.astype(np.int64))], step
 
 
+def _proposal(q, h, rest, approx, i0, scale, kind, temper, mix) -> np.ndarray:
+    """Sampling probabilities over `rest` (sum 1): mix x uniform + (1 - mix) x f^temper normalised, f from
+    - "mean_query": e^{s qbar'.k'}, qbar the block's mean query in the retrieval basis (one rank-r dot per key);
+    - "rows": the mean over rows of each row's normalised e^{s q'.k'} (one exp per row and key);
+    - "oracle": the mean over rows of each row's normalised true e^{s q.k}."""
+    if kind == "mean_query":
+        lf = scale * (q.mean(0) @ h.A) @ h.Kr[rest].T
+    else:
+        z = scale * (approx[:, rest] if kind == "rows" else q @ h.K[rest].T)
+        rows = np.arange(i0, i0 + len(q))
+        z = np.where(rest[None, :] <= rows[:, None], z, -np.inf)
+        e = np.exp(z - z.max(1, keepdims=True))
+        lf = _log((e / e.sum(1, keepdims=True)).mean(0))
+    f = np.exp(temper * (lf - lf.max()))
+    return mix / len(rest) + (1.0 - mix) * f / f.sum()
+
+
+def _systematic_pps(rest: np.ndarray, p: np.ndarray, n: int, seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(picked keys, weights): a systematic sample of n draws of `rest` with probabilities p (a key may be drawn
+    more than once), each draw weighted 1 / (n p): unbiased for sums over `rest`."""
+    at = (np.random.default_rng(seed).uniform() + np.arange(n)) / n
+    idx = np.minimum(len(rest) - 1, np.searchsorted(np.cumsum(p), at, side="right"))
+    return rest[idx], 1.0 / (n * p[idx])
+
+
 def _tail_share(zu: np.ndarray, zt: np.ndarray) -> np.ndarray:
     """Per row, the share of the estimated softmax mass held by the tail (log-weights zt) next to U's (zu)."""
     mx = np.maximum(zu.max(1, initial=-np.inf), zt.max(1, initial=-np.inf))[:, None]
@@ -259,6 +287,9 @@ def union_block(
     seed=0,
     wide_share=None,
     wide_samples=4096,
+    proposal="mean_query",
+    temper=1.0,
+    mix=0.25,
 ) -> BlockResult:
     """Rows i0 .. i0 + R - 1 of one query head: exact over U, the rest by `tail` (module docstring). With
     `wide_share`, a block any of whose rows puts more than that share of its mass in the `samples` sample draws
@@ -279,6 +310,13 @@ def union_block(
             z = _logits(q, h, pick, i0, scale) + np.log(step)
         parts.append((z, h.V[pick]))
         taken = taken + np.isfinite(z).sum(1)
+    elif tail == "importance" and samples and len(rest):
+        p = _proposal(q, h, rest, approx, i0, scale, proposal, temper, mix)
+        pick, w = _systematic_pps(rest, p, samples, [seed, i0])
+        z = _logits(q, h, pick, i0, scale) + np.log(w)[None, :]
+        parts.append((z, h.V[pick]))
+        taken = taken + np.isfinite(z).sum(1)
+        exps = np.maximum(exps, len(rest) * (proposal == "rows") + 0.0)
     elif tail == "summary":
         mom = block_moments(h, i0 // BLOCK, U, rank2)
         parts.append(summary_part(q, h, mom, scale, order))

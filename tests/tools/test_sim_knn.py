@@ -38,6 +38,32 @@ def test_union_is_exact_when_it_holds_every_key(rng):
     assert _err(sim.union_block(q, h, i0, SCALE, budget=8, tail="none").out, ref) > 1e-3
 
 
+def test_pps_sample_is_exact_for_sums_proportional_to_its_proposal(rng):
+    rest = np.arange(10, 500)
+    f = rng.uniform(0.1, 5.0, size=len(rest))
+    pick, w = sim._systematic_pps(rest, f / f.sum(), 37, [3, 0])
+    assert len(pick) == 37 and np.all(np.diff(pick) >= 0)
+    # each draw of key j stands for f_j / (n p_j) = sum(f) / n
+    assert abs(np.sum(f[pick - 10] * w) - f.sum()) < 1e-9 * f.sum()
+
+
+def test_importance_tail_with_the_true_weights_is_exact_for_one_row(rng):
+    T, D, i0 = 512, 16, 300
+    K, Q = rng.normal(size=(T, D)), rng.normal(size=(T, D))
+    # Values differ only on the sinks (first 4 keys) and the window (last 64 keys before the row): every key the
+    # tail can hold has the same value, so the output is exact iff the tail's estimated mass is.
+    V = np.tile(rng.normal(size=(1, D)), (T, 1))
+    V[:4], V[i0 - 63 :] = rng.normal(size=(4, D)), rng.normal(size=(T - i0 + 63, D))
+    h = _head(K, V, Q, rank=2)
+    q = Q[i0 : i0 + 1]
+    ref = sim.exact_rows(q, h, i0, SCALE)
+    kw = dict(tail="importance", budget=8, samples=16, mix=0.0)
+    # the true weights as proposal: every draw stands for the tail's mass / 16
+    assert _err(sim.union_block(q, h, i0, SCALE, proposal="oracle", **kw).out, ref) < 1e-12
+    # the rank-2 scan's scores as proposal: the mass is estimated, not exact (the test above can fail)
+    assert _err(sim.union_block(q, h, i0, SCALE, proposal="mean_query", **kw).out, ref) > 1e-4
+
+
 def test_adaptive_sample_widens_only_above_its_share_and_pays_for_both(rng):
     T, D = 2048, 16
     K, V, Q = rng.normal(size=(T, D)), rng.normal(size=(T, D)), rng.normal(size=(T, D))
