@@ -6,8 +6,9 @@ report = rewrite("model.onnx", "model.knn.onnx", RewriteOptions(attributes={"top
 
 from ._api import rewrite
 from ._errors import AlreadyRewritten, RewriteError
+from ._folder import decoder_path
 from ._rewrite import RewriteOptions, RewriteReport, Skip, rewrite_model
-from ._settings import apply_settings, knn_cores
+from ._settings import CORE_TYPES, apply_settings, knn_cores, no_cores
 
 __all__ = [
     "rewrite",
@@ -19,4 +20,7 @@ __all__ = [
     "Skip",
     "apply_settings",
     "knn_cores",
+    "no_cores",
+    "CORE_TYPES",
+    "decoder_path",
 ]

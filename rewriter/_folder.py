@@ -71,33 +71,38 @@ def _single_model(src: Path) -> str:
     return models[0]
 
 
-def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _rewrite.RewriteReport:
-    """Rewrites the model folder `src` into the new folder `dst` (which must not exist or be empty)."""
+def decoder_path(src: Path) -> Path:
+    """The model file of `src`: src itself, or for a model folder the decoder genai_config.json names (genai) or its
+    one .onnx (export)."""
+    if not is_model_folder(src):
+        return src
+    return src / (_genai_decoder(src)[2] if (src / GENAI_CONFIG).is_file() else _single_model(src))
+
+
+def check_output_folder(src: Path, dst: Path) -> None:
+    """Refuses an output folder that exists with content, is a file, or is the input."""
+    if dst.exists() and (dst.resolve() == src.resolve() or not dst.is_dir() or any(dst.iterdir())):
+        raise RewriteError(f"{dst}: exists (the output folder must be new or empty; never the input)")
+
+
+def write_folder(src: Path, dst: Path, model) -> list[str]:
+    """Writes the folder `src` with its model file replaced by `model` (an onnx-ir model) as the new folder `dst`,
+    assembled beside it and renamed into place; a genai folder gets our library and its config entry. Returns notes."""
     genai = (src / GENAI_CONFIG).is_file()
     config, decoder, filename = _genai_decoder(src) if genai else (None, None, _single_model(src))
-    if (
-        not options.dry_run
-        and dst.exists()
-        and (dst.resolve() == src.resolve() or not dst.is_dir() or any(dst.iterdir()))
-    ):
-        raise RewriteError(f"{dst}: exists (the output folder must be new or empty; never the input)")
-    model = load_model(src / filename)
-    model, report = _rewrite.rewrite_model(model, options)
-    report.input = str(src)
-    _rewrite.check_outcome(src, report, options)
-    if options.dry_run:
-        return report
+    check_output_folder(src, dst)
     replaced = _model_files(src, filename)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.ice-rewrite-", dir=dst.parent))
+    notes = []
     try:
         for item in src.iterdir():
-            if item in replaced or (genai and item.name == GENAI_CONFIG):
+            if item in replaced or (genai and item.name in (GENAI_CONFIG, LIBRARY)):
                 continue
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
         note = save_atomic(model, tmp / filename, src / filename)
         if note:
-            report.notes.append(note)
+            notes.append(note)
         if genai:
             shutil.copy2(get_library_path(), tmp / LIBRARY)
             decoder.setdefault("session_options", {})["custom_ops_library"] = LIBRARY
@@ -108,12 +113,27 @@ def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _r
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    report.output = str(dst)
-    report.notes.append(
+    notes.append(
         f"genai folder: {LIBRARY} copied in and named in {GENAI_CONFIG} "
         "(model.decoder.session_options.custom_ops_library)"
         if genai
         else f"export folder: {filename} rewritten, the rest copied; load it with our session options, e.g. "
         "ORTModelForCausalLM.from_pretrained(folder, session_options=iceformer.ops.session_options())"
     )
+    return notes
+
+
+def rewrite_folder(src: Path, dst: Path, options: _rewrite.RewriteOptions) -> _rewrite.RewriteReport:
+    """Rewrites the model folder `src` into the new folder `dst` (which must not exist or be empty)."""
+    path = decoder_path(src)
+    if not options.dry_run:
+        check_output_folder(src, dst)
+    model = load_model(path)
+    model, report = _rewrite.rewrite_model(model, options)
+    report.input = str(src)
+    _rewrite.check_outcome(src, report, options)
+    if options.dry_run:
+        return report
+    report.notes.extend(write_folder(src, dst, model))
+    report.output = str(dst)
     return report

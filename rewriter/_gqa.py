@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from ..ops import contract
-from ._settings import check_head_lists, contract_attr
+from ._attrs import check_head_lists, contract_attr
 
 MS_DOMAIN = "com.microsoft"
 # ORT's attributes that ours does not take; a node may carry them only at their "off" values (quantized KV cache

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from ..ops import contract
 from . import _canonical, _maskcheck, _masks
-from ._settings import check_head_lists, contract_attr
+from ._attrs import check_head_lists, contract_attr
 
 
 @dataclass

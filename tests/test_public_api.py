@@ -98,6 +98,9 @@ def test_rewriter_api():
             "Skip",
             "apply_settings",
             "knn_cores",
+            "no_cores",
+            "CORE_TYPES",
+            "decoder_path",
         ]
     )
 

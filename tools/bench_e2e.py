@@ -24,6 +24,8 @@ Runtimes (--runtimes); activations and attention are fp32 everywhere:
   onnx-dense                            the same export without iceformer (ONNX Runtime's own kernels)
   genai, genai-ours, genai-ours-knn     onnxruntime-genai: the folder in the builder's form (GroupQueryAttention),
                                         and that folder rewritten by ice-rewrite (defaults; k-NN forced)
+  genai-ours-cal, genai-int4-ours-cal   the rewritten folder calibrated by ice-calibrate at the largest --tokens
+                                        (--calibrate-budget; other text than the prompts')
   genai-int4, genai-int4-ours, ...      the same with int4 weights (MatMulNBits, blocks of 32, as `-p int4`);
                                         --genai-folder uses a folder you built (genai's model builder) instead
   ov-dense, ov-xattention               OpenVINO GenAI (PagedAttention), dense and XAttention sparse prefill,
@@ -60,7 +62,7 @@ ONNX_RUNTIMES = {"ours-exact": {"top_k": 0}, "ours-defaults": {}, "ours-knn": "k
 GENAI_RUNTIMES = {
     f"genai{w}{v}": (p, a)
     for w, p in (("", "fp32"), ("-int4", "int4"))
-    for v, a in (("", None), ("-ours", {}), ("-ours-knn", "knn"))
+    for v, a in (("", None), ("-ours", {}), ("-ours-knn", "knn"), ("-ours-cal", "cal"))
 }
 # OpenVINO runtime -> (weight format of optimum-cli, sparse prefill mode or None)
 OV_RUNTIMES = {
@@ -138,7 +140,11 @@ def _prepare(args, console: Console, tmp: Path) -> dict[str, tuple[str, str, dic
         if attrs is not None:
             dst, folder = folder, tmp / r
             with console.status(f"ice-rewrite -> {r}"):
-                rewrite(dst, folder, RewriteOptions(attributes=knn if attrs == "knn" else attrs))
+                rewrite(
+                    dst, folder, RewriteOptions(attributes=knn if attrs == "knn" else {} if attrs == "cal" else attrs)
+                )
+            if attrs == "cal":
+                folder = _calibrated(args, folder, console)
         out[r] = (sys.executable, "genai", {**base, "model": str(folder)})
     for r in (r for r in wanted if r in OV_RUNTIMES):
         if not args.ov_python:
@@ -170,6 +176,19 @@ def _genai_folder(args, precision: str, console: Console, tmp: Path) -> Path:
         with console.status("int4 weights of --genai-folder"):
             quantize_int4(args.genai_folder, dst)
     return dst
+
+
+def _calibrated(args, folder: Path, console: Console) -> Path:
+    """ice-calibrate of a rewritten genai folder at the largest --tokens (its report beside --json)."""
+    from ..metrics import text_ids, tokenizer
+    from .calibrate import TEXT_START, calibrate
+
+    n = max(args.tokens)
+    out = folder.with_name(folder.name + "-calibrated")
+    ids = text_ids(tokenizer(args.model), n, start=TEXT_START)
+    report = calibrate(folder, out, ids, args.calibrate_budget, args.threads, console=console)
+    args.json.with_suffix(".calibration.json").write_text(json.dumps(report.to_dict(), indent=1))
+    return out
 
 
 def _openvino_model(args, weight_format: str, console: Console) -> Path:
@@ -388,6 +407,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="more attributes of the *-knn runtimes' rewrite (repeatable), e.g. decode_min_keys=1000000000 with "
         "--knn-min-keys 4096: the defaults with flash decoding only",
+    )
+    ap.add_argument(
+        "--calibrate-budget",
+        type=float,
+        default=0.02,
+        help="*-ours-cal: ice-calibrate's --budget (largest mean relative output error per node)",
     )
     ap.add_argument(
         "--new-tokens",

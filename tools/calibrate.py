@@ -1,6 +1,7 @@
 """ice-calibrate: per-layer k-NN settings for a rewritten decoder, chosen on its own activations.
 
-Runs the rewritten model once on N tokens of Brown Corpus text, keeps each KnnAttention core's inputs, and times
+Runs the rewritten model once on N tokens of Brown Corpus text, keeps each core's inputs (KnnAttention, or in an
+onnxruntime-genai folder GroupQueryAttention, the decoder run from an empty past), and times
 candidate settings of that core against its exact path (top_k = 0) on them. Each core gets the fastest candidate
 whose mean relative output error (rows that may take the k-NN path, all heads) is within --budget and which is
 faster than exact; a core where none is gets top_k = 0 (exact). Attention that is diffuse in some layers and peaked
@@ -13,8 +14,10 @@ rung whose error on that head is within --budget (else 0: the head is exact), an
 checked like the others. On Qwen2.5-Coder at 16k it won on every core (docs/decisions.md).
 
   ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02
+  ice-calibrate qwen-genai-ice qwen-genai-cal --model qwen2.5-coder-0.5b --tokens 16384   # a rewritten genai folder
 
-The output is the input with the chosen attributes on each core (written atomically, never over the input); the
+The output is the input with the chosen attributes on each core (a file, or a new folder for a folder; written
+atomically, never over the input); the
 report (--json) lists every candidate tried per core.
 """
 
@@ -37,7 +40,7 @@ from rich.table import Table
 
 from ..metrics import eligible_rows, feeds, relative_error, text_ids, tokenizer
 from ..ops import contract, session_options
-from ..rewriter import RewriteError, apply_settings
+from ..rewriter import CORE_TYPES, RewriteError, apply_settings, decoder_path, no_cores
 
 # Candidate settings, cheapest first, on top of the core's own attributes. More tail samples lower the variance of
 # the estimate of the unretrieved keys' mass (error ~ 1/sqrt(samples) on SmolLM2 and Qwen); a lower tail_limit sends
@@ -114,48 +117,117 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def _missing_inputs(model: onnx.ModelProto, have: set[str]) -> dict[str, np.ndarray]:
+    """Empty tensors for the graph inputs a prompt does not give (a genai decoder's past_key_values.*): batch 1, every
+    other named dimension 0 (no past), fixed dimensions kept."""
+    out = {}
+    for v in model.graph.input:
+        if v.name in have:
+            continue
+        dims = v.type.tensor_type.shape.dim
+        shape = [1 if i == 0 else d.dim_value if d.HasField("dim_value") else 0 for i, d in enumerate(dims)]
+        out[v.name] = np.zeros(shape, onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type))
+    return out
+
+
+def _prune_to(model: onnx.ModelProto, names: list[str]) -> None:
+    """Leaves `model` computing only `names` (its outputs): the nodes and initializers they need (a decoder's last
+    layers and logits are skipped; logits alone are S x vocab floats). Graphs with subgraphs are left whole."""
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute
+    ):
+        return
+    need, keep = set(names), []
+    for node in reversed(model.graph.node):
+        if need & set(node.output):
+            keep.append(node)
+            need |= {i for i in node.input if i}
+    del model.graph.node[:]
+    model.graph.node.extend(reversed(keep))
+    used = [t for t in model.graph.initializer if t.name in need]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(used)
+    outputs = [o for o in model.graph.output if o.name in names]
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
+
+
 def capture_core_inputs(path: Path, inputs: dict[str, np.ndarray], threads: int):
-    """(core nodes, per core a dict of its input tensors) from one run of the model at `path` on `inputs`."""
+    """(core nodes, per core a dict of its input tensors) from one run of the model at `path` (a file, or a model
+    folder: its decoder, a genai one run from an empty past) on `inputs`."""
+    path = decoder_path(path)
     model = onnx.load(str(path), load_external_data=False)
-    cores = [n for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type == contract.OP_TYPE]
+    cores = knn_cores(model)
     if not cores:
-        raise RewriteError(
-            f"{path}: no {contract.DOMAIN}.{contract.OP_TYPE} node (rewrite the model with ice-rewrite first)"
-        )
+        raise no_cores(path)
+    inputs = {**inputs, **_missing_inputs(model, set(inputs))}
     types = _elem_types(model)
-    have = {o.name for o in model.graph.output} | set(inputs)
-    for node in cores:
-        for name in node.input:
-            if name and name not in have:
-                model.graph.output.append(
-                    onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
-                )
-                have.add(name)
+    wanted = [name for node in cores for name in node.input if name and name not in inputs]
+    wanted = list(dict.fromkeys(wanted))
+    have = {o.name for o in model.graph.output}
+    for name in wanted:
+        if name not in have:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
+            )
+    _prune_to(model, wanted)
     # Beside the input: its external weights are referenced relative to the model's folder.
     tmp = path.parent / f".ice-calibrate-{os.getpid()}.onnx"
     try:
         onnx.save(model, str(tmp))
         sess = ort.InferenceSession(str(tmp), session_options(threads), providers=["CPUExecutionProvider"])
-        names = [o.name for o in sess.get_outputs()]
-        values = dict(zip(names, sess.run(names, inputs)))
+        feed = {i.name: inputs[i.name] for i in sess.get_inputs()}
+        values = dict(zip(wanted, sess.run(wanted, feed)))
     finally:
         tmp.unlink(missing_ok=True)
     values.update(inputs)
     return cores, [{name: values[name] for name in node.input if name} for node in cores]
 
 
+def knn_cores(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Our attention nodes (KnnAttention, GroupQueryAttention) in graph order: ice-rewrite's core numbering."""
+    return [n for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type in CORE_TYPES]
+
+
+@dataclass(frozen=True)
+class CoreDims:
+    """What the error measure needs of a core: Hq, S query rows, T keys, causal."""
+
+    Hq: int
+    S: int
+    T: int
+    causal: bool
+
+
+def core_dims(node: onnx.NodeProto, tensors: dict) -> CoreDims:
+    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == contract.GQA_OP_TYPE:  # query [B, S, Hq D] (or packed QKV); causal, T = past + S
+        total = int(np.asarray(tensors[node.input[6]]).reshape(-1)[0])
+        return CoreDims(int(own["num_heads"]), tensors[node.input[0]].shape[1], total, True)
+    Q, K = tensors[node.input[0]], tensors[node.input[1]]
+    return CoreDims(Q.shape[1], Q.shape[2], K.shape[2], bool(own.get("is_causal", 0)))
+
+
+def _heads(node: onnx.NodeProto, y: np.ndarray, Hq: int) -> np.ndarray:
+    """The core's output as [B, Hq, S, Dv] (GroupQueryAttention's is [B, S, Hq Dv])."""
+    if node.op_type == contract.GQA_OP_TYPE:
+        return y.reshape(y.shape[0], y.shape[1], Hq, -1).transpose(0, 2, 1, 3)
+    return y
+
+
 def _core_session(node: onnx.NodeProto, tensors: dict[str, np.ndarray], attrs: dict, threads: int):
-    """The core alone (same inputs and attributes, `attrs` on top) as a one-node model."""
+    """The core alone (same inputs and attributes, `attrs` on top) as a one-node model; its first output is Y."""
     base = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     base.update(attrs)
     ins = [
         onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(tensors[n].dtype), tensors[n].shape)
-        for n in node.input
+        for n in dict.fromkeys(node.input)
         if n
     ]
-    core = onnx.helper.make_node(node.op_type, list(node.input), ["Y"], domain=node.domain, **base)
+    outs = ["Y", *(f"Y{i}" if o else "" for i, o in enumerate(node.output) if i > 0)]
+    core = onnx.helper.make_node(node.op_type, list(node.input), outs, domain=node.domain, **base)
     graph = onnx.helper.make_graph(
-        [core], "core", ins, [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, None)]
+        [core], "core", ins, [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs if o]
     )
     m = onnx.helper.make_model(
         graph,
@@ -164,14 +236,23 @@ def _core_session(node: onnx.NodeProto, tensors: dict[str, np.ndarray], attrs: d
     return ort.InferenceSession(m.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
 
 
-def _timed(sess, tensors, reps: int) -> tuple[np.ndarray, float]:
-    y = sess.run(None, tensors)[0]  # warm-up
+def _run(node: onnx.NodeProto, tensors: dict, attrs: dict, threads: int, reps: int) -> tuple[np.ndarray, float]:
+    """(output as [B, Hq, S, Dv], median ms of `reps` timed runs after a warm-up; reps 0: untimed)."""
+    sess = _core_session(node, tensors, attrs, threads)
+    y = sess.run(["Y"], tensors)[0]
     ts = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        sess.run(None, tensors)
+        sess.run(["Y"], tensors)
         ts.append((time.perf_counter() - t0) * 1e3)
-    return y, statistics.median(ts)
+    return _heads(node, y, core_dims(node, tensors).Hq), statistics.median(ts) if ts else 0.0
+
+
+def _error(node: onnx.NodeProto, tensors: dict, attrs: dict, y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    """(mean, worst head's) relative error of y against ref over the rows that may take the k-NN path."""
+    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    d = core_dims(node, tensors)
+    return relative_error(y, ref, eligible_rows(d.S, d.T, d.causal, {**own, **attrs}))
 
 
 def calibrate_core(
@@ -186,10 +267,7 @@ def calibrate_core(
     per_head: bool = False,
 ) -> CoreResult:
     overrides = overrides or {}
-    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    ref, exact_ms = _timed(_core_session(node, tensors, {"top_k": 0}, threads), tensors, reps)
-    Q, K = tensors[node.input[0]], tensors[node.input[1]]
-    causal = bool(own.get("is_causal", 0))
+    ref, exact_ms = _run(node, tensors, {"top_k": 0}, threads, reps)
     result = CoreResult(index, node.name, exact_ms, {"top_k": 0}, exact_ms, 0.0)
     tried: list[dict] = []
     for cand in candidates:
@@ -197,17 +275,13 @@ def calibrate_core(
         if attrs in tried:
             continue
         tried.append(attrs)
-        rows = eligible_rows(Q.shape[2], K.shape[2], causal, {**own, **attrs})
-        y, ms = _timed(_core_session(node, tensors, attrs, threads), tensors, reps)
-        err, worst = relative_error(y, ref, rows)
-        result.trials.append(Trial(attrs, ms, err, worst))
+        y, ms = _run(node, tensors, attrs, threads, reps)
+        result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
     if per_head:
         result.route = route_heads(node, tensors, ref, budget, threads, overrides)
         attrs = {"head_budgets": result.route.budgets, "head_tail_samples": result.route.tail_samples, **overrides}
-        rows = eligible_rows(Q.shape[2], K.shape[2], causal, {**own, **attrs})
-        y, ms = _timed(_core_session(node, tensors, attrs, threads), tensors, reps)
-        err, worst = relative_error(y, ref, rows)
-        result.trials.append(Trial(attrs, ms, err, worst))
+        y, ms = _run(node, tensors, attrs, threads, reps)
+        result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
     fits = [t for t in result.trials if t.error <= budget and t.ms < exact_ms]
     if fits:
         best = min(fits, key=lambda t: t.ms)
@@ -220,18 +294,16 @@ def route_heads(
 ) -> HeadRoute:
     """Runs the core once per rung of `ladder` (every head at that rung) and gives each query head the cheapest rung
     whose error on that head is within `budget` (heads are independent: a head's output under per-head lists is
-    its output under its rung's scalar settings; tests/ops/test_per_head.py), else budget 0 (exact)."""
-    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    Q, K = tensors[node.input[0]], tensors[node.input[1]]
-    causal = bool(own.get("is_causal", 0))
+    its output under its rung's scalar settings; tests/ops/test_per_head.py), else budget 0 (exact). ref: the exact
+    output as [B, Hq, S, Dv]."""
+    Hq = core_dims(node, tensors).Hq
     errors = []
     for b, n in ladder:
         attrs = {"top_k": b, "max_candidates": b, "candidate_fraction": 0.0, "tail_samples": n, **overrides}
-        rows = eligible_rows(Q.shape[2], K.shape[2], causal, {**own, **attrs})
-        y = _core_session(node, tensors, attrs, threads).run(None, tensors)[0]
-        errors.append([relative_error(y[:, [h]], ref[:, [h]], rows)[0] for h in range(Q.shape[1])])
+        y, _ = _run(node, tensors, attrs, threads, 0)
+        errors.append([_error(node, tensors, attrs, y[:, [h]], ref[:, [h]])[0] for h in range(Hq)])
     budgets, samples = [], []
-    for h in range(Q.shape[1]):
+    for h in range(Hq):
         fit = next((rung for rung, e in zip(ladder, errors) if e[h] <= budget), (0, 0))
         budgets.append(fit[0])
         samples.append(fit[1])
@@ -287,8 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="ice-calibrate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("input", type=Path, help="a model rewritten by ice-rewrite (KnnAttention cores)")
-    ap.add_argument("output", type=Path, help="the calibrated model (written atomically; never the input)")
+    ap.add_argument(
+        "input",
+        type=Path,
+        help="a model or model folder rewritten by ice-rewrite (KnnAttention or GroupQueryAttention cores)",
+    )
+    ap.add_argument(
+        "output",
+        type=Path,
+        help="the calibrated model, or a new folder for a folder (written atomically; never the input)",
+    )
     ap.add_argument("--model", choices=DECODERS, required=True, help="whose tokenizer makes the calibration text")
     ap.add_argument("--tokens", type=int, default=8192, help="calibration length: the prompt length you deploy")
     ap.add_argument("--budget", type=float, default=0.02, help="largest mean relative output error per core")

@@ -64,7 +64,7 @@ def test_bad_settings_are_refused_and_nothing_is_written(rewritten, tmp_path, pe
 def test_settings_refuse_the_input_path_and_a_model_without_cores(rewritten, exported, tmp_path):
     with pytest.raises(RewriteError, match="refusing to overwrite the input"):
         apply_settings(rewritten, rewritten, {0: {"top_k": 0}})
-    with pytest.raises(RewriteError, match="no iceformer.KnnAttention node"):
+    with pytest.raises(RewriteError, match="no iceformer.KnnAttention or iceformer.GroupQueryAttention node"):
         apply_settings(exported["llama_gqa"][0], tmp_path / "x.onnx", {0: {"top_k": 0}})
     assert len(knn_cores(__import__("onnx_ir").load(rewritten))) == 2
 

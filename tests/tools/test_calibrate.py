@@ -1,11 +1,17 @@
 """ice-calibrate's choice per core (tools/calibrate.py) on a core whose k-NN sets really err: 2048 keys of
 clustered data, sets of 8 keys."""
 
+import hashlib
+
 import numpy as np
 import onnx
 import pytest
 from iceformer.ops.cases import AttentionCase
+from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
 from iceformer.tools import calibrate as cal
+
+from iceformer.metrics import feeds
+from tests.support import genai_tiny
 
 ATTRS = dict(
     is_causal=0, top_k=8, max_candidates=8, local_window=8, num_sink=2, min_keys=0, tail_samples=32, tail_limit=1.0
@@ -85,4 +91,74 @@ def test_per_head_candidate_is_tried_and_measured_as_one_setting(core):
     routed = r.trials[-1]
     assert routed.attrs == {"head_budgets": r.route.budgets, "head_tail_samples": r.route.tail_samples}
     assert r.route.budgets == [64, 64]  # budget 100%: the cheapest rung of the default ladder for both heads
-    assert 0 < routed.error <= routed.worst_head
+    # Heads are independent: both heads at one rung is that rung's scalar setting, error for error (whether the op
+    # takes the k-NN path or, union too costly, exact for a block depends on the SIMD tier's retrieval: not pinned).
+    b, n = cal.LADDER[0]
+    y, _ = cal._run(
+        node, tensors, {"top_k": b, "max_candidates": b, "candidate_fraction": 0.0, "tail_samples": n}, 1, 0
+    )
+    ref = _exact(node, tensors)
+    assert (routed.error, routed.worst_head) == cal._error(node, tensors, routed.attrs, y, ref)
+    assert routed.error <= routed.worst_head and routed.ms > 0
+
+
+# --- genai folders: GroupQueryAttention cores -------------------------------------------------------------------
+
+GENAI_SPARSE = {"top_k": 4, "max_candidates": 4, "local_window": 4, "num_sink": 1, "min_keys": 0, "tail_samples": 16}
+
+
+@pytest.fixture(scope="module")
+def genai_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal-genai")
+    src = genai_tiny.build(root / "src", max_length=1024)
+    rewrite(src, root / "rewritten", RewriteOptions(attributes=GENAI_SPARSE))
+    return src, root / "rewritten"
+
+
+def _gqa_attrs(folder):
+    nodes = [n for n in onnx.load(folder / "model.onnx", load_external_data=False).graph.node]
+    return [
+        {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        for n in nodes
+        if n.op_type == "GroupQueryAttention"
+    ]
+
+
+def test_a_genai_folder_is_calibrated_per_group_query_attention_node(genai_folders, tmp_path):
+    """The decoder runs once from an empty past (its past_key_values inputs given as [1, Hkv, 0, D]) to capture each
+    GroupQueryAttention node's inputs; each node is tried alone ([B, S, Hq Dv] output seen as [B, Hq, S, Dv]); the
+    output folder is the input folder with the choices on its nodes."""
+    _, rewritten = genai_folders
+    before = hashlib.sha256((rewritten / "model.onnx").read_bytes()).hexdigest()
+    ids = [int(i) for i in np.random.default_rng(1).integers(0, 97, 400)]
+    cores, tensors = cal.capture_core_inputs(rewritten, feeds(ids), 1)
+    assert [n.op_type for n in cores] == ["GroupQueryAttention"] * 2
+    assert tensors[0]["past_key_values.0.key"].shape == (1, 2, 0, 16)
+    assert cal.core_dims(cores[0], tensors[0]) == cal.CoreDims(Hq=4, S=400, T=400, causal=True)
+    out = tmp_path / "calibrated"
+    report = cal.calibrate(rewritten, out, ids, budget=0.5, threads=1)
+    assert len(report.cores) == 2
+    for r in report.cores:
+        assert len(r.trials) == len(cal.CANDIDATES) + 1 and len(r.route.budgets) == 4  # one rung per query head
+        # 16 samples of ~390 keys outside 4-key sets err; 2048 samples (more than the keys) much less
+        assert r.trials[1].error < r.trials[0].error
+    for r, attrs in zip(report.cores, _gqa_attrs(out)):
+        assert all(attrs[k] == pytest.approx(v) for k, v in r.chosen.items())
+        assert attrs["num_heads"] == 4 and attrs["do_rotary"] == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in rewritten.iterdir())
+    assert (out / "notes.txt").read_text() == (rewritten / "notes.txt").read_text()
+    assert hashlib.sha256((rewritten / "model.onnx").read_bytes()).hexdigest() == before  # input untouched
+    with pytest.raises(RewriteError, match="exists"):  # a non-empty output folder is refused, nothing written
+        cal.calibrate(rewritten, out, ids, budget=0.5, threads=1)
+
+
+@pytest.mark.genai
+def test_a_calibrated_genai_folder_generates_through_onnxruntime_genai(genai_folders, tmp_path):
+    """With a budget nothing meets every node is exact (top_k 0): the folder generates the original's tokens."""
+    src, rewritten = genai_folders
+    ids = [int(i) for i in np.random.default_rng(2).integers(0, 97, 300)]
+    report = cal.calibrate(rewritten, tmp_path / "cal", ids, budget=1e-9, threads=1)
+    assert [r.chosen for r in report.cores] == [{"top_k": 0}] * 2
+    assert [a["top_k"] for a in _gqa_attrs(tmp_path / "cal")] == [0, 0]
+    prompt = [ids[:200]]
+    assert genai_tiny.generate(tmp_path / "cal", prompt, 8) == genai_tiny.generate(src, prompt, 8)
