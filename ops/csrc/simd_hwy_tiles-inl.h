@@ -46,6 +46,30 @@ void QkTile(const float* q, int64_t ldq, int64_t rows, const float* kp, int64_t 
 // each at the end (no panel copy); R = 4 where 32 registers hold the 16 accumulators, else 2.
 constexpr int kKeysRows = kRegs >= 32 ? 4 : 2, kKeysCols = 4;
 
+// The sum of a vector's 128-bit blocks, lane by lane.
+template <class D>
+HWY_INLINE hn::Vec<hn::Full128<float>> fold_blocks(D d, hn::Vec<D> v) {
+  if constexpr (hn::MaxLanes(D()) <= 4) {
+    (void)d;
+    return v;
+  } else {
+    const hn::Half<D> dh;
+    return fold_blocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+  }
+}
+
+template <int R, bool kFull>
+HWY_INLINE void qk_keys_step(const float* const* q, const float* const* k, int64_t d, int64_t D,
+                             VF (&a)[R][kKeysCols]) {
+  const DF df;
+  VF x[R];
+  for (int r = 0; r < R; ++r) x[r] = load_part<kFull>(df, q[r] + d, D - d);
+  for (int c = 0; c < kKeysCols; ++c) {
+    const VF kv = load_part<kFull>(df, k[c] + d, D - d);
+    for (int r = 0; r < R; ++r) a[r][c] = hn::MulAdd(x[r], kv, a[r][c]);
+  }
+}
+
 template <int R>
 HWY_INLINE void qk_keys_block(const float* const* q, const float* const* k, int64_t D, int64_t nr, int64_t m, float* s,
                               int64_t lds) {
@@ -53,16 +77,18 @@ HWY_INLINE void qk_keys_block(const float* const* q, const float* const* k, int6
   VF a[R][kKeysCols];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < kKeysCols; ++c) a[r][c] = hn::Zero(df);
-  for (int64_t d = 0; d < D; d += kN) {
-    VF x[R];
-    for (int r = 0; r < R; ++r) x[r] = load_part<false>(df, q[r] + d, D - d);
-    for (int c = 0; c < kKeysCols; ++c) {
-      const VF kv = load_part<false>(df, k[c] + d, D - d);
-      for (int r = 0; r < R; ++r) a[r][c] = hn::MulAdd(x[r], kv, a[r][c]);
-    }
+  // Whole vectors first, the D tail (if any) after: one loop with partial loads kept the accumulators on the stack.
+  int64_t d = 0;
+  for (; d + kN <= D; d += kN) qk_keys_step<R, true>(q, k, d, D, a);
+  if (d < D) qk_keys_step<R, false>(q, k, d, D, a);
+  const hn::Full128<float> d4;
+  for (int64_t r = 0; r < nr; ++r) {
+    // Each 128-bit block: [sum a0, sum a1, sum a2, sum a3] over its lanes; then the blocks added. One add tree per
+    // row's 4 keys: a horizontal sum per (row, key) cost more than the dot products at D = 64.
+    const VF t =
+        hn::PairwiseAdd128(df, hn::PairwiseAdd128(df, a[r][0], a[r][1]), hn::PairwiseAdd128(df, a[r][2], a[r][3]));
+    hn::StoreN(fold_blocks(df, t), d4, s + r * lds, static_cast<size_t>(m));
   }
-  for (int64_t r = 0; r < nr; ++r)
-    for (int64_t c = 0; c < m; ++c) s[r * lds + c] = hn::ReduceSum(df, a[r][c]);
 }
 
 void QkKeys(const float* q, int64_t ldq, int64_t rows, const float* k, int64_t ldk, int64_t n, int64_t D, float* s,
