@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import onnx
 import onnx_ir as ir
 
 from ..ops import contract
@@ -19,9 +20,11 @@ from ._output import save_atomic
 CORE_TYPES = (contract.OP_TYPE, contract.GQA_OP_TYPE)
 
 
-def knn_cores(model: ir.Model) -> list[ir.Node]:
-    """Our attention nodes of the main graph (iceformer.KnnAttention / GroupQueryAttention), in graph order."""
-    return [n for n in model.graph if n.domain == contract.DOMAIN and n.op_type in CORE_TYPES]
+def knn_cores(model: ir.Model | onnx.ModelProto) -> list:
+    """Our attention nodes of the main graph (iceformer.KnnAttention / GroupQueryAttention), in graph order: onnx-ir
+    nodes, or NodeProtos of an onnx.ModelProto (ice-calibrate runs protos)."""
+    nodes = model.graph.node if isinstance(model, onnx.ModelProto) else model.graph
+    return [n for n in nodes if n.domain == contract.DOMAIN and n.op_type in CORE_TYPES]
 
 
 def no_cores(path) -> RewriteError:

@@ -40,7 +40,7 @@ from rich.table import Table
 
 from ..metrics import eligible_rows, feeds, relative_error, text_ids, tokenizer
 from ..ops import contract, session_options
-from ..rewriter import CORE_TYPES, RewriteError, apply_settings, decoder_path, no_cores
+from ..rewriter import RewriteError, apply_settings, decoder_path, knn_cores, no_cores
 
 # Candidate settings, cheapest first, on top of the core's own attributes. More tail samples lower the variance of
 # the estimate of the unretrieved keys' mass (error ~ 1/sqrt(samples) on SmolLM2 and Qwen); a lower tail_limit sends
@@ -184,11 +184,6 @@ def capture_core_inputs(path: Path, inputs: dict[str, np.ndarray], threads: int)
     return cores, [{name: values[name] for name in node.input if name} for node in cores]
 
 
-def knn_cores(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Our attention nodes (KnnAttention, GroupQueryAttention) in graph order: ice-rewrite's core numbering."""
-    return [n for n in model.graph.node if n.domain == contract.DOMAIN and n.op_type in CORE_TYPES]
-
-
 @dataclass(frozen=True)
 class CoreDims:
     """What the error measure needs of a core: Hq, S query rows, T keys, causal."""
@@ -199,8 +194,13 @@ class CoreDims:
     causal: bool
 
 
+def _attrs(node: onnx.NodeProto) -> dict:
+    """The node's own attributes as Python values."""
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
 def core_dims(node: onnx.NodeProto, tensors: dict) -> CoreDims:
-    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    own = _attrs(node)
     if node.op_type == contract.GQA_OP_TYPE:  # query [B, S, Hq D] (or packed QKV); causal, T = past + S
         total = int(np.asarray(tensors[node.input[6]]).reshape(-1)[0])
         return CoreDims(int(own["num_heads"]), tensors[node.input[0]].shape[1], total, True)
@@ -217,8 +217,7 @@ def _heads(node: onnx.NodeProto, y: np.ndarray, Hq: int) -> np.ndarray:
 
 def _core_session(node: onnx.NodeProto, tensors: dict[str, np.ndarray], attrs: dict, threads: int):
     """The core alone (same inputs and attributes, `attrs` on top) as a one-node model; its first output is Y."""
-    base = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    base.update(attrs)
+    base = {**_attrs(node), **attrs}
     ins = [
         onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(tensors[n].dtype), tensors[n].shape)
         for n in dict.fromkeys(node.input)
@@ -250,9 +249,8 @@ def _run(node: onnx.NodeProto, tensors: dict, attrs: dict, threads: int, reps: i
 
 def _error(node: onnx.NodeProto, tensors: dict, attrs: dict, y: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """(mean, worst head's) relative error of y against ref over the rows that may take the k-NN path."""
-    own = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     d = core_dims(node, tensors)
-    return relative_error(y, ref, eligible_rows(d.S, d.T, d.causal, {**own, **attrs}))
+    return relative_error(y, ref, eligible_rows(d.S, d.T, d.causal, {**_attrs(node), **attrs}))
 
 
 def calibrate_core(

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -11,6 +10,7 @@
 #include "masking.h"
 #include "parallel.h"
 #include "simd.h"
+#include "stream_in.h"
 
 namespace iceformer {
 namespace {
@@ -30,19 +30,6 @@ struct PartialView {
   float* acc() const { return base + 2; }
 };
 
-// One load per 64-byte line of x[0, n), in order: the chunk's K and V stream into L1 / L2 at the memory's bandwidth
-// before the tiles read them in strided passes, which otherwise waited on DRAM line by line (a 16k cache of an
-// AMD Zen 3: 2x the chunk's time; software prefetches did not help there, docs/decisions.md).
-void touch_lines(const float* x, int64_t n) {
-  uint32_t acc = 0;
-  for (int64_t e = 0; e < n; e += 16) {
-    uint32_t bits;
-    std::memcpy(&bits, x + e, sizeof bits);
-    acc |= bits;
-  }
-  asm volatile("" : : "r"(acc));  // the loads are the point: keep them
-}
-
 // Scores, softmax partial and value sum of one chunk [j0, j1) for the g * S rows of (b, hkv).
 void decode_chunk(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1, float* partials) {
   const Kernels& kern = kernels();
@@ -50,8 +37,8 @@ void decode_chunk(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, 
   const int64_t D = sh.D, Dv = sh.Dv, g = sh.group(), rows = g * sh.S, cols = j1 - j0;
   const float* K = p.key_rows(b, hkv) + j0 * D;
   const float* V = p.value_rows(b, hkv) + j0 * Dv;
-  touch_lines(K, cols * D);
-  touch_lines(V, cols * Dv);
+  stream_in(K, cols * D);
+  stream_in(V, cols * Dv);
   DecodeScratch& sc = t_decode;
   sc.q.resize(rows * D);
   sc.s.resize(rows * cols);

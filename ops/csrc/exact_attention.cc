@@ -7,6 +7,7 @@
 #include "masking.h"
 #include "online_softmax.h"
 #include "simd.h"
+#include "stream_in.h"
 
 namespace iceformer {
 namespace {
@@ -166,6 +167,7 @@ void attend_tiles(const AttentionParams& p, const PackedHead& head, int64_t b, i
         // j0 is even (ranges start on panels); an odd last column pairs with the next key at weight 0 (V finite).
         kern.pv_tile_bf16(s, kExactBlockK, rows, cols + (cols & 1), head.v_pairs + (j0 / 2) * Dv, Dv, o, ldo);
       } else {
+        stream_in(v + j0 * Dv, cols * Dv);
         kern.pv_tile(s, kExactBlockK, rows, cols, v + j0 * Dv, Dv, Dv, o, ldo);
       }
     }
