@@ -34,7 +34,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 from rich.console import Console
 from rich.table import Table
 
@@ -130,26 +132,16 @@ def _missing_inputs(model: onnx.ModelProto, have: set[str]) -> dict[str, np.ndar
     return out
 
 
-def _prune_to(model: onnx.ModelProto, names: list[str]) -> None:
-    """Leaves `model` computing only `names` (its outputs): the nodes and initializers they need (a decoder's last
-    layers and logits are skipped; logits alone are S x vocab floats). Graphs with subgraphs are left whole."""
-    if any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in model.graph.node for a in n.attribute
-    ):
-        return
-    need, keep = set(names), []
-    for node in reversed(model.graph.node):
-        if need & set(node.output):
-            keep.append(node)
-            need |= {i for i in node.input if i}
-    del model.graph.node[:]
-    model.graph.node.extend(reversed(keep))
-    used = [t for t in model.graph.initializer if t.name in need]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(used)
-    outputs = [o for o in model.graph.output if o.name in names]
-    del model.graph.output[:]
-    model.graph.output.extend(outputs)
+def _prune_to(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """`model` computing only `names` (its outputs): onnx-ir's dead-code pass drops the nodes and initializers they do
+    not need (a decoder's last layers and logits; logits alone are S x vocab floats). External weights stay external."""
+    m = ir.from_proto(model)
+    values = {**m.graph.initializers, **{v.name: v for v in m.graph.inputs}}
+    values.update({v.name: v for node in m.graph for v in node.outputs})
+    m.graph.outputs.clear()
+    m.graph.outputs.extend(values[n] for n in names)
+    RemoveUnusedNodesPass()(m)
+    return ir.to_proto(m)
 
 
 def capture_core_inputs(path: Path, inputs: dict[str, np.ndarray], threads: int):
@@ -170,7 +162,7 @@ def capture_core_inputs(path: Path, inputs: dict[str, np.ndarray], threads: int)
             model.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, types.get(name) or onnx.TensorProto.FLOAT, None)
             )
-    _prune_to(model, wanted)
+    model = _prune_to(model, wanted)
     # Beside the input: its external weights are referenced relative to the model's folder.
     tmp = path.parent / f".ice-calibrate-{os.getpid()}.onnx"
     try:
