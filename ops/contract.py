@@ -151,6 +151,15 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
         (),
         "per query head (Hq values): its tail_samples (k-NN decode: the group's largest)",
     ),
+    AttrSpec(
+        "head_windows",
+        "ints",
+        (),
+        "per query head (Hq values): w > 0 makes it a streaming head: its k-NN rows attend the num_sink first keys and "
+        "the w keys ending at their query block, exactly, with no retrieval and no tail estimate (its head_budgets and "
+        "head_tail_samples values are unused); 0: it retrieves. k-NN decode streams a group of heads sharing a KV "
+        "head only when all of them stream (the largest window); written by ice-calibrate",
+    ),
 )
 
 

@@ -9,9 +9,9 @@ in others (Qwen2.5-Coder at 16k: the defaults leave 1.7-1.9% error in layers 2 a
 gets dense, more samples or the defaults where each suffices.
 
 Per head (on unless --no-per-head), one more candidate per core: a setting per query head (head_budgets /
-head_tail_samples). The core runs once per rung of LADDER with every head at that rung; each head gets the cheapest
-rung whose error on that head is within --budget (else 0: the head is exact), and the routed setting is timed and
-checked like the others. On Qwen2.5-Coder at 16k it won on every core (docs/decisions.md).
+head_tail_samples / head_windows). The core runs once per rung of LADDER (streaming windows, then retrieval budgets)
+with every head at that rung; each head gets the cheapest rung whose error on that head is within --budget (else
+the head is exact), and the routed setting is timed and checked like the others. On Qwen2.5-Coder at 16k it won on every core (docs/decisions.md).
 
   ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02
   ice-calibrate qwen-genai-ice qwen-genai-cal --model qwen2.5-coder-0.5b --tokens 16384   # a rewritten genai folder
@@ -54,16 +54,42 @@ CANDIDATES: tuple[dict, ...] = (
     {"tail_samples": 2048, "tail_limit": 0.3},
     {"tail_samples": 4096, "tail_limit": 0.15},
 )
-# --per-head: per query head (budget, tail samples) rungs, cheapest first (the ladder ice-sim-knn --route simulated;
-# docs/decisions.md). Each head gets the cheapest rung within the budget on its own rows, else 0 (exact).
-LADDER: tuple[tuple[int, int], ...] = (
-    (64, 256),
-    (128, 256),
-    (128, 512),
-    (256, 512),
-    (256, 1024),
-    (512, 1024),
-    (512, 2048),
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One per-head setting: a streaming head (window > 0: its sinks and the window's keys, nothing retrieved) or a
+    retrieval budget with its tail sample."""
+
+    budget: int = 0
+    tail_samples: int = 0
+    window: int = 0
+
+    def attrs(self, Hq: int) -> dict:
+        """Every query head at this rung (for a retrieval rung, the scalar settings it stands for)."""
+        if self.window > 0:
+            return {"head_windows": [self.window] * Hq}
+        return {
+            "top_k": self.budget,
+            "max_candidates": self.budget,
+            "candidate_fraction": 0.0,
+            "tail_samples": self.tail_samples,
+        }
+
+
+# --per-head: rungs, cheapest first: streaming windows (a window costs its keys and no scan: cheaper than the
+# smallest retrieval rung at 8k-16k; docs/decisions.md), then (budget, tail samples) as ice-sim-knn --route
+# simulated. Each head gets the cheapest rung within the budget on its own rows, else exact.
+LADDER: tuple[Rung, ...] = (
+    Rung(window=1024),
+    Rung(window=2048),
+    Rung(64, 256),
+    Rung(128, 256),
+    Rung(128, 512),
+    Rung(256, 512),
+    Rung(256, 1024),
+    Rung(512, 1024),
+    Rung(512, 2048),
 )
 DECODERS = ("smollm2", "qwen2.5-coder-0.5b")
 TEXT_START = 200  # calibration text: Brown samples from 200 on (ice-main and ice-eval evaluate on samples from 100)
@@ -81,10 +107,15 @@ class Trial:
 class HeadRoute:
     """--per-head: each rung's error per query head (rows that may take the k-NN path), and the rung each head got."""
 
-    ladder: list[tuple[int, int]]
+    ladder: list[Rung]
     errors: list[list[float]]  # [rung][head]
-    budgets: list[int]  # per head, 0: exact
+    budgets: list[int]  # per head, 0: exact (or streaming)
     tail_samples: list[int]
+    windows: list[int]  # per head, > 0: a streaming head
+
+    def attrs(self) -> dict:
+        """The routed setting as the op's per-head lists."""
+        return {"head_budgets": self.budgets, "head_tail_samples": self.tail_samples, "head_windows": self.windows}
 
 
 @dataclass
@@ -269,7 +300,7 @@ def calibrate_core(
         result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
     if per_head:
         result.route = route_heads(node, tensors, ref, budget, threads, overrides)
-        attrs = {"head_budgets": result.route.budgets, "head_tail_samples": result.route.tail_samples, **overrides}
+        attrs = {**result.route.attrs(), **overrides}
         y, ms = _run(node, tensors, attrs, threads, reps)
         result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
     fits = [t for t in result.trials if t.error <= budget and t.ms < exact_ms]
@@ -288,16 +319,14 @@ def route_heads(
     output as [B, Hq, S, Dv]."""
     Hq = core_dims(node, tensors).Hq
     errors = []
-    for b, n in ladder:
-        attrs = {"top_k": b, "max_candidates": b, "candidate_fraction": 0.0, "tail_samples": n, **overrides}
+    for rung in ladder:
+        attrs = {**rung.attrs(Hq), **overrides}
         y, _ = _run(node, tensors, attrs, threads, 0)
         errors.append([_error(node, tensors, attrs, y[:, [h]], ref[:, [h]])[0] for h in range(Hq)])
-    budgets, samples = [], []
-    for h in range(Hq):
-        fit = next((rung for rung, e in zip(ladder, errors) if e[h] <= budget), (0, 0))
-        budgets.append(fit[0])
-        samples.append(fit[1])
-    return HeadRoute([list(r) for r in ladder], errors, budgets, samples)
+    fits = [next((rung for rung, e in zip(ladder, errors) if e[h] <= budget), Rung()) for h in range(Hq)]
+    return HeadRoute(
+        list(ladder), errors, [r.budget for r in fits], [r.tail_samples for r in fits], [r.window for r in fits]
+    )
 
 
 def calibrate(
@@ -367,8 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         "--per-head",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also try per query head settings (head_budgets / head_tail_samples from LADDER, each head the cheapest "
-        "rung within --budget on its own rows, else exact) as one more candidate per core (default: on)",
+        help="also try per query head settings (head_budgets / head_tail_samples / head_windows from LADDER, each head "
+        "the cheapest rung within --budget on its own rows, else exact) as one more candidate per core (default: on)",
     )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=1, help="timed runs per candidate (after one warm-up)")

@@ -202,7 +202,7 @@ void knn_block(const AttentionParams& p, const KnnIndex& ix, size_t t, int32_t* 
   if (exact_to > i0) exact_rows(p, head, b, hq, i0, exact_to);
   if (exact_to == i1) return;
   int32_t* row_scored = scored + (b * sh.Hq + hq) * sh.S + split;
-  if (ix.dci)
+  if (ix.dci && own.knn.stream_window == 0)  // a streaming head's rows need no index
     dci_rows(own, head, ix.set.view(bkv), ix.dirs, pre, b, hq, split, i1, row_scored);
   else
     union_rows(own, head, ix.lowrank, pre, b, hq, split, i1, row_scored);

@@ -57,6 +57,7 @@ constexpr AttrSpec kAttrs[] = {
     {"seed", 'i', true, 0},
     {"head_budgets", 'I', true, 0},
     {"head_tail_samples", 'I', true, 0},
+    {"head_windows", 'I', true, 0},
 };
 constexpr int kNumAttrs = sizeof(kAttrs) / sizeof(kAttrs[0]);
 
@@ -92,7 +93,7 @@ constexpr AttrSpec kGqaAttrs[] = {
 };
 constexpr int kGqaNumAttrs = sizeof(kGqaAttrs) / sizeof(kGqaAttrs[0]);
 constexpr int kFirstKnnAttr = 3;  // kAttrs[kFirstKnnAttr..]: top_k ... seed, then the per-head lists
-constexpr int kNumHeadAttrs = 2;  // the last kAttrs: head_budgets, head_tail_samples (type 'I')
+constexpr int kNumHeadAttrs = 3;  // the last kAttrs: head_budgets, head_tail_samples, head_windows (type 'I')
 
 constexpr bool same_name(const char* a, const char* b) {
   while (*a != 0 && *a == *b) ++a, ++b;

@@ -69,7 +69,8 @@ int64_t retrieve(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc
   const int64_t visible = gr.last_any + 1 - gr.first_min;
   const int64_t budget = std::min(visible, kDecodeBudgetScale * candidate_budget(ks, visible));
   // The group's rows in one scan of its codes (1 MB at 32k keys, rank 32): 1.15x a step against a scan per head.
-  lowrank_union(p, index.codes(), sc.prefix.data(), gr.b, gr.hkv * g, g, 0, p.shape.S, budget, &sc.in);
+  if (ks.stream_window == 0)
+    lowrank_union(p, index.codes(), sc.prefix.data(), gr.b, gr.hkv * g, g, 0, p.shape.S, budget, &sc.in);
   const std::vector<int32_t>& u = sc.in.collect(gr.last_any + 1);
   sc.keys.assign(u.begin(), u.end());
   pad_to_panel(sc.keys);

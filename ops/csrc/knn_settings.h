@@ -43,6 +43,7 @@ struct HeadField {
 constexpr HeadField kHeadFields[] = {
     {"head_budgets", &HeadValues::budgets},
     {"head_tail_samples", &HeadValues::tail_samples},
+    {"head_windows", &HeadValues::windows},
 };
 constexpr int kFirstHeadAttr = kFirstKnnAttr + kNumKnnFields;
 

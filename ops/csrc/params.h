@@ -68,36 +68,56 @@ struct KnnSettings {
   int64_t tail_samples = 1024;      // systematic samples of unretrieved keys estimating the dropped mass
   float tail_limit = 0.5f;          // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
-  // Per query head (attributes head_budgets, head_tail_samples): [Hq] values each, or nullptr (the scalars above
-  // for every head). Views of the kernel's HeadValues, bound per call.
+  // > 0: a streaming head's rows (attribute head_windows): num_sink sinks and the stream_window keys ending at the
+  // block's rows (local_window = stream_window), exactly; nothing retrieved, nothing estimated. Set by for_heads.
+  int64_t stream_window = 0;
+  // Per query head (attributes head_budgets, head_tail_samples, head_windows): [Hq] values each, or nullptr (the
+  // scalars above for every head). Views of the kernel's HeadValues, bound per call.
   const int64_t* head_budgets = nullptr;
   const int64_t* head_tail_samples = nullptr;
+  const int64_t* head_windows = nullptr;
 
   // The settings query heads [h0, h0 + n) run their k-NN rows with (n > 1: decode's group of heads sharing one key
-  // set, which takes the largest of their values and is exact if one of them is): a budget b retrieves b keys per
-  // query (top_k = max_candidates = b, candidate_fraction off; b = 0: exact), and the heads' own tail sample.
+  // set). Heads with a window w > 0 stream; a group of streaming heads only takes the largest window. Otherwise
+  // the other heads decide: a budget b retrieves b keys per query (top_k = max_candidates = b, candidate_fraction
+  // off; b = 0: exact), the group the largest of theirs (exact if one is 0) and their largest tail sample.
   KnnSettings for_heads(int64_t h0, int64_t n = 1) const {
     KnnSettings k = *this;
-    k.head_budgets = k.head_tail_samples = nullptr;
+    k.head_budgets = k.head_tail_samples = k.head_windows = nullptr;
+    int64_t window = 0, live = 0, budget = 0, samples = 0;  // live: the heads that retrieve
+    for (int64_t h = h0; h < h0 + n; ++h) {
+      if (head_windows != nullptr && head_windows[h] > 0) {
+        window = std::max(window, head_windows[h]);
+        continue;
+      }
+      const int64_t b = head_budgets != nullptr ? head_budgets[h] : top_k;
+      budget = live == 0 ? b : b == 0 || budget == 0 ? 0 : std::max(budget, b);
+      samples = std::max(samples, head_tail_samples != nullptr ? head_tail_samples[h] : tail_samples);
+      ++live;
+    }
+    if (live == 0) {
+      k.top_k = k.max_candidates = k.recent_keys = k.stream_window = window;
+      k.candidate_fraction = 0.f;
+      k.tail_samples = 0;
+      return k;
+    }
     if (head_budgets != nullptr) {
-      int64_t b = head_budgets[h0];
-      for (int64_t h = h0 + 1; h < h0 + n; ++h) b = b == 0 || head_budgets[h] == 0 ? 0 : std::max(b, head_budgets[h]);
-      k.top_k = k.max_candidates = b;
+      k.top_k = k.max_candidates = budget;
       k.candidate_fraction = 0.f;
     }
-    if (head_tail_samples != nullptr)
-      k.tail_samples = *std::max_element(head_tail_samples + h0, head_tail_samples + h0 + n);
+    k.tail_samples = samples;
     return k;
   }
-  bool per_head() const { return head_budgets != nullptr || head_tail_samples != nullptr; }
+  bool per_head() const { return head_budgets != nullptr || head_tail_samples != nullptr || head_windows != nullptr; }
 };
 
 // The per-head list attributes as a kernel keeps them (empty: not given); bind() points a KnnSettings at them.
 struct HeadValues {
-  std::vector<int64_t> budgets, tail_samples;
+  std::vector<int64_t> budgets, tail_samples, windows;
   void bind(KnnSettings* k) const {
     k->head_budgets = budgets.empty() ? nullptr : budgets.data();
     k->head_tail_samples = tail_samples.empty() ? nullptr : tail_samples.data();
+    k->head_windows = windows.empty() ? nullptr : windows.data();
   }
 };
 

@@ -189,7 +189,7 @@ const std::vector<int32_t>& union_keys(const AttentionParams& p, const LowRankSe
     for (int64_t j = std::max<int64_t>({first_min, ks.num_sink, last_min - ks.recent_keys + 1}); j <= last_any; ++j)
       add(j);
   const int64_t budget = candidate_budget(ks, real_prefix[std::max<int64_t>(0, last_any) + 1] - real_prefix[first_min]);
-  lowrank_union(p, lowrank, real_prefix, b, hq, 1, i0, i1, budget, &sc.in);
+  if (ks.stream_window == 0) lowrank_union(p, lowrank, real_prefix, b, hq, 1, i0, i1, budget, &sc.in);
   return sc.in.collect(last_any + 1);
 }
 

@@ -118,6 +118,7 @@ OUT_OF_RANGE = {
         "seed": None,
         "head_budgets": ([8, -1], r"head_budgets\[1\]=-1 is invalid, expected 0..2\^40"),
         "head_tail_samples": ([1 << 41], r"head_tail_samples\[0\]=2199023255552 is invalid, expected 0..2\^40"),
+        "head_windows": ([4, -3], r"head_windows\[1\]=-3 is invalid, expected 0..2\^40"),
     },
     "gqa": {
         "num_heads": (0, r"num_heads = 0 must be a positive multiple of kv_num_heads"),

@@ -126,6 +126,38 @@ def test_per_head_lists_give_the_group_its_largest_values(budgets, tmp_stats):
     assert len(steps) == 4 and all(c["path"] == ("knn" if 0 not in budgets else "exact") for c in steps), steps
 
 
+def test_a_group_of_streaming_heads_attends_sinks_and_window(tmp_stats):
+    """Every head of the group streams: a step attends the 4 sinks and the 64 keys ending at its own, exactly."""
+    w, sinks = 64, 4
+    g = Generator(_session(**KNN, head_windows=[w] * HQ))
+    rows = (Q, K, V)
+    g.run(rows, 0, PROMPT)
+    for t in range(PROMPT, PROMPT + 4):
+        got = g.run(rows, t, t + 1)[0]
+        keys = np.r_[np.arange(sinks), np.arange(t - w + 1, t + 1)]
+        for h in range(HQ):
+            kv = h // (HQ // HKV)
+            z = K[kv, keys].astype(np.float64) @ Q[h, t].astype(np.float64) / np.sqrt(D)
+            p = np.exp(z - z.max())
+            want = (p / p.sum()) @ V[kv, keys].astype(np.float64)
+            np.testing.assert_allclose(got[h], want, atol=1e-5, rtol=1e-4, err_msg=f"step {t}, head {h}")
+    steps = [c for c in _calls(tmp_stats) if c["S"] == 1]
+    assert len(steps) == 4 and all(c["path"] == "knn" and c["mean_candidates"] == sinks + w for c in steps), steps
+
+
+def test_streaming_heads_in_a_retrieving_group_leave_it_to_the_others(tmp_stats):
+    """One head of three streams: the group's key set is the other two heads' (largest budget and sample, bit for
+    bit); the streaming head's own budget (the largest) and window are unused."""
+    per_head = {**KNN, "head_budgets": [64, 16, 32], "head_tail_samples": [512, 64, 256], "head_windows": [64, 0, 0]}
+    group = {**KNN, "top_k": 32, "max_candidates": 32, "tail_samples": 256}
+    ours, want = Generator(_session(**per_head)), Generator(_session(**group))
+    rows = (Q, K, V)
+    for g in (ours, want):
+        g.run(rows, 0, PROMPT)
+    for t in range(PROMPT, PROMPT + 4):
+        np.testing.assert_array_equal(ours.run(rows, t, t + 1), want.run(rows, t, t + 1))
+
+
 def _reference(rows, prompt, steps):
     """A fresh session's outputs: the prompt rows [0, prompt), then one step per row t of `steps`."""
     g = Generator(_session(**KNN))

@@ -1,5 +1,6 @@
-"""Per-head k-NN settings (attributes head_budgets, head_tail_samples): each query head runs exactly as a node with
-its own scalar settings would, in both ops, prefill and decode; lists of the wrong length are refused."""
+"""Per-head k-NN settings (attributes head_budgets, head_tail_samples, head_windows): each query head runs exactly as
+a node with its own scalar settings would, in both ops, prefill and decode; a streaming head attends its sinks and
+window exactly (a float64 reference); lists of the wrong length are refused."""
 
 import json
 
@@ -8,6 +9,7 @@ import onnxruntime as ort
 import pytest
 from iceformer.ops import knn_attention_reference, make_gqa_model, session_options
 from iceformer.ops.cases import AttentionCase
+from iceformer.ops.contract import knn_threshold
 
 from tests.support.ops import assert_close_bf16_pv, knn_session, run_case
 
@@ -54,6 +56,49 @@ def test_lists_of_the_wrong_length_are_refused():
     model = make_gqa_model(num_heads=4, kv_num_heads=2, head_tail_samples=[64] * 3)
     with pytest.raises(Exception, match=r"head_tail_samples has 3 values, expected one per query head \(Hq=4\)"):
         ort.InferenceSession(model.SerializeToString(), session_options(1), providers=["CPUExecutionProvider"])
+
+
+WINDOWS = [0, 0, 96, 0, 0, 200]  # heads 2 and 5 stream (their budgets and samples unused)
+KNN_BLOCK, MAX_UNION_COST = 64, 0.7  # the k-NN path's query blocks and its cost rule (union_attention.cc)
+
+
+def _streaming_reference(q, k, v, window: int, num_sink: int, first_knn: int) -> np.ndarray:
+    """A streaming head's causal output in float64 (q [S, D], k / v [T, D], S = T): the k-NN rows of a 64-row query
+    block (rows >= first_knn; i0 its first) attend keys j < num_sink and i0 - window < j <= i, unless that set costs
+    more than 0.7 x the block's exact scores (rows x keys against the sum of the rows' visible keys): then, like the
+    rows before first_knn, every visible key."""
+    S, D = q.shape
+    z = (q.astype(np.float64) @ k.T.astype(np.float64)) / np.sqrt(D)
+    keep = np.tril(np.ones((S, S), bool))
+    for b0 in range(0, S, KNN_BLOCK):
+        i0, i1 = max(b0, first_knn), min(S, b0 + KNN_BLOCK)
+        if i0 >= i1:
+            continue
+        cols = np.arange(S)
+        in_set = (cols < num_sink) | ((cols > i0 - window) & (cols < i1))
+        if (i1 - i0) * in_set.sum() <= MAX_UNION_COST * sum(i + 1 for i in range(i0, i1)):
+            keep[i0:i1] &= in_set[None, :]
+    z = np.where(keep, z, -np.inf)
+    p = np.exp(z - z.max(1, keepdims=True))
+    return (p / p.sum(1, keepdims=True)) @ v.astype(np.float64)
+
+
+def test_streaming_heads_attend_sinks_and_window():
+    got = run_case(CASE, head_budgets=BUDGETS, head_tail_samples=SAMPLES, head_windows=WINDOWS)
+    x = CASE.inputs()
+    first_knn = knn_threshold(CASE.op_attrs()) - 1
+    for h, w in enumerate(WINDOWS):
+        if w == 0:  # the other heads run their own settings, bit for bit
+            b, s = BUDGETS[h], SAMPLES[h]
+            want = run_case(CASE, **({"head_budgets": [0] * 6} if b == 0 else _uniform(b, s)))
+            np.testing.assert_array_equal(got[:, h], want[:, h], err_msg=f"head {h}")
+            continue
+        kv = h // (CASE.Hq // CASE.Hkv)
+        args = (x["Q"][0, h], x["K"][0, kv], x["V"][0, kv], w, BASE["num_sink"], first_knn)
+        ref, ref_abs = _streaming_reference(*args), _streaming_reference(*args[:2], np.abs(args[2]), *args[3:])
+        assert_close_bf16_pv(got[0, h], ref, ref_abs)
+        full = knn_attention_reference(**x, **CASE.op_attrs())[0, h]
+        assert np.abs(got[0, h, 400:] - full[400:]).max() > 1e-3  # the window left keys out (diffuse random keys)
 
 
 def _gqa_run(attrs: dict, P: int, S: int, seed: int = 3) -> np.ndarray:

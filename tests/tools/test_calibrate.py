@@ -62,7 +62,7 @@ def test_eligible_rows_and_relative_error():
     assert mean == pytest.approx(0.5 / 6) and worst == pytest.approx(0.5 / 3)
 
 
-LADDER = ((8, 32), (32, 256))
+LADDER = (cal.Rung(8, 32), cal.Rung(32, 256))
 
 
 def _exact(node, tensors):
@@ -75,7 +75,7 @@ def test_each_head_gets_the_cheapest_rung_within_budget(core):
     r = cal.route_heads(node, tensors, ref, budget=1.0, threads=1, overrides={}, ladder=LADDER)
     assert len(r.errors) == 2 and all(len(e) == 2 for e in r.errors)  # [rung][head], Hq = 2
     assert r.errors[1][0] < r.errors[0][0] and r.errors[1][1] < r.errors[0][1]  # the larger rung errs less
-    assert r.budgets == [8, 8] and r.tail_samples == [32, 32]  # every rung fits a budget of 100%
+    assert r.budgets == [8, 8] and r.tail_samples == [32, 32] and r.windows == [0, 0]  # every rung fits 100%
     # A budget between a head's two rungs' errors moves that head, and only it, to the larger rung.
     mid = (r.errors[0][1] + r.errors[1][1]) / 2
     other_fits = r.errors[0][0] <= mid
@@ -85,18 +85,30 @@ def test_each_head_gets_the_cheapest_rung_within_budget(core):
     assert r3.budgets == [0, 0] and r3.tail_samples == [0, 0]  # nothing fits: exact heads
 
 
+def test_a_window_rung_makes_streaming_heads(core):
+    """A window holding every key the rows see is exact: it fits any budget, and the heads stream."""
+    node, tensors = core
+    ref = _exact(node, tensors)
+    T = cal.core_dims(node, tensors).T
+    ladder = (cal.Rung(window=T), *LADDER)
+    r = cal.route_heads(node, tensors, ref, budget=1e-5, threads=1, overrides={}, ladder=ladder)
+    assert max(r.errors[0]) < 1e-5 and r.windows == [T, T] and r.budgets == [0, 0]
+    assert r.attrs() == {"head_budgets": [0, 0], "head_tail_samples": [0, 0], "head_windows": [T, T]}
+    short = cal.route_heads(node, tensors, ref, budget=1e-5, threads=1, overrides={}, ladder=(cal.Rung(window=4),))
+    assert min(short.errors[0]) > 1e-3 and short.windows == [0, 0]  # 4 keys of many: not within 1e-5, exact
+
+
 def test_per_head_candidate_is_tried_and_measured_as_one_setting(core):
     node, tensors = core
     r = cal.calibrate_core(0, node, tensors, 1.0, 1, 1, candidates=({},), per_head=True)
     routed = r.trials[-1]
-    assert routed.attrs == {"head_budgets": r.route.budgets, "head_tail_samples": r.route.tail_samples}
-    assert r.route.budgets == [64, 64]  # budget 100%: the cheapest rung of the default ladder for both heads
+    assert routed.attrs == r.route.attrs()
+    assert r.route.ladder == list(cal.LADDER)
+    # budget 100%: the cheapest rung of the default ladder for both heads
+    assert (r.route.budgets, r.route.windows) == ([cal.LADDER[0].budget] * 2, [cal.LADDER[0].window] * 2)
     # Heads are independent: both heads at one rung is that rung's scalar setting, error for error (whether the op
     # takes the k-NN path or, union too costly, exact for a block depends on the SIMD tier's retrieval: not pinned).
-    b, n = cal.LADDER[0]
-    y, _ = cal._run(
-        node, tensors, {"top_k": b, "max_candidates": b, "candidate_fraction": 0.0, "tail_samples": n}, 1, 0
-    )
+    y, _ = cal._run(node, tensors, cal.LADDER[0].attrs(2), 1, 0)
     ref = _exact(node, tensors)
     assert (routed.error, routed.worst_head) == cal._error(node, tensors, routed.attrs, y, ref)
     assert routed.error <= routed.worst_head and routed.ms > 0
