@@ -372,7 +372,11 @@ def _check_gqa(case: Case, model, feeds: dict, out: list) -> str | None:
     # streaming heads does (any retrieving group's tail sample covers most of the cache, so it declines).
     g, windows = case.dims["Hq"] // case.dims["Hkv"], case.attrs.get("head_windows") or []
     streams = any(all(w > 0 for w in windows[i : i + g]) for i in range(0, len(windows), g))
-    decode_knn = streams and case.attrs.get("top_k", 128) > 0 and case.attrs.get("decode_min_keys", 24576) <= T
+    decode_knn = (
+        streams
+        and case.attrs.get("top_k", 128) > 0
+        and case.attrs.get("decode_min_keys", contract.attribute("decode_min_keys").default) <= T
+    )
     exact = case.attrs.get("min_keys", contract.attribute("min_keys").default) > T
     exact = exact or (case.dims["S"] < 32 and not decode_knn)
     lens = feeds["seqlens_k"] + 1

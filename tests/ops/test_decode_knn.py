@@ -110,18 +110,23 @@ def test_knn_decode_tracks_exact_attention(tmp_stats):
     assert np.mean(errs) < 0.02, errs
 
 
-@pytest.mark.parametrize("budgets", [[16, 48, 32], [16, 0, 32]], ids=["largest", "one-exact"])
-def test_per_head_lists_give_the_group_its_largest_values(budgets, tmp_stats):
-    """The 3 query heads share one KV head, hence one decode key set: per-head lists run a step as the group's largest
-    budget and sample would (bit for bit), or as flash decoding when one head's budget is 0."""
-    per_head = {**KNN, "head_budgets": budgets, "head_tail_samples": [128, 64, 256]}
-    group = {**KNN, "top_k": 48, "max_candidates": 48, "tail_samples": 256} if 0 not in budgets else {"top_k": 0}
+def _steps_equal(per_head: dict, group: dict) -> None:
+    """Four decode steps after the prompt with the per-head lists equal, bit for bit, those with the group's setting."""
     ours, want = Generator(_session(**per_head)), Generator(_session(**group))
     rows = (Q, K, V)
     for g in (ours, want):
         g.run(rows, 0, PROMPT)
     for t in range(PROMPT, PROMPT + 4):
         np.testing.assert_array_equal(ours.run(rows, t, t + 1), want.run(rows, t, t + 1))
+
+
+@pytest.mark.parametrize("budgets", [[16, 48, 32], [16, 0, 32]], ids=["largest", "one-exact"])
+def test_per_head_lists_give_the_group_its_largest_values(budgets, tmp_stats):
+    """The 3 query heads share one KV head, hence one decode key set: per-head lists run a step as the group's largest
+    budget and sample would (bit for bit), or as flash decoding when one head's budget is 0."""
+    per_head = {**KNN, "head_budgets": budgets, "head_tail_samples": [128, 64, 256]}
+    group = {**KNN, "top_k": 48, "max_candidates": 48, "tail_samples": 256} if 0 not in budgets else {"top_k": 0}
+    _steps_equal(per_head, group)
     steps = [c for c in _calls(tmp_stats) if c["S"] == 1 and c["head_lists"]]
     assert len(steps) == 4 and all(c["path"] == ("knn" if 0 not in budgets else "exact") for c in steps), steps
 
@@ -149,13 +154,7 @@ def test_streaming_heads_in_a_retrieving_group_leave_it_to_the_others(tmp_stats)
     """One head of three streams: the group's key set is the other two heads' (largest budget and sample, bit for
     bit); the streaming head's own budget (the largest) and window are unused."""
     per_head = {**KNN, "head_budgets": [64, 16, 32], "head_tail_samples": [512, 64, 256], "head_windows": [64, 0, 0]}
-    group = {**KNN, "top_k": 32, "max_candidates": 32, "tail_samples": 256}
-    ours, want = Generator(_session(**per_head)), Generator(_session(**group))
-    rows = (Q, K, V)
-    for g in (ours, want):
-        g.run(rows, 0, PROMPT)
-    for t in range(PROMPT, PROMPT + 4):
-        np.testing.assert_array_equal(ours.run(rows, t, t + 1), want.run(rows, t, t + 1))
+    _steps_equal(per_head, {**KNN, "top_k": 32, "max_candidates": 32, "tail_samples": 256})
 
 
 def _reference(rows, prompt, steps):
