@@ -11,7 +11,8 @@ gets dense, more samples or the defaults where each suffices.
 Per head (on unless --no-per-head), one more candidate per core: a setting per query head (head_budgets /
 head_tail_samples / head_windows). The core runs once per rung of LADDER (streaming windows, then retrieval budgets)
 with every head at that rung; each head gets the cheapest rung whose error on that head is within --budget (else
-the head is exact), and the routed setting is timed and checked like the others. On Qwen2.5-Coder at 16k it won on every core (docs/decisions.md).
+the head is exact), and the routed setting is timed and checked like the others. On Qwen2.5-Coder at 16k it won on
+every core (docs/decisions.md).
 
   ice-calibrate model.knn.onnx model.cal.onnx --model qwen2.5-coder-0.5b --tokens 16384 --budget 0.02
   ice-calibrate qwen-genai-ice qwen-genai-cal --model qwen2.5-coder-0.5b --tokens 16384   # a rewritten genai folder

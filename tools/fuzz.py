@@ -255,7 +255,7 @@ def _check_knn(case: Case, sess_out: np.ndarray, feeds: dict) -> str | None:
     rows = np.isfinite(want).all(-1)  # rows whose reference is defined (no NaN/inf reaching them)
     threshold = "decode_min_keys" if case.dims["S"] < 32 else "min_keys"  # S < 32: the decode path
     exact = case.attrs.get(threshold, contract.attribute(threshold).default) > case.dims["T"]
-    exact = exact or case.attrs.get("top_k", 128) == 0
+    exact = exact or case.attrs.get("top_k", contract.attribute("top_k").default) == 0
     got, ref = sess_out[rows], want[rows]
     if not np.isfinite(got).all():
         return "a non-finite output where the reference is finite"
@@ -374,7 +374,7 @@ def _check_gqa(case: Case, model, feeds: dict, out: list) -> str | None:
     streams = any(all(w > 0 for w in windows[i : i + g]) for i in range(0, len(windows), g))
     decode_knn = (
         streams
-        and case.attrs.get("top_k", 128) > 0
+        and case.attrs.get("top_k", contract.attribute("top_k").default) > 0
         and case.attrs.get("decode_min_keys", contract.attribute("decode_min_keys").default) <= T
     )
     exact = case.attrs.get("min_keys", contract.attribute("min_keys").default) > T
