@@ -72,17 +72,18 @@ def _exact(node, tensors):
 def test_each_head_gets_the_cheapest_rung_within_budget(core):
     node, tensors = core
     ref = _exact(node, tensors)
-    r = cal.route_heads(node, tensors, ref, budget=1.0, threads=1, overrides={}, ladder=LADDER)
-    assert len(r.errors) == 2 and all(len(e) == 2 for e in r.errors)  # [rung][head], Hq = 2
+    r = cal.route_heads(node, tensors, ref, budget=1e-9, threads=1, overrides={}, ladder=LADDER)
+    assert r.budgets == [0, 0] and r.tail_samples == [0, 0]  # nothing fits: exact heads, after every rung
+    assert r.ladder == list(LADDER) and len(r.errors) == 2 and all(len(e) == 2 for e in r.errors)  # [rung][head]
     assert r.errors[1][0] < r.errors[0][0] and r.errors[1][1] < r.errors[0][1]  # the larger rung errs less
-    assert r.budgets == [8, 8] and r.tail_samples == [32, 32] and r.windows == [0, 0]  # every rung fits 100%
+    every = cal.route_heads(node, tensors, ref, budget=1.0, threads=1, overrides={}, ladder=LADDER)
+    assert every.budgets == [8, 8] and every.tail_samples == [32, 32] and every.windows == [0, 0]  # rung 0 fits 100%
+    assert every.ladder == list(LADDER[:1]) and every.errors == r.errors[:1]  # both heads placed: rung 1 never runs
     # A budget between a head's two rungs' errors moves that head, and only it, to the larger rung.
     mid = (r.errors[0][1] + r.errors[1][1]) / 2
     other_fits = r.errors[0][0] <= mid
     r2 = cal.route_heads(node, tensors, ref, budget=mid, threads=1, overrides={}, ladder=LADDER)
     assert r2.budgets[1] == 32 and r2.budgets[0] == (8 if other_fits else 32 if r.errors[1][0] <= mid else 0)
-    r3 = cal.route_heads(node, tensors, ref, budget=1e-9, threads=1, overrides={}, ladder=LADDER)
-    assert r3.budgets == [0, 0] and r3.tail_samples == [0, 0]  # nothing fits: exact heads
 
 
 def test_a_window_rung_makes_streaming_heads(core):
@@ -103,7 +104,7 @@ def test_per_head_candidate_is_tried_and_measured_as_one_setting(core):
     r = cal.calibrate_core(0, node, tensors, 1.0, 1, 1, candidates=({},), per_head=True)
     routed = r.trials[-1]
     assert routed.attrs == r.route.attrs()
-    assert r.route.ladder == list(cal.LADDER)
+    assert r.route.ladder == list(cal.LADDER[:1])  # both heads fit the first rung: the ladder stops there
     # budget 100%: the cheapest rung of the default ladder for both heads
     assert (r.route.budgets, r.route.windows) == ([cal.LADDER[0].budget] * 2, [cal.LADDER[0].window] * 2)
     # Heads are independent: both heads at one rung is that rung's scalar setting, error for error (whether the op
