@@ -65,19 +65,22 @@ inline std::pair<int64_t, int64_t> mask_to_visible(const int32_t* key, int64_t w
   return {lo, vis};
 }
 
-// out[c] = the row keys[c] of V (Dv floats each) for c >= from (out keeps its rows before), zero for padding.
+// dst[c] = the row keys[c] of V (Dv floats each) for c < n, zero for padding.
+inline void gather_values(const float* V, int64_t Dv, const int32_t* keys, int64_t n, float* dst) {
+  for (int64_t c = 0; c < n; ++c, dst += Dv) {
+    if (c + 8 < n && keys[c + 8] != kPadKey)  // scattered rows: several in flight
+      for (int64_t e = 0; e < Dv; e += 16) __builtin_prefetch(V + static_cast<int64_t>(keys[c + 8]) * Dv + e);
+    if (keys[c] == kPadKey)
+      std::fill(dst, dst + Dv, 0.f);
+    else
+      std::copy_n(V + static_cast<int64_t>(keys[c]) * Dv, Dv, dst);
+  }
+}
+// out[c] = the row keys[c] of V for c >= from (out keeps its rows before).
 inline void gather_values(const float* V, int64_t Dv, const std::vector<int32_t>& keys, std::vector<float>* out,
                           size_t from = 0) {
   out->resize(keys.size() * Dv);
-  float* dst = out->data() + from * Dv;
-  for (size_t c = from; c < keys.size(); ++c) {
-    const int32_t key = keys[c];
-    if (key == kPadKey)
-      std::fill(dst, dst + Dv, 0.f);
-    else
-      std::copy_n(V + static_cast<int64_t>(key) * Dv, Dv, dst);
-    dst += Dv;
-  }
+  gather_values(V, Dv, keys.data() + from, static_cast<int64_t>(keys.size() - from), out->data() + from * Dv);
 }
 
 // The tail_limit test: whether the estimated share of a row's softmax mass outside its retrieved keys exceeds

@@ -34,7 +34,7 @@ struct Kernels {
                   float* s, int64_t lds);
   // Integer scores (as floats) of rows x 16*npanels low-rank keys (layout above, R4 words each), filtered as they
   // are made: for each row r, the columns c < vis[r] whose score is > thr[r] are appended (column, score) at
-  // idx/val[r*cap + count[r]++] (cap >= 16 * npanels).
+  // idx/val[r*cap + count[r]++] (cap >= 16 * npanels; entries past count[r] may be overwritten).
   void (*qk_above_i8)(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, int64_t R4, int64_t npanels,
                       const int64_t* vis, const float* thr, int32_t* idx, float* val, int64_t cap, int64_t* count);
   // The same integer scores when only the union of the rows' hits matters: for each panel p < npanels, bit c of

@@ -61,19 +61,23 @@ void QkAboveI8(const uint32_t* q, int64_t ldq, int64_t rows, const uint8_t* kb, 
         const int64_t r = r0 + t;
         VF s[kVP];
         for (int64_t v = 0; v < kVP; ++v) s[v] = hn::ConvertTo(df, a[t][v]);
-        uint32_t hit = above_bits(df, s, hn::Set(df, thr[r])) & lanes_below(vis[r] - p * kPanel);
-        if (hit == 0) continue;
-        HWY_ALIGN float sc[kPanel];
-        for (int64_t v = 0; v < kVP; ++v) hn::Store(s[v], df, sc + v * kN);
-        for (; hit != 0; hit &= hit - 1) {
-          const int c = __builtin_ctz(hit);
-          idx[r * cap + count[r]] = static_cast<int32_t>(p * kPanel + c);
-          val[r * cap + count[r]] = sc[c];
-          ++count[r];
+        const VF th = hn::Set(df, thr[r]);
+        const int64_t left = vis[r] - p * kPanel;
+        if ((above_bits(df, s, th) & lanes_below(left)) == 0) continue;
+        // The hits in column order, one vector at a time (a compress, not a loop over set bits: the threshold pass
+        // keeps every visible score). Each store may write a whole vector: the row's count stays below 16 p + v kN
+        // before it, so that stays within cap >= 16 npanels.
+        for (int64_t v = 0; v < kVP; ++v) {
+          const auto col = hn::Iota(di, static_cast<int32_t>(v * kN));
+          const auto m =
+              hn::And(hn::RebindMask(df, hn::Lt(col, hn::Set(di, static_cast<int32_t>(left)))), hn::Gt(s[v], th));
+          hn::CompressStore(s[v], m, df, val + r * cap + count[r]);
+          count[r] +=
+              static_cast<int64_t>(hn::CompressStore(hn::Add(col, hn::Set(di, static_cast<int32_t>(p * kPanel))),
+                                                     hn::RebindMask(di, m), di, idx + r * cap + count[r]));
         }
       }
     }
-    (void)di;
   });
 }
 

@@ -17,17 +17,51 @@ namespace {
 
 struct UnionScratch {
   KeyMarks in;
-  std::vector<int32_t> keys;  // the gathered columns: U, padding, sample, padding
-  std::vector<float> kp, q, s, o, m1, s1;
-  std::vector<uint32_t> vw;  // V as bfloat16 key-pair words (simd.h), where the head has pairs
-  std::vector<float> vf;     // V rows, where it has not (fp32 P V)
+  std::vector<int32_t> keys;               // the gathered columns: U, padding, sample, padding
+  std::vector<float> kp, q, s, o, m1, s1;  // kp: one tile's K in panels
+  std::vector<uint32_t> vw;                // one tile's V as bfloat16 key-pair words (simd.h), where the head has pairs
+  std::vector<float> vf;                   // one tile's V rows, where it has not (fp32 P V)
   std::vector<OnlineSoftmax> st;
   std::vector<int64_t> last, seen, fallback;
 };
 thread_local UnionScratch t_union;
 
-// Adds columns [c0, c1) of the gathered set (c0 on a panel boundary) to every row's state, each exp(score)
-// counted w times; seen[r] += columns row r may see.
+// Gathers the tile of columns [t0, t0 + cols) of sc.keys (t0 on a panel boundary; real keys, then padding): K in
+// panels of 16 keys (simd.h layout) into sc.kp, fp32 for exact scores; V as fp32 rows into sc.vf, or where the head
+// has V in pairs (tiers with bfloat16 P V) as bfloat16 pairs of keys re-paired from head's pairs of consecutive keys
+// into sc.vw (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of SmolLM2's layers by
+// <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md). Padding columns are zero.
+// Tile by tile rather than the whole set first: a tile's K and V (128 KB at D = Dv = 64) are still in L2 when its
+// Q K^T and P V read them (the whole set, ~2500 columns, is 1.3 MB).
+void gather_tile(const AttentionParams& p, const PackedHead& head, UnionScratch& sc, int64_t b, int64_t hkv, int64_t t0,
+                 int64_t cols) {
+  const int64_t D = p.shape.D, Dv = p.shape.Dv;
+  const int32_t* key = sc.keys.data() + t0;
+  const int64_t real = std::find(key, key + cols, kPadKey) - key;
+  sc.kp.resize(kExactBlockK * D);
+  pack_panels(p.key_rows(b, hkv), D, key, real, sc.kp.data());  // zero up to the panel boundary
+  if (!head.v_finite) return;                                   // pv_nonzero reads V in place
+  if (head.v_pairs == nullptr) {
+    sc.vf.resize(kExactBlockK * Dv);
+    gather_values(p.value_rows(b, hkv), Dv, key, cols, sc.vf.data());
+    return;
+  }
+  sc.vw.resize(kExactBlockK / 2 * Dv);
+  const Kernels& kern = kernels();
+  auto words = [&](int64_t c) {  // the pair words holding column c's values, or nullptr for padding
+    return key[c] == kPadKey ? nullptr : head.v_pairs + static_cast<int64_t>(key[c] / 2) * Dv;
+  };
+  for (int64_t c = 0; c < cols; c += 2) {
+    const uint32_t* a = words(c);  // U and the sample are padded apart, so a padded c is followed by padding
+    if (a == nullptr)
+      std::fill(sc.vw.begin() + c / 2 * Dv, sc.vw.begin() + (c / 2 + 1) * Dv, 0u);
+    else
+      kern.repair(a, key[c] & 1, words(c + 1), key[c + 1] & 1, Dv, sc.vw.data() + c / 2 * Dv);
+  }
+}
+
+// Adds columns [c0, c1) of sc.keys (c0 on a panel boundary) to every row's state, each exp(score) counted w times;
+// seen[r] += columns row r may see.
 void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch& sc, int64_t b, int64_t hq, int64_t i0,
                  int64_t rows, int64_t c0, int64_t c1, float w) {
   const Kernels& kern = kernels();
@@ -37,8 +71,8 @@ void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch&
     const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
     const int64_t width = npanels * kPanel;
     const int32_t* key = sc.keys.data() + t0;
-    kern.qk_tile(sc.q.data(), D, rows, sc.kp.data() + (t0 / kPanel) * D * kPanel, D, npanels, sc.s.data(),
-                 kExactBlockK);
+    gather_tile(p, head, sc, b, hq / p.shape.group(), t0, cols);
+    kern.qk_tile(sc.q.data(), D, rows, sc.kp.data(), D, npanels, sc.s.data(), kExactBlockK);
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = sc.s.data() + r * kExactBlockK;
       // Keys are ascending (padding last): the row's visible columns are a range [lo, vis), lo > 0 only under a
@@ -52,9 +86,9 @@ void add_columns(const AttentionParams& p, const PackedHead& head, UnionScratch&
       sc.st[r].add_tile_row(sr, width, kern, w);
     }
     if (head.v_finite && head.v_pairs != nullptr)
-      kern.pv_tile_bf16(sc.s.data(), kExactBlockK, rows, cols, sc.vw.data() + (t0 / 2) * Dv, Dv, sc.o.data(), ldo);
+      kern.pv_tile_bf16(sc.s.data(), kExactBlockK, rows, cols, sc.vw.data(), Dv, sc.o.data(), ldo);
     else if (head.v_finite)
-      kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.vf.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
+      kern.pv_tile(sc.s.data(), kExactBlockK, rows, cols, sc.vf.data(), Dv, Dv, sc.o.data(), ldo);
     else
       pv_nonzero(sc.s.data(), kExactBlockK, rows, cols, p.value_rows(b, hq / p.shape.group()), Dv, key, sc.o.data(),
                  ldo);
@@ -66,59 +100,31 @@ int64_t block_samples(const KnnSettings& ks, int64_t first_min, int64_t last_any
   return ks.tail_samples > 0 ? std::max<int64_t>(0, std::min(ks.tail_samples, last_any + 1 - first_min)) : 0;
 }
 
-// The gathered columns of a block: U from c = 0, the tail sample from c_s (both padded to panels), n in all; each
-// sampled key stands for h keys.
+// The columns of a block: U from c = 0, the tail sample from c_s (both padded to panels), n in all; each sampled
+// key stands for h keys.
 struct Columns {
   int64_t c_s = 0, n = 0;
   double h = 1.0;
 };
 
-// Columns: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for each row,
-// h times the sum over its visible sampled keys estimates the sum over its visible keys outside U. Gathered into
-// sc: K in panels of 16 keys (simd.h layout; U and the sample each start on a panel), fp32 for exact scores; V as
-// fp32 rows, or where the head has V in pairs (tiers with bfloat16 P V) as bfloat16 pairs of keys re-paired from
-// head's pairs of consecutive keys (the weights are rounded to bfloat16 too: P V in bfloat16 changed the output of
-// SmolLM2's layers by <= 0.09% relative at 8k keys, where bfloat16 Q K^T cost up to 0.8%; docs/decisions.md).
-// Padding columns are zero.
-Columns gather_columns(const AttentionParams& p, const PackedHead& head, UnionScratch& sc,
-                       const std::vector<int32_t>& u, int64_t b, int64_t hq, int64_t i0, int64_t first_min,
-                       int64_t last_any) {
+// Columns into sc.keys: U, then the tail sample (knn_common.h) of the positions [first_min, last_any] outside U: for
+// each row, h times the sum over its visible sampled keys estimates the sum over its visible keys outside U.
+Columns choose_columns(const AttentionParams& p, UnionScratch& sc, const std::vector<int32_t>& u, int64_t b, int64_t hq,
+                       int64_t i0, int64_t first_min, int64_t last_any) {
   const KnnSettings& ks = p.knn;
-  const int64_t D = p.shape.D, Dv = p.shape.Dv, T = p.shape.T, hkv = hq / p.shape.group();
-  const float* K = p.key_rows(b, hkv);
+  const int64_t T = p.shape.T;
   Columns cols;
   sc.keys.assign(u.begin(), u.end());
   pad_to_panel(sc.keys);
   cols.c_s = static_cast<int64_t>(sc.keys.size());
-  int64_t n_samp = 0;  // sampled keys outside U
   if (block_samples(ks, first_min, last_any) > 0) {
     Rng rng(row_seed(ks.seed, b, hq, i0));
     cols.h = systematic_sample(rng, ks.tail_samples, first_min, last_any, [&](int64_t j) {
       if (!sc.in.contains(j) && key_is_real(p.key_padding, T, b, j)) sc.keys.push_back(static_cast<int32_t>(j));
     });
-    n_samp = static_cast<int64_t>(sc.keys.size()) - cols.c_s;
     pad_to_panel(sc.keys);
   }
-  const int64_t n = cols.n = static_cast<int64_t>(sc.keys.size());
-  sc.kp.resize(n * D);
-  pack_panels(K, D, u.data(), static_cast<int64_t>(u.size()), sc.kp.data());
-  pack_panels(K, D, sc.keys.data() + cols.c_s, n_samp, sc.kp.data() + cols.c_s * D);
-  if (head.v_pairs == nullptr) {
-    gather_values(p.value_rows(b, hkv), Dv, sc.keys, &sc.vf);
-    return cols;
-  }
-  sc.vw.resize(n / 2 * Dv);
-  const Kernels& kern = kernels();
-  auto words = [&](int64_t c) {  // the pair words holding key c's values, or nullptr for padding
-    return sc.keys[c] == kPadKey ? nullptr : head.v_pairs + static_cast<int64_t>(sc.keys[c] / 2) * Dv;
-  };
-  for (int64_t c = 0; c < n; c += 2) {
-    const uint32_t* a = words(c);  // U and the sample are padded apart, so a padded c is followed by padding
-    if (a == nullptr)
-      std::fill(sc.vw.begin() + c / 2 * Dv, sc.vw.begin() + (c / 2 + 1) * Dv, 0u);
-    else
-      kern.repair(a, sc.keys[c] & 1, words(c + 1), sc.keys[c + 1] & 1, Dv, sc.vw.data() + c / 2 * Dv);
-  }
+  cols.n = static_cast<int64_t>(sc.keys.size());
   return cols;
 }
 
@@ -217,7 +223,7 @@ void union_rows(const AttentionParams& p, const PackedHead& head, const LowRankS
     return;
   }
 
-  const Columns cols = gather_columns(p, head, sc, u, b, hq, i0, first_min, last_any);
+  const Columns cols = choose_columns(p, sc, u, b, hq, i0, first_min, last_any);
   sc.q.resize(rows * D);
   for (int64_t r = 0; r < rows; ++r) p.scaled_query(b, hq, i0 + r, sc.q.data() + r * D);
   sc.s.resize(rows * kExactBlockK);
