@@ -18,6 +18,12 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # The full tier lists its slowest tests (CI has 90 minutes; the list says which to look at first).
+    if config.getoption("--full") and config.option.durations is None:
+        config.option.durations = 25
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--full") or config.option.markexpr:
         return

@@ -46,9 +46,9 @@ struct ScanBlock {
   }
 };
 
-// Queries: qf = q P, q8 = round(127 (q P)_d s_d / max_d |(q P)_d s_d|), so that sum_d q8[d] k8[d] is proportional
-// to (q P).(K P) up to rounding and a per-row offset (simd.h). A non-finite row scores 0 everywhere: nothing passes
-// its threshold.
+// Queries: qf = q P, q8 = round(kQueryLevels (q P)_d s_d / max_d |(q P)_d s_d|), so that sum_d q8[d] k8[d] is
+// proportional to (q P).(K P) up to rounding and a per-row offset (simd.h). A non-finite row scores 0 everywhere:
+// nothing passes its threshold.
 void quantise_queries(const ScanBlock& blk, const float* basis, const float* kscale, int64_t r, ScanScratch& sc) {
   const Kernels& kern = kernels();
   const AttentionShape& sh = blk.p.shape;
@@ -64,7 +64,7 @@ void quantise_queries(const ScanBlock& blk, const float* basis, const float* ksc
     }
     if (!(top > 0.f) || !std::isfinite(top)) continue;
     for (int64_t c = 0; c < r; ++c) {
-      const int v = static_cast<int>(std::nearbyint(127.f * (sc.qf[t * r + c] * kscale[c]) / top));
+      const int v = static_cast<int>(std::nearbyint(kQueryLevels * (sc.qf[t * r + c] * kscale[c]) / top));
       sc.qb[t * r4 + c / 4] |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(v))) << (8 * (c % 4));
     }
   }

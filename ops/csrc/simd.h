@@ -14,11 +14,13 @@ constexpr int64_t kPanel = 16;
 
 // Low-rank keys are stored as 8-bit integers, 4 dimensions per 32-bit lane: panel p of a rank-4*R4 key block holds
 // kb[p*R4*64 + g*64 + 4*lane + j] = k8(16p + lane)[4g + j], unsigned (lowrank.cc: round(x / s_d) + 128, s_d one
-// scale per dimension). A query row holds R4 uint32 words, word g = its signed bytes q8[4g .. 4g+3]. The integer
+// scale per dimension). A query row holds R4 uint32 words, word g = its signed bytes q8[4g .. 4g+3], |q8| <=
+// kQueryLevels (so that the x86 Highway kernels' int16 pair sums, at most 2 * 255 * 64, never saturate). The integer
 // score sum_d q8[d] k8[d] is exact in int32 and in float (|score| < 2^24); for a row it is a positive multiple of the
 // rank-r product plus a constant (128 sum_d q8[d]), so rankings and per-row thresholds are unchanged by the offset.
 // VNNI does 64 of these multiply-adds per instruction (bfloat16 dot products do 32).
-//
+constexpr float kQueryLevels = 64.f;
+
 // The k-NN path's P V tiles run in bfloat16 (bf16.h) on pair words, pair(a, b) = bf16(a) | bf16(b) << 16: values as
 // pairs of keys, vw[(c/2)*dv + e] = pair(v(c)[e], v(c+1)[e]), weights as pair(p[c], p[c+1]). A pair product adds the
 // high then the low product to the fp32 accumulator (each product of two bfloat16 is exact in fp32), which is what

@@ -20,6 +20,24 @@ HWY_INLINE void scan_panel(const uint32_t* q, int64_t ldq, const uint8_t* kb, in
   const hn::Repartition<uint16_t, DI> du16;
   for (int r = 0; r < R; ++r)
     for (int64_t v = 0; v < kVP; ++v) a[r][v] = hn::Zero(di);
+#if HWY_ARCH_X86
+  // x86: unsigned key byte times signed query byte, adjacent pairs summed to int16 in one instruction (pmaddubsw;
+  // it saturates, but |q8| <= kQueryLevels = 64 keeps a pair within 2 * 255 * 64 = 32640), then each key's two
+  // pairs widened and added (pmaddwd by 1): exact, and ~1.5x fewer instructions than widening the bytes first.
+  const hn::Repartition<uint8_t, DI> du8;
+  const hn::Repartition<int8_t, DI> di8;
+  const VI16 one = hn::Set(d16, int16_t{1});
+  (void)du16;
+  for (int64_t g = 0; g < R4; ++g) {
+    hn::Vec<decltype(du8)> x[kVP];
+    for (int64_t v = 0; v < kVP; ++v) x[v] = hn::LoadU(du8, kb + g * 64 + v * 4 * kN);
+    for (int r = 0; r < R; ++r) {
+      const auto w = hn::BitCast(di8, hn::Set(di, static_cast<int32_t>(q[r * ldq + g])));
+      for (int64_t v = 0; v < kVP; ++v)
+        a[r][v] = hn::Add(a[r][v], hn::WidenMulPairwiseAdd(di, hn::SatWidenMulPairwiseAdd(d16, x[v], w), one));
+    }
+  }
+#else
   for (int64_t g = 0; g < R4; ++g) {
     VI16 xe[kVP], xo[kVP];
     for (int64_t v = 0; v < kVP; ++v) {
@@ -35,6 +53,7 @@ HWY_INLINE void scan_panel(const uint32_t* q, int64_t ldq, const uint8_t* kb, in
             hn::Add(a[r][v], hn::Add(hn::WidenMulPairwiseAdd(di, xe[v], we), hn::WidenMulPairwiseAdd(di, xo[v], wo)));
     }
   }
+#endif
 }
 
 // Bit c of the result: lane c of the panel's scores is > t.

@@ -18,6 +18,7 @@ namespace {
 
 using iceformer::Kernels;
 using iceformer::kPanel;
+using iceformer::kQueryLevels;
 
 int g_checks = 0, g_failures = 0;
 
@@ -88,8 +89,15 @@ void scans(const Kernels& k, const Kernels& s, std::mt19937& g) {
       const int64_t np = 5, ldq = R4 + 1, cap = np * kPanel;
       std::vector<uint32_t> q(static_cast<size_t>(rows * ldq));
       std::vector<uint8_t> kb(static_cast<size_t>(np * R4 * 64));
-      for (auto& x : q) x = word(g);
+      // Query bytes in [-kQueryLevels, kQueryLevels] (simd.h), the extremes included; key bytes anywhere in [0, 255].
+      std::uniform_int_distribution<int> qbyte(-static_cast<int>(kQueryLevels), static_cast<int>(kQueryLevels));
+      for (auto& x : q) {
+        x = 0;
+        for (int j = 0; j < 4; ++j) x |= static_cast<uint32_t>(static_cast<uint8_t>(qbyte(g))) << (8 * j);
+      }
       for (auto& x : kb) x = static_cast<uint8_t>(word(g));
+      kb[0] = 255, kb[1] = 255;  // the largest pair sum: 2 * 255 * 64 against a query word of +-64 bytes
+      q[0] = 0x40404040u, q[ldq] = rows > 1 ? 0xC0C0C0C0u : q[0];
       std::vector<int64_t> vis(static_cast<size_t>(rows));
       std::vector<float> thr(static_cast<size_t>(rows));
       std::vector<int32_t> thri(static_cast<size_t>(rows));
