@@ -17,7 +17,6 @@ template <int R>
 HWY_INLINE void scan_panel(const uint32_t* q, int64_t ldq, const uint8_t* kb, int64_t R4, VI (&a)[R][kVP]) {
   const DI di;
   const DI16 d16;
-  const hn::Repartition<uint16_t, DI> du16;
   for (int r = 0; r < R; ++r)
     for (int64_t v = 0; v < kVP; ++v) a[r][v] = hn::Zero(di);
 #if HWY_ARCH_X86
@@ -27,7 +26,6 @@ HWY_INLINE void scan_panel(const uint32_t* q, int64_t ldq, const uint8_t* kb, in
   const hn::Repartition<uint8_t, DI> du8;
   const hn::Repartition<int8_t, DI> di8;
   const VI16 one = hn::Set(d16, int16_t{1});
-  (void)du16;
   for (int64_t g = 0; g < R4; ++g) {
     hn::Vec<decltype(du8)> x[kVP];
     for (int64_t v = 0; v < kVP; ++v) x[v] = hn::LoadU(du8, kb + g * 64 + v * 4 * kN);
@@ -38,6 +36,7 @@ HWY_INLINE void scan_panel(const uint32_t* q, int64_t ldq, const uint8_t* kb, in
     }
   }
 #else
+  const hn::Repartition<uint16_t, DI> du16;
   for (int64_t g = 0; g < R4; ++g) {
     VI16 xe[kVP], xo[kVP];
     for (int64_t v = 0; v < kVP; ++v) {
