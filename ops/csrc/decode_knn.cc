@@ -12,6 +12,7 @@
 #include "online_softmax.h"
 #include "parallel.h"
 #include "simd.h"
+#include "stream_in.h"
 
 namespace iceformer {
 namespace {
@@ -29,11 +30,6 @@ thread_local KnnDecodeScratch t_kd;
 constexpr int64_t kPrefetchAhead = 16;  // gathered rows requested ahead of their hash check
 constexpr float kWideShare = 0.25f;     // estimated tail share of some row above which the sample is redrawn wider
 constexpr int64_t kWideScale = 4;
-
-// Asks for the cache lines of a row of n floats.
-void prefetch_row(const float* row, int64_t n) {
-  for (int64_t e = 0; e < n; e += 16) __builtin_prefetch(row + e);
-}
 
 enum class Outcome { kKnn, kExact, kStale };
 

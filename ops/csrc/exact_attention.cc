@@ -34,7 +34,7 @@ void pack_panels(const float* K, int64_t D, const int32_t* ids, int64_t n, float
     for (int64_t c = 0; c < m; ++c) rows[c] = K + (ids != nullptr ? static_cast<int64_t>(ids[j0 + c]) : j0 + c) * D;
     if (ids != nullptr)  // gathered rows: ask for the next panel's while this one is packed
       for (int64_t c = j0 + kPanel; c < std::min(n, j0 + 2 * kPanel); ++c)
-        for (int64_t e = 0; e < D; e += 16) __builtin_prefetch(K + static_cast<int64_t>(ids[c]) * D + e);
+        prefetch_row(K + static_cast<int64_t>(ids[c]) * D, D);
     kern.pack_panel(rows, m, D, dst + pn * D * kPanel);
   }
 }

@@ -12,6 +12,7 @@
 #include "params.h"
 #include "rng.h"
 #include "simd.h"
+#include "stream_in.h"
 
 namespace iceformer {
 
@@ -69,7 +70,7 @@ inline std::pair<int64_t, int64_t> mask_to_visible(const int32_t* key, int64_t w
 inline void gather_values(const float* V, int64_t Dv, const int32_t* keys, int64_t n, float* dst) {
   for (int64_t c = 0; c < n; ++c, dst += Dv) {
     if (c + 8 < n && keys[c + 8] != kPadKey)  // scattered rows: several in flight
-      for (int64_t e = 0; e < Dv; e += 16) __builtin_prefetch(V + static_cast<int64_t>(keys[c + 8]) * Dv + e);
+      prefetch_row(V + static_cast<int64_t>(keys[c + 8]) * Dv, Dv);
     if (keys[c] == kPadKey)
       std::fill(dst, dst + Dv, 0.f);
     else

@@ -1,4 +1,4 @@
-// Reading a block of memory in order before kernels read it in strided passes.
+// Reading memory ahead of the kernels: a block in order before strided passes, or scattered rows asked for early.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +18,12 @@ inline void stream_in(const float* x, int64_t n) {
     acc |= bits;
   }
   asm volatile("" : : "r"(acc));  // the loads are the point: keep them
+}
+
+// Asks for the cache lines of a row of n floats (a gathered row, several ahead of its use, so that many row
+// fetches are in flight instead of one).
+inline void prefetch_row(const float* row, int64_t n) {
+  for (int64_t e = 0; e < n; e += 16) __builtin_prefetch(row + e);
 }
 
 }  // namespace iceformer
