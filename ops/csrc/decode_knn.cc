@@ -22,6 +22,7 @@ struct KnnDecodeScratch {
   std::vector<int64_t> prefix, last, first;
   int64_t prefix_len = 0;
   std::vector<int32_t> keys;  // U, padding, sample, padding
+  // kp, vf: one tile's K in panels and V rows
   std::vector<float> kp, vf, q, s, o, m1, s1, partials;
   std::vector<OnlineSoftmax> st;
 };
@@ -73,8 +74,38 @@ int64_t retrieve(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc
   return static_cast<int64_t>(u.size());
 }
 
-// Adds the gathered columns [c0, c1) to every row's state, each exp(score) counted w times.
-void add_columns(const Group& gr, KnnDecodeScratch& sc, int64_t c0, int64_t c1, float w) {
+// Checks and gathers the tile [t0, t0 + cols) of sc.keys (t0 on a panel boundary; real keys, then padding): K in
+// panels into sc.kp, V rows into sc.vf, one tile each (128 KB at D = Dv = 64, still in L2 when the tile's Q K^T and
+// P V read them; the whole set, ~4700 columns at 16k keys, is 2.4 MB). Every key row read must be the one that was
+// coded (a mismatch means the cache changed under the index: false). The rows are scattered over a cache far larger
+// than the CPU's caches: each check first asks for the K and V rows kPrefetchAhead columns on (into the next tile
+// too), so that many row fetches are in flight instead of one. (Checking, packing and copying V panel by panel in
+// one pass measured 0.82x checking a whole set first: the copies then waited on V rows not yet arrived; a tile of
+// 256 checks gives them time.)
+bool gather_tile(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc, int64_t t0, int64_t cols) {
+  const AttentionParams& p = gr.p;
+  const int64_t D = p.shape.D, Dv = p.shape.Dv, n = static_cast<int64_t>(sc.keys.size());
+  const float* K = p.key_rows(gr.b, gr.hkv);
+  const float* V = p.value_rows(gr.b, gr.hkv);
+  const int32_t* keys = sc.keys.data();
+  const int64_t real = std::find(keys + t0, keys + t0 + cols, kPadKey) - (keys + t0);
+  for (int64_t c = t0; c < t0 + real; ++c) {
+    if (c + kPrefetchAhead < n && keys[c + kPrefetchAhead] != kPadKey) {
+      prefetch_row(K + static_cast<int64_t>(keys[c + kPrefetchAhead]) * D, D);
+      prefetch_row(V + static_cast<int64_t>(keys[c + kPrefetchAhead]) * Dv, Dv);
+    }
+    if (!index.row_matches(K + static_cast<int64_t>(keys[c]) * D, D, gr.b, gr.hkv, keys[c])) return false;
+  }
+  sc.kp.resize(kExactBlockK * D);
+  sc.vf.resize(kExactBlockK * Dv);
+  pack_panels(K, D, keys + t0, real, sc.kp.data());  // zero up to the panel boundary
+  gather_values(V, Dv, keys + t0, cols, sc.vf.data());
+  return true;
+}
+
+// Adds the columns [c0, c1) of sc.keys (c0 on a panel boundary) to every row's state, each exp(score) counted w
+// times, gathering tile by tile; false when a gathered row is not the one coded (stale index).
+bool add_columns(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc, int64_t c0, int64_t c1, float w) {
   const Kernels& kern = kernels();
   const AttentionParams& p = gr.p;
   const int64_t D = p.shape.D, Dv = p.shape.Dv, ldo = padded_dv(Dv);
@@ -82,15 +113,17 @@ void add_columns(const Group& gr, KnnDecodeScratch& sc, int64_t c0, int64_t c1, 
     const int64_t cols = std::min<int64_t>(kExactBlockK, c1 - t0), npanels = (cols + kPanel - 1) / kPanel;
     const int64_t width = npanels * kPanel;
     const int32_t* key = sc.keys.data() + t0;
-    kern.qk_tile(sc.q.data(), D, gr.rows, sc.kp.data() + t0 * D, D, npanels, sc.s.data(), kExactBlockK);
+    if (!gather_tile(gr, index, sc, t0, cols)) return false;
+    kern.qk_tile(sc.q.data(), D, gr.rows, sc.kp.data(), D, npanels, sc.s.data(), kExactBlockK);
     for (int64_t r = 0; r < gr.rows; ++r) {
       float* sr = sc.s.data() + r * kExactBlockK;
       const auto [lo, vis] = mask_to_visible(key, width, sc.first[r], sc.last[r], sr);
       if (p.softcap > 0.f) apply_softcap(sr + lo, vis - lo, p.softcap);
       sc.st[r].add_tile_row(sr, width, kern, w);
     }
-    kern.pv_tile(sc.s.data(), kExactBlockK, gr.rows, cols, sc.vf.data() + t0 * Dv, Dv, Dv, sc.o.data(), ldo);
+    kern.pv_tile(sc.s.data(), kExactBlockK, gr.rows, cols, sc.vf.data(), Dv, Dv, sc.o.data(), ldo);
   }
+  return true;
 }
 
 // Appends the tail sample to sc.keys: `samples` systematic positions of the group's visible keys outside U (from
@@ -101,32 +134,8 @@ double draw_sample(const Group& gr, KnnDecodeScratch& sc, int64_t c_s, int64_t s
   const double h = systematic_sample(rng, samples, gr.first_min, gr.last_any, [&](int64_t j) {
     if (!sc.in.contains(j)) sc.keys.push_back(static_cast<int32_t>(j));
   });
-  return h;
-}
-
-// Gathers the columns [c0, end) of sc.keys (c0 on a panel boundary; `real` keys, then padding): K packed in panels,
-// V rows. Every key row read must be the one that was coded (a mismatch means the cache changed under the index:
-// false). The rows are scattered over a cache far larger than the CPU's caches: each check first asks for the K and
-// V rows kPrefetchAhead columns on, so that many row fetches are in flight instead of one. (Checking, packing and
-// copying V panel by panel in one pass measured 0.82x this: the copies then wait on V rows not yet arrived.)
-bool gather(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc, int64_t c0, int64_t real) {
-  const AttentionParams& p = gr.p;
-  const int64_t D = p.shape.D, Dv = p.shape.Dv;
-  const float* K = p.key_rows(gr.b, gr.hkv);
-  const float* V = p.value_rows(gr.b, gr.hkv);
   pad_to_panel(sc.keys);
-  const int32_t* keys = sc.keys.data() + c0;
-  for (int64_t c = 0; c < real; ++c) {
-    if (c + kPrefetchAhead < real) {
-      prefetch_row(K + static_cast<int64_t>(keys[c + kPrefetchAhead]) * D, D);
-      prefetch_row(V + static_cast<int64_t>(keys[c + kPrefetchAhead]) * Dv, Dv);
-    }
-    if (!index.row_matches(K + static_cast<int64_t>(keys[c]) * D, D, gr.b, gr.hkv, keys[c])) return false;
-  }
-  sc.kp.resize(sc.keys.size() * D);
-  pack_panels(K, D, keys, real, sc.kp.data() + c0 * D);  // zero up to the panel boundary
-  gather_values(V, Dv, sc.keys, &sc.vf, static_cast<size_t>(c0));
-  return true;
+  return h;
 }
 
 // The largest estimated share of a row's softmax mass outside U (states after U: m1, s1; now: st).
@@ -148,8 +157,6 @@ GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc)
   const int64_t c_s = static_cast<int64_t>(sc.keys.size());
   const int64_t samples = ks.tail_samples > 0 ? std::min(ks.tail_samples, visible) : 0;
   if (static_cast<double>(c_s + samples) > kMaxDecodeShare * static_cast<double>(visible)) return {};
-  sc.keys.resize(n_u);
-  if (!gather(gr, index, sc, 0, n_u)) return {Outcome::kStale, 0};
 
   const int64_t ldo = padded_dv(Dv);
   sc.q.resize(rows * D);
@@ -162,7 +169,7 @@ GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc)
     p.scaled_query(gr.b, gr.hkv * g + r / S, r % S, sc.q.data() + r * D);
     sc.st[r] = OnlineSoftmax::empty(sc.o.data() + r * ldo, Dv);
   }
-  add_columns(gr, sc, 0, c_s, 1.f);
+  if (!add_columns(gr, index, sc, 0, c_s, 1.f)) return {Outcome::kStale, 0};
   for (int64_t r = 0; r < rows; ++r) sc.m1[r] = sc.st[r].max, sc.s1[r] = sc.st[r].sum;
   int64_t read = n_u;  // key rows gathered (both samples where the tail was redrawn)
   if (samples > 0) {
@@ -172,10 +179,10 @@ GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc)
     const uint64_t seed = row_seed(ks.seed, gr.b, gr.hkv, gr.len);
     for (int64_t scale = 1;; scale *= kWideScale) {
       const double h = draw_sample(gr, sc, c_s, scale * samples, seed + static_cast<uint64_t>(scale));
-      const int64_t n_samp = static_cast<int64_t>(sc.keys.size()) - c_s;
+      const int64_t n_samp = std::find(sc.keys.begin() + c_s, sc.keys.end(), kPadKey) - (sc.keys.begin() + c_s);
       read += n_samp;
-      if (!gather(gr, index, sc, c_s, n_samp)) return {Outcome::kStale, 0};
-      add_columns(gr, sc, c_s, static_cast<int64_t>(sc.keys.size()), static_cast<float>(h));
+      if (!add_columns(gr, index, sc, c_s, static_cast<int64_t>(sc.keys.size()), static_cast<float>(h)))
+        return {Outcome::kStale, 0};
       for (int64_t r = 0; r < rows; ++r)  // either sample finding too heavy a tail sends the group exact
         if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], sc.st[r].max, sc.st[r].sum)) return {};
       const bool wider =
