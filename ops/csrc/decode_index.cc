@@ -1,7 +1,6 @@
 #include "decode_index.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "rng.h"
 #include "simd.h"
@@ -13,19 +12,6 @@ constexpr int64_t kCheckRecent = 256;  // most recent coded rows verified each c
 constexpr int64_t kCheckSampled = 32;  // seeded rows of the rest verified each call
 
 }  // namespace
-
-uint64_t key_row_hash(const float* row, int64_t D) {
-  // sum_d (bits_d + 1) c_d mod 2^64 with odd constants c_d = phi (2d + 1): a change of one coordinate always changes
-  // the sum, any other change collides with probability ~2^-64; independent products (no dependency chain, so the
-  // row's cache misses overlap), then one mix.
-  uint64_t h = 0;
-  for (int64_t d = 0; d < D; ++d) {
-    uint32_t w;
-    std::memcpy(&w, row + d, 4);
-    h += (static_cast<uint64_t>(w) + 1) * (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(2 * d + 1));
-  }
-  return Rng::mix(h ^ static_cast<uint64_t>(D));
-}
 
 void DecodeIndex::layout(const AttentionParams& p, int64_t rank) {
   const AttentionShape& sh = p.shape;
@@ -56,7 +42,8 @@ void DecodeIndex::layout(const AttentionParams& p, int64_t rank) {
 void DecodeIndex::hash_rows(const AttentionParams& p, int64_t b, int64_t hkv, int64_t j0, int64_t j1) {
   const float* K = p.key_rows(b, hkv);
   uint64_t* h = hashes_.data() + (b * hkv_ + hkv) * capacity_;
-  for (int64_t j = j0; j < j1; ++j) h[j] = key_row_hash(K + j * D_, D_);
+  const Kernels& kern = kernels();
+  for (int64_t j = j0; j < j1; ++j) h[j] = kern.row_hash(K + j * D_, D_);
 }
 
 void DecodeIndex::build(const AttentionParams& p, int64_t b, int64_t hkv, int64_t len) {

@@ -16,11 +16,9 @@
 
 #include "lowrank.h"
 #include "params.h"
+#include "simd.h"
 
 namespace iceformer {
-
-// 64-bit hash of a key row (D floats, bit patterns): what "this row is the one that was coded" is checked against.
-uint64_t key_row_hash(const float* row, int64_t D);
 
 class DecodeIndex {
  public:
@@ -36,9 +34,9 @@ class DecodeIndex {
   // verifies a seeded sample and the most recent coded rows against their hashes (rebuilds on a mismatch or when
   // nothing is built), then codes the rows [coded, len) with the head's basis. Returns whether it rebuilt.
   bool refresh(const AttentionParams& p, int64_t b, int64_t hkv, int64_t past, int64_t len);
-  // Whether cache row j of (b, hkv) still holds the key row that was coded (hash match).
+  // Whether cache row j of (b, hkv) still holds the key row that was coded (its row_hash, simd.h, matches).
   bool row_matches(const float* row, int64_t D, int64_t b, int64_t hkv, int64_t j) const {
-    return hashes_[(b * hkv_ + hkv) * capacity_ + j] == key_row_hash(row, D);
+    return hashes_[(b * hkv_ + hkv) * capacity_ + j] == kernels().row_hash(row, D);
   }
   // Forgets (b, hkv): the next refresh rebuilds it.
   void drop(int64_t b, int64_t hkv) { coded_[b * hkv_ + hkv] = -1; }

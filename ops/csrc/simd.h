@@ -74,10 +74,25 @@ struct Kernels {
   // pv_tile with P rounded to bfloat16 and V as key-pair words (cols even): o[r*ldo + e] += sum_c p[r*ldp + c] v(c)[e].
   void (*pv_tile_bf16)(const float* p, int64_t ldp, int64_t rows, int64_t cols, const uint32_t* vw, int64_t dv,
                        float* o, int64_t ldo);
+  // A 64-bit hash of the bits of x[0, n) (the definition below, the same value on every tier).
+  uint64_t (*row_hash)(const float* x, int64_t n);
   // Whether the k-NN path runs its P V in bfloat16 (pv_tile_bf16) or fp32 (pv_tile). bfloat16 pays only with a
   // bfloat16 dot product in hardware (AVX512-BF16); emulated, its splitting costs more than the halved bytes save.
   bool pv_bf16;
 };
+
+// row_hash: eight 32-bit lanes, lane l = sum over d = l (mod 8) of row_hash_term(x[d], d) mod 2^32, i.e. (bits of
+// x[d] + 1) times the odd c_d = kRowHashMul (2d + 1); then row_hash_finish mixes sum_l lane_l m_l mod 2^64 (odd m_l)
+// with n. A change of one coordinate always changes the hash (c_d and m_l are invertible, and a lane's change is below
+// 2^32); other changes collide with probability ~2^-64. Lanes of 32 bits so that vector tiers multiply in one
+// instruction (the k-NN decode checks a hash per gathered key row: a 64-bit scalar sum cost a sixth of a step).
+constexpr uint32_t kRowHashMul = 0x9e3779b9u;
+inline uint32_t row_hash_term(float x, int64_t d) {
+  uint32_t w;
+  std::memcpy(&w, &x, sizeof w);
+  return (w + 1u) * (kRowHashMul * static_cast<uint32_t>(2 * d + 1));
+}
+uint64_t row_hash_finish(const uint32_t lanes[8], int64_t n);
 
 const Kernels& scalar_kernels();
 const Kernels* avx512_kernels();       // nullptr when not compiled in

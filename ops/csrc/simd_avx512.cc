@@ -335,25 +335,11 @@ void pack_panel(const float* const* rows, int64_t m, int64_t D, float* panel) {
 }  // namespace
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512",
-                         qk_tile,
-                         avx512::qk_keys,
-                         qk_above_i8,
-                         qk_union_i8,
-                         pv_tile,
-                         vmax,
-                         exp_sum,
-                         dot,
-                         scal,
-                         count_ge,
-                         kth_largest_int,
-                         gather_dot,
-                         gather_axpy,
-                         pack_panel,
-                         avx512::to_pairs,
-                         avx512::repair,
-                         avx512::pv_tile_bf16,
-                         false};
+  static const Kernels k{
+      "avx512", qk_tile, avx512::qk_keys, qk_above_i8, qk_union_i8, pv_tile, vmax, exp_sum, dot, scal, count_ge,
+      kth_largest_int, gather_dot, gather_axpy, pack_panel, avx512::to_pairs, avx512::repair, avx512::pv_tile_bf16,
+      // Highway's AVX-512 build (the same source as the AVX2 tier's; nothing to hand-tune)
+      avx512_hwy_kernels() != nullptr ? avx512_hwy_kernels()->row_hash : scalar_kernels().row_hash, false};
   return &k;
 }
 

@@ -54,6 +54,7 @@ const Kernels* Table() {
                          ToPairs,
                          Repair,
                          PvTileBf16,
+                         RowHash,
                          false};
   return &k;
 }

@@ -232,6 +232,33 @@ void Repair(const uint32_t* a, int ha, const uint32_t* b, int hb, int64_t n, uin
   }
 }
 
+// row_hash (simd.h) in vectors of at most 8 lanes (one on AVX2 and AVX-512, two on NEON): each lane is one of the
+// eight sums, so nothing is folded and every target runs the same code.
+uint64_t RowHash(const float* x, int64_t n) {
+  const hn::CappedTag<uint32_t, 8> du;
+  const hn::CappedTag<float, 8> df;
+  using V = hn::Vec<decltype(du)>;
+  constexpr int64_t kL = static_cast<int64_t>(hn::MaxLanes(du)), kV = 8 / kL;
+  const V one = hn::Set(du, 1u), step = hn::Set(du, 16u * kRowHashMul);  // c_{d+8} = c_d + 16 kRowHashMul
+  V acc[kV], c[kV];
+  for (int64_t v = 0; v < kV; ++v) {
+    acc[v] = hn::Zero(du);
+    c[v] =
+        hn::Mul(hn::Add(hn::ShiftLeft<1>(hn::Iota(du, static_cast<uint32_t>(v * kL))), one), hn::Set(du, kRowHashMul));
+  }
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    for (int64_t v = 0; v < kV; ++v) {
+      const V w = hn::BitCast(du, hn::LoadU(df, x + d + v * kL));
+      acc[v] = hn::Add(acc[v], hn::Mul(hn::Add(w, one), c[v]));
+      c[v] = hn::Add(c[v], step);
+    }
+  uint32_t lanes[8];
+  for (int64_t v = 0; v < kV; ++v) hn::StoreU(acc[v], du, lanes + v * kL);
+  for (; d < n; ++d) lanes[d % 8] += row_hash_term(x[d], d);
+  return row_hash_finish(lanes, n);
+}
+
 }  // namespace HWY_NAMESPACE
 }  // namespace iceformer
 HWY_AFTER_NAMESPACE();

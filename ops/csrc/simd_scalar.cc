@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "bf16.h"
+#include "rng.h"
 #include "simd.h"
 
 namespace iceformer {
@@ -147,12 +148,24 @@ void pv_tile_bf16(const float* p, int64_t ldp, int64_t rows, int64_t cols, const
     }
 }
 
+uint64_t row_hash(const float* x, int64_t n) {
+  uint32_t lanes[8] = {};
+  for (int64_t d = 0; d < n; ++d) lanes[d % 8] += row_hash_term(x[d], d);
+  return row_hash_finish(lanes, n);
+}
+
 }  // namespace
 
+uint64_t row_hash_finish(const uint32_t lanes[8], int64_t n) {
+  uint64_t h = 0;
+  for (int l = 0; l < 8; ++l) h += static_cast<uint64_t>(lanes[l]) * (0x9e3779b97f4a7c15ULL * (2 * l + 1));
+  return Rng::mix(h ^ static_cast<uint64_t>(n));
+}
+
 const Kernels& scalar_kernels() {
-  static const Kernels k{
-      "scalar", qk_tile,         qk_keys,    qk_above_i8, qk_union_i8, pv_tile,  vmax,   exp_sum,      dot,  scal,
-      count_ge, kth_largest_int, gather_dot, gather_axpy, pack_panel,  to_pairs, repair, pv_tile_bf16, false};
+  static const Kernels k{"scalar",   qk_tile,  qk_keys, qk_above_i8,  qk_union_i8,     pv_tile,    vmax,
+                         exp_sum,    dot,      scal,    count_ge,     kth_largest_int, gather_dot, gather_axpy,
+                         pack_panel, to_pairs, repair,  pv_tile_bf16, row_hash,        false};
   return k;
 }
 

@@ -153,6 +153,17 @@ void vectors(const Kernels& k, const Kernels& s, std::mt19937& g) {
     k.repair(pa.data(), 1, n % 3 ? pa.data() : nullptr, 0, n, ra.data());
     s.repair(pb.data(), 1, n % 3 ? pb.data() : nullptr, 0, n, rb.data());
     check(ra == rb, k.name, "repair", n);
+    const uint64_t h = s.row_hash(x.data(), n);
+    check(k.row_hash(x.data(), n) == h, k.name, "row_hash", n);
+    for (int64_t d : {int64_t{0}, n / 2, n - 1}) {  // one changed bit of one coordinate always changes the hash
+      if (n == 0) break;
+      auto z = x;
+      uint32_t w;
+      std::memcpy(&w, &z[d], 4);
+      w ^= 1u << (d % 32);
+      std::memcpy(&z[d], &w, 4);
+      check(k.row_hash(z.data(), n) != h, k.name, "row_hash sees a changed bit", n);
+    }
   }
   std::uniform_int_distribution<int> small(-50, 50);
   for (int64_t n : {1, 5, 16, 17, 64, 200, 768, 1000}) {
