@@ -69,7 +69,8 @@ bool DecodeIndex::refresh(const AttentionParams& p, int64_t b, int64_t hkv, int6
   int64_t n = std::min(coded_[bh], past);  // rows from `past` on are this call's (a rewind rewrites them)
   bool ok = n > 0;
   const float* K = p.key_rows(b, hkv);
-  auto check = [&](int64_t j) { ok = ok && row_matches(K + j * D_, D_, b, hkv, j); };
+  const Kernels& kern = kernels();
+  auto check = [&](int64_t j) { ok = ok && row_matches(kern, K + j * D_, D_, b, hkv, j); };
   if (ok) {
     for (int64_t j = std::max<int64_t>(0, n - kCheckRecent); j < n; ++j) check(j);
     Rng rng(row_seed(static_cast<int64_t>(n), b, hkv, len));

@@ -35,8 +35,9 @@ class DecodeIndex {
   // nothing is built), then codes the rows [coded, len) with the head's basis. Returns whether it rebuilt.
   bool refresh(const AttentionParams& p, int64_t b, int64_t hkv, int64_t past, int64_t len);
   // Whether cache row j of (b, hkv) still holds the key row that was coded (its row_hash, simd.h, matches).
-  bool row_matches(const float* row, int64_t D, int64_t b, int64_t hkv, int64_t j) const {
-    return hashes_[(b * hkv_ + hkv) * capacity_ + j] == kernels().row_hash(row, D);
+  // (kern: the dispatched kernel table, looked up once by the caller's loop.)
+  bool row_matches(const Kernels& kern, const float* row, int64_t D, int64_t b, int64_t hkv, int64_t j) const {
+    return hashes_[(b * hkv_ + hkv) * capacity_ + j] == kern.row_hash(row, D);
   }
   // Forgets (b, hkv): the next refresh rebuilds it.
   void drop(int64_t b, int64_t hkv) { coded_[b * hkv_ + hkv] = -1; }

@@ -89,12 +89,13 @@ bool gather_tile(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc
   const float* V = p.value_rows(gr.b, gr.hkv);
   const int32_t* keys = sc.keys.data();
   const int64_t real = std::find(keys + t0, keys + t0 + cols, kPadKey) - (keys + t0);
+  const Kernels& kern = kernels();
   for (int64_t c = t0; c < t0 + real; ++c) {
     if (c + kPrefetchAhead < n && keys[c + kPrefetchAhead] != kPadKey) {
       prefetch_row(K + static_cast<int64_t>(keys[c + kPrefetchAhead]) * D, D);
       prefetch_row(V + static_cast<int64_t>(keys[c + kPrefetchAhead]) * Dv, Dv);
     }
-    if (!index.row_matches(K + static_cast<int64_t>(keys[c]) * D, D, gr.b, gr.hkv, keys[c])) return false;
+    if (!index.row_matches(kern, K + static_cast<int64_t>(keys[c]) * D, D, gr.b, gr.hkv, keys[c])) return false;
   }
   sc.kp.resize(kExactBlockK * D);
   sc.vf.resize(kExactBlockK * Dv);
@@ -126,16 +127,22 @@ bool add_columns(const Group& gr, const DecodeIndex& index, KnnDecodeScratch& sc
   return true;
 }
 
+struct Sample {
+  double h;       // the sampling step: each sampled key stands for h keys
+  int64_t count;  // keys drawn (outside U), before the padding
+};
+
 // Appends the tail sample to sc.keys: `samples` systematic positions of the group's visible keys outside U (from
-// column c_s on, padded to a panel); returns the sampling step h.
-double draw_sample(const Group& gr, KnnDecodeScratch& sc, int64_t c_s, int64_t samples, uint64_t seed) {
+// column c_s on, padded to a panel).
+Sample draw_sample(const Group& gr, KnnDecodeScratch& sc, int64_t c_s, int64_t samples, uint64_t seed) {
   sc.keys.resize(c_s);
   Rng rng(seed);
   const double h = systematic_sample(rng, samples, gr.first_min, gr.last_any, [&](int64_t j) {
     if (!sc.in.contains(j)) sc.keys.push_back(static_cast<int32_t>(j));
   });
+  const int64_t count = static_cast<int64_t>(sc.keys.size()) - c_s;
   pad_to_panel(sc.keys);
-  return h;
+  return {h, count};
 }
 
 // The largest estimated share of a row's softmax mass outside U (states after U: m1, s1; now: st).
@@ -178,10 +185,9 @@ GroupResult knn_group(const Group& gr, DecodeIndex& index, KnnDecodeScratch& sc)
     const std::vector<float> o_u = sc.o;  // the states after U, to restart the tail from
     const uint64_t seed = row_seed(ks.seed, gr.b, gr.hkv, gr.len);
     for (int64_t scale = 1;; scale *= kWideScale) {
-      const double h = draw_sample(gr, sc, c_s, scale * samples, seed + static_cast<uint64_t>(scale));
-      const int64_t n_samp = std::find(sc.keys.begin() + c_s, sc.keys.end(), kPadKey) - (sc.keys.begin() + c_s);
-      read += n_samp;
-      if (!add_columns(gr, index, sc, c_s, static_cast<int64_t>(sc.keys.size()), static_cast<float>(h)))
+      const Sample drawn = draw_sample(gr, sc, c_s, scale * samples, seed + static_cast<uint64_t>(scale));
+      read += drawn.count;
+      if (!add_columns(gr, index, sc, c_s, static_cast<int64_t>(sc.keys.size()), static_cast<float>(drawn.h)))
         return {Outcome::kStale, 0};
       for (int64_t r = 0; r < rows; ++r)  // either sample finding too heavy a tail sends the group exact
         if (tail_too_heavy(ks.tail_limit, sc.m1[r], sc.s1[r], sc.st[r].max, sc.st[r].sum)) return {};
