@@ -3,7 +3,7 @@
 from . import contract
 from ._library import get_library_path, native_contract, session_options, simd_tiers, simd_variant
 from .graph import make_attention_model, make_gqa_model, make_knn_attention_model
-from .reference import knn_attention_reference
+from .reference import knn_attention_reference, probe_errors_reference
 
 __all__ = [
     "contract",
@@ -13,6 +13,7 @@ __all__ = [
     "simd_variant",
     "simd_tiers",
     "knn_attention_reference",
+    "probe_errors_reference",
     "make_knn_attention_model",
     "make_attention_model",
     "make_gqa_model",

@@ -138,6 +138,21 @@ ATTRIBUTES: tuple[AttrSpec, ...] = (
     ),
     AttrSpec("seed", "int", 0, "seed of the random directions and tail samples"),
     AttrSpec(
+        "auto_window",
+        "int",
+        2048,
+        "prompts (S >= 32) of nodes without head_windows probe each query head on 16 of its k-NN rows: a head whose "
+        "probe rows lose at most auto_window_error (mean relative output error) when they attend only the num_sink "
+        "first keys and the auto_window keys ending at them streams for the call, as head_windows would make it; "
+        "0: no probe",
+    ),
+    AttrSpec(
+        "auto_window_error",
+        "float",
+        0.01,
+        "the probe's tolerance (auto_window): mean relative output error of a head's probe rows over their window",
+    ),
+    AttrSpec(
         "head_budgets",
         "ints",
         (),

@@ -144,4 +144,52 @@ def topk_attention_reference(
     return _softmax_pv(z, forced | (chosen & vis & ~forced), V)
 
 
-__all__ = ["knn_attention_reference", "topk_attention_reference", "visibility", "logits", "contract"]
+# Rows per query head that the prompt's probe attends both ways (ops/csrc/auto_windows.h, kProbeRows).
+PROBE_ROWS = 16
+
+
+def probe_errors_reference(Q, K, V, *, is_causal: int = 0, scale: float | None = None, **attrs) -> np.ndarray:
+    """What the prompt's probe measures per query head (attribute auto_window; ops/csrc/auto_windows.h), in float64
+    ([B,Hq,S,D] Q, no masks or padding): the mean over its probe rows of ||o_w - o|| / ||o||, o over every visible key,
+    o_w over the num_sink first keys and the auto_window keys ending at the row. The probe rows: PROBE_ROWS rows evenly
+    spaced from the first k-NN row (contract.knn_threshold) that sees more than num_sink + auto_window keys to the
+    last row. NaN for a head with no such row. A head streams when its error is at most auto_window_error."""
+    a = {**contract.attribute_defaults(), **attrs}
+    Q, K, V = (np.asarray(x, dtype=np.float64) for x in (Q, K, V))
+    B, Hq, S, D = Q.shape
+    T, g = K.shape[2], Hq // K.shape[1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    window, sinks = a["auto_window"], a["num_sink"]
+    seen = [min(T, i + T - S + 1) if is_causal else T for i in range(S)]
+    i0 = next((i for i in range(S) if seen[i] >= contract.knn_threshold(a) and seen[i] > sinks + window), S)
+    span = S - i0
+    n = min(PROBE_ROWS, span)
+    rows = [i0 + (r * (span - 1) // (n - 1) if n > 1 else span - 1) for r in range(n)]
+    out = np.full(Hq, np.nan)
+    for h in range(Hq):
+        errs = []
+        for b in range(B):
+            for i in rows:
+                k, v = K[b, h // g, : seen[i]], V[b, h // g, : seen[i]]
+                z = k @ Q[b, h, i] * scale
+                p = np.exp(z - z.max())
+                keep = np.zeros(seen[i], bool)
+                keep[: min(sinks, seen[i])] = True
+                keep[max(0, seen[i] - window) :] = True
+                o = p @ v / p.sum()
+                ow = p[keep] @ v[keep] / p[keep].sum()
+                errs.append(np.linalg.norm(ow - o) / np.linalg.norm(o))
+        if errs:
+            out[h] = float(np.mean(errs))
+    return out
+
+
+__all__ = [
+    "knn_attention_reference",
+    "topk_attention_reference",
+    "probe_errors_reference",
+    "PROBE_ROWS",
+    "visibility",
+    "logits",
+    "contract",
+]

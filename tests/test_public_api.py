@@ -31,6 +31,7 @@ def test_ops_api():
             "simd_variant",
             "simd_tiers",
             "knn_attention_reference",
+            "probe_errors_reference",
             "make_knn_attention_model",
             "make_attention_model",
             "make_gqa_model",

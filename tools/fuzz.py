@@ -155,6 +155,8 @@ def _knn_value(rng, name: str, Hq: int):
         "tail_samples": (0, 1, 64, 256),
         "tail_limit": (0.0, 0.3, 1.0),
         "seed": (0, 7),
+        "auto_window": (0, 1, 16, 300, 2048),
+        "auto_window_error": (0.0, 0.01, 1.0),
     }
     return _pick(rng, ranges[name])
 

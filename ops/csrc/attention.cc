@@ -11,6 +11,7 @@
 #include <new>
 #include <vector>
 
+#include "auto_windows.h"
 #include "exact_attention.h"
 #include "host_buffer.h"
 #include "dci_attention.h"
@@ -247,9 +248,16 @@ Status run_knn(const AttentionParams& p, const Parallel& par, const HostAllocato
   stats->build_ms = ms_since(t0);
 
   const auto t1 = Clock::now();
+  // Heads the probe finds local stream for this call (auto_windows.h); with none, p runs as given.
+  std::vector<int64_t> windows;
+  ran = probe_windows(p, ix.real_prefix.data(), par, &windows);
+  if (!ran.ok()) return in_call(ran, sh);
+  stats->stream_heads = std::count_if(windows.begin(), windows.end(), [](int64_t w) { return w > 0; });
+  AttentionParams run = p;
+  if (stats->stream_heads > 0) run.knn.head_windows = windows.data();
   const int64_t nblocks = (sh.S + kKnnBlockQ - 1) / kKnnBlockQ;
   ran = parallel_dynamic(par, static_cast<size_t>(sh.B * sh.Hq * nblocks), "the k-NN query blocks",
-                         [&](size_t t) { knn_block(p, ix, t, scored.data()); });
+                         [&](size_t t) { knn_block(run, ix, t, scored.data()); });
   if (!ran.ok()) return in_call(ran, sh);
   stats->search_ms = ms_since(t1);
   summarise_scored(scored, stats);

@@ -23,6 +23,7 @@ struct CallStats {
   double build_ms = 0, search_ms = 0, softmax_ms = 0, total_ms = 0;
   int64_t index_bytes = 0;     // k-NN decode: bytes of the persistent index the call used (decode_index.h)
   int64_t index_rebuilds = 0;  // k-NN decode: (batch, KV head) indexes rebuilt from the cache by this call
+  int64_t stream_heads = 0;    // k-NN prompt: query heads the probe made stream (auto_windows.h)
 };
 
 // Calls with fewer query rows are decode-like: an index built for the call cannot pay; they run flash decoding, or

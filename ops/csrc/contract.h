@@ -55,6 +55,8 @@ constexpr AttrSpec kAttrs[] = {
     {"tail_samples", 'i', true, 1024},
     {"tail_limit", 'f', true, 0.5},
     {"seed", 'i', true, 0},
+    {"auto_window", 'i', true, 2048},
+    {"auto_window_error", 'f', true, 0.01},
     {"head_budgets", 'I', true, 0},
     {"head_tail_samples", 'I', true, 0},
     {"head_windows", 'I', true, 0},

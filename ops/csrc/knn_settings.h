@@ -32,6 +32,8 @@ constexpr KnnField kKnnFields[] = {
     {"tail_samples", &KnnSettings::tail_samples, nullptr},
     {"tail_limit", nullptr, &KnnSettings::tail_limit},
     {"seed", &KnnSettings::seed, nullptr},
+    {"auto_window", &KnnSettings::auto_window, nullptr},
+    {"auto_window_error", nullptr, &KnnSettings::auto_window_error},
 };
 constexpr int kNumKnnFields = sizeof(kKnnFields) / sizeof(kKnnFields[0]);
 

@@ -68,6 +68,8 @@ struct KnnSettings {
   int64_t tail_samples = 1024;      // systematic samples of unretrieved keys estimating the dropped mass
   float tail_limit = 0.5f;          // rows whose estimated unretrieved share of the mass exceeds this go exact
   int64_t seed = 0;
+  int64_t auto_window = 2048;       // a prompt's probe makes heads stream over this window (auto_windows.h; 0: off)
+  float auto_window_error = 0.01f;  // ... when their probe rows' mean relative error stays within this
   // > 0: a streaming head's rows (attribute head_windows): num_sink sinks and the stream_window keys ending at the
   // block's rows (local_window = stream_window), exactly; nothing retrieved, nothing estimated. Set by for_heads.
   int64_t stream_window = 0;

@@ -21,7 +21,8 @@ void log_call_stats(const AttentionParams& p, const CallStats& s) {
     << ",\"fallback_rows\":" << s.fallback_rows << ",\"mean_candidates\":" << s.mean_candidates
     << ",\"p99_candidates\":" << s.p99_candidates << ",\"build_ms\":" << s.build_ms << ",\"search_ms\":" << s.search_ms
     << ",\"softmax_ms\":" << s.softmax_ms << ",\"total_ms\":" << s.total_ms << ",\"index_bytes\":" << s.index_bytes
-    << ",\"index_rebuilds\":" << s.index_rebuilds << ",\"simd\":\"" << kernels().name << "\"}\n";
+    << ",\"index_rebuilds\":" << s.index_rebuilds << ",\"stream_heads\":" << s.stream_heads << ",\"simd\":\""
+    << kernels().name << "\"}\n";
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
   if (FILE* f = std::fopen(path, "a")) {

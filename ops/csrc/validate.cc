@@ -106,7 +106,12 @@ Status check_settings(const KnnSettings& k) {
   if (!(k.tail_limit >= 0.f && k.tail_limit <= 1.f))
     return Status::Error("KnnAttention: attribute tail_limit=" + std::to_string(k.tail_limit) +
                          " is invalid, expected 0..1 (1: never fall back to exact)");
+  if (k.auto_window < 0) return bad("auto_window", k.auto_window, ">= 0 (0: no probe)");
+  if (!(k.auto_window_error >= 0.f && k.auto_window_error <= 1.f))
+    return Status::Error("KnnAttention: attribute auto_window_error=" + std::to_string(k.auto_window_error) +
+                         " is invalid, expected 0..1");
   constexpr int64_t kHuge = int64_t(1) << 40;
+  if (k.auto_window > kHuge) return bad("auto_window", k.auto_window, "<= 2^40");
   if (k.top_k > kHuge) return bad("top_k", k.top_k, "<= 2^40");
   if (k.max_candidates > kHuge) return bad("max_candidates", k.max_candidates, "<= 2^40");
   if (k.recent_keys > kHuge) return bad("local_window", k.recent_keys, "<= 2^40");

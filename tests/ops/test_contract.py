@@ -116,6 +116,8 @@ OUT_OF_RANGE = {
         "tail_samples": (-5, r"tail_samples=-5 is invalid, expected >= 0"),
         "tail_limit": (-0.5, r"tail_limit=-0.5.* is invalid, expected 0..1"),
         "seed": None,
+        "auto_window": (-1, r"auto_window=-1 is invalid, expected >= 0"),
+        "auto_window_error": (1.5, r"auto_window_error=1.5.* is invalid, expected 0..1"),
         "head_budgets": ([8, -1], r"head_budgets\[1\]=-1 is invalid, expected 0..2\^40"),
         "head_tail_samples": ([1 << 41], r"head_tail_samples\[0\]=2199023255552 is invalid, expected 0..2\^40"),
         "head_windows": ([4, -3], r"head_windows\[1\]=-3 is invalid, expected 0..2\^40"),
