@@ -303,9 +303,10 @@ def calibrate_core(
         result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
     if per_head:
         result.route = route_heads(node, tensors, ref, budget, threads, overrides)
-        attrs = {**result.route.attrs(), **overrides}
-        y, ms = _run(node, tensors, attrs, threads, reps)
-        result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
+        if any(result.route.budgets) or any(result.route.windows):  # else every head exact: the exact path itself
+            attrs = {**result.route.attrs(), **overrides}
+            y, ms = _run(node, tensors, attrs, threads, reps)
+            result.trials.append(Trial(attrs, ms, *_error(node, tensors, attrs, y, ref)))
     fits = [t for t in result.trials if t.error <= budget and t.ms < exact_ms]
     if fits:
         best = min(fits, key=lambda t: t.ms)
@@ -319,8 +320,13 @@ def route_heads(
     """Runs the core once per rung of `ladder` (every head at that rung) and gives each query head the cheapest rung
     whose error on that head is within `budget` (heads are independent: a head's output under per-head lists is
     its output under its rung's scalar settings; tests/ops/test_per_head.py), else budget 0 (exact). The ladder
-    stops once every head has a rung (route.ladder: the rungs run). ref: the exact output as [B, Hq, S, Dv]."""
-    Hq = core_dims(node, tensors).Hq
+    stops once every head has a rung (route.ladder: the rungs run). ref: the exact output as [B, Hq, S, Dv].
+    A window that leaves no key out at the calibration's length (window + num_sink >= T) is not a rung: it would
+    measure exact attention and then make the head stream at the longer prompts it was never tried on."""
+    dims = core_dims(node, tensors)
+    Hq = dims.Hq
+    sinks = {**contract.attribute_defaults(), **_attrs(node), **overrides}["num_sink"]
+    ladder = [r for r in ladder if r.window == 0 or r.window + sinks < dims.T]
     errors = []
     for rung in ladder:
         attrs = {**rung.attrs(Hq), **overrides}

@@ -6,6 +6,7 @@ import hashlib
 import numpy as np
 import onnx
 import pytest
+from iceformer.ops import contract
 from iceformer.ops.cases import AttentionCase
 from iceformer.rewriter import RewriteError, RewriteOptions, rewrite
 from iceformer.tools import calibrate as cal
@@ -86,15 +87,19 @@ def test_each_head_gets_the_cheapest_rung_within_budget(core):
     assert r2.budgets[1] == 32 and r2.budgets[0] == (8 if other_fits else 32 if r.errors[1][0] <= mid else 0)
 
 
-def test_a_window_rung_makes_streaming_heads(core):
-    """A window holding every key the rows see is exact: it fits any budget, and the heads stream."""
+def test_a_window_rung_makes_streaming_heads_only_where_it_leaves_keys_out(core):
+    """A window that holds every key the calibration's rows see (window + num_sink >= T) would measure exact attention
+    and then stream at longer prompts: it is not run. A window that leaves keys out streams the heads within budget."""
     node, tensors = core
     ref = _exact(node, tensors)
     T = cal.core_dims(node, tensors).T
-    ladder = (cal.Rung(window=T), *LADDER)
-    r = cal.route_heads(node, tensors, ref, budget=1e-5, threads=1, overrides={}, ladder=ladder)
-    assert max(r.errors[0]) < 1e-5 and r.windows == [T, T] and r.budgets == [0, 0]
-    assert r.attrs() == {"head_budgets": [0, 0], "head_tail_samples": [0, 0], "head_windows": [T, T]}
+    sinks = {**contract.attribute_defaults(), **ATTRS}["num_sink"]
+    r = cal.route_heads(node, tensors, ref, budget=1e-5, threads=1, overrides={}, ladder=(cal.Rung(window=T), *LADDER))
+    assert r.ladder == list(LADDER) and r.windows == [0, 0]
+    edge = T - sinks - 1  # the widest window that still leaves one key out
+    r = cal.route_heads(node, tensors, ref, budget=1.0, threads=1, overrides={}, ladder=(cal.Rung(window=edge),))
+    assert r.ladder == [cal.Rung(window=edge)] and r.windows == [edge, edge] and r.budgets == [0, 0]
+    assert r.attrs() == {"head_budgets": [0, 0], "head_tail_samples": [0, 0], "head_windows": [edge, edge]}
     short = cal.route_heads(node, tensors, ref, budget=1e-5, threads=1, overrides={}, ladder=(cal.Rung(window=4),))
     assert min(short.errors[0]) > 1e-3 and short.windows == [0, 0]  # 4 keys of many: not within 1e-5, exact
 
